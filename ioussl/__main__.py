@@ -1,0 +1,3 @@
+from ioussl.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The ``ioussl`` command line: thin commands that parse, call one service and render.
+
+Heavy imports (torch, monai, submitit, the registry) happen inside command bodies, so ``ioussl --help``
+and ``ioussl status`` stay fast on a login node.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from ioussl.errors import IousslError
+
+
+class _OneLineErrors(TyperGroup):
+    """Turn every IousslError raised by any subcommand into one stderr line and exit code 1."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IousslError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Plan, submit, track and report an IoU-based-positives SimSiam study on SLURM.",
+)
+
+
+def _register_commands() -> None:
+    from ioussl.cli import data, jobs, run, study
+
+    for module in (study, jobs, data, run):
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except IousslError as exc:  # raised outside a subcommand (e.g. while parsing a callback)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Registry, planning, submission, status sync and reports. Never imports torch at import time."""

@@ -1,0 +1,1 @@
+"""Data, sampler, transforms, models, losses, metrics and training loops. Never imports orchestration."""
