@@ -9,6 +9,7 @@ from ioussl.orchestration import planning
 from ioussl.orchestration.planning import PlannedRun
 from ioussl.orchestration.registry import open_registry
 from ioussl.orchestration.registry import repo
+from ioussl.orchestration.registry.db import MissingRegistry
 from ioussl.orchestration.registry.models import Run
 from ioussl.orchestration.status import RunStatus
 from ioussl.orchestration.study import StudySpec, load_study, spec_summary
@@ -31,7 +32,7 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     if check_data:
         planning.check_data(spec)
     outcome = PlanOutcome(study=spec.name, dry_run=dry_run)
-    registry = open_registry(db, create=not dry_run)
+    registry = _open_for_plan(db, dry_run)
     try:
         with registry.session() as session:
             outcome = _register(session, spec, planned, outcome)
@@ -40,6 +41,15 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     finally:
         registry.dispose()
     return outcome
+
+
+def _open_for_plan(db: str | None, dry_run: bool):  # type: ignore[no-untyped-def]
+    if not dry_run:
+        return open_registry(db, create=True)
+    try:
+        return open_registry(db, create=False)
+    except MissingRegistry:  # a dry run against no registry: everything is new, and nothing is created
+        return open_registry("sqlite://", create=True)
 
 
 def _register(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
