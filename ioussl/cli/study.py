@@ -46,13 +46,14 @@ def status(
     state: StateOption = None,
     group: GroupOption = None,
     as_json: JsonOption = False,
+    show_all: Annotated[bool, typer.Option("--all", help="List every run even in a large registry.")] = False,
 ) -> None:
     """Show the registry's runs grouped by interval: stage, seeds, state, job id, elapsed, DSC."""
     from ioussl.cli import render
     from ioussl.orchestration.service import status_rows
 
     records = status_rows(db, study=study, stage=_stage(stage), statuses=_states(state), group=group)
-    render.status_json(records) if as_json else render.status_table(records)
+    render.status_json(records) if as_json else render.status_table(records, show_all=show_all)
 
 
 def report(
