@@ -31,7 +31,8 @@ def plan_outcome(outcome: PlanOutcome) -> None:
     console.print(
         f"study [bold]{outcome.study}[/]: {verb} {len(outcome.new)} run(s) "
         f"({new_pre} pretrain, {len(outcome.new) - new_pre} finetune); {len(outcome.existing)} already planned"
-        + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)" if outcome.resources_updated else "")
+        + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)"
+           if outcome.resources_updated else "")
     )
     if outcome.new:
         table = Table("run", "stage", "group", "pretrain seed", "seed", "parent")

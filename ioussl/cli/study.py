@@ -61,7 +61,9 @@ def report(
     study: StudyOption = None,
     table: Annotated[bool, typer.Option("--table", help="Table 4.2: mean ± std DSC per group.")] = True,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = ReportFormat.terminal,
-    ddof: Annotated[int, typer.Option("--ddof", min=0, max=1, help="0: population std (as the thesis), 1: sample std.")] = 0,
+    ddof: Annotated[
+        int, typer.Option("--ddof", min=0, max=1, help="0: population std (as the thesis), 1: sample std.")
+    ] = 0,
 ) -> None:
     """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline."""
     from ioussl.cli import render

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from ioussl.orchestration import planning
 from ioussl.orchestration.planning import PlannedRun
-from ioussl.orchestration.registry import open_registry
-from ioussl.orchestration.registry import repo
+from ioussl.orchestration.registry import open_registry, repo
 from ioussl.orchestration.registry.db import MissingRegistry
 from ioussl.orchestration.registry.models import Run
 from ioussl.orchestration.status import RunStatus
@@ -120,5 +119,6 @@ def _only_study(session):  # type: ignore[no-untyped-def]
     if not studies:
         raise NotFound("the registry has no study yet: plan one with ioussl plan grid STUDY.toml")
     if len(studies) > 1:
-        raise ConfigError(f"the registry holds several studies; pick one with --study ({', '.join(s.name for s in studies)})")
+        names = ", ".join(s.name for s in studies)
+        raise ConfigError(f"the registry holds several studies; pick one with --study ({names})")
     return studies[0]

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from ioussl.errors import DataError
 from ioussl.orchestration.importing import import_results
 from ioussl.orchestration.report import build_report, to_csv, to_latex, to_markdown
 from ioussl.orchestration.service import plan_grid, report_study, status_rows
-from ioussl.errors import DataError
 
 # Table 4.2 as printed: mean ± std.
 THESIS = {
