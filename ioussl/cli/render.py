@@ -13,8 +13,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from ioussl.orchestration.importing import ImportOutcome
     from ioussl.orchestration.registry.repo import RunRecord
-    from ioussl.orchestration.report import Report
-    from ioussl.orchestration.service import PlanOutcome
+    from ioussl.orchestration.service import PlanOutcome, ReportOutcome
 
 # Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables do not wrap.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -105,8 +104,10 @@ def status_json(records: Sequence[RunRecord]) -> None:
     print(json.dumps(rows, indent=1))
 
 
-def report(report: Report, fmt: str) -> None:
+def report(outcome: ReportOutcome, fmt: str) -> None:
     from ioussl.orchestration import report as fmt_report
+
+    report = outcome.report
 
     if fmt == "markdown":
         print(fmt_report.to_markdown(report), end="")
@@ -131,10 +132,10 @@ def report(report: Report, fmt: str) -> None:
         for row in cells:
             stats.add_row(row[0], row[split - 2], *row[split:])
         console.print(stats)
-        if report.left_out:
-            console.print(f"{len(report.left_out)} fine-tune(s) without a result yet:")
-            for line in report.left_out[:20]:
-                console.print(f"  {line}")
+        for line in fmt_report.footer_lines(report):
+            console.print(line, markup=False)
+    for path in outcome.plots:
+        Console(stderr=True, highlight=False).print(f"wrote {path}")
 
 
 def import_outcome(outcome: ImportOutcome) -> None:

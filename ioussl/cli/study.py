@@ -64,12 +64,18 @@ def report(
     ddof: Annotated[
         int, typer.Option("--ddof", min=0, max=1, help="0: population std (as the thesis), 1: sample std.")
     ] = 0,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also write PNG figures (collapse, DSC per group) into DIR.")
+    ] = None,
+    pairs: Annotated[
+        Path | None, typer.Option("--pairs", help="Pair analysis JSON (ioussl analyze pairs --json) to plot.")
+    ] = None,
 ) -> None:
     """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline."""
     from ioussl.cli import render
     from ioussl.orchestration.service import report_study
 
-    render.report(report_study(db, study, ddof=ddof), fmt)
+    render.report(report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs), fmt)
 
 
 @import_app.command("results")

@@ -50,6 +50,7 @@ class Report:
     rows: tuple[GroupRow, ...]
     left_out: tuple[str, ...]  # "run <id> (<group>): <why>"
     max_values: int
+    footer: tuple[str, ...] = ()  # provenance: code versions, registry fingerprint
 
 
 def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0,
@@ -150,10 +151,23 @@ def header(max_values: int) -> list[str]:
             "95% CI", "paired Δ (n)"]
 
 
+def footer_lines(report: Report) -> list[str]:
+    lines = list(report.footer)
+    if report.left_out:
+        lines.append(f"left out ({len(report.left_out)} fine-tune(s) without a DSC):")
+        lines += [f"  {line}" for line in report.left_out[:20]]
+        if len(report.left_out) > 20:
+            lines.append(f"  ... and {len(report.left_out) - 20} more")
+    return lines
+
+
 def to_markdown(report: Report) -> str:
     head = header(report.max_values)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row_cells(row, report.max_values)) + " |" for row in report.rows]
+    footer = footer_lines(report)
+    if footer:
+        lines += ["", *[f"> {line}" for line in footer]]
     return "\n".join(lines) + "\n"
 
 
@@ -179,6 +193,7 @@ def to_latex(report: Report) -> str:
                  for c in row_cells(row, report.max_values)]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
+    lines += [f"% {line}" for line in footer_lines(report)]
     return "\n".join(lines) + "\n"
 
 

@@ -161,6 +161,18 @@ def metric_series(session: Session, run_ids: Sequence[str], name: str) -> dict[s
     return series
 
 
+def result_commits(session: Session, run_ids: Sequence[str]) -> dict[str, int]:
+    """Short git commit (with '-dirty') -> number of runs whose result that code produced."""
+    rows = session.execute(
+        select(Provenance.git_commit, Provenance.git_dirty).where(Provenance.run_id.in_(run_ids))
+    )
+    counts: dict[str, int] = {}
+    for commit, dirty in rows:
+        key = f"{(commit or 'unknown')[:10]}{'-dirty' if dirty else ''}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def list_runs(session: Session, study: str | None = None, stage: str | None = None,
               statuses: Sequence[RunStatus] | None = None, group: str | None = None) -> list[RunRecord]:
     """Every matching run with its latest attempt and result, in one query."""
