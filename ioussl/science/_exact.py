@@ -153,7 +153,10 @@ def _exact_chunk(rng, rows, starts1, starts2, shapes, crop, mask) -> np.ndarray:
         weights = weights[np.arange(rows.size), pick]
     found = total > 0
     offsets = np.stack(
-        [_offset_with_overlap(rng, overlaps[:, k], s1[:, k], sides[:, k], int(crop[k])) for k in range(crop.size)],
+        [
+            _offset_with_overlap(rng, overlaps[:, k], s1[:, k], sides[:, k], int(crop[k]))
+            for k in range(crop.size)
+        ],
         axis=1,
     )
     starts2[rows[found]] = s1[found] + offsets[found]

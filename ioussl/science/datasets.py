@@ -31,7 +31,9 @@ def _check_slices_fit(store: SliceStore, ids: np.ndarray, crop: int) -> None:
     if small.size:
         case, z = store.slice_case(int(ids[small[0]]))
         shape = store.shape(int(ids[small[0]]))
-        raise DataError(f"{store.root}: case {case} slice {z} has shape {shape}, smaller than the crop {crop}")
+        raise DataError(
+            f"{store.root}: case {case} slice {z} has shape {shape}, smaller than the crop {crop}"
+        )
 
 
 class _Seeded(Dataset):
@@ -97,18 +99,27 @@ class PretrainPairDataset(_Seeded):
         )
         items = []
         for k, idx in enumerate(slices.tolist()):
-            views = [torch.from_numpy(self.store.image_region(idx, s[k], crop)[None]) for s in (starts1, starts2)]
+            views = [
+                torch.from_numpy(self.store.image_region(idx, s[k], crop)[None]) for s in (starts1, starts2)
+            ]
             if self.augment is not None:
                 views = [torch.as_tensor(self.augment(v)).as_subclass(torch.Tensor) for v in views]
             items.append(
-                {"view1": views[0], "view2": views[1], "iou": float(ious[k]), "fallback": bool(fallback[k]),
-                 "slice": idx}
+                {
+                    "view1": views[0],
+                    "view2": views[1],
+                    "iou": float(ious[k]),
+                    "fallback": bool(fallback[k]),
+                    "slice": idx,
+                }
             )
         return items
 
 
 class FinetuneSliceDataset(_Seeded):
-    """Labelled slices, each giving ``crops_per_slice`` crops {"image": [1, c, c], "label": [1, c, c]} (float32).
+    """Labelled slices; each item is ``crops_per_slice`` crops {"image": [1, c, c], "label": [1, c, c]}.
+
+    Both are float32 (the MONAI convention; DiceCELoss(to_onehot_y=True) casts the label).
 
     Crops are centred on an organ with probability pos / (pos + neg) (MONAI RandCropByPosNegLabeld, as the
     reference code; organ-free slices get background centres), then the thesis' fine-tune augmentations.
@@ -153,11 +164,16 @@ class FinetuneSliceDataset(_Seeded):
             crops = self.cropper(data)
         if self.augment is not None:
             crops = [self.augment(c) for c in crops]
-        return [{k: torch.as_tensor(c[k]).as_subclass(torch.Tensor) for k in ("image", "label")} for c in crops]
+        return [
+            {k: torch.as_tensor(c[k]).as_subclass(torch.Tensor) for k in ("image", "label")} for c in crops
+        ]
 
 
 class ValSliceDataset(Dataset):
-    """Whole slices for validation: {"image": [1, H, W], "label": [1, H, W] (float32), "case": str, "z": int}."""
+    """Whole slices for validation.
+
+    Items: {"image": [1, H, W], "label": [1, H, W] (float32), "case": str, "z": int}.
+    """
 
     def __init__(self, store: SliceStore, slice_ids: Sequence[int] | np.ndarray) -> None:
         self.store = store
@@ -205,14 +221,22 @@ def _loader(dataset, batch_size, shuffle, drop_last, num_workers, seed, collate_
 
 
 def make_pretrain_loader(
-    dataset: PretrainPairDataset, batch_size: int, num_workers: int = 0, seed: int = 0, pin_memory: bool = False
+    dataset: PretrainPairDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Shuffled, drop_last (floor(N / batch) steps per epoch, as the reference code)."""
     return _loader(dataset, batch_size, True, True, num_workers, seed, pin_memory=pin_memory)
 
 
 def make_finetune_loader(
-    dataset: FinetuneSliceDataset, batch_size: int, num_workers: int = 0, seed: int = 0, pin_memory: bool = False
+    dataset: FinetuneSliceDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Shuffled, not drop_last (ceil(N / batch) steps); batches hold batch_size x crops_per_slice crops."""
     from monai.data import list_data_collate

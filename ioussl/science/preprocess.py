@@ -21,7 +21,14 @@ import numpy as np
 
 from ioussl.errors import DataError
 from ioussl.runfiles import atomic_write_text, sha256_file
-from ioussl.science.store import N_CLASSES, case_array_path, case_meta_path, organ_bitmasks, quantise, write_index
+from ioussl.science.store import (
+    N_CLASSES,
+    case_array_path,
+    case_meta_path,
+    organ_bitmasks,
+    quantise,
+    write_index,
+)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

@@ -111,7 +111,9 @@ def achievable_iou_range(image_shape: tuple[int, ...], crop_shape: tuple[int, ..
 
 
 @functools.lru_cache(maxsize=4096)
-def pair_exists(image_shape: tuple[int, ...], crop_shape: tuple[int, ...], i_min: float, i_max: float) -> bool:
+def pair_exists(
+    image_shape: tuple[int, ...], crop_shape: tuple[int, ...], i_min: float, i_max: float
+) -> bool:
     """Whether at least one pair of crops of this image has IoU in [i_min, i_max] (exact)."""
     _check_fits(image_shape, crop_shape)
     lo, hi = _intersection_bounds(crop_shape, float(i_min), float(i_max))

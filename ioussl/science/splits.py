@@ -27,7 +27,7 @@ PARTS = ("train", "val", "test")
 
 
 def validate_split(split: dict, where: str = "split") -> dict[str, list[str]]:
-    """Check keys, types, duplicates and overlaps; return {part: [case, ...]} (keys starting with _ dropped)."""
+    """Check keys, types, duplicates and overlaps; return {part: [case, ...]} (drops keys starting with _)."""
     if not isinstance(split, dict):
         raise DataError(f"{where}: expected a JSON object with train/val(/test) lists")
     parts = {k: v for k, v in split.items() if not k.startswith("_")}

@@ -3,7 +3,7 @@
 Layout of a store directory (format version 1)::
 
     store.json             format, dtype, quantisation, spacing, HU window, per-case entries
-    index.npz              per slice: case (int32 index into store.json's case list), z, h, w, organs (uint16 bitmask)
+    index.npz              per slice: case (int32 position in store.json cases), z, h, w, organs (uint16 bits)
     cases/<case>.image.npy uint16 (Z, H, W); value v in [0, 1] stored as round(v * 65535)
     cases/<case>.label.npy uint8 (Z, H, W), 0..13 (labelled cases only)
     cases/<case>.meta.json written last, atomically: the case is done (resume skips it)

@@ -85,7 +85,9 @@ class RandIoUCropPaird(Randomizable, MapTransform):
         for key in keys:
             names = ("view1", "view2") if len(keys) == 1 else (f"{key}_view1", f"{key}_view2")
             for name, start in zip(names, (self.pair.box1, self.pair.box2), strict=True):
-                region = (slice(None),) + tuple(slice(int(s), int(s) + c) for s, c in zip(start, crop, strict=True))
+                region = (slice(None),) + tuple(
+                    slice(int(s), int(s) + c) for s, c in zip(start, crop, strict=True)
+                )
                 out[name] = out[key][region]
             if self.delete_keys:
                 del out[key]
@@ -102,7 +104,14 @@ def pretrain_view_augment(spatial_dims: int = 2) -> Compose:
     flips = [RandFlip(prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
     return Compose(
         [
-            RandZoom(prob=0.75, min_zoom=0.8, max_zoom=1.2, mode="bilinear", padding_mode="constant", keep_size=True),
+            RandZoom(
+                prob=0.75,
+                min_zoom=0.8,
+                max_zoom=1.2,
+                mode="bilinear",
+                padding_mode="constant",
+                keep_size=True,
+            ),
             *flips,
             RandRotate90(prob=0.5, max_k=3),
             RandScaleIntensity(factors=0.1, prob=0.75),
@@ -113,7 +122,9 @@ def pretrain_view_augment(spatial_dims: int = 2) -> Compose:
     )
 
 
-def finetune_crop(crop: int, crops_per_slice: int = 2, pos: float = 1.0, neg: float = 1.0) -> RandCropByPosNegLabeld:
+def finetune_crop(
+    crop: int, crops_per_slice: int = 2, pos: float = 1.0, neg: float = 1.0
+) -> RandCropByPosNegLabeld:
     """RandCropByPosNegLabel as the reference code (centre on an organ with probability pos/(pos+neg))."""
     return RandCropByPosNegLabeld(
         keys=["image", "label"],
