@@ -194,9 +194,7 @@ def from_dict(cls: type, raw: Any, where: str) -> Any:
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - valid)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in raw.items()}
     try:
         return cls(**kwargs)
