@@ -1,0 +1,162 @@
+"""From a run config to data loaders, on top of the data layer (store, splits, datasets).
+
+Every epoch gets its own loader whose shuffling and augmentation seeds derive from (run seed, epoch), so
+epoch k draws the same samples whether the run went straight through or was resumed before epoch k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ioussl.config import RunConfig
+from ioussl.errors import DataError
+
+
+def derived_seed(seed: int, epoch: int, purpose: str) -> int:
+    """A 31-bit seed for one purpose in one epoch, independent of what ran before."""
+    digest = hashlib.sha256(f"{seed}/{epoch}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def open_store(cfg: RunConfig) -> Any:
+    """Open the slice store named by ``cfg.data.store`` and check it can feed crops of ``cfg.data.crop``.
+
+    Raises:
+        DataError: the store is missing, unreadable, or its slices are smaller than the crop.
+    """
+    from ioussl.science.store import SliceStore
+
+    root = Path(cfg.data.store)
+    if not root.exists():
+        raise DataError(f"data store {root} does not exist (data.store in the run config)")
+    return SliceStore(root)
+
+
+def check_crop_fits(store: Any, cases: list[str], crop: int) -> None:
+    height, width = store.min_shape(cases)
+    if min(height, width) < crop:
+        raise DataError(
+            f"data store {store.root if hasattr(store, 'root') else ''} has slices of {height}x{width}, "
+            f"smaller than the configured crop {crop}: preprocess with padding to at least {crop}"
+        )
+
+
+def pretrain_slice_ids(store: Any, cfg: RunConfig) -> np.ndarray:
+    """The unlabelled cases' slices (plus the labelled ones if ``pretrain.include_labelled``)."""
+    assert cfg.pretrain is not None
+    cases = list(store.unlabelled_cases())
+    if cfg.pretrain.include_labelled:
+        cases += list(store.labelled_cases())
+    if not cases:
+        raise DataError(f"data store {cfg.data.store} has no unlabelled cases to pretrain on")
+    check_crop_fits(store, cases, cfg.data.crop)
+    return np.asarray(store.slice_ids(cases))
+
+
+def finetune_split(store: Any, cfg: RunConfig) -> dict[str, list[str]]:
+    """Train / val (/ test) case lists from ``cfg.data.split``, each case a labelled case of the store."""
+    from ioussl.science.splits import load_split
+
+    labelled = list(store.labelled_cases())
+    if cfg.data.split is None:
+        raise DataError("a fine-tune run needs data.split (a JSON file with train and val case lists)")
+    split = load_split(Path(cfg.data.split))
+    parts = {name: list(split[name]) for name in ("train", "val", "test") if split.get(name)}
+    for name in ("train", "val"):
+        if not parts.get(name):
+            raise DataError(f"split {cfg.data.split} has no {name!r} cases")
+    known = set(labelled)
+    for name, cases in parts.items():
+        absent = sorted(set(cases) - known)
+        if absent:
+            raise DataError(
+                f"split {cfg.data.split} names {name} case(s) {', '.join(absent[:5])} that are not labelled "
+                f"cases of data store {cfg.data.store}"
+            )
+    check_crop_fits(store, parts["train"], cfg.data.crop)
+    return parts
+
+
+def flatten_crops(items: list[list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Collate fine-tuning items (each a list of crops of one slice) into one batch of crops."""
+    crops = [crop for item in items for crop in item]
+    return {key: torch.stack([torch.as_tensor(crop[key]) for crop in crops]) for key in ("image", "label")}
+
+
+def make_loader(dataset: Any, batch_size: int, workers: int, seed: int, **kwargs: Any) -> DataLoader:
+    """A shuffling loader whose order and worker seeds come from ``seed`` alone."""
+    from ioussl.science.datasets import worker_init_fn
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        generator=generator,
+        worker_init_fn=worker_init_fn if workers > 0 else None,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        **kwargs,
+    )
+
+
+def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
+    """Pairs of views cut by the IoU sampler; incomplete last batches are dropped, as in the reference."""
+    from ioussl.science.datasets import PretrainPairDataset
+
+    assert cfg.sampler is not None and cfg.pretrain is not None
+    sampler = cfg.sampler
+    dataset = PretrainPairDataset(
+        store,
+        ids,
+        cfg.data.crop,
+        sampler.i_min,
+        sampler.i_max,
+        random_crop=sampler.random_crop,
+        mode=sampler.mode,
+        augment=True,
+        seed=derived_seed(cfg.seed, epoch, "pairs"),
+    )
+    seed = derived_seed(cfg.seed, epoch, "order")
+    return make_loader(dataset, cfg.pretrain.batch_size, workers, seed, drop_last=True)
+
+
+def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
+    """Batches of ``batch_size`` slices x ``crops_per_slice`` crops (pos/neg-balanced centres)."""
+    from ioussl.science.datasets import FinetuneSliceDataset
+
+    assert cfg.finetune is not None
+    ft = cfg.finetune
+    dataset = FinetuneSliceDataset(
+        store,
+        ids,
+        cfg.data.crop,
+        crops_per_slice=ft.crops_per_slice,
+        pos=ft.pos,
+        neg=ft.neg,
+        augment=True,
+        seed=derived_seed(cfg.seed, epoch, "crops"),
+    )
+    seed = derived_seed(cfg.seed, epoch, "order")
+    return make_loader(dataset, ft.batch_size, workers, seed, collate_fn=flatten_crops)
+
+
+def val_loader(store: Any, ids: np.ndarray, workers: int) -> DataLoader:
+    """Whole slices one at a time (their sizes differ), in store order."""
+    from ioussl.science.datasets import ValSliceDataset
+
+    return DataLoader(ValSliceDataset(store, ids), batch_size=1, shuffle=False, num_workers=workers)
+
+
+def subsample(ids: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` ids, evenly spaced (tiny profiles score a few slices of every case)."""
+    if limit is None or len(ids) <= limit:
+        return ids
+    return ids[np.linspace(0, len(ids) - 1, limit).round().astype(int)]
