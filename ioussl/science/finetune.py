@@ -88,7 +88,8 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
             line.update(validate_and_select(state, cfg, run_dir, val, progress, epoch, step))
         save_last(state, cfg, run_dir, epoch, step, progress=progress)
         runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
-    return summarise_run(state, cfg, run_dir, store, parts, progress, encoder, steps)
+    result = summarise_run(state, cfg, run_dir, store, parts, progress, encoder, steps)
+    return {**result, "device": runtime.describe()}
 
 
 def is_eval_epoch(epoch: int, ft: FinetuneConfig) -> bool:

@@ -71,7 +71,7 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         runfiles.append_jsonl(run_dir / runfiles.METRICS, last)
     if not last:
         raise DataError("pretraining ran no epoch (pretrain.epochs is 0)")
-    return export_encoder(model, cfg, run_dir, last, steps)
+    return {**export_encoder(model, cfg, run_dir, last, steps), "device": runtime.describe()}
 
 
 def steps_per_epoch(num_slices: int, cfg: RunConfig) -> int:
