@@ -1,0 +1,177 @@
+"""Exact uniform IoU-constrained pair sampling, vectorised (the engine behind ``sampler`` mode "exact").
+
+Why it is exact: given box 1, each rejection round draws box-2 offsets uniformly from a box in offset
+space that contains every valid offset and accepts those whose intersection lies in [I_lo, I_hi]; an
+accepted draw is therefore uniform over the valid positions. Pairs still pending after a few rounds get
+the exact distribution directly: the valid positions are counted per combination of per-axis overlaps
+(the IoU depends only on them), a combination is drawn in proportion to its count, then an offset with
+those overlaps uniformly. A mixture of exact-uniform stages is exact-uniform. Box 1 is redrawn only when
+the count (or the proposal box) is empty, i.e. when no box 2 exists for it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ioussl.science.sampler import _PROPOSAL_ROUNDS, _intersection_bounds, pair_exists
+
+_MAX_BOX1_DRAWS = 100_000  # a feasible image always has a valid box 1; this only guards a bug
+_EXACT_CHUNK_CELLS = 4_000_000  # grid cells per chunk in the exact path (memory bound)
+
+
+def sample_exact(
+    rng: np.random.Generator, shapes: np.ndarray, crop: np.ndarray, i_min: float, i_max: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """See ``sampler.sample_crop_pairs``; shapes is [n, d], crop is [d]."""
+    n, d = shapes.shape
+    lo_i, hi_i = _intersection_bounds(tuple(crop.tolist()), i_min, i_max)
+    feasible = _feasible(shapes, crop, i_min, i_max)
+    starts1 = np.zeros((n, d), dtype=np.int64)
+    starts2 = np.zeros((n, d), dtype=np.int64)
+    span = shapes - crop + 1  # number of valid start positions per axis
+    if not feasible.all():  # no pair exists for these images: independent uniform crops, flagged
+        bad = ~feasible
+        starts1[bad] = _uniform_starts(rng, span[bad])
+        starts2[bad] = _uniform_starts(rng, span[bad])
+    pending = np.flatnonzero(feasible)
+    reach = _proposal_reach(crop, lo_i)
+    for _ in range(_MAX_BOX1_DRAWS):
+        if pending.size == 0:
+            break
+        starts1[pending] = _uniform_starts(rng, span[pending])
+        pending = _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i)
+    else:  # pragma: no cover - unreachable for a feasible image
+        raise RuntimeError("exact sampler did not terminate; this is a bug")
+    offsets = np.abs(starts2 - starts1)
+    inter = np.prod(np.maximum(crop - offsets, 0), axis=1).astype(np.float64)
+    volume = float(np.prod(crop))
+    return starts1, starts2, inter / (2.0 * volume - inter), ~feasible
+
+
+def _feasible(shapes: np.ndarray, crop: np.ndarray, i_min: float, i_max: float) -> np.ndarray:
+    crop_t = tuple(crop.tolist())
+    if shapes.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    if np.all(shapes == shapes[0]):
+        return np.full(shapes.shape[0], pair_exists(tuple(shapes[0].tolist()), crop_t, i_min, i_max))
+    unique, inverse = np.unique(shapes, axis=0, return_inverse=True)
+    answers = np.array([pair_exists(tuple(row), crop_t, i_min, i_max) for row in unique.tolist()])
+    return answers[inverse.ravel()]
+
+
+def _uniform_starts(rng: np.random.Generator, span: np.ndarray) -> np.ndarray:
+    # floor(u * span) is uniform on 0..span-1 (float64 has ample resolution for image sides).
+    return (rng.random(span.shape) * span).astype(np.int64)
+
+
+def _proposal_reach(crop: np.ndarray, lo_i: int) -> np.ndarray:
+    """Largest |offset| per axis a valid pair can have: overlap_k >= I_lo / (V / c_k) when I_lo > 0."""
+    if lo_i <= 0:
+        return np.full(crop.shape, np.iinfo(np.int64).max // 4)
+    others = np.prod(crop) // crop
+    min_overlap = -(-lo_i // others)  # ceil
+    return crop - min_overlap
+
+
+def _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i) -> np.ndarray:
+    """Fill starts2 for the pending pairs; return those whose box 1 admits no box 2 (to redraw)."""
+    s1 = starts1[pending]
+    low = np.maximum(-s1, -reach)  # offset range [low, high] of the proposal, per pair and axis
+    high = np.minimum(shapes[pending] - crop - s1, reach)
+    empty = np.any(low > high, axis=1)  # the proposal box holds every valid offset: none exists
+    redraw = [pending[empty]]
+    alive = np.flatnonzero(~empty)
+    for k in _PROPOSAL_ROUNDS:
+        if alive.size == 0:
+            break
+        width = (high[alive] - low[alive] + 1)[:, None, :]
+        offsets = low[alive][:, None, :] + (rng.random((alive.size, k, crop.size)) * width).astype(np.int64)
+        inter = np.prod(np.maximum(crop - np.abs(offsets), 0), axis=2)
+        ok = (inter >= lo_i) & (inter <= hi_i)
+        hit = ok.any(axis=1)
+        first = ok.argmax(axis=1)
+        rows = alive[hit]
+        starts2[pending[rows]] = s1[rows] + offsets[hit, first[hit]]
+        alive = alive[~hit]
+    if alive.size:
+        found = _exact_box2(rng, pending[alive], starts1, starts2, shapes, crop, lo_i, hi_i)
+        redraw.append(pending[alive][~found])
+    return np.concatenate(redraw)
+
+
+@functools.lru_cache(maxsize=64)
+def _overlap_mask(crop: tuple[int, ...], lo_i: int, hi_i: int) -> np.ndarray:
+    """Boolean grid over per-axis overlaps (0..c_k each): is their product in [I_lo, I_hi]?"""
+    product = np.ones((1,) * len(crop), dtype=np.int64)
+    for axis, c in enumerate(crop):
+        shape = [1] * len(crop)
+        shape[axis] = c + 1
+        product = product * np.arange(c + 1).reshape(shape)
+    return (product >= lo_i) & (product <= hi_i)
+
+
+def _overlap_counts(s1: np.ndarray, side: np.ndarray, c: int) -> np.ndarray:
+    """[m, c+1]: how many box-2 starts on this axis give overlap u with box 1, for u = 0..c."""
+    low, high = -s1, side - c - s1  # offset range, low <= 0 <= high
+    u = np.arange(c + 1)
+    shift = (c - u)[None, :]
+    counts = (shift <= high[:, None]).astype(np.int64) + (-shift >= low[:, None])
+    counts[:, c] = 1  # offset 0, counted once
+    counts[:, 0] = np.maximum(high - c + 1, 0) + np.maximum(-c - low + 1, 0)  # |offset| >= c
+    return counts
+
+
+def _exact_box2(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
+    """Exact conditional draw of box 2 for ``rows``; returns which rows had any valid box 2."""
+    mask = _overlap_mask(tuple(crop.tolist()), lo_i, hi_i)
+    chunk = max(1, _EXACT_CHUNK_CELLS // mask.size)
+    found = np.zeros(rows.size, dtype=bool)
+    for begin in range(0, rows.size, chunk):
+        part = rows[begin : begin + chunk]
+        found[begin : begin + chunk] = _exact_chunk(rng, part, starts1, starts2, shapes, crop, mask)
+    return found
+
+
+def _exact_chunk(rng, rows, starts1, starts2, shapes, crop, mask) -> np.ndarray:
+    s1, sides = starts1[rows], shapes[rows]
+    counts = [_overlap_counts(s1[:, k], sides[:, k], int(crop[k])) for k in range(crop.size)]
+    weights = np.broadcast_to(mask, (rows.size, *mask.shape)).astype(np.float64)
+    overlaps = np.zeros((rows.size, crop.size), dtype=np.int64)
+    total = None
+    for axis in range(crop.size):
+        marginal = weights
+        for k in range(crop.size - 1, axis, -1):  # sum out the later axes, weighted by their counts
+            marginal = (marginal * counts[k].reshape(rows.size, *([1] * (k - axis)), -1)).sum(axis=-1)
+        marginal = marginal * counts[axis]
+        cdf = np.cumsum(marginal, axis=1)
+        if total is None:
+            total = cdf[:, -1].copy()
+        pick = np.minimum((cdf <= (rng.random(rows.size) * cdf[:, -1])[:, None]).sum(axis=1), crop[axis])
+        overlaps[:, axis] = pick
+        weights = weights[np.arange(rows.size), pick]
+    found = total > 0
+    offsets = np.stack(
+        [
+            _offset_with_overlap(rng, overlaps[:, k], s1[:, k], sides[:, k], int(crop[k]))
+            for k in range(crop.size)
+        ],
+        axis=1,
+    )
+    starts2[rows[found]] = s1[found] + offsets[found]
+    return found
+
+
+def _offset_with_overlap(rng, u: np.ndarray, s1: np.ndarray, side: np.ndarray, c: int) -> np.ndarray:
+    """A uniform in-range offset whose overlap with box 1 is u (per pair)."""
+    low, high = -s1, side - c - s1
+    shift = c - u
+    pos_ok, neg_ok = shift <= high, -shift >= low
+    choose_pos = pos_ok & (~neg_ok | (rng.random(u.size) < 0.5))
+    partial = np.where(choose_pos, shift, -shift)
+    n_neg = np.maximum(-c - low + 1, 0)  # offsets in [low, -c]
+    n_pos = np.maximum(high - c + 1, 0)  # offsets in [c, high]
+    r = (rng.random(u.size) * np.maximum(n_neg + n_pos, 1)).astype(np.int64)
+    apart = np.where(r < n_neg, low + r, c + r - n_neg)
+    return np.where(u == c, 0, np.where(u == 0, apart, partial))
