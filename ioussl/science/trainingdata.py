@@ -42,7 +42,7 @@ def check_crop_fits(store: Any, cases: list[str], crop: int) -> None:
     height, width = store.min_shape(cases)
     if min(height, width) < crop:
         raise DataError(
-            f"data store {store.root if hasattr(store, 'root') else ''} has slices of {height}x{width}, "
+            f"data store {store.root} has slices of {height}x{width}, "
             f"smaller than the configured crop {crop}: preprocess with padding to at least {crop}"
         )
 
@@ -61,98 +61,54 @@ def pretrain_slice_ids(store: Any, cfg: RunConfig) -> np.ndarray:
 
 def finetune_split(store: Any, cfg: RunConfig) -> dict[str, list[str]]:
     """Train / val (/ test) case lists from ``cfg.data.split``, each case a labelled case of the store."""
-    from ioussl.science.splits import load_split
+    from ioussl.science.splits import check_split_cases, load_split
 
-    labelled = list(store.labelled_cases())
     if cfg.data.split is None:
         raise DataError("a fine-tune run needs data.split (a JSON file with train and val case lists)")
     split = load_split(Path(cfg.data.split))
-    parts = {name: list(split[name]) for name in ("train", "val", "test") if split.get(name)}
+    parts = {name: cases for name, cases in split.items() if cases}
     for name in ("train", "val"):
         if not parts.get(name):
             raise DataError(f"split {cfg.data.split} has no {name!r} cases")
-    known = set(labelled)
-    for name, cases in parts.items():
-        absent = sorted(set(cases) - known)
-        if absent:
-            raise DataError(
-                f"split {cfg.data.split} names {name} case(s) {', '.join(absent[:5])} that are not labelled "
-                f"cases of data store {cfg.data.store}"
-            )
+    where = f"split {cfg.data.split} against labelled cases of data store {cfg.data.store}"
+    check_split_cases(parts, store.labelled_cases(), where=where)
     check_crop_fits(store, parts["train"], cfg.data.crop)
     return parts
 
 
-def flatten_crops(items: list[list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
-    """Collate fine-tuning items (each a list of crops of one slice) into one batch of crops."""
-    crops = [crop for item in items for crop in item]
-    return {key: torch.stack([torch.as_tensor(crop[key]) for crop in crops]) for key in ("image", "label")}
-
-
-def make_loader(dataset: Any, batch_size: int, workers: int, seed: int, **kwargs: Any) -> DataLoader:
-    """A shuffling loader whose order and worker seeds come from ``seed`` alone."""
-    from ioussl.science.datasets import worker_init_fn
-
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        generator=generator,
-        worker_init_fn=worker_init_fn if workers > 0 else None,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-        **kwargs,
-    )
-
-
 def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
     """Pairs of views cut by the IoU sampler; incomplete last batches are dropped, as in the reference."""
-    from ioussl.science.datasets import PretrainPairDataset
+    from ioussl.science.datasets import PretrainPairDataset, make_pretrain_loader
 
     assert cfg.sampler is not None and cfg.pretrain is not None
     sampler = cfg.sampler
     dataset = PretrainPairDataset(
-        store,
-        ids,
-        cfg.data.crop,
-        sampler.i_min,
-        sampler.i_max,
-        random_crop=sampler.random_crop,
-        mode=sampler.mode,
-        augment=True,
-        seed=derived_seed(cfg.seed, epoch, "pairs"),
-    )
-    seed = derived_seed(cfg.seed, epoch, "order")
-    return make_loader(dataset, cfg.pretrain.batch_size, workers, seed, drop_last=True)
+        store, ids, cfg.data.crop, sampler.i_min, sampler.i_max, random_crop=sampler.random_crop,
+        mode=sampler.mode, augment=True, seed=derived_seed(cfg.seed, epoch, "pairs"),
+    )  # fmt: skip
+    order = derived_seed(cfg.seed, epoch, "order")
+    return make_pretrain_loader(dataset, cfg.pretrain.batch_size, workers, order, torch.cuda.is_available())
 
 
 def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
     """Batches of ``batch_size`` slices x ``crops_per_slice`` crops (pos/neg-balanced centres)."""
-    from ioussl.science.datasets import FinetuneSliceDataset
+    from ioussl.science.datasets import FinetuneSliceDataset, make_finetune_loader
 
     assert cfg.finetune is not None
     ft = cfg.finetune
     dataset = FinetuneSliceDataset(
-        store,
-        ids,
-        cfg.data.crop,
-        crops_per_slice=ft.crops_per_slice,
-        pos=ft.pos,
-        neg=ft.neg,
-        augment=True,
-        seed=derived_seed(cfg.seed, epoch, "crops"),
-    )
-    seed = derived_seed(cfg.seed, epoch, "order")
-    return make_loader(dataset, ft.batch_size, workers, seed, collate_fn=flatten_crops)
+        store, ids, cfg.data.crop, crops_per_slice=ft.crops_per_slice, pos=ft.pos, neg=ft.neg,
+        augment=True, seed=derived_seed(cfg.seed, epoch, "crops"),
+    )  # fmt: skip
+    order = derived_seed(cfg.seed, epoch, "order")
+    return make_finetune_loader(dataset, ft.batch_size, workers, order, torch.cuda.is_available())
 
 
 def val_loader(store: Any, ids: np.ndarray, workers: int) -> DataLoader:
     """Whole slices one at a time (their sizes differ), in store order."""
-    from ioussl.science.datasets import ValSliceDataset
+    from ioussl.science.datasets import ValSliceDataset, make_val_loader
 
-    return DataLoader(ValSliceDataset(store, ids), batch_size=1, shuffle=False, num_workers=workers)
+    return make_val_loader(ValSliceDataset(store, ids), batch_size=1, num_workers=workers)
 
 
 def subsample(ids: np.ndarray, limit: int | None) -> np.ndarray:
