@@ -1,9 +1,111 @@
-"""CLI commands: study (filled in by its issue)."""
+"""CLI: plan a study, look at it, report it, import external results."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from ioussl.cli.options import (
+    DbOption,
+    DryRunOption,
+    GroupOption,
+    JsonOption,
+    ReportFormat,
+    StageOption,
+    StateOption,
+    StudyOption,
+)
+from ioussl.errors import ConfigError
+
+plan_app = typer.Typer(help="Plan runs into the registry.", no_args_is_help=True)
+import_app = typer.Typer(help="Import externally obtained results.", no_args_is_help=True)
+
+
+@plan_app.command("grid")
+def plan_grid(
+    study_file: Annotated[Path, typer.Argument(help="Study file (TOML), e.g. jobs/thesis.toml.")],
+    db: DbOption = None,
+    dry_run: DryRunOption = False,
+    check_data: Annotated[
+        bool, typer.Option("--check-data/--no-check-data", help="Require the data store to exist now.")
+    ] = True,
+) -> None:
+    """Validate a study and add its grid of runs (pretrains, fine-tunes, baseline); twice adds nothing."""
+    from ioussl.cli import render
+    from ioussl.orchestration.service import plan_grid as plan
+
+    render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data))
+
+
+def status(
+    db: DbOption = None,
+    study: StudyOption = None,
+    stage: StageOption = None,
+    state: StateOption = None,
+    group: GroupOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the registry's runs grouped by interval: stage, seeds, state, job id, elapsed, DSC."""
+    from ioussl.cli import render
+    from ioussl.orchestration.service import status_rows
+
+    records = status_rows(db, study=study, stage=_stage(stage), statuses=_states(state), group=group)
+    render.status_json(records) if as_json else render.status_table(records)
+
+
+def report(
+    db: DbOption = None,
+    study: StudyOption = None,
+    table: Annotated[bool, typer.Option("--table", help="Table 4.2: mean ± std DSC per group.")] = True,
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = ReportFormat.terminal,
+    ddof: Annotated[int, typer.Option("--ddof", min=0, max=1, help="0: population std (as the thesis), 1: sample std.")] = 0,
+) -> None:
+    """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline."""
+    from ioussl.cli import render
+    from ioussl.orchestration.service import report_study
+
+    render.report(report_study(db, study, ddof=ddof), fmt)
+
+
+@import_app.command("results")
+def import_results(
+    study_file: Annotated[Path, typer.Argument(help="The study the results belong to (TOML).")],
+    results_csv: Annotated[Path, typer.Argument(help="CSV: group, pretrain_seed, seed, dsc [, dsc_3d, note].")],
+    source: Annotated[str, typer.Option("--source", help="Where the numbers come from (kept with each result).")],
+    db: DbOption = None,
+    base_dir: Annotated[
+        str | None, typer.Option("--base-dir", help="Record the study's relative paths against this directory.")
+    ] = None,
+) -> None:
+    """Import per-run results obtained elsewhere, marked as imported with their source."""
+    from ioussl.cli import render
+    from ioussl.orchestration.importing import import_results as run_import
+
+    render.import_outcome(run_import(study_file, results_csv, db, source, base_dir=base_dir))
+
+
+def _stage(stage: str | None) -> str | None:
+    if stage is not None and stage not in ("pretrain", "finetune"):
+        raise ConfigError(f"--stage must be pretrain or finetune, got {stage!r}")
+    return stage
+
+
+def _states(states: list[str] | None):  # type: ignore[no-untyped-def]
+    from ioussl.orchestration.status import RunStatus
+
+    if not states:
+        return None
+    valid = {s.value for s in RunStatus}
+    wrong = [s for s in states if s.upper() not in valid]
+    if wrong:
+        raise ConfigError(f"unknown state(s) {', '.join(wrong)}; valid: {', '.join(sorted(valid))}")
+    return [RunStatus(s.upper()) for s in states]
 
 
 def register(app: typer.Typer) -> None:
-    """Attach this module's commands to the root app."""
+    app.add_typer(plan_app, name="plan")
+    app.command("status")(status)
+    app.command("report")(report)
+    app.add_typer(import_app, name="import")

@@ -1,0 +1,135 @@
+"""Rendering service results for the terminal (rich) or for scripts (JSON, CSV, markdown, LaTeX)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from ioussl.orchestration.importing import ImportOutcome
+    from ioussl.orchestration.registry.repo import RunRecord
+    from ioussl.orchestration.report import Report
+    from ioussl.orchestration.service import PlanOutcome
+
+# Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables do not wrap.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+STATUS_STYLE = {
+    "PLANNED": "dim", "SUBMITTING": "yellow", "PENDING": "yellow", "RUNNING": "cyan", "COMPLETED": "green",
+    "FAILED": "red", "TIMEOUT": "red", "CANCELLED": "magenta", "BLOCKED": "red", "LOST": "red",
+}
+
+
+def plan_outcome(outcome: PlanOutcome) -> None:
+    verb = "would add" if outcome.dry_run else "added"
+    new_pre = sum(r.stage == "pretrain" for r in outcome.new)
+    console.print(
+        f"study [bold]{outcome.study}[/]: {verb} {len(outcome.new)} run(s) "
+        f"({new_pre} pretrain, {len(outcome.new) - new_pre} finetune); {len(outcome.existing)} already planned"
+        + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)" if outcome.resources_updated else "")
+    )
+    if outcome.new:
+        table = Table("run", "stage", "group", "pretrain seed", "seed", "parent")
+        for run in outcome.new:
+            table.add_row(run.key, run.stage, run.group, _opt(run.pretrain_seed), str(run.seed), run.parent_key or "-")
+        console.print(table)
+
+
+def status_table(records: Sequence[RunRecord]) -> None:
+    if not records:
+        console.print("no runs match")
+        return
+    table = Table(title="runs")
+    for name in ("run", "stage", "pre seed", "seed", "state", "job", "tries", "elapsed", "DSC"):
+        table.add_column(name, no_wrap=True)
+    group = None
+    for record in records:
+        if record.group != group:
+            if group is not None:
+                table.add_section()
+            group = record.group
+            table.add_row(f"[bold]{group}[/]", "", "", "", "", "", "", "", "")
+        style = STATUS_STYLE.get(record.status.value, "")
+        table.add_row(
+            record.id, record.stage, _opt(record.pretrain_seed), str(record.seed),
+            f"[{style}]{record.status.value}[/]" + ("*" if record.imported else ""),
+            record.job_id or "-", str(record.attempts), _elapsed(record.elapsed_s),
+            "-" if record.dsc is None else f"{record.dsc:.3f}",
+        )
+    console.print(table)
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.status.value] = counts.get(record.status.value, 0) + 1
+    console.print(", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+    if any(record.imported for record in records):
+        console.print("* imported: the result was obtained outside ioussl (see ioussl status --json)")
+
+
+def status_json(records: Sequence[RunRecord]) -> None:
+    rows = [
+        {
+            "id": r.id, "study": r.study, "stage": r.stage, "group": r.group, "i_min": r.i_min, "i_max": r.i_max,
+            "random_crop": r.random_crop, "pretrain_seed": r.pretrain_seed, "seed": r.seed, "parent": r.parent_id,
+            "status": r.status.value, "reason": r.status_reason, "job_id": r.job_id, "attempts": r.attempts,
+            "elapsed_s": r.elapsed_s, "dsc": r.dsc, "dsc_3d": r.dsc_3d, "imported": r.imported,
+            "run_dir": r.run_dir,
+        }
+        for r in records
+    ]
+    print(json.dumps(rows, indent=1))
+
+
+def report(report: Report, fmt: str) -> None:
+    from ioussl.orchestration import report as fmt_report
+
+    if fmt == "markdown":
+        print(fmt_report.to_markdown(report), end="")
+    elif fmt == "csv":
+        print(fmt_report.to_csv(report), end="")
+    elif fmt == "latex":
+        print(fmt_report.to_latex(report), end="")
+    else:
+        # Two narrow tables read better in an 80-column terminal than one wide one.
+        cells = [fmt_report.row_cells(row, report.max_values) for row in report.rows]
+        head = fmt_report.header(report.max_values)
+        split = len(head) - 2
+        main = Table(title=f"{report.study}: DSC per group (std ddof={report.ddof})")
+        for name in head[:split]:
+            main.add_column(name, no_wrap=True)
+        for row in cells:
+            main.add_row(*row[:split])
+        console.print(main)
+        stats = Table(title="statistics")
+        for name in (head[0], head[split - 2], *head[split:]):
+            stats.add_column(name, no_wrap=True)
+        for row in cells:
+            stats.add_row(row[0], row[split - 2], *row[split:])
+        console.print(stats)
+        if report.left_out:
+            console.print(f"{len(report.left_out)} fine-tune(s) without a result yet:")
+            for line in report.left_out[:20]:
+                console.print(f"  {line}")
+
+
+def import_outcome(outcome: ImportOutcome) -> None:
+    console.print(
+        f"study [bold]{outcome.study}[/]: imported {outcome.imported} result(s), {outcome.unchanged} unchanged; "
+        f"{outcome.pretrains_marked} pretrain(s) marked completed (implied by their imported fine-tunes)"
+    )
+
+
+def _opt(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}"

@@ -1,0 +1,113 @@
+"""Expanding a study into runs (pure), and writing the new ones into the registry.
+
+The thesis grid: each interval x pretrain seed gives one pretrain; each pretrain x fine-tune seed gives one
+fine-tune whose parent is that pretrain; each baseline seed gives one fine-tune without a parent.
+Identity is the hash of (config, parent identity), so a second ``plan`` finds every run already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ioussl.config import RunConfig, run_hash
+from ioussl.errors import ConfigError, DataError
+from ioussl.orchestration.study import Interval, StudySpec
+
+BASELINE_GROUP = "no pretraining"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    key: str  # run id: short hash of (study, config hash)
+    stage: str
+    group: str
+    interval: Interval | None
+    seed: int
+    pretrain_seed: int | None
+    parent_key: str | None
+    config: RunConfig
+    config_hash: str
+    resources: dict[str, Any] = field(hash=False, compare=False)
+
+
+def run_key(study: str, config_hash: str) -> str:
+    return hashlib.sha256(f"{study}\0{config_hash}".encode()).hexdigest()[:12]
+
+
+def expand_grid(spec: StudySpec) -> list[PlannedRun]:
+    """Every run of the study, pretrains before their fine-tunes, in a stable order."""
+    runs: list[PlannedRun] = []
+    for interval in spec.intervals:
+        sampler = replace(spec.sampler, i_min=interval.i_min, i_max=interval.i_max,
+                          random_crop=interval.random_crop)
+        for pretrain_seed in spec.pretrain_seeds:
+            config = RunConfig(stage="pretrain", seed=pretrain_seed, data=spec.data, model=spec.model,
+                               runtime=spec.runtime, sampler=sampler, pretrain=spec.pretrain).validate()
+            parent = _planned(spec, config, interval, None, None)
+            runs.append(parent)
+            for seed in spec.finetune_seeds:
+                runs.append(_planned(spec, _finetune_config(spec, seed), interval, parent, pretrain_seed))
+    for seed in spec.baseline_seeds:
+        runs.append(_planned(spec, _finetune_config(spec, seed), None, None, None))
+    return runs
+
+
+def _finetune_config(spec: StudySpec, seed: int) -> RunConfig:
+    return RunConfig(stage="finetune", seed=seed, data=spec.data, model=spec.model, runtime=spec.runtime,
+                     finetune=spec.finetune).validate()
+
+
+def _planned(spec: StudySpec, config: RunConfig, interval: Interval | None, parent: PlannedRun | None,
+             pretrain_seed: int | None) -> PlannedRun:
+    digest = run_hash(config, parent.config_hash if parent else None)
+    return PlannedRun(
+        key=run_key(spec.name, digest),
+        stage=config.stage,
+        group=interval.label if interval else BASELINE_GROUP,
+        interval=interval,
+        seed=config.seed,
+        pretrain_seed=pretrain_seed,
+        parent_key=parent.key if parent else None,
+        config=config,
+        config_hash=digest,
+        resources=spec.resources[config.stage],
+    )
+
+
+def check_data(spec: StudySpec) -> None:
+    """Fail before anything is written if the study's data cannot serve its runs.
+
+    The store must exist; where it does, every interval must be reachable for the crop on the smallest
+    slice (checked by the science layer's numpy-only store and sampler, imported lazily).
+    """
+    store_path = spec.resolve(spec.data.store)
+    if not store_path.exists():
+        raise DataError(
+            f"data store not found: {store_path} (preprocess first: ioussl data preprocess; "
+            "or plan with --no-check-data)"
+        )
+    if spec.data.split is not None and not spec.resolve(spec.data.split).is_file():
+        raise DataError(f"split file not found: {spec.resolve(spec.data.split)}")
+    if not spec.intervals:
+        return
+    from ioussl.science.sampler import check_interval_feasible
+    from ioussl.science.store import SliceStore
+
+    store = SliceStore(store_path)
+    cases = store.labelled_cases() if spec.pretrain.include_labelled else store.unlabelled_cases()
+    if not spec.pretrain.include_labelled and not cases:
+        raise DataError(f"data store {store_path} has no unlabelled cases to pretrain on")
+    shape = store.min_shape(cases or None)
+    crop = (spec.data.crop, spec.data.crop)
+    for interval in spec.intervals:
+        try:
+            check_interval_feasible(shape, crop, interval.i_min, interval.i_max)
+        except ConfigError as exc:
+            raise ConfigError(f"interval {interval.label}: {exc}") from None
+
+
+def run_dir_for(spec: StudySpec, planned: PlannedRun) -> Path:
+    return spec.resolve(spec.runs_dir) / f"{planned.stage}-{planned.key}"

@@ -1,0 +1,167 @@
+"""The registry's tables (SQLAlchemy 2.0 typed models).
+
+A study holds runs; a run (pretrain or fine-tune) has a canonical config whose hash is its identity;
+every scheduler job of a run is an attempt that is never overwritten; a finished run has one result,
+metric series and provenance.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from ioussl.orchestration.status import RunStatus
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaInfo(Base):
+    __tablename__ = "schema_info"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    spec_path: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict] = mapped_column(JSON)  # the parsed study file, for provenance
+    runs_dir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    runs: Mapped[list[Run]] = relationship(back_populates="study", cascade="all, delete-orphan")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("study_id", "config_hash", name="uq_run_identity"),
+        Index("ix_runs_study_status", "study_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # short prefix of config_hash
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(String(16))  # pretrain | finetune
+    group: Mapped[str] = mapped_column(String(64))  # report row: "[0.3, 0.6]", "random crop [0, 1]", "no pretraining"
+    i_min: Mapped[float | None] = mapped_column(Float)  # None for the no-pretraining baseline
+    i_max: Mapped[float | None] = mapped_column(Float)
+    random_crop: Mapped[bool] = mapped_column(Boolean, default=False)
+    seed: Mapped[int] = mapped_column(Integer)
+    pretrain_seed: Mapped[int | None] = mapped_column(Integer)  # the parent's seed, for fine-tunes
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    config: Mapped[str] = mapped_column(Text)  # canonical JSON of the RunConfig
+    config_hash: Mapped[str] = mapped_column(String(64))
+    resources: Mapped[dict] = mapped_column(JSON, default=dict)  # per-stage sbatch resources
+    status: Mapped[RunStatus] = mapped_column(Enum(RunStatus, native_enum=False, length=16),
+                                              default=RunStatus.PLANNED)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    run_dir: Mapped[str] = mapped_column(Text)
+    imported: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="runs")
+    parent: Mapped[Run | None] = relationship(remote_side=[id])
+    attempts: Mapped[list[Attempt]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="Attempt.id"
+    )
+    result: Mapped[Result | None] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class Attempt(Base):
+    """One scheduler job (or array task) for a run. Rows are appended, never replaced."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_job", "job_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    executor: Mapped[str] = mapped_column(String(16))  # slurm | local | import
+    job_id: Mapped[str | None] = mapped_column(String(64))  # "123" or "123_4" for an array task
+    array_job_id: Mapped[str | None] = mapped_column(String(64))
+    array_index: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[RunStatus] = mapped_column(Enum(RunStatus, native_enum=False, length=16),
+                                              default=RunStatus.SUBMITTING)
+    scheduler_state: Mapped[str | None] = mapped_column(String(64))  # raw, e.g. "CANCELLED by 0"
+    exit_code: Mapped[str | None] = mapped_column(String(16))
+    node: Mapped[str | None] = mapped_column(String(255))
+    depends_on: Mapped[str | None] = mapped_column(String(64))  # the pretrain job id it waits for
+    misses: Mapped[int] = mapped_column(Integer, default=0)  # syncs in which the scheduler did not know it
+    reason: Mapped[str | None] = mapped_column(Text)
+    submitted_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    run: Mapped[Run] = relationship(back_populates="attempts")
+
+
+class Result(Base):
+    __tablename__ = "results"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    dsc: Mapped[float | None] = mapped_column(Float)  # the thesis' per-slice DSC (Table 4.2's number)
+    dsc_3d: Mapped[float | None] = mapped_column(Float)  # FLARE per-case 3D DSC, organs only
+    per_case: Mapped[dict | None] = mapped_column(JSON)
+    per_organ: Mapped[dict | None] = mapped_column(JSON)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)  # the whole result.json
+    imported: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    run: Mapped[Run] = relationship(back_populates="result")
+
+
+class Metric(Base):
+    """One point of a per-epoch series (loss, lr, collapse, fallback_rate, val_dsc, ...)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("run_id", "name", "epoch", name="uq_metric_point"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class Provenance(Base):
+    """Where a run's result came from: code version, packages, host."""
+
+    __tablename__ = "provenance"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    git_dirty: Mapped[bool | None] = mapped_column(Boolean)
+    packages: Mapped[dict] = mapped_column(JSON, default=dict)
+    host: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(255))
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

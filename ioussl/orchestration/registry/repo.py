@@ -1,0 +1,205 @@
+"""Registry access. Functions take a Session and never commit (the caller's unit of work does);
+reads return frozen records, never ORM rows, so sessions do not leak into reports and renderers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from ioussl.errors import NotFound
+from ioussl.orchestration.registry.models import Attempt, Metric, Provenance, Result, Run, Study, utcnow
+from ioussl.orchestration.status import RunStatus, check_transition
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    study: str
+    stage: str
+    group: str
+    i_min: float | None
+    i_max: float | None
+    random_crop: bool
+    seed: int
+    pretrain_seed: int | None
+    parent_id: str | None
+    status: RunStatus
+    status_reason: str | None
+    run_dir: str
+    imported: bool
+    job_id: str | None
+    attempts: int
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    dsc: float | None
+    dsc_3d: float | None
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at or utcnow()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+
+def find_study(session: Session, name: str) -> Study:
+    study = session.scalar(select(Study).where(Study.name == name))
+    if study is None:
+        known = session.scalars(select(Study.name).order_by(Study.name)).all()
+        hint = f"; known studies: {', '.join(known)}" if known else "; the registry has no study yet"
+        raise NotFound(f"unknown study {name!r}{hint}")
+    return study
+
+
+def get_or_create_study(session: Session, name: str, spec_path: str | None, spec: dict[str, Any],
+                        runs_dir: str) -> tuple[Study, bool]:
+    study = session.scalar(select(Study).where(Study.name == name))
+    if study is not None:
+        return study, False
+    study = Study(name=name, spec_path=spec_path, spec=spec, runs_dir=runs_dir)
+    session.add(study)
+    session.flush()
+    return study, True
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    """A run by id or unique id prefix (at least 4 characters)."""
+    run = session.get(Run, run_id)
+    if run is not None:
+        return run
+    if len(run_id) >= 4:
+        matches = session.scalars(select(Run).where(Run.id.startswith(run_id, autoescape=True)).limit(2)).all()
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise NotFound(f"run id prefix {run_id!r} is ambiguous")
+    raise NotFound(f"unknown run {run_id!r}")
+
+
+def existing_hashes(session: Session, study: Study) -> dict[str, str]:
+    """config_hash -> run id for every run of the study."""
+    rows = session.execute(select(Run.config_hash, Run.id).where(Run.study_id == study.id))
+    return {config_hash: run_id for config_hash, run_id in rows}
+
+
+def add_run(session: Session, study: Study, **fields: Any) -> Run:
+    run = Run(study_id=study.id, status=RunStatus.PLANNED, **fields)
+    session.add(run)
+    return run
+
+
+def set_status(session: Session, run: Run, new: RunStatus, reason: str | None = None) -> bool:
+    """Move a run through the transition table; returns whether anything changed."""
+    old = RunStatus(run.status)
+    check_transition(old, new)
+    if old == new and reason is None:
+        return False
+    run.status = new
+    if reason is not None:
+        run.status_reason = reason
+    run.updated_at = utcnow()
+    return old != new
+
+
+def record_result(session: Session, run: Run, payload: dict[str, Any], *, imported: bool = False,
+                  source: str | None = None) -> Result:
+    """Store (or replace, for the same run) the result; the caller moves the status to COMPLETED."""
+    result = run.result or Result(run_id=run.id)
+    result.dsc = _float_or_none(payload.get("dsc"))
+    result.dsc_3d = _float_or_none(payload.get("dsc_3d"))
+    result.per_case = payload.get("per_case")
+    result.per_organ = payload.get("per_organ")
+    result.best_epoch = payload.get("best_epoch")
+    result.checkpoint_path = payload.get("checkpoint")
+    result.checkpoint_sha256 = payload.get("checkpoint_sha256")
+    result.payload = payload
+    result.imported = imported
+    result.source = source
+    if run.result is None:
+        session.add(result)
+        run.result = result
+    return result
+
+
+def record_metrics(session: Session, run_id: str, points: Iterable[tuple[str, int, int | None, float]]) -> int:
+    """Insert (name, epoch, step, value) points not yet stored; returns how many were new."""
+    have = set(session.execute(select(Metric.name, Metric.epoch).where(Metric.run_id == run_id)).all())
+    added = 0
+    for name, epoch, step, value in points:
+        if (name, epoch) in have:
+            continue
+        session.add(Metric(run_id=run_id, name=name, epoch=epoch, step=step, value=value))
+        have.add((name, epoch))
+        added += 1
+    return added
+
+
+def record_provenance(session: Session, run_id: str, info: dict[str, Any]) -> None:
+    row = session.get(Provenance, run_id) or Provenance(run_id=run_id)
+    row.git_commit = info.get("git_commit")
+    row.git_dirty = info.get("git_dirty")
+    row.packages = info.get("packages", {})
+    row.host = info.get("host")
+    row.device = info.get("device")
+    session.merge(row)
+
+
+def metric_series(session: Session, run_ids: Sequence[str], name: str) -> dict[str, list[tuple[int, float]]]:
+    rows = session.execute(
+        select(Metric.run_id, Metric.epoch, Metric.value)
+        .where(Metric.run_id.in_(run_ids), Metric.name == name)
+        .order_by(Metric.run_id, Metric.epoch)
+    )
+    series: dict[str, list[tuple[int, float]]] = {}
+    for run_id, epoch, value in rows:
+        series.setdefault(run_id, []).append((epoch, value))
+    return series
+
+
+def list_runs(session: Session, study: str | None = None, stage: str | None = None,
+              statuses: Sequence[RunStatus] | None = None, group: str | None = None) -> list[RunRecord]:
+    """Every matching run with its latest attempt and result, in one query."""
+    latest = (
+        select(Attempt.run_id, func.max(Attempt.id).label("last_id"), func.count(Attempt.id).label("n"))
+        .group_by(Attempt.run_id)
+        .subquery()
+    )
+    last = aliased(Attempt)
+    query = (
+        select(Run, Study.name, last, latest.c.n, Result.dsc, Result.dsc_3d)
+        .join(Study, Run.study_id == Study.id)
+        .outerjoin(latest, latest.c.run_id == Run.id)
+        .outerjoin(last, last.id == latest.c.last_id)
+        .outerjoin(Result, Result.run_id == Run.id)
+        .order_by(Study.name, Run.group, Run.stage.desc(), Run.pretrain_seed, Run.seed, Run.id)
+    )
+    if study is not None:
+        query = query.where(Study.name == study)
+    if stage is not None:
+        query = query.where(Run.stage == stage)
+    if statuses:
+        query = query.where(Run.status.in_(list(statuses)))
+    if group is not None:
+        query = query.where(Run.group == group)
+    records = []
+    for run, study_name, attempt, n_attempts, dsc, dsc_3d in session.execute(query):
+        records.append(
+            RunRecord(
+                id=run.id, study=study_name, stage=run.stage, group=run.group, i_min=run.i_min,
+                i_max=run.i_max, random_crop=run.random_crop, seed=run.seed, pretrain_seed=run.pretrain_seed,
+                parent_id=run.parent_id, status=RunStatus(run.status), status_reason=run.status_reason,
+                run_dir=run.run_dir, imported=run.imported, job_id=attempt.job_id if attempt else None,
+                attempts=n_attempts or 0, started_at=attempt.started_at if attempt else None,
+                ended_at=attempt.ended_at if attempt else None, dsc=dsc, dsc_3d=dsc_3d,
+            )
+        )
+    return records
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)

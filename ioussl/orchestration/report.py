@@ -1,0 +1,178 @@
+"""Table 4.2: mean ± std DSC per group, from recorded fine-tune results (pure, no ORM, no torch).
+
+The thesis reports the population std (ddof=0) of the four DSCs of a group (thesis-protocol.md §8);
+``ddof=1`` gives the sample std. A group with fewer results than planned runs is marked ``n/N``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ioussl.orchestration.planning import BASELINE_GROUP
+from ioussl.orchestration.registry.repo import RunRecord
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96 is within 4%).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 25: 2.060, 30: 2.042}
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    group: str
+    values: tuple[float, ...]  # DSC of each completed fine-tune, ordered by (pretrain seed, seed)
+    run_ids: tuple[str, ...]
+    planned: int
+    mean: float | None
+    std: float | None
+    ci95: tuple[float, float] | None
+    delta: float | None  # mean minus the baseline's mean
+    paired_delta: float | None  # mean over matched fine-tune seeds of (group - baseline)
+    paired_n: int
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def complete(self) -> bool:
+        return self.n == self.planned
+
+
+@dataclass(frozen=True)
+class Report:
+    study: str
+    ddof: int
+    rows: tuple[GroupRow, ...]
+    left_out: tuple[str, ...]  # "run <id> (<group>): <why>"
+    max_values: int
+
+
+def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0,
+                 group_order: Sequence[str] = ()) -> Report:
+    """Group fine-tunes, compute mean/std/CI and the difference to the no-pretraining baseline."""
+    finetunes = [r for r in records if r.stage == "finetune"]
+    groups: dict[str, list[RunRecord]] = {}
+    for record in finetunes:
+        groups.setdefault(record.group, []).append(record)
+    order = _ordered(groups, group_order)
+    left_out = tuple(
+        f"run {r.id} ({r.group}): {r.status.value.lower()}{' - ' + r.status_reason if r.status_reason else ''}"
+        for r in finetunes if r.dsc is None
+    )
+    baseline = groups.get(BASELINE_GROUP, [])
+    base_mean = _mean([r.dsc for r in baseline if r.dsc is not None])
+    rows = tuple(_row(name, groups[name], ddof, base_mean, baseline) for name in order)
+    return Report(study, ddof, rows, left_out, max((row.planned for row in rows), default=0))
+
+
+def _ordered(groups: dict[str, list[RunRecord]], group_order: Sequence[str]) -> list[str]:
+    head = [BASELINE_GROUP] if BASELINE_GROUP in groups else []
+    known = [g for g in group_order if g in groups and g != BASELINE_GROUP]
+    rest = sorted(g for g in groups if g not in head and g not in known)
+    return head + known + rest
+
+
+def _row(name: str, runs: list[RunRecord], ddof: int, base_mean: float | None,
+         baseline: list[RunRecord]) -> GroupRow:
+    done = sorted((r for r in runs if r.dsc is not None), key=lambda r: (r.pretrain_seed or 0, r.seed, r.id))
+    values = tuple(float(r.dsc) for r in done if r.dsc is not None)
+    mean = _mean(values)
+    std = _std(values, ddof)
+    paired = _paired(done, baseline) if name != BASELINE_GROUP else []
+    return GroupRow(
+        group=name, values=values, run_ids=tuple(r.id for r in done), planned=len(runs), mean=mean, std=std,
+        ci95=_ci95(values), delta=None if mean is None or base_mean is None or name == BASELINE_GROUP
+        else mean - base_mean,
+        paired_delta=_mean(paired), paired_n=len(paired),
+    )
+
+
+def _paired(done: list[RunRecord], baseline: list[RunRecord]) -> list[float]:
+    """Differences to the baseline fine-tune with the same fine-tune seed (same data order and init)."""
+    by_seed = {r.seed: r.dsc for r in baseline if r.dsc is not None}
+    return [float(r.dsc) - float(by_seed[r.seed]) for r in done if r.seed in by_seed and r.dsc is not None]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _std(values: Sequence[float], ddof: int) -> float | None:
+    if len(values) - ddof <= 0:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - ddof))
+
+
+def _ci95(values: Sequence[float]) -> tuple[float, float] | None:
+    if len(values) < 2:
+        return None
+    df = len(values) - 1
+    quantile = _T95.get(df) or (_T95[max(k for k in _T95 if k <= df)] if df <= 30 else 1.96)
+    mean = sum(values) / len(values)
+    half = quantile * (_std(values, 1) or 0.0) / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+# ---- rendering (plain text formats; the terminal table is rich, in the CLI) ----
+
+def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def row_cells(row: GroupRow, max_values: int) -> list[str]:
+    """Group, mean ± std, DSC 1..k, n, Δ baseline, 95% CI, paired Δ (n) — shared by every format."""
+    mean_std = "-" if row.mean is None else f"{row.mean:.3f} ± {_fmt(row.std)}"
+    values = [_fmt(v) for v in row.values] + [""] * (max_values - row.n)
+    n = f"{row.n}" if row.complete else f"{row.n}/{row.planned}"
+    ci = "-" if row.ci95 is None else f"[{row.ci95[0]:.3f}, {row.ci95[1]:.3f}]"
+    paired = "-" if row.paired_delta is None else f"{row.paired_delta:+.3f} ({row.paired_n})"
+    return [row.group, mean_std, *values, n, _fmt(row.delta, signed=True), ci, paired]
+
+
+def header(max_values: int) -> list[str]:
+    return ["group", "mean ± std", *[f"DSC {i}" for i in range(1, max_values + 1)], "n", "Δ baseline",
+            "95% CI", "paired Δ (n)"]
+
+
+def to_markdown(report: Report) -> str:
+    head = header(report.max_values)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row_cells(row, report.max_values)) + " |" for row in report.rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["group", "mean", "std", "ddof", "n", "planned", "delta_baseline", "ci95_low", "ci95_high",
+                     "paired_delta", "paired_n", "values", "run_ids"])
+    for row in report.rows:
+        low, high = row.ci95 if row.ci95 else (None, None)
+        writer.writerow([row.group, row.mean, row.std, report.ddof, row.n, row.planned, row.delta, low, high,
+                         row.paired_delta, row.paired_n, " ".join(f"{v:.6f}" for v in row.values),
+                         " ".join(row.run_ids)])
+    return buffer.getvalue()
+
+
+def to_latex(report: Report) -> str:
+    head = header(report.max_values)
+    lines = [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\hline",
+             " & ".join(_latex_escape(h) for h in head) + r" \\", r"\hline"]
+    for row in report.rows:
+        cells = [_latex_escape(c).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+                 for c in row_cells(row, report.max_values)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    return text.replace("&", r"\&").replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$")

@@ -1,0 +1,64 @@
+"""Run statuses and the one table of allowed transitions.
+
+Every status change in ioussl goes through :func:`check_transition`; COMPLETED is never rewritten, and the
+other end states (FAILED, TIMEOUT, CANCELLED, BLOCKED, LOST) change only by an explicit retry or re-chain.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ioussl.errors import IllegalTransition
+
+
+class RunStatus(enum.StrEnum):
+    PLANNED = "PLANNED"  # in the registry, never submitted (or its submission failed cleanly)
+    SUBMITTING = "SUBMITTING"  # intent recorded, sbatch/submit under way: adopt or retry, never duplicate
+    PENDING = "PENDING"  # queued (waiting for resources or for its pretrain)
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"  # result.json ingested (or imported)
+    FAILED = "FAILED"  # the job exited non-zero, ran out of memory or lost its node
+    TIMEOUT = "TIMEOUT"  # hit its time limit without being requeued
+    CANCELLED = "CANCELLED"  # cancelled by a user
+    BLOCKED = "BLOCKED"  # a fine-tune whose pretrain failed: waits for a retry of the pretrain
+    LOST = "LOST"  # vanished from the scheduler without an exit marker after repeated misses
+
+    def is_terminal(self) -> bool:
+        """No scheduler news can change this status (only a user's retry can)."""
+        return self in _TERMINAL
+
+    def is_active(self) -> bool:
+        """The scheduler may still hold a job for this run."""
+        return self in _ACTIVE
+
+
+S = RunStatus
+_TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST})
+_ACTIVE = frozenset({S.SUBMITTING, S.PENDING, S.RUNNING})
+_RETRYABLE = frozenset({S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST})
+
+# from -> allowed targets. Terminal states only move back to PLANNED/SUBMITTING (a user's retry or a
+# re-chain onto a resubmitted pretrain); COMPLETED moves nowhere.
+ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
+    S.PLANNED: frozenset({S.SUBMITTING, S.CANCELLED, S.BLOCKED, S.COMPLETED}),
+    S.SUBMITTING: frozenset({S.PLANNED, S.PENDING, S.RUNNING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED,
+                             S.BLOCKED, S.LOST}),
+    S.PENDING: frozenset({S.RUNNING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST}),
+    S.RUNNING: frozenset({S.PENDING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.LOST}),
+    S.COMPLETED: frozenset(),
+    **{status: frozenset({S.PLANNED, S.SUBMITTING}) for status in _RETRYABLE},
+}
+
+
+def can_transition(old: RunStatus, new: RunStatus) -> bool:
+    return old == new or new in ALLOWED[old]
+
+
+def check_transition(old: RunStatus, new: RunStatus) -> None:
+    """Raise IllegalTransition unless ``old -> new`` is in the table (staying put is always allowed)."""
+    if not can_transition(old, new):
+        raise IllegalTransition(f"a run cannot go from {old} to {new}")
+
+
+def is_retryable(status: RunStatus) -> bool:
+    return status in _RETRYABLE

@@ -1,0 +1,222 @@
+"""Study files (TOML): the whole grid in one file, validated before anything is written.
+
+A study names its IoU intervals, pretrain and fine-tune seeds, the no-pretraining baseline, the shared
+hyperparameters (defaults: Table 4.1) and per-stage resources; the site-specific SLURM part (partition,
+account, qos, ...) lives in a cluster profile that the study points to, so one study runs on many sites.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ioussl.config import (
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,
+    RuntimeConfig,
+    SamplerConfig,
+    from_dict,
+    validate_interval,
+    validate_model,
+)
+from ioussl.errors import ConfigError
+
+STUDY_SECTIONS = ("study", "data", "model", "runtime", "sampler", "pretrain", "finetune", "intervals",
+                  "resources", "slurm")
+STUDY_KEYS = ("name", "description", "cluster", "runs_dir")
+INTERVAL_KEYS = ("name", "i_min", "i_max", "random_crop")
+RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additional")
+SLURM_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus_per_node", "exclude", "setup",
+              "additional", "max_parallel")
+
+
+@dataclass(frozen=True)
+class Interval:
+    i_min: float
+    i_max: float
+    random_crop: bool = False
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        text = f"[{self.i_min:g}, {self.i_max:g}]"
+        return f"random crop {text}" if self.random_crop else text
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    description: str
+    path: Path | None
+    base_dir: Path  # relative paths in the study (data, runs_dir, cluster) are relative to this
+    runs_dir: str
+    data: DataConfig
+    model: ModelConfig
+    runtime: RuntimeConfig
+    sampler: SamplerConfig
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
+    intervals: tuple[Interval, ...]
+    pretrain_seeds: tuple[int, ...]
+    finetune_seeds: tuple[int, ...]
+    baseline_seeds: tuple[int, ...]
+    resources: dict[str, dict[str, Any]]  # stage -> merged resources + slurm profile
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def load_study(path: str | Path, base_dir: str | Path | None = None) -> StudySpec:
+    """Read and validate a study file. Raises ConfigError with one clear line on any problem."""
+    path = Path(path)
+    raw = _read_toml(path)
+    base = Path(base_dir) if base_dir is not None else path.resolve().parent
+    return parse_study(raw, path=path, base_dir=base)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+
+
+def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> StudySpec:
+    where = str(path) if path else "study"
+    _check_keys(raw, STUDY_SECTIONS, where)
+    head = raw.get("study", {})
+    _check_keys(head, STUDY_KEYS, f"{where} [study]")
+    name = head.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: [study] needs a non-empty name")
+    pretrain_raw = dict(raw.get("pretrain", {}))
+    finetune_raw = dict(raw.get("finetune", {}))
+    pretrain_seeds = _seeds(pretrain_raw.pop("seeds", []), f"{where} [pretrain].seeds")
+    finetune_seeds = _seeds(finetune_raw.pop("seeds", []), f"{where} [finetune].seeds")
+    baseline_seeds = _seeds(finetune_raw.pop("baseline_seeds", []), f"{where} [finetune].baseline_seeds")
+    data = from_dict(DataConfig, raw.get("data", {}), f"{where} [data]")
+    model = from_dict(ModelConfig, raw.get("model", {}), f"{where} [model]")
+    validate_model(model, data.crop)
+    intervals = _intervals(raw.get("intervals", []), where)
+    if intervals and not pretrain_seeds:
+        raise ConfigError(f"{where}: intervals are given but [pretrain].seeds is empty")
+    if intervals and not finetune_seeds:
+        raise ConfigError(f"{where}: intervals are given but [finetune].seeds is empty")
+    if not intervals and not baseline_seeds:
+        raise ConfigError(f"{where}: the study is empty (no [[intervals]] and no [finetune].baseline_seeds)")
+    cluster = _cluster_profile(head.get("cluster"), base_dir, where)
+    cluster.update(_checked(raw.get("slurm", {}), SLURM_KEYS, f"{where} [slurm]"))
+    return StudySpec(
+        name=name.strip(),
+        description=str(head.get("description", "")),
+        path=path,
+        base_dir=base_dir,
+        runs_dir=str(head.get("runs_dir", f"runs/{name.strip()}")),
+        data=data,
+        model=model,
+        runtime=from_dict(RuntimeConfig, raw.get("runtime", {}), f"{where} [runtime]"),
+        sampler=from_dict(SamplerConfig, raw.get("sampler", {}), f"{where} [sampler]"),
+        pretrain=from_dict(PretrainConfig, pretrain_raw, f"{where} [pretrain]"),
+        finetune=from_dict(FinetuneConfig, finetune_raw, f"{where} [finetune]"),
+        intervals=intervals,
+        pretrain_seeds=pretrain_seeds,
+        finetune_seeds=finetune_seeds,
+        baseline_seeds=baseline_seeds,
+        resources=_resources(raw.get("resources", {}), cluster, where),
+        raw=raw,
+    )
+
+
+def _check_keys(table: Any, valid: tuple[str, ...], where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _checked(table: Any, valid: tuple[str, ...], where: str) -> dict[str, Any]:
+    _check_keys(table, valid, where)
+    return dict(table)
+
+
+def _seeds(values: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{where}: expected a list of integers, got {values!r}")
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: duplicate seed(s) {', '.join(map(str, duplicates))}")
+    return tuple(values)
+
+
+def _intervals(items: Any, where: str) -> tuple[Interval, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: [[intervals]] must be an array of tables")
+    intervals = []
+    for number, item in enumerate(items, start=1):
+        table = _checked(item, INTERVAL_KEYS, f"{where} interval {number}")
+        random_crop = table.get("random_crop", False)
+        if not isinstance(random_crop, bool):
+            raise ConfigError(f"{where} interval {number}: random_crop must be true or false")
+        i_min, i_max = table.get("i_min", 0.0), table.get("i_max", 1.0)
+        for value in (i_min, i_max):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where} interval {number}: i_min and i_max must be numbers, got {value!r}")
+        try:
+            validate_interval(float(i_min), float(i_max))
+        except ConfigError as exc:
+            raise ConfigError(f"{where} interval {number}: {exc}") from None
+        if random_crop and (i_min, i_max) != (0, 1):
+            raise ConfigError(f"{where} interval {number}: random cropping means [0, 1], got [{i_min}, {i_max}]")
+        intervals.append(Interval(float(i_min), float(i_max), random_crop, table.get("name")))
+    labels = [interval.label for interval in intervals]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: interval(s) listed twice: {', '.join(repeated)}")
+    return tuple(intervals)
+
+
+def _cluster_profile(reference: Any, base_dir: Path, where: str) -> dict[str, Any]:
+    if reference is None:
+        return {}
+    if not isinstance(reference, str):
+        raise ConfigError(f"{where}: [study].cluster must be a path to a cluster profile")
+    path = Path(reference) if Path(reference).is_absolute() else base_dir / reference
+    raw = _read_toml(path)
+    _check_keys(raw, ("slurm",), str(path))
+    return _checked(raw.get("slurm", {}), SLURM_KEYS, f"{path} [slurm]")
+
+
+def _resources(raw: Any, cluster: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    _check_keys(raw, ("pretrain", "finetune"), f"{where} [resources]")
+    merged = {}
+    for stage in ("pretrain", "finetune"):
+        stage_resources = _checked(raw.get(stage, {}), RESOURCE_KEYS, f"{where} [resources.{stage}]")
+        merged[stage] = {"slurm": dict(cluster), **stage_resources}
+    return merged
+
+
+def spec_summary(spec: StudySpec) -> dict[str, Any]:
+    """A JSON-able view of the parsed study, stored with the study for provenance."""
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "intervals": [dataclasses.asdict(i) for i in spec.intervals],
+        "pretrain_seeds": list(spec.pretrain_seeds),
+        "finetune_seeds": list(spec.finetune_seeds),
+        "baseline_seeds": list(spec.baseline_seeds),
+        "raw": spec.raw,
+    }
