@@ -24,61 +24,103 @@ _NO_VALUE = {"", "None", "None assigned", "Unknown", "N/A", "(null)"}
 
 @dataclass(frozen=True)
 class Resources:
-    """What one job asks of the cluster; study settings over its cluster profile (thesis: one V100)."""
+    """What one job asks of the cluster: stage resources over the cluster profile (thesis: one V100)."""
 
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    gpus_per_node: int = 1
-    gres: str | None = None  # e.g. "gpu:v100:1"; when set it replaces gpus_per_node
     constraint: str | None = None  # e.g. "v100"
+    exclude: str | None = None
+    gres: str | None = None  # e.g. "gpu:v100:1"; when set it replaces gpus_per_node
+    gpus_per_node: int = 1
+    nodes: int = 1
     cpus_per_task: int = 8
     mem_gb: float | None = None
     time_min: int = 24 * 60
+    setup: tuple[str, ...] = ()  # shell lines from the study's cluster profile (module load ...)
+    extra: Mapping[str, str] = field(default_factory=dict)  # further sbatch options, name -> value
+    max_parallel: int | None = None  # local executor: jobs at once
     signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint, then requeue
     max_requeues: int = 3  # timeouts/preemptions a job may be requeued for (submitit's max_num_timeout)
-    extra: Mapping[str, str] = field(default_factory=dict)  # further sbatch options, name -> value
 
     def gpus(self) -> int:
         """GPUs one job holds, for the GPU-hours estimate (gres "gpu:v100:2" -> 2)."""
         if self.gres:
             match = re.fullmatch(r"gpu(?::[^:,]+)?(?::(\d+))?", self.gres)
             if match:
-                return int(match.group(1) or 1)
-        return self.gpus_per_node
+                return int(match.group(1) or 1) * self.nodes
+        return self.gpus_per_node * self.nodes
 
     def gpu_hours(self) -> float:
         return self.gpus() * self.time_min / 60
 
 
-def resources_from(*layers: Mapping[str, Any] | None, where: str = "resources") -> Resources:
-    """Merge plain mappings (cluster profile first, then study overrides) into validated Resources.
+_INT_KEYS = (
+    "gpus_per_node",
+    "nodes",
+    "cpus_per_task",
+    "time_min",
+    "signal_delay_s",
+    "max_requeues",
+    "max_parallel",
+)
+_STR_KEYS = ("partition", "account", "qos", "constraint", "exclude", "gres")
 
-    Raises:
-        ConfigError: an unknown key (the valid ones are named) or a value of the wrong type/range.
+
+def resources_for_run(stored: Mapping[str, Any], where: str = "resources") -> Resources:
+    """A run's stored resources (``{"slurm": profile, "gpus", ...}``, see study.py) as Resources.
+
+    The stage's own settings win over the cluster profile; sbatch options from both ``additional`` tables
+    are merged, the stage's last. Raises ConfigError on a value of the wrong type or range.
     """
-    valid = {f.name: f for f in dataclasses.fields(Resources)}
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in (layer or {}).items():
-            key = key.replace("-", "_")
-            if key not in valid:
-                raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(valid))}")
-            merged[key] = value
-    for key in ("gpus_per_node", "cpus_per_task", "time_min", "signal_delay_s", "max_requeues"):
-        if key in merged and (isinstance(merged[key], bool) or not isinstance(merged[key], int)):
-            raise ConfigError(f"{where}.{key}: expected an integer, got {merged[key]!r}")
+    profile = dict(stored.get("slurm") or {})
+    stage = {k: v for k, v in stored.items() if k != "slurm"}
+    merged: dict[str, Any] = {k: v for k, v in profile.items() if k not in ("additional", "setup")}
+    merged.update({k: v for k, v in stage.items() if k not in ("additional", "gpus")})
+    if "gpus" in stage:
+        merged["gpus_per_node"] = stage["gpus"]
+    extra = {
+        **_table(profile.get("additional"), f"{where}.slurm.additional"),
+        **_table(stage.get("additional"), f"{where}.additional"),
+    }
+    setup = profile.get("setup") or []
+    if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
+        raise ConfigError(f"{where}.slurm.setup: expected a list of shell lines, got {setup!r}")
+    valid = {f.name for f in dataclasses.fields(Resources)}
+    unknown = sorted(set(merged) - valid)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
+        )
+    _check_types(merged, where)
+    return Resources(**merged, extra=extra, setup=tuple(setup))
+
+
+def _table(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table of sbatch options, got {value!r}")
+    return {str(k).lstrip("-"): str(v) for k, v in value.items()}
+
+
+def _check_types(merged: Mapping[str, Any], where: str) -> None:
+    for key in _INT_KEYS:
+        value = merged.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+    for key in _STR_KEYS:
+        if merged.get(key) is not None and not isinstance(merged[key], str):
+            raise ConfigError(f"{where}.{key}: expected a string, got {merged[key]!r}")
+    mem = merged.get("mem_gb")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0):
+        raise ConfigError(f"{where}.mem_gb: expected a positive number, got {mem!r}")
     if (
         merged.get("time_min", 1) < 1
         or merged.get("cpus_per_task", 1) < 1
         or merged.get("gpus_per_node", 0) < 0
     ):
         raise ConfigError(f"{where}: time_min and cpus_per_task must be >= 1 and gpus_per_node >= 0")
-    extra = merged.get("extra", {})
-    if not isinstance(extra, Mapping):
-        raise ConfigError(f"{where}.extra: expected a table of sbatch options, got {extra!r}")
-    merged["extra"] = {str(k).lstrip("-"): str(v) for k, v in extra.items()}
-    return Resources(**merged)
 
 
 def submitit_parameters(
@@ -96,11 +138,16 @@ def submitit_parameters(
         "signal_delay_s": res.signal_delay_s,
         "stderr_to_stdout": True,
     }
+    if res.nodes != 1:
+        params["nodes"] = res.nodes
+    if res.setup:
+        params["setup"] = list(res.setup)
     optional = {
         "partition": res.partition,
         "account": res.account,
         "qos": res.qos,
         "constraint": res.constraint,
+        "exclude": res.exclude,
         "comment": comment,
         "dependency": dependency,
     }
@@ -126,7 +173,7 @@ def sbatch_flags(params: Mapping[str, Any], array_size: int | None = None) -> li
     renamed = {"job_name": "job-name", "gpus_per_node": "gpus-per-node", "cpus_per_task": "cpus-per-task"}
     flags = []
     for key, value in params.items():
-        if key in ("additional_parameters", "signal_delay_s", "stderr_to_stdout"):
+        if key in ("additional_parameters", "signal_delay_s", "stderr_to_stdout", "setup"):
             continue
         flags.append(f"--{renamed.get(key, key.replace('_', '-'))}={value}")
     if "signal_delay_s" in params:

@@ -11,40 +11,50 @@ from ioussl.errors import ConfigError
 from ioussl.orchestration import slurm
 
 GOLDEN = Path(__file__).parent / "golden"
+# A run's stored resources, as study.py merges them: the cluster profile under "slurm", the stage's own
+# settings beside it.
 PROFILE = {
-    "partition": "gpu",
-    "account": "plgssl",
-    "qos": "normal",
-    "constraint": "v100",
+    "slurm": {
+        "partition": "gpu",
+        "account": "plgssl",
+        "qos": "normal",
+        "constraint": "v100",
+        "setup": ["module load CUDA/11.7"],
+        "additional": {"--mail-type": "FAIL"},
+    },
+    "gpus": 1,
     "cpus_per_task": 8,
     "mem_gb": 32,
     "time_min": 1440,
-    "extra": {"--mail-type": "FAIL"},
 }
 
 
-def test_study_settings_override_the_cluster_profile():
-    res = slurm.resources_from(PROFILE, {"time-min": 600, "gres": "gpu:v100:1"})
-    assert (res.partition, res.time_min, res.gres, res.extra) == (
-        "gpu",
-        600,
-        "gpu:v100:1",
-        {"mail-type": "FAIL"},
-    )
+def test_stage_settings_override_the_cluster_profile():
+    stored = {
+        **PROFILE,
+        "slurm": {**PROFILE["slurm"], "gpus_per_node": 4, "time_min": 60},
+        "additional": {"mail-type": "END"},
+    }
+    res = slurm.resources_for_run(stored)
+    assert (res.partition, res.time_min, res.gpus_per_node) == ("gpu", 1440, 1)
+    assert res.extra == {"mail-type": "END"} and res.setup == ("module load CUDA/11.7",)
 
 
 @pytest.mark.parametrize(
-    "layer, message",
+    "change, message",
     [
-        ({"partitoin": "gpu"}, "unknown key 'partitoin'; valid keys: account"),
+        ({"partitoin": "gpu"}, "unknown key.*partitoin; valid keys: account"),
         ({"time_min": "1h"}, "time_min: expected an integer"),
         ({"cpus_per_task": 0}, "must be >= 1"),
-        ({"extra": "--foo"}, "expected a table of sbatch options"),
+        ({"additional": "--foo"}, "expected a table of sbatch options"),
+        ({"mem_gb": -1}, "mem_gb: expected a positive number"),
+        ({"slurm": {"partition": 7}}, "partition: expected a string"),
+        ({"slurm": {"setup": "module load x"}}, "setup: expected a list of shell lines"),
     ],
 )
-def test_bad_resources_name_the_key(layer, message):
+def test_bad_resources_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message):
-        slurm.resources_from(PROFILE, layer)
+        slurm.resources_for_run({**PROFILE, **change})
 
 
 @pytest.mark.parametrize(
@@ -63,10 +73,11 @@ def test_gpu_hours(fields, gpus, hours):
 
 
 def test_dependent_job_is_killed_on_an_invalid_dependency():
-    res = slurm.resources_from(PROFILE)
+    res = slurm.resources_for_run(PROFILE)
     params = slurm.submitit_parameters(res, job_name="ioussl-r2", dependency="afterok:41")
     assert params["dependency"] == "afterok:41"
     assert params["additional_parameters"] == {"mail-type": "FAIL", "kill-on-invalid-dep": "yes"}
+    assert params["setup"] == ["module load CUDA/11.7"]
     assert params["gpus_per_node"] == 1 and params["mem"] == "32GB" and "gres" not in params
     independent = slurm.submitit_parameters(res, job_name="ioussl-r1")
     assert (
@@ -86,7 +97,7 @@ def test_sbatch_flags_for_dry_run():
 
 @pytest.mark.parametrize("name, array", [("sbatch_pretrain.txt", None), ("sbatch_finetune_array.txt", 2)])
 def test_sbatch_script_matches_golden_file(name, array, tmp_path):
-    res = slurm.resources_from(PROFILE, {"gres": "gpu:v100:1"})
+    res = slurm.resources_for_run({**PROFILE, "slurm": {**PROFILE["slurm"], "gres": "gpu:v100:1"}})
     dependency = "afterok:41" if array else None
     params = slurm.submitit_parameters(
         res, job_name="ioussl-s1-r7", comment="ioussl runs=7,8", dependency=dependency
