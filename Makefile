@@ -37,7 +37,9 @@ demo: install
 example: install
 	rm -f registry.db.example
 	$(VENV)/bin/ioussl import results jobs/thesis.toml jobs/thesis-table-4.2.csv \
-		--db registry.db.example --source "thesis Table 4.2 (README of dittohed/exploring-ssl-for-ct)"
+		--db registry.db.example --base-dir jobs \
+		--source "thesis Table 4.2 (README of dittohed/exploring-ssl-for-ct)"
+	rm -f registry.db.example-wal registry.db.example-shm
 
 slurm-up:
 	bash scripts/slurm-local-up.sh

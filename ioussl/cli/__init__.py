@@ -7,7 +7,6 @@ and ``ioussl status`` stay fast on a login node.
 from __future__ import annotations
 
 import sys
-
 from typing import Any
 
 import typer

@@ -13,8 +13,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from ioussl.orchestration.importing import ImportOutcome
     from ioussl.orchestration.registry.repo import RunRecord
-    from ioussl.orchestration.report import Report
-    from ioussl.orchestration.service import PlanOutcome
+    from ioussl.orchestration.service import PlanOutcome, ReportOutcome
 
 # Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables do not wrap.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -31,7 +30,8 @@ def plan_outcome(outcome: PlanOutcome) -> None:
     console.print(
         f"study [bold]{outcome.study}[/]: {verb} {len(outcome.new)} run(s) "
         f"({new_pre} pretrain, {len(outcome.new) - new_pre} finetune); {len(outcome.existing)} already planned"
-        + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)" if outcome.resources_updated else "")
+        + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)"
+           if outcome.resources_updated else "")
     )
     if outcome.new:
         table = Table("run", "stage", "group", "pretrain seed", "seed", "parent")
@@ -40,9 +40,15 @@ def plan_outcome(outcome: PlanOutcome) -> None:
         console.print(table)
 
 
-def status_table(records: Sequence[RunRecord]) -> None:
+SUMMARY_ABOVE = 400  # rows; past this a per-group summary reads better (and renders 30x faster) than a list
+
+
+def status_table(records: Sequence[RunRecord], show_all: bool = False) -> None:
     if not records:
         console.print("no runs match")
+        return
+    if len(records) > SUMMARY_ABOVE and not show_all:
+        status_summary(records)
         return
     table = Table(title="runs")
     for name in ("run", "stage", "pre seed", "seed", "state", "job", "tries", "elapsed", "DSC"):
@@ -70,6 +76,20 @@ def status_table(records: Sequence[RunRecord]) -> None:
         console.print("* imported: the result was obtained outside ioussl (see ioussl status --json)")
 
 
+def status_summary(records: Sequence[RunRecord]) -> None:
+    """Counts per (study, group, stage) and state, for registries too large to list row by row."""
+    counts: dict[tuple[str, str, str], dict[str, int]] = {}
+    for record in records:
+        row = counts.setdefault((record.study, record.group, record.stage), {})
+        row[record.status.value] = row.get(record.status.value, 0) + 1
+    states = [s for s in STATUS_STYLE if any(s in row for row in counts.values())]
+    table = Table("study", "group", "stage", *states, "total", title=f"{len(records)} runs (summary)")
+    for (study, group, stage), row in counts.items():
+        table.add_row(study, group, stage, *[str(row.get(s, "")) for s in states], str(sum(row.values())))
+    console.print(table)
+    console.print("list every run with --all, or narrow with --study, --stage, --state or --interval")
+
+
 def status_json(records: Sequence[RunRecord]) -> None:
     rows = [
         {
@@ -84,8 +104,10 @@ def status_json(records: Sequence[RunRecord]) -> None:
     print(json.dumps(rows, indent=1))
 
 
-def report(report: Report, fmt: str) -> None:
+def report(outcome: ReportOutcome, fmt: str) -> None:
     from ioussl.orchestration import report as fmt_report
+
+    report = outcome.report
 
     if fmt == "markdown":
         print(fmt_report.to_markdown(report), end="")
@@ -110,10 +132,10 @@ def report(report: Report, fmt: str) -> None:
         for row in cells:
             stats.add_row(row[0], row[split - 2], *row[split:])
         console.print(stats)
-        if report.left_out:
-            console.print(f"{len(report.left_out)} fine-tune(s) without a result yet:")
-            for line in report.left_out[:20]:
-                console.print(f"  {line}")
+        for line in fmt_report.footer_lines(report):
+            console.print(line, markup=False)
+    for path in outcome.plots:
+        Console(stderr=True, highlight=False).print(f"wrote {path}")
 
 
 def import_outcome(outcome: ImportOutcome) -> None:

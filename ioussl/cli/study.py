@@ -46,6 +46,7 @@ def status(
     state: StateOption = None,
     group: GroupOption = None,
     as_json: JsonOption = False,
+    show_all: Annotated[bool, typer.Option("--all", help="List every run even in a large registry.")] = False,
     sync: Annotated[
         bool, typer.Option("--sync/--no-sync", help="Ask SLURM first (one sacct); ingest run files.")
     ] = True,
@@ -64,7 +65,7 @@ def status(
         if sync:
             sync_for_status(db, study)
         records = status_rows(db, study=study, stage=_stage(stage), statuses=_states(state), group=group)
-        render.status_json(records) if as_json else render.status_table(records)
+        render.status_json(records) if as_json else render.status_table(records, show_all=show_all)
         if watch is None:
             return
         time.sleep(watch)
@@ -75,13 +76,21 @@ def report(
     study: StudyOption = None,
     table: Annotated[bool, typer.Option("--table", help="Table 4.2: mean ± std DSC per group.")] = True,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = ReportFormat.terminal,
-    ddof: Annotated[int, typer.Option("--ddof", min=0, max=1, help="0: population std (as the thesis), 1: sample std.")] = 0,
+    ddof: Annotated[
+        int, typer.Option("--ddof", min=0, max=1, help="0: population std (as the thesis), 1: sample std.")
+    ] = 0,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also write PNG figures (collapse, DSC per group) into DIR.")
+    ] = None,
+    pairs: Annotated[
+        Path | None, typer.Option("--pairs", help="Pair analysis JSON (ioussl analyze pairs --json) to plot.")
+    ] = None,
 ) -> None:
     """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline."""
     from ioussl.cli import render
     from ioussl.orchestration.service import report_study
 
-    render.report(report_study(db, study, ddof=ddof), fmt)
+    render.report(report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs), fmt)
 
 
 @import_app.command("results")

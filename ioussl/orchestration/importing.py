@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ioussl.errors import ConfigError, DataError
+from ioussl.orchestration import planning
 from ioussl.orchestration.registry import open_registry, repo
 from ioussl.orchestration.registry.models import Attempt, Run, utcnow
-from ioussl.orchestration.service import _register, PlanOutcome
-from ioussl.orchestration import planning
+from ioussl.orchestration.service import PlanOutcome, _register
 from ioussl.orchestration.status import RunStatus
 from ioussl.orchestration.study import load_study
 

@@ -50,6 +50,7 @@ class Report:
     rows: tuple[GroupRow, ...]
     left_out: tuple[str, ...]  # "run <id> (<group>): <why>"
     max_values: int
+    footer: tuple[str, ...] = ()  # provenance: code versions, registry fingerprint
 
 
 def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0,
@@ -127,10 +128,16 @@ def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+MAX_VALUE_COLUMNS = 8  # beyond this many runs per group, tables show the first ones and "+N more"
+
+
 def row_cells(row: GroupRow, max_values: int) -> list[str]:
     """Group, mean ± std, DSC 1..k, n, Δ baseline, 95% CI, paired Δ (n) — shared by every format."""
     mean_std = "-" if row.mean is None else f"{row.mean:.3f} ± {_fmt(row.std)}"
-    values = [_fmt(v) for v in row.values] + [""] * (max_values - row.n)
+    shown = min(max_values, MAX_VALUE_COLUMNS)
+    values = [_fmt(v) for v in row.values[:shown]] + [""] * max(0, shown - row.n)
+    if max_values > MAX_VALUE_COLUMNS:
+        values.append(f"+{row.n - shown} more" if row.n > shown else "")
     n = f"{row.n}" if row.complete else f"{row.n}/{row.planned}"
     ci = "-" if row.ci95 is None else f"[{row.ci95[0]:.3f}, {row.ci95[1]:.3f}]"
     paired = "-" if row.paired_delta is None else f"{row.paired_delta:+.3f} ({row.paired_n})"
@@ -138,14 +145,29 @@ def row_cells(row: GroupRow, max_values: int) -> list[str]:
 
 
 def header(max_values: int) -> list[str]:
-    return ["group", "mean ± std", *[f"DSC {i}" for i in range(1, max_values + 1)], "n", "Δ baseline",
+    shown = min(max_values, MAX_VALUE_COLUMNS)
+    more = ["…"] if max_values > MAX_VALUE_COLUMNS else []
+    return ["group", "mean ± std", *[f"DSC {i}" for i in range(1, shown + 1)], *more, "n", "Δ baseline",
             "95% CI", "paired Δ (n)"]
+
+
+def footer_lines(report: Report) -> list[str]:
+    lines = list(report.footer)
+    if report.left_out:
+        lines.append(f"left out ({len(report.left_out)} fine-tune(s) without a DSC):")
+        lines += [f"  {line}" for line in report.left_out[:20]]
+        if len(report.left_out) > 20:
+            lines.append(f"  ... and {len(report.left_out) - 20} more")
+    return lines
 
 
 def to_markdown(report: Report) -> str:
     head = header(report.max_values)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row_cells(row, report.max_values)) + " |" for row in report.rows]
+    footer = footer_lines(report)
+    if footer:
+        lines += ["", *[f"> {line}" for line in footer]]
     return "\n".join(lines) + "\n"
 
 
@@ -171,6 +193,7 @@ def to_latex(report: Report) -> str:
                  for c in row_cells(row, report.max_values)]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
+    lines += [f"% {line}" for line in footer_lines(report)]
     return "\n".join(lines) + "\n"
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ioussl.errors import DataError
 from ioussl.orchestration import planning
 from ioussl.orchestration.planning import PlannedRun
-from ioussl.orchestration.registry import open_registry
-from ioussl.orchestration.registry import repo
+from ioussl.orchestration.registry import open_registry, repo
+from ioussl.orchestration.registry.db import MissingRegistry
 from ioussl.orchestration.registry.models import Run
+from ioussl.orchestration.report import Report
 from ioussl.orchestration.status import RunStatus
-from ioussl.orchestration.study import StudySpec, load_study, spec_summary
+from ioussl.orchestration.study import Interval, StudySpec, load_study, spec_summary
 
 
 @dataclass
@@ -31,7 +35,7 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     if check_data:
         planning.check_data(spec)
     outcome = PlanOutcome(study=spec.name, dry_run=dry_run)
-    registry = open_registry(db, create=not dry_run)
+    registry = _open_for_plan(db, dry_run)
     try:
         with registry.session() as session:
             outcome = _register(session, spec, planned, outcome)
@@ -40,6 +44,15 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     finally:
         registry.dispose()
     return outcome
+
+
+def _open_for_plan(db: str | None, dry_run: bool):  # type: ignore[no-untyped-def]
+    if not dry_run:
+        return open_registry(db, create=True)
+    try:
+        return open_registry(db, create=False)
+    except MissingRegistry:  # a dry run against no registry: everything is new, and nothing is created
+        return open_registry("sqlite://", create=True)
 
 
 def _register(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
@@ -84,10 +97,16 @@ def status_rows(db: str | None, study: str | None = None, stage: str | None = No
         registry.dispose()
 
 
-def report_study(db: str | None, study: str | None, ddof: int = 0):  # type: ignore[no-untyped-def]
-    """Table 4.2 for one study (the only one, if the registry holds just one)."""
+@dataclass
+class ReportOutcome:
+    report: Report
+    plots: list[Path] = field(default_factory=list)
+
+
+def report_study(db: str | None, study: str | None, ddof: int = 0, plot_dir: Path | None = None,
+                 pairs_json: Path | None = None) -> ReportOutcome:
+    """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures."""
     from ioussl.orchestration.report import build_report
-    from ioussl.orchestration.study import Interval
 
     registry = open_registry(db, create=False)
     try:
@@ -95,9 +114,55 @@ def report_study(db: str | None, study: str | None, ddof: int = 0):  # type: ign
             row = repo.find_study(session, study) if study else _only_study(session)
             order = [Interval(**i).label for i in row.spec.get("intervals", [])]
             records = repo.list_runs(session, study=row.name)
+            footer = provenance_footer(session, records, registry.location)
+            curves = _collapse_curves(session, records) if plot_dir else {}
     finally:
         registry.dispose()
-    return build_report(records, row.name, ddof=ddof, group_order=order)
+    report = build_report(records, row.name, ddof=ddof, group_order=order)
+    report = dataclasses.replace(report, footer=footer)
+    plots = _write_plots(report, curves, plot_dir, pairs_json) if plot_dir else []
+    return ReportOutcome(report, plots)
+
+
+def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """Which code produced the numbers, and a fingerprint of the registry rows they come from."""
+    fingerprint = hashlib.sha256(
+        "\n".join(f"{r.id}:{r.status.value}:{r.dsc!r}:{r.dsc_3d!r}" for r in sorted(records, key=lambda r: r.id))
+        .encode()
+    ).hexdigest()[:16]
+    commits = repo.result_commits(session, [r.id for r in records])
+    code = ", ".join(f"{commit} ({n} run(s))" for commit, n in sorted(commits.items())) or "none recorded"
+    imported = sum(r.imported and r.stage == "finetune" for r in records)
+    lines = [f"registry {location}, fingerprint {fingerprint} over {len(records)} run(s)",
+             f"code of the recorded results: {code}"]
+    if imported:
+        lines.append(f"{imported} fine-tune result(s) imported from outside ioussl (see ioussl status --json)")
+    return tuple(lines)
+
+
+def _collapse_curves(session, records: list[repo.RunRecord]) -> dict[str, list[list[tuple[int, float]]]]:  # type: ignore[no-untyped-def]
+    pretrains = [r for r in records if r.stage == "pretrain"]
+    series = repo.metric_series(session, [r.id for r in pretrains], "collapse")
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for record in pretrains:
+        if record.id in series:
+            curves.setdefault(record.group, []).append(series[record.id])
+    return curves
+
+
+def _write_plots(report: Report, curves: dict, plot_dir: Path, pairs_json: Path | None) -> list[Path]:  # type: ignore[type-arg]
+    from ioussl.orchestration import plots
+
+    written = []
+    if any(row.values for row in report.rows):
+        written.append(plots.plot_dsc(report, plot_dir / "dsc_per_group.png"))
+    if curves:
+        written.append(plots.plot_collapse(curves, plot_dir / "collapse_per_epoch.png"))
+    if pairs_json is not None:
+        written.append(plots.plot_pairs(plots.read_pairs(pairs_json), plot_dir / "pair_semantics.png"))
+    if not written:
+        raise DataError("nothing to plot yet: no DSC, no collapse series and no pair analysis")
+    return written
 
 
 def _only_study(session):  # type: ignore[no-untyped-def]
@@ -110,5 +175,6 @@ def _only_study(session):  # type: ignore[no-untyped-def]
     if not studies:
         raise NotFound("the registry has no study yet: plan one with ioussl plan grid STUDY.toml")
     if len(studies) > 1:
-        raise ConfigError(f"the registry holds several studies; pick one with --study ({', '.join(s.name for s in studies)})")
+        names = ", ".join(s.name for s in studies)
+        raise ConfigError(f"the registry holds several studies; pick one with --study ({names})")
     return studies[0]

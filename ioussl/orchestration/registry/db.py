@@ -24,6 +24,10 @@ ENV_DB = "IOUSSL_DB"
 ENV_TIMEOUT = "IOUSSL_DB_TIMEOUT"
 
 
+class MissingRegistry(RegistryError):
+    """A read-only open found no registry file."""
+
+
 def resolve_db(db: str | None) -> str:
     """The registry location: --db, else $IOUSSL_DB, else ./registry.db."""
     return db or os.environ.get(ENV_DB) or DEFAULT_DB
@@ -69,7 +73,7 @@ def open_registry(db: str | None = None, create: bool = True) -> Registry:
     if is_sqlite and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database)
         if not path.exists() and not create:
-            raise RegistryError(f"no registry at {location}: plan a study first (ioussl plan grid STUDY.toml)")
+            raise MissingRegistry(f"no registry at {location}: plan a study first (ioussl plan grid STUDY.toml)")
         if path.exists() and not os.access(path, os.R_OK):
             raise RegistryError(f"registry {location} is not readable (check its permissions)")
         if create:

@@ -161,6 +161,18 @@ def metric_series(session: Session, run_ids: Sequence[str], name: str) -> dict[s
     return series
 
 
+def result_commits(session: Session, run_ids: Sequence[str]) -> dict[str, int]:
+    """Short git commit (with '-dirty') -> number of runs whose result that code produced."""
+    rows = session.execute(
+        select(Provenance.git_commit, Provenance.git_dirty).where(Provenance.run_id.in_(run_ids))
+    )
+    counts: dict[str, int] = {}
+    for commit, dirty in rows:
+        key = f"{(commit or 'unknown')[:10]}{'-dirty' if dirty else ''}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def list_runs(session: Session, study: str | None = None, stage: str | None = None,
               statuses: Sequence[RunStatus] | None = None, group: str | None = None) -> list[RunRecord]:
     """Every matching run with its latest attempt and result, in one query."""
@@ -170,8 +182,14 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         .subquery()
     )
     last = aliased(Attempt)
+    # Plain columns, not ORM entities: 10,000 runs load in a fraction of the time (no config text, no
+    # identity map), which keeps `status` and `report` under a second on a large registry.
     query = (
-        select(Run, Study.name, last, latest.c.n, Result.dsc, Result.dsc_3d)
+        select(
+            Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
+            Run.pretrain_seed, Run.parent_id, Run.status, Run.status_reason, Run.run_dir, Run.imported,
+            last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d,
+        )
         .join(Study, Run.study_id == Study.id)
         .outerjoin(latest, latest.c.run_id == Run.id)
         .outerjoin(last, last.id == latest.c.last_id)
@@ -186,19 +204,16 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         query = query.where(Run.status.in_(list(statuses)))
     if group is not None:
         query = query.where(Run.group == group)
-    records = []
-    for run, study_name, attempt, n_attempts, dsc, dsc_3d in session.execute(query):
-        records.append(
-            RunRecord(
-                id=run.id, study=study_name, stage=run.stage, group=run.group, i_min=run.i_min,
-                i_max=run.i_max, random_crop=run.random_crop, seed=run.seed, pretrain_seed=run.pretrain_seed,
-                parent_id=run.parent_id, status=RunStatus(run.status), status_reason=run.status_reason,
-                run_dir=run.run_dir, imported=run.imported, job_id=attempt.job_id if attempt else None,
-                attempts=n_attempts or 0, started_at=attempt.started_at if attempt else None,
-                ended_at=attempt.ended_at if attempt else None, dsc=dsc, dsc_3d=dsc_3d,
-            )
+    return [
+        RunRecord(
+            id=row[0], study=row[1], stage=row[2], group=row[3], i_min=row[4], i_max=row[5],
+            random_crop=bool(row[6]), seed=row[7], pretrain_seed=row[8], parent_id=row[9],
+            status=RunStatus(row[10]), status_reason=row[11], run_dir=row[12], imported=bool(row[13]),
+            job_id=row[14], attempts=row[15] or 0, started_at=row[16], ended_at=row[17], dsc=row[18],
+            dsc_3d=row[19],
         )
-    return records
+        for row in session.execute(query)
+    ]
 
 
 def _float_or_none(value: Any) -> float | None:

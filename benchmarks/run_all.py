@@ -1,0 +1,26 @@
+"""Run every benchmarks/bench_*.py in turn (each prints its own numbers); `make bench`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    failed = []
+    here = Path(__file__).parent
+    for script in sorted(here.glob("bench_*.py")):
+        if script.name == "bench_gpu_train.py":  # needs CUDA: run it on a GPU node by hand
+            print(f"== {script.name}: skipped (GPU only; run it on a GPU node)", flush=True)
+            continue
+        print(f"== {script.name}", flush=True)
+        if subprocess.call([sys.executable, str(script)]) != 0:
+            failed.append(script.name)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Planning into the registry: idempotent, dry-run writes nothing, bad data leaves the registry untouched."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from ioussl.errors import DataError
+from ioussl.orchestration.registry import open_registry
+from ioussl.orchestration.registry.models import Run
+from ioussl.orchestration.service import plan_grid, status_rows
+from ioussl.orchestration.status import RunStatus
+
+
+def count_runs(db: str) -> int:
+    registry = open_registry(db, create=False)
+    with registry.session() as session:
+        return session.scalar(select(func.count()).select_from(Run))
+
+
+def test_plan_thesis_twice_adds_nothing_the_second_time(repo_root, db):
+    first = plan_grid(repo_root / "jobs" / "thesis.toml", db, check_data=False)
+    assert len(first.new) == 34 and first.existing == []
+    second = plan_grid(repo_root / "jobs" / "thesis.toml", db, check_data=False)
+    assert second.new == [] and len(second.existing) == 34
+    assert count_runs(db) == 34
+
+
+def test_planned_runs_carry_parent_links_and_groups(repo_root, db):
+    plan_grid(repo_root / "jobs" / "thesis.toml", db, check_data=False)
+    records = status_rows(db, study="thesis")
+    by_id = {r.id: r for r in records}
+    assert all(r.status == RunStatus.PLANNED for r in records)
+    for record in records:
+        if record.stage == "finetune" and record.group != "no pretraining":
+            parent = by_id[record.parent_id]
+            assert parent.stage == "pretrain" and parent.group == record.group
+            assert record.pretrain_seed == parent.seed
+            assert (record.i_min, record.i_max) == (parent.i_min, parent.i_max)
+
+
+def test_dry_run_writes_nothing(repo_root, db):
+    outcome = plan_grid(repo_root / "jobs" / "thesis.toml", db, dry_run=True, check_data=False)
+    assert outcome.dry_run and len(outcome.new) == 34
+    assert not Path(db).exists()
+    plan_grid(repo_root / "jobs" / "tiny.toml", db, check_data=False)
+    again = plan_grid(repo_root / "jobs" / "thesis.toml", db, dry_run=True, check_data=False)
+    assert len(again.new) == 34
+    assert count_runs(db) == 3  # only the tiny study's runs
+
+
+def test_missing_data_path_is_refused_before_writing(repo_root, db, tmp_path):
+    study = tmp_path / "thesis.toml"
+    shutil.copy(repo_root / "jobs" / "thesis.toml", study)
+    shutil.copytree(repo_root / "jobs" / "clusters", tmp_path / "clusters")
+    with pytest.raises(DataError, match="data store not found"):
+        plan_grid(study, db)
+    assert not Path(db).exists()
+
+
+def test_edited_cluster_profile_reaches_unsubmitted_runs(repo_root, db, tmp_path):
+    shutil.copy(repo_root / "jobs" / "thesis.toml", tmp_path / "thesis.toml")
+    (tmp_path / "clusters").mkdir()
+    profile = tmp_path / "clusters" / "plgrid-v100.toml"
+    profile.write_text('[slurm]\npartition = "a"\n')
+    plan_grid(tmp_path / "thesis.toml", db, check_data=False)
+    profile.write_text('[slurm]\npartition = "a"\naccount = "grant-42"\n')
+    again = plan_grid(tmp_path / "thesis.toml", db, check_data=False)
+    assert again.new == [] and again.resources_updated == 34
+    registry = open_registry(db, create=False)
+    with registry.session() as session:
+        accounts = {run.resources["slurm"].get("account") for run in session.scalars(select(Run))}
+    assert accounts == {"grant-42"}

@@ -1,0 +1,139 @@
+"""Report arithmetic against the thesis' Table 4.2 (thesis-protocol.md §8)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ioussl.errors import DataError
+from ioussl.orchestration.importing import import_results
+from ioussl.orchestration.report import build_report, to_csv, to_latex, to_markdown
+from ioussl.orchestration.service import plan_grid, report_study, status_rows
+
+# Table 4.2 as printed: mean ± std.
+THESIS = {
+    "no pretraining": (0.843, 0.004), "[0, 0]": (0.838, 0.007), "[0.0001, 0.3]": (0.839, 0.012),
+    "[0.3, 0.6]": (0.853, 0.002), "[0.6, 1]": (0.843, 0.013), "random crop [0, 1]": (0.824, 0.011),
+}
+
+
+@pytest.fixture
+def thesis_db(repo_root, db):
+    import_results(repo_root / "jobs" / "thesis.toml", repo_root / "jobs" / "thesis-table-4.2.csv", db,
+                   source="thesis Table 4.2")
+    return db
+
+
+def test_means_and_population_stds_match_table_4_2(thesis_db):
+    report = report_study(thesis_db, "thesis").report
+    assert [row.group for row in report.rows] == list(THESIS)
+    for row in report.rows:
+        mean, std = THESIS[row.group]
+        assert row.n == 4 and row.complete
+        assert abs(row.mean - mean) <= 0.001 and abs(row.std - std) <= 0.001
+
+
+def test_ddof_1_gives_the_sample_std(thesis_db):
+    population = {r.group: r.std for r in report_study(thesis_db, "thesis", ddof=0).report.rows}
+    sample = {r.group: r.std for r in report_study(thesis_db, "thesis", ddof=1).report.rows}
+    for group, std in population.items():
+        assert sample[group] == pytest.approx(std * math.sqrt(4 / 3))
+
+
+def test_difference_to_baseline(thesis_db):
+    rows = {r.group: r for r in report_study(thesis_db, "thesis").report.rows}
+    assert rows["no pretraining"].delta is None
+    assert rows["[0.3, 0.6]"].delta == pytest.approx(0.85325 - 0.843)
+    assert rows["random crop [0, 1]"].delta == pytest.approx(0.824 - 0.843)
+    # paired by fine-tune seed: [0.3,0.6] seeds (1,2,1,2) against baseline seeds 1 and 2
+    assert rows["[0.3, 0.6]"].paired_n == 4
+    assert rows["[0.3, 0.6]"].paired_delta == pytest.approx(((0.854 - 0.842) + (0.851 - 0.848) +
+                                                             (0.851 - 0.842) + (0.857 - 0.848)) / 4)
+
+
+def test_confidence_interval_contains_the_mean_and_narrows_with_agreement(thesis_db):
+    rows = {r.group: r for r in report_study(thesis_db, "thesis").report.rows}
+    for row in rows.values():
+        assert row.ci95[0] < row.mean < row.ci95[1]
+    width = {g: r.ci95[1] - r.ci95[0] for g, r in rows.items()}
+    assert width["[0.3, 0.6]"] < width["[0.6, 1]"]
+
+
+def test_incomplete_groups_are_marked(repo_root, db):
+    plan_grid(repo_root / "jobs" / "thesis.toml", db, check_data=False)
+    records = status_rows(db, study="thesis")
+    # give three of the four [0.3, 0.6] fine-tunes a DSC
+    target = [r for r in records if r.group == "[0.3, 0.6]" and r.stage == "finetune"][:3]
+    faked = [r if r not in target else r.__class__(**{**r.__dict__, "dsc": 0.85}) for r in records]
+    report = build_report(faked, "thesis")
+    row = {r.group: r for r in report.rows}["[0.3, 0.6]"]
+    assert (row.n, row.planned, row.complete) == (3, 4, False)
+    assert "3/4" in to_markdown(report)
+    assert len(report.left_out) == 24 - 3
+
+
+def test_formats_carry_the_same_numbers(thesis_db):
+    report = report_study(thesis_db, "thesis").report
+    markdown, csv_text, latex = to_markdown(report), to_csv(report), to_latex(report)
+    assert "| [0.3, 0.6] | 0.853 ± 0.002 |" in markdown
+    assert csv_text.splitlines()[0].startswith("group,mean,std,ddof,n")
+    assert len(csv_text.splitlines()) == 7
+    assert r"0.853 $\pm$ 0.002" in latex and r"\begin{tabular}" in latex
+
+
+def test_import_twice_changes_nothing(repo_root, thesis_db):
+    again = import_results(repo_root / "jobs" / "thesis.toml", repo_root / "jobs" / "thesis-table-4.2.csv",
+                           thesis_db, source="thesis Table 4.2")
+    assert again.imported == 0 and again.unchanged == 24
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("group,seed,dsc\n", "columns must be"),
+        ("group,pretrain_seed,seed,dsc\n", "no result rows"),
+        ("group,pretrain_seed,seed,dsc\n\"[0, 0]\",1,1,1.7\n", "must lie in [0, 1]"),
+        ("group,pretrain_seed,seed,dsc\n\"[0, 0]\",1,1,abc\n", "must be a float"),
+        ("group,pretrain_seed,seed,dsc\n\"[0, 0]\",1,9,0.8\n", "no fine-tune in study 'thesis'"),
+        ("group,pretrain_seed,seed,dsc\n\"[0, 0]\",1,1,0.8\n\"[0, 0]\",1,1,0.8\n", "listed twice"),
+    ],
+)
+def test_bad_import_changes_nothing(repo_root, db, tmp_path, content, message):
+    csv_path = tmp_path / "r.csv"
+    csv_path.write_text(content)
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        import_results(repo_root / "jobs" / "thesis.toml", csv_path, db, source="x")
+    if message == "no fine-tune in study 'thesis'":  # the registry was opened, but the transaction rolled back
+        assert status_rows(db) == []
+
+
+def test_plots_are_written_from_recorded_series(thesis_db, tmp_path):
+    from ioussl.orchestration.registry import open_registry, repo
+
+    registry = open_registry(thesis_db, create=False)
+    with registry.session() as session:
+        pretrains = repo.list_runs(session, study="thesis", stage="pretrain")
+        for n, record in enumerate(pretrains):
+            repo.record_metrics(session, record.id, [("collapse", e, None, 1.0 / (e + 1 + n)) for e in range(5)])
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text('[{"i_min": 0, "i_max": 0, "fraction": 0.2}, {"i_min": 0.3, "i_max": 0.6, "fraction": 0.8}]')
+    outcome = report_study(thesis_db, "thesis", plot_dir=tmp_path / "fig", pairs_json=pairs)
+    names = sorted(p.name for p in outcome.plots)
+    assert names == ["collapse_per_epoch.png", "dsc_per_group.png", "pair_semantics.png"]
+    for path in outcome.plots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_footer_names_registry_fingerprint_and_imports(thesis_db):
+    footer = report_study(thesis_db, "thesis").report.footer
+    assert "fingerprint" in footer[0] and "34 run(s)" in footer[0]
+    assert any("24 fine-tune result(s) imported" in line for line in footer)
+
+
+def test_fingerprint_changes_when_a_result_changes(repo_root, thesis_db, tmp_path):
+    before = report_study(thesis_db, "thesis").report.footer[0]
+    csv_path = tmp_path / "one.csv"
+    csv_path.write_text('group,pretrain_seed,seed,dsc\n"[0, 0]",1,1,0.5\n')
+    import_results(repo_root / "jobs" / "thesis.toml", csv_path, thesis_db, source="correction")
+    assert report_study(thesis_db, "thesis").report.footer[0] != before

@@ -1,0 +1,53 @@
+"""The transition table: what may follow what, and that end states stay put."""
+
+from __future__ import annotations
+
+import pytest
+
+from ioussl.errors import IllegalTransition
+from ioussl.orchestration.status import ALLOWED, RunStatus, can_transition, check_transition, is_retryable
+
+S = RunStatus
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (S.PLANNED, S.SUBMITTING), (S.SUBMITTING, S.PENDING), (S.PENDING, S.RUNNING), (S.RUNNING, S.COMPLETED),
+        (S.RUNNING, S.PENDING),  # requeued after a timeout or preemption
+        (S.PENDING, S.BLOCKED), (S.FAILED, S.SUBMITTING), (S.BLOCKED, S.SUBMITTING), (S.LOST, S.PLANNED),
+        (S.SUBMITTING, S.PLANNED),  # sbatch refused: back to planned, nothing lost
+        (S.PLANNED, S.COMPLETED),  # an imported result
+    ],
+)
+def test_allowed(old, new):
+    check_transition(old, new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (S.COMPLETED, S.RUNNING), (S.COMPLETED, S.FAILED), (S.COMPLETED, S.PLANNED), (S.FAILED, S.RUNNING),
+        (S.CANCELLED, S.COMPLETED), (S.PLANNED, S.RUNNING), (S.TIMEOUT, S.PENDING), (S.LOST, S.RUNNING),
+    ],
+)
+def test_refused(old, new):
+    with pytest.raises(IllegalTransition, match=f"from {old} to {new}"):
+        check_transition(old, new)
+
+
+def test_completed_is_never_rewritten():
+    assert ALLOWED[S.COMPLETED] == frozenset()
+    assert all(not can_transition(S.COMPLETED, s) for s in RunStatus if s != S.COMPLETED)
+
+
+def test_terminal_states_only_go_back_by_retry():
+    for status in RunStatus:
+        if status.is_terminal() and status != S.COMPLETED:
+            assert is_retryable(status)
+            assert ALLOWED[status] == {S.PLANNED, S.SUBMITTING}
+
+
+def test_every_status_has_a_row_and_active_is_not_terminal():
+    assert set(ALLOWED) == set(RunStatus)
+    assert not any(s.is_active() and s.is_terminal() for s in RunStatus)
