@@ -1,9 +1,159 @@
-"""CLI commands: jobs (filled in by its issue)."""
+"""CLI: submit planned runs, retry failed ones, cancel; the sync that ``ioussl status`` runs first."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from ioussl.cli.options import DbOption, DryRunOption, GroupOption, StageOption, StateOption, StudyOption
+
+if TYPE_CHECKING:
+    from ioussl.orchestration.jobservice import CancelOutcome
+    from ioussl.orchestration.submission import SubmitOutcome
+    from ioussl.orchestration.sync import SyncOutcome
+
+ExecutorOption = Annotated[
+    str,
+    typer.Option(
+        "--executor", help="slurm, local (this machine, no SLURM), or auto (slurm where sbatch exists)."
+    ),
+]
+RunOption = Annotated[
+    list[str] | None, typer.Option("--run", help="Only this run (id or unique prefix; repeatable).")
+]
+
+
+def submit(
+    db: DbOption = None,
+    study: StudyOption = None,
+    dry_run: DryRunOption = False,
+    executor: ExecutorOption = "auto",
+    stage: StageOption = None,
+    group: GroupOption = None,
+    run: RunOption = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="Local executor: runs at once [default 1].")
+    ] = None,
+) -> None:
+    """Submit planned runs: one job per pretrain, its fine-tunes as one array held by afterok."""
+    from ioussl.orchestration.jobservice import submit as run_submit
+    from ioussl.orchestration.submission import RunFilter
+
+    run_filter = RunFilter(stage=_stage(stage), group=group, run_ids=tuple(run or ()))
+    outcome = run_submit(
+        db, study, executor=executor, dry_run=dry_run, run_filter=run_filter, max_parallel=max_parallel
+    )
+    render_submit(outcome)
+
+
+def retry(
+    db: DbOption = None,
+    study: StudyOption = None,
+    run: RunOption = None,
+    state: StateOption = None,
+    executor: ExecutorOption = "auto",
+) -> None:
+    """Resubmit FAILED, LOST or TIMEOUT runs as new attempts; blocked fine-tunes follow their pretrain."""
+    from ioussl.cli.study import _states
+    from ioussl.orchestration.jobservice import retry as run_retry
+    from ioussl.orchestration.status import RunStatus
+
+    statuses = _states(state) or [RunStatus.FAILED, RunStatus.LOST, RunStatus.TIMEOUT]
+    render_submit(run_retry(db, study, tuple(run or ()), statuses, executor=executor))
+
+
+def cancel(
+    db: DbOption = None, study: StudyOption = None, run: RunOption = None, group: GroupOption = None
+) -> None:
+    """Cancel planned and active runs by run, interval or whole study (their jobs are scancelled)."""
+    from ioussl.orchestration.jobservice import cancel as run_cancel
+
+    render_cancel(run_cancel(db, study, tuple(run or ()), group))
+
+
+def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
+    """What ``ioussl status`` runs before it renders: one scheduler query, transitions, ingestion."""
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from ioussl.orchestration.jobservice import Backends, prepare
+    from ioussl.orchestration.registry import open_registry
+    from ioussl.orchestration.registry.models import Study
+
+    registry = open_registry(db, create=False)
+    try:
+        with registry.session() as session:
+            studies = [s for s in session.scalars(select(Study)) if study is None or s.name == study]
+        last = None
+        for row in studies:
+            last = prepare(registry, row.name, Backends(Path(row.runs_dir) / "_submitit"))
+            for message in last.errors:
+                typer.echo(f"warning: {message}", err=True)
+        return last
+    finally:
+        registry.dispose()
+
+
+def render_submit(outcome: SubmitOutcome) -> None:
+    from ioussl.cli.render import console
+    from ioussl.orchestration import slurm
+
+    verb = "would submit" if outcome.dry_run else "submitted"
+    runs = sum(len(u.run_ids) for u in outcome.units)
+    for run_id in outcome.adopted:
+        console.print(f"adopted the job of run {run_id} (an earlier submit was interrupted)")
+    for unit in outcome.units:
+        dependency = outcome.dependencies.get(unit.job_name)
+        what = (
+            "pretrain"
+            if unit.stage == "pretrain"
+            else (
+                f"{len(unit.run_ids)} fine-tune(s)"
+                + (f" of {unit.parent_id}" if unit.parent_id else ", no pretraining")
+            )
+        )
+        jobs = ", ".join(outcome.job_ids.get(r, "-") for r in unit.run_ids) if not outcome.dry_run else ""
+        tree = "  └─ " if unit.parent_id else ""
+        console.print(
+            f"{tree}{unit.job_name}: {what}"
+            + (f"  waits {dependency}" if dependency else "")
+            + (f"  job {jobs}" if jobs else "")
+        )
+        if outcome.dry_run:
+            array = len(unit.run_ids) if len(unit.run_ids) > 1 else None
+            params = slurm.submitit_parameters(
+                unit.resources,
+                job_name=unit.job_name,
+                comment=unit.comment,
+                dependency="afterok:<pretrain job>" if unit.parent_id else None,
+            )
+            console.print("      sbatch " + " ".join(slurm.sbatch_flags(params, array)), soft_wrap=True)
+    for run_id, why in outcome.skipped:
+        console.print(f"skipped {run_id}: {why}")
+    console.print(
+        f"study {outcome.study}: {verb} {runs} run(s) in {len(outcome.units)} job(s) "
+        f"({outcome.executor}); {outcome.sbatch_calls} sbatch call(s); "
+        f"{outcome.gpu_hours:.1f} GPU-hours requested"
+    )
+
+
+def render_cancel(outcome: CancelOutcome) -> None:
+    typer.echo(
+        f"cancelled {len(outcome.cancelled)} run(s)"
+        + (f"; scancel {' '.join(outcome.job_ids)}" if outcome.job_ids else "")
+    )
+
+
+def _stage(stage: str | None) -> str | None:
+    from ioussl.cli.study import _stage as check
+
+    return check(stage)
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
+    app.command("submit")(submit)
+    app.command("retry")(retry)
+    app.command("cancel")(cancel)

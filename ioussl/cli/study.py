@@ -47,13 +47,28 @@ def status(
     group: GroupOption = None,
     as_json: JsonOption = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every run even in a large registry.")] = False,
+    sync: Annotated[
+        bool, typer.Option("--sync/--no-sync", help="Ask SLURM first (one sacct); ingest run files.")
+    ] = True,
+    watch: Annotated[
+        float | None, typer.Option("--watch", min=1, help="Refresh every this many seconds until Ctrl-C.")
+    ] = None,
 ) -> None:
     """Show the registry's runs grouped by interval: stage, seeds, state, job id, elapsed, DSC."""
+    import time
+
     from ioussl.cli import render
+    from ioussl.cli.jobs import sync_for_status
     from ioussl.orchestration.service import status_rows
 
-    records = status_rows(db, study=study, stage=_stage(stage), statuses=_states(state), group=group)
-    render.status_json(records) if as_json else render.status_table(records, show_all=show_all)
+    while True:
+        if sync:
+            sync_for_status(db, study)
+        records = status_rows(db, study=study, stage=_stage(stage), statuses=_states(state), group=group)
+        render.status_json(records) if as_json else render.status_table(records, show_all=show_all)
+        if watch is None:
+            return
+        time.sleep(watch)
 
 
 def report(

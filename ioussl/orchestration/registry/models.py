@@ -111,6 +111,7 @@ class Attempt(Base):
     exit_code: Mapped[str | None] = mapped_column(String(16))
     node: Mapped[str | None] = mapped_column(String(255))
     depends_on: Mapped[str | None] = mapped_column(String(64))  # the pretrain job id it waits for
+    job_name: Mapped[str | None] = mapped_column(String(128))  # recorded before sbatch: finds an orphaned job
     misses: Mapped[int] = mapped_column(Integer, default=0)  # syncs in which the scheduler did not know it
     reason: Mapped[str | None] = mapped_column(Text)
     submitted_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,202 @@
+"""Executor adapters: SLURM through submitit's SlurmExecutor, or submitit's LocalExecutor on this machine.
+
+Both submit the same callables (RunJob, or the synthetic test workload) and answer the same four
+questions: submit a unit, query jobs, find orphaned jobs by name, cancel jobs. Only this module imports
+submitit's executors (lazily), so planning and status stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ioussl.errors import ConfigError, SubmissionError
+from ioussl.orchestration import scheduler, slurm
+from ioussl.orchestration.scheduler import QueryResult, Runner
+from ioussl.orchestration.slurm import JobInfo, Resources
+
+EXECUTORS = ("auto", "slurm", "local")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One submission: a pretrain, or the fine-tunes of one pretrain (or the baseline) as one job array."""
+
+    run_ids: tuple[str, ...]
+    stage: str
+    parent_id: str | None  # the pretrain run these fine-tunes wait for
+    resources: Resources
+    job_name: str  # "ioussl-<first run id>": how a crashed submit's job is found again
+
+    @property
+    def comment(self) -> str:
+        return "ioussl runs=" + ",".join(self.run_ids)
+
+
+class Backend(Protocol):
+    name: str
+    supports_dependencies: bool
+
+    def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]: ...
+
+    def query(self, job_ids: Iterable[str]) -> QueryResult: ...
+
+    def find_by_name(self, names: Iterable[str]) -> dict[str, list[str]]: ...
+
+    def cancel(self, job_ids: Iterable[str]) -> None: ...
+
+
+def choose_backend(executor: str, folder: Path, runner: Runner = scheduler.run_command) -> Backend:
+    """``auto``: SLURM where ``sbatch`` exists, else the local executor.
+
+    Raises:
+        ConfigError: an unknown executor name.
+        SubmissionError: ``slurm`` asked for where there is no ``sbatch``.
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    has_sbatch = scheduler.sbatch_available()
+    if executor == "slurm" and not has_sbatch:
+        raise SubmissionError(
+            "--executor slurm: sbatch is not on PATH (not a SLURM login node?); "
+            "use --executor local to run on this machine"
+        )
+    if executor == "slurm" or (executor == "auto" and has_sbatch):
+        return SlurmBackend(folder, runner)
+    return LocalBackend(folder)
+
+
+def backend_for_attempts(executor: str, folder: Path, runner: Runner = scheduler.run_command) -> Backend:
+    """The backend that can answer for existing attempts of this executor (no sbatch check)."""
+    return SlurmBackend(folder, runner) if executor == "slurm" else LocalBackend(folder)
+
+
+class SlurmBackend:
+    """sbatch through submitit; one sacct (or scontrol/squeue) per query; scancel."""
+
+    name = "slurm"
+    supports_dependencies = True
+
+    def __init__(self, folder: Path, runner: Runner = scheduler.run_command) -> None:
+        self.folder = folder
+        self.runner = runner
+
+    def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]:
+        import submitit
+
+        executor = submitit.SlurmExecutor(
+            folder=self.folder / "%j", max_num_timeout=unit.resources.max_requeues
+        )
+        executor.update_parameters(
+            **slurm.submitit_parameters(
+                unit.resources, job_name=unit.job_name, comment=unit.comment, dependency=dependency
+            )
+        )
+        try:
+            # submitit prints sbatch's stderr itself on failure; we report it once, on one line.
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                jobs = [executor.submit(call) for call in calls]
+        except submitit.core.utils.FailedJobError as exc:
+            raise SubmissionError(
+                f"sbatch rejected {unit.job_name}: {scheduler.one_line(str(exc))}"
+            ) from None
+        return [job.job_id for job in jobs]
+
+    def query(self, job_ids: Iterable[str]) -> QueryResult:
+        return scheduler.query_jobs(job_ids, self.runner)
+
+    def find_by_name(self, names: Iterable[str]) -> dict[str, list[str]]:
+        wanted = set(names)
+        if not wanted:
+            return {}
+        found: dict[str, list[str]] = {}
+        for info in scheduler.controller_jobs(self.runner).values():
+            if info.name in wanted:
+                found.setdefault(info.name, []).append(info.job_id)
+        return found
+
+    def cancel(self, job_ids: Iterable[str]) -> None:
+        scheduler.cancel_jobs(job_ids, self.runner)
+
+
+class LocalBackend:
+    """submitit's LocalExecutor: one controller process per run (job id = its pid), no dependencies.
+
+    The controllers outlive ``ioussl submit``; a later process checks them through /proc. Each unit gets
+    its own folder ``<runs>/_submitit/local/<job name>/<pid>``, so a crashed submit's process is found.
+    """
+
+    name = "local"
+    supports_dependencies = False
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder / "local"
+        self._jobs: dict[str, Any] = {}  # our own children, polled so they do not linger as zombies
+
+    def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]:
+        import submitit
+
+        if dependency:
+            raise SubmissionError("the local executor has no dependencies; ioussl starts fine-tunes itself")
+        executor = submitit.LocalExecutor(
+            folder=self.folder / unit.job_name / "%j", max_num_timeout=unit.resources.max_requeues
+        )
+        executor.update_parameters(
+            timeout_min=unit.resources.time_min,
+            gpus_per_node=unit.resources.gpus_per_node,
+            signal_delay_s=unit.resources.signal_delay_s,
+            stderr_to_stdout=True,
+        )
+        ids = []
+        for call in calls:
+            job = executor.submit(call)
+            self._jobs[job.job_id] = job
+            ids.append(job.job_id)
+        return ids
+
+    def query(self, job_ids: Iterable[str]) -> QueryResult:
+        """A live controller is RUNNING; an ended one is not reported (its run directory tells the rest)."""
+        jobs = {}
+        for job_id in job_ids:
+            if self._alive(job_id):
+                jobs[job_id] = JobInfo(job_id=job_id, state="RUNNING", raw_state="RUNNING", node="localhost")
+        return QueryResult(jobs, "local", 0)
+
+    def find_by_name(self, names: Iterable[str]) -> dict[str, list[str]]:
+        found = {}
+        for name in names:
+            folder = self.folder / name
+            pids = sorted(p.name for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+            if pids:
+                found[name] = pids
+        return found
+
+    def cancel(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            if self._alive(job_id):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(job_id), signal.SIGINT)  # what LocalJob.cancel sends
+
+    def _alive(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job.state == "RUNNING"  # polls (and reaps) our own child
+        return _controller_alive(job_id)
+
+
+def _controller_alive(pid: str) -> bool:
+    """A pid from an earlier session: alive, not a zombie, and still a submitit controller (pids wrap)."""
+    proc = Path("/proc") / pid
+    try:
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        status = (proc / "status").read_text()
+    except OSError:
+        return False
+    state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "Z")
+    return b"submitit" in cmdline and state not in ("Z", "X")

@@ -1,0 +1,184 @@
+"""Pure classification: what the scheduler and a run directory say -> what should change in the registry.
+
+``classify_all`` takes one ``Observation`` per active run (its status, current attempt, the scheduler's
+record of that job or None, how often the job was missing before, and what the run directory holds) and
+returns ``Change`` objects; ``sync.py`` applies them. No I/O, no registry: tested with tables.
+
+Rules (docs/slurm.md lists them for users):
+- every SLURM state maps explicitly (``SLURM_STATE``); COMPLETED counts only with a result.json, since
+  a job that exited 0 without its result file did not finish its work;
+- a job SLURM no longer reports becomes LOST only after ``LOST_AFTER_MISSES`` syncs in a row, unless the
+  run directory holds an exit marker (result.json -> COMPLETED, a "failed" event -> FAILED);
+- a fine-tune whose pretrain ended badly becomes BLOCKED, and a job of it still waiting is cancelled,
+  so nothing is left pending forever on a cluster without ``kill_invalid_depend``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ioussl.orchestration.slurm import JobInfo
+
+PLANNED, SUBMITTING, PENDING, RUNNING = "PLANNED", "SUBMITTING", "PENDING", "RUNNING"
+COMPLETED, FAILED, TIMEOUT, CANCELLED = "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"
+BLOCKED, LOST = "BLOCKED", "LOST"
+
+ACTIVE = frozenset({SUBMITTING, PENDING, RUNNING})
+# A pretrain in one of these will never produce the encoder its fine-tunes wait for.
+DEAD_PARENT = frozenset({FAILED, TIMEOUT, CANCELLED, BLOCKED, LOST})
+LOST_AFTER_MISSES = 3
+
+# Every state sacct/squeue/scontrol can print (slurm 22.05 "JOB STATE CODES"), mapped explicitly.
+# None for COMPLETED: it depends on the run directory (see _from_scheduler).
+SLURM_STATE: dict[str, str | None] = {
+    "PENDING": PENDING,
+    "REQUEUED": PENDING,  # a timeout/preemption requeue: it will run again and resume
+    "REQUEUE_HOLD": PENDING,
+    "REQUEUE_FED": PENDING,
+    "RESV_DEL_HOLD": PENDING,
+    "CONFIGURING": PENDING,  # nodes allocated, still booting
+    "RUNNING": RUNNING,
+    "COMPLETING": RUNNING,
+    "SIGNALING": RUNNING,
+    "STAGE_OUT": RUNNING,
+    "RESIZING": RUNNING,
+    "SUSPENDED": RUNNING,
+    "STOPPED": RUNNING,
+    "COMPLETED": None,
+    "FAILED": FAILED,
+    "OUT_OF_MEMORY": FAILED,
+    "NODE_FAIL": FAILED,
+    "BOOT_FAIL": FAILED,
+    "SPECIAL_EXIT": FAILED,
+    "PREEMPTED": FAILED,  # final only when not requeued; a requeued job reports PENDING again
+    "TIMEOUT": TIMEOUT,
+    "DEADLINE": TIMEOUT,
+    "CANCELLED": CANCELLED,
+    "REVOKED": CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What the run directory says about how the job ended (see runfiles.py)."""
+
+    has_result: bool = False
+    last_event: str | None = None  # "started", "requeued", "finished", "failed", ...
+    error: str | None = None  # the message of the last "failed" event
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One run as sync sees it; ``info`` is None when the scheduler did not report the job."""
+
+    run_id: int
+    status: str
+    is_finetune: bool = False
+    parent_id: int | None = None
+    parent_status: str | None = None  # status of the parent pretrain; None for pretrains and baselines
+    job_id: str | None = None
+    misses: int = 0
+    info: JobInfo | None = None
+    files: RunFiles = RunFiles()
+
+
+@dataclass(frozen=True)
+class Change:
+    """What to write: new run status (None = unchanged), attempt fields, a job to cancel, files to ingest."""
+
+    run_id: int
+    status: str | None
+    reason: str | None = None
+    misses: int = 0
+    info: JobInfo | None = None
+    cancel_job: str | None = None
+    ingest: bool = False
+
+
+def classify_all(observations: Iterable[Observation]) -> list[Change]:
+    """Classify pretrains first, so their fine-tunes see the parent status this very sync decides."""
+    observations = list(observations)
+    changes: list[Change] = []
+    decided: dict[int, str] = {}
+    for obs in sorted(observations, key=lambda o: o.is_finetune):
+        if obs.parent_id in decided:
+            obs = dataclasses.replace(obs, parent_status=decided[obs.parent_id])
+        change = classify(obs)
+        if change is not None:
+            changes.append(change)
+            if change.status is not None:
+                decided[obs.run_id] = change.status
+    return changes
+
+
+def classify(obs: Observation) -> Change | None:
+    """The change one observation calls for, or None when there is nothing to write."""
+    if obs.is_finetune and obs.parent_status in DEAD_PARENT:
+        blocked = _blocked(obs)
+        if blocked is not None:
+            return blocked
+    if obs.status not in ACTIVE:
+        return None
+    if obs.job_id is None:
+        return None  # an intent without a job id: adoption (submission.py) resolves it, not sync
+    if obs.info is not None:
+        return _from_scheduler(obs, obs.info)
+    return _from_files_only(obs)
+
+
+def _blocked(obs: Observation) -> Change | None:
+    """A fine-tune of a dead pretrain: block it; cancel its job if SLURM still holds it waiting."""
+    state = obs.info.state if obs.info else None
+    waiting = state in (None, "PENDING", "REQUEUED", "REQUEUE_HOLD", "CANCELLED")
+    if obs.status == PLANNED or (obs.status in (SUBMITTING, PENDING) and waiting):
+        cancel = obs.job_id if state == "PENDING" else None
+        reason = f"pretrain ended {obs.parent_status}"
+        return Change(obs.run_id, BLOCKED, reason=reason, info=obs.info, cancel_job=cancel)
+    return None
+
+
+def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
+    if info.state not in SLURM_STATE:
+        return Change(obs.run_id, None, reason=f"unknown SLURM state {info.raw_state!r}", info=info)
+    status = SLURM_STATE[info.state]
+    reason = _reason(info)
+    if info.state == "COMPLETED":
+        if obs.files.has_result:
+            return Change(obs.run_id, COMPLETED, reason=None, info=info, ingest=True)
+        status, reason = FAILED, "job exited 0 without writing result.json"
+    elif status == FAILED and obs.files.error:
+        reason = f"{reason}: {obs.files.error}"
+    ingest = status in (FAILED, TIMEOUT, CANCELLED)  # keep the metrics a failed run wrote
+    new_status = None if status == obs.status else status
+    return Change(obs.run_id, new_status, reason=reason, info=info, ingest=ingest)
+
+
+def _from_files_only(obs: Observation) -> Change:
+    """SLURM no longer knows the job (accounting purged, controller restarted, local process gone)."""
+    if obs.files.has_result:
+        return Change(
+            obs.run_id, COMPLETED, reason="finished (result.json; job no longer listed)", ingest=True
+        )
+    if obs.files.last_event == "failed":
+        return Change(obs.run_id, FAILED, reason=obs.files.error or "failed (events.jsonl)", ingest=True)
+    misses = obs.misses + 1
+    if misses >= LOST_AFTER_MISSES:
+        reason = f"job {obs.job_id} vanished from the scheduler ({misses} syncs) without an exit marker"
+        return Change(obs.run_id, LOST, reason=reason, misses=misses, ingest=True)
+    return Change(obs.run_id, None, reason=None, misses=misses)
+
+
+def _reason(info: JobInfo) -> str | None:
+    """A short human reason: the raw state when it says more, plus the exit code or signal."""
+    parts = []
+    if info.state not in ("PENDING", "RUNNING", "COMPLETED"):
+        parts.append(info.raw_state)
+    if info.exit_code:
+        parts.append(f"exit code {info.exit_code}")
+    if info.signal:
+        parts.append(f"signal {info.signal}")
+    if info.state == "PENDING" and info.reason:
+        parts.append(info.reason)
+    return ", ".join(parts) or None

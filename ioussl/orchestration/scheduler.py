@@ -1,0 +1,95 @@
+"""The few SLURM commands ioussl runs itself (argv lists only, never a shell string).
+
+Submission goes through submitit (``submission.py``); this module queries and cancels:
+one ``sacct`` per sync for every active job, falling back to one ``scontrol show job`` (then ``squeue``)
+when accounting is off, as on clusters without slurmdbd.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ioussl.errors import SubmissionError
+from ioussl.orchestration import slurm
+from ioussl.orchestration.slurm import JobInfo
+
+Runner = Callable[[Sequence[str]], str]
+QUERY_TIMEOUT_S = 60
+
+
+def run_command(argv: Sequence[str]) -> str:
+    """Run one scheduler command; any failure becomes a SubmissionError naming the command and its message."""
+    try:
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False
+        )
+    except FileNotFoundError:
+        raise SubmissionError(f"{argv[0]}: command not found (is this a SLURM login node?)") from None
+    except subprocess.TimeoutExpired:
+        raise SubmissionError(f"{argv[0]} did not answer within {QUERY_TIMEOUT_S}s") from None
+    if done.returncode != 0:
+        raise SubmissionError(f"{argv[0]} failed: {one_line(done.stderr or done.stdout)}")
+    return done.stdout
+
+
+def one_line(message: str) -> str:
+    """SLURM's own message on one line ("sbatch: error: invalid partition specified: nope")."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return "; ".join(errors or lines[-1:]) or "no message"
+
+
+def sbatch_available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What one sync learnt from SLURM: jobs by id ("12" or "12_3"), which command answered, how many ran."""
+
+    jobs: dict[str, JobInfo]
+    source: str
+    calls: int
+
+
+def query_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> QueryResult:
+    """Ask SLURM once about every job; without accounting, ask the controller instead.
+
+    Raises:
+        SubmissionError: neither sacct, scontrol nor squeue answered.
+    """
+    ids = sorted(set(job_ids))
+    if not ids:
+        return QueryResult({}, "none", 0)
+    try:
+        return QueryResult(slurm.parse_sacct(runner(slurm.sacct_command(ids))), "sacct", 1)
+    except SubmissionError as sacct_error:
+        first = sacct_error
+    try:
+        return QueryResult(slurm.parse_scontrol(runner(slurm.SCONTROL_COMMAND)), "scontrol", 2)
+    except SubmissionError:
+        pass
+    try:
+        return QueryResult(slurm.parse_squeue(runner(slurm.SQUEUE_COMMAND)), "squeue", 3)
+    except SubmissionError as squeue_error:
+        raise SubmissionError(f"cannot query SLURM: {first}; {squeue_error}") from None
+
+
+def controller_jobs(runner: Runner = run_command) -> dict[str, JobInfo]:
+    """Every job the controller holds (pending, running, recently ended), with names: used for adoption."""
+    return slurm.parse_squeue(runner(slurm.SQUEUE_COMMAND))
+
+
+def cancel_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> None:
+    """``scancel`` the jobs (array tasks as "12_3") in one call; unknown or ended ids are not an error."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return
+    try:
+        runner(["scancel", *ids])
+    except SubmissionError as exc:
+        if "Invalid job id" not in str(exc) and "already completing" not in str(exc):
+            raise

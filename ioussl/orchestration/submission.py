@@ -1,0 +1,299 @@
+"""Submitting planned runs: one job per pretrain, the fine-tunes of a pretrain as one dependent job array.
+
+Crash safety (issue 3, point 6): for every unit the intent is committed first (runs SUBMITTING, attempt
+rows with the job name but no job id), then sbatch runs, then the job ids are committed. A submit killed
+between the two commits leaves SUBMITTING attempts without a job id; the next submit or status finds
+their job by name (``ioussl-<first run id>``) and adopts it, or, when no job reached the scheduler, puts
+the runs back to PLANNED. So a rerun never duplicates a job and never loses a job id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ioussl import runfiles
+from ioussl.errors import ConfigError, SubmissionError
+from ioussl.orchestration import slurm
+from ioussl.orchestration.backends import Backend, Unit
+from ioussl.orchestration.registry import repo
+from ioussl.orchestration.registry.models import Attempt, Run, Study, utcnow
+from ioussl.orchestration.status import RunStatus
+
+S = RunStatus
+JobFactory = Callable[[str, str | None], Callable[[], Any]]
+ENV_JOB_FACTORY = "IOUSSL_JOB_FACTORY"
+ADOPT_GRACE_S = 5.0  # an intent younger than this may still be inside a live sbatch call
+PARENT_OK = frozenset({S.PLANNED, S.SUBMITTING, S.PENDING, S.RUNNING, S.COMPLETED})
+ENCODER = Path(runfiles.CHECKPOINTS) / "encoder.pt"
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which planned runs to submit (all of the study when empty)."""
+
+    stage: str | None = None
+    group: str | None = None
+    run_ids: tuple[str, ...] = ()
+
+    def matches(self, run: Run, wanted_ids: set[str]) -> bool:
+        return (
+            (self.stage is None or run.stage == self.stage)
+            and (self.group is None or run.group == self.group)
+            and (not wanted_ids or run.id in wanted_ids)
+        )
+
+
+@dataclass
+class SubmitOutcome:
+    study: str
+    executor: str
+    units: list[Unit] = field(default_factory=list)
+    job_ids: dict[str, str] = field(default_factory=dict)  # run id -> job id
+    dependencies: dict[str, str | None] = field(default_factory=dict)  # unit job name -> "afterok:<job>"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # run id, why
+    adopted: list[str] = field(default_factory=list)
+    reverted: list[str] = field(default_factory=list)
+    sbatch_calls: int = 0
+    dry_run: bool = False
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(unit.resources.gpu_hours() * len(unit.run_ids) for unit in self.units)
+
+
+def default_job_factory() -> JobFactory:
+    """``RunJob`` of the training entry point, or the factory named by $IOUSSL_JOB_FACTORY (module:attr)."""
+    name = os.environ.get(ENV_JOB_FACTORY)
+    if name:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"${ENV_JOB_FACTORY}={name!r} cannot be loaded: {exc}") from None
+    try:
+        from ioussl.orchestration.entrypoint import RunJob  # type: ignore[attr-defined]
+    except ImportError:
+        raise SubmissionError(
+            "the training entry point (ioussl.orchestration.entrypoint.RunJob) is not "
+            f"installed; set ${ENV_JOB_FACTORY} to submit another job"
+        ) from None
+    return RunJob
+
+
+def find_submit_study(session: Session, name: str | None) -> Study:
+    """The named study, or the only one; an empty study is an error."""
+    if name is not None:
+        study = repo.find_study(session, name)
+    else:
+        studies = session.scalars(select(Study).order_by(Study.name)).all()
+        if len(studies) != 1:
+            known = ", ".join(s.name for s in studies) or "none: plan one with ioussl plan grid STUDY.toml"
+            raise ConfigError(f"name the study to submit with --study (studies: {known})")
+        study = studies[0]
+    if not session.scalar(select(Run.id).where(Run.study_id == study.id).limit(1)):
+        raise ConfigError(f"study {study.name!r} has no runs: plan it first (ioussl plan grid STUDY.toml)")
+    return study
+
+
+def plan_units(
+    runs: Sequence[Run], run_filter: RunFilter, wanted_ids: set[str], outcome: SubmitOutcome
+) -> list[Unit]:
+    """Group the planned runs into submissions: pretrains one by one, each followed by its fine-tune array;
+    fine-tunes of pretrains submitted earlier or completed, then the no-pretraining baseline, as arrays."""
+    selected = [r for r in runs if r.status == S.PLANNED and run_filter.matches(r, wanted_ids)]
+    chosen = {r.id for r in selected}
+    groups: dict[tuple[str | None, str], list[Run]] = {}
+    for run in selected:
+        if run.stage == "finetune" and run.parent is not None:
+            parent = run.parent
+            if parent.status not in PARENT_OK or (parent.status == S.PLANNED and parent.id not in chosen):
+                outcome.skipped.append((run.id, f"its pretrain {parent.id} is {parent.status}"))
+                continue
+        if run.stage == "finetune":
+            groups.setdefault((run.parent_id, canonical(run.resources)), []).append(run)
+    units: list[Unit] = []
+    for run in (r for r in selected if r.stage == "pretrain"):
+        units.append(_unit([run], None))
+        units += [_unit(g, run.id) for (p, _), g in sorted(groups.items(), key=_key) if p == run.id]
+    units += [_unit(g, p) for (p, _), g in sorted(groups.items(), key=_key) if p not in chosen]
+    return units
+
+
+def canonical(resources: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(resources, sort_keys=True, default=str)
+
+
+def _key(item: tuple[tuple[str | None, str], list[Run]]) -> tuple[bool, str, str]:
+    (parent, res), _ = item
+    return (parent is None, parent or "", res)
+
+
+def _unit(runs: list[Run], parent_id: str | None) -> Unit:
+    runs = sorted(runs, key=lambda r: (r.seed, r.id))
+    resources = slurm.resources_for_run(runs[0].resources, where=f"run {runs[0].id} resources")
+    return Unit(
+        run_ids=tuple(r.id for r in runs),
+        stage=runs[0].stage,
+        parent_id=parent_id,
+        resources=resources,
+        job_name=f"ioussl-{runs[0].id}",
+    )
+
+
+def dependency_for(session: Session, unit: Unit) -> tuple[str | None, bool]:
+    """("afterok:<job>", ready): a fine-tune array waits for its pretrain's current job; none when done."""
+    if unit.parent_id is None:
+        return None, True
+    parent = session.get(Run, unit.parent_id)
+    if parent is None or parent.status == S.COMPLETED:
+        return None, True
+    attempt = parent.attempts[-1] if parent.attempts else None
+    if parent.status in (S.PENDING, S.RUNNING, S.SUBMITTING) and attempt is not None and attempt.job_id:
+        return f"afterok:{attempt.job_id}", True
+    return None, False
+
+
+def record_intent(session: Session, unit: Unit, executor: str, dependency: str | None) -> None:
+    """Runs -> SUBMITTING with one attempt each (job name, array index, no job id yet). Before sbatch."""
+    array = len(unit.run_ids) > 1 and executor == "slurm"
+    for index, run_id in enumerate(unit.run_ids):
+        run = session.get(Run, run_id)
+        repo.set_status(session, run, S.SUBMITTING, reason="submitting")
+        session.add(
+            Attempt(
+                run_id=run_id,
+                executor=executor,
+                job_name=unit.job_name,
+                status=S.SUBMITTING,
+                array_index=index if array else None,
+                depends_on=dependency.split(":", 1)[1] if dependency else None,
+            )
+        )
+    session.flush()
+
+
+def record_jobs(session: Session, unit: Unit, job_ids: Sequence[str]) -> dict[str, str]:
+    """The intent's attempts get their job ids; the runs are PENDING until the next sync says more."""
+    recorded = {}
+    for run_id, job_id in zip(unit.run_ids, job_ids, strict=True):
+        run = session.get(Run, run_id)
+        attempt = _open_intent(run)
+        if attempt is None:
+            continue
+        attempt.job_id = job_id
+        attempt.array_job_id = job_id.split("_")[0] if "_" in job_id else None
+        attempt.status = S.PENDING
+        repo.set_status(session, run, S.PENDING, reason=f"submitted as job {job_id}")
+        recorded[run_id] = job_id
+    return recorded
+
+
+def record_rejection(session: Session, unit: Unit, message: str) -> None:
+    """sbatch said no (bad partition, account, ...): the runs stay PLANNED, the attempt keeps the message."""
+    for run_id in unit.run_ids:
+        run = session.get(Run, run_id)
+        attempt = _open_intent(run)
+        if attempt is not None:
+            attempt.status = S.PLANNED
+            attempt.reason = message
+        repo.set_status(session, run, S.PLANNED, reason=message)
+
+
+def _open_intent(run: Run) -> Attempt | None:
+    attempt = run.attempts[-1] if run.attempts else None
+    return (
+        attempt if attempt is not None and attempt.job_id is None and attempt.status == S.SUBMITTING else None
+    )
+
+
+def write_run_files(runs: Iterable[Run]) -> None:
+    """The frozen config goes into each run directory before its job exists (the job reads only files)."""
+    for run in runs:
+        path = Path(run.run_dir) / runfiles.CONFIG
+        if not path.exists() or path.read_text() != run.config:
+            runfiles.atomic_write_text(path, run.config)
+
+
+def job_calls(session: Session, unit: Unit, factory: JobFactory) -> list[Callable[[], Any]]:
+    calls = []
+    for run_id in unit.run_ids:
+        run = session.get(Run, run_id)
+        encoder = str(Path(run.parent.run_dir) / ENCODER) if run.parent is not None else None
+        calls.append(factory(str(Path(run.run_dir).resolve()), encoder))
+    return calls
+
+
+def adopt_orphans(
+    session: Session,
+    backend_for: Callable[[str], Backend],
+    grace_s: float = ADOPT_GRACE_S,
+    now: dt.datetime | None = None,
+) -> tuple[list[str], list[str], int]:
+    """Resolve intents left by a killed submit: adopt their job by name, or put the runs back to PLANNED.
+
+    Returns (adopted run ids, reverted run ids, intents still too young to judge).
+    """
+    now = now or utcnow()
+    intents = session.scalars(
+        select(Attempt)
+        .join(Run, Attempt.run_id == Run.id)
+        .where(Attempt.job_id.is_(None), Attempt.status == S.SUBMITTING, Run.status == S.SUBMITTING)
+    ).all()
+    by_unit: dict[tuple[str, str], list[Attempt]] = {}
+    for attempt in intents:
+        by_unit.setdefault((attempt.executor, attempt.job_name or ""), []).append(attempt)
+    adopted, reverted, young = [], [], 0
+    known = set(session.scalars(select(Attempt.job_id).where(Attempt.job_id.is_not(None))))
+    for (executor, name), attempts in by_unit.items():
+        named = backend_for(executor).find_by_name([name]).get(name, []) if name else []
+        found = [job_id for job_id in named if job_id not in known]
+        if found:
+            adopted += _adopt(session, attempts, found)
+        elif (now - min(a.submitted_at for a in attempts)).total_seconds() < grace_s:
+            young += 1
+        else:
+            reverted += _revert(session, attempts)
+    return adopted, reverted, young
+
+
+def _adopt(session: Session, attempts: list[Attempt], found: list[str]) -> list[str]:
+    base = max({j.split("_")[0] for j in found}, key=int)  # the newest job with this name
+    adopted = []
+    for attempt in attempts:
+        job_id = base if attempt.array_index is None else f"{base}_{attempt.array_index}"
+        attempt.job_id = job_id
+        attempt.array_job_id = base if attempt.array_index is not None else None
+        attempt.status = S.PENDING
+        attempt.reason = "adopted after an interrupted submit"
+        repo.set_status(session, attempt.run, S.PENDING, reason=f"adopted job {job_id}")
+        adopted.append(attempt.run_id)
+    return adopted
+
+
+def _revert(session: Session, attempts: list[Attempt]) -> list[str]:
+    for attempt in attempts:
+        attempt.status = S.PLANNED
+        attempt.reason = "no job reached the scheduler (submit interrupted before sbatch)"
+        repo.set_status(
+            session, attempt.run, S.PLANNED, reason="previous submit was interrupted before sbatch"
+        )
+    return [a.run_id for a in attempts]
+
+
+def wait_for_young_intents(adopt: Callable[[], int], grace_s: float = ADOPT_GRACE_S) -> None:
+    """Adopt once; while intents are too young to judge, wait out the grace period and adopt again."""
+    deadline = time.monotonic() + grace_s + 1
+    while adopt() and time.monotonic() < deadline:
+        time.sleep(0.5)

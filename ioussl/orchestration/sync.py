@@ -1,0 +1,208 @@
+"""Status sync: fetch active runs -> query the scheduler once -> classify (pure) -> apply.
+
+``ioussl status`` and ``ioussl submit`` call :func:`sync` inside their unit of work. One scheduler query
+per executor covers every active job (one ``sacct`` on SLURM); everything else is registry work and
+reading small files in run directories. Jobs never open the registry: what they report comes from the
+run directory, ingested here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased, selectinload
+
+from ioussl.errors import IllegalTransition, SubmissionError
+from ioussl.orchestration import classify, ingest, slurm
+from ioussl.orchestration.backends import Backend, backend_for_attempts
+from ioussl.orchestration.classify import Change, Observation
+from ioussl.orchestration.registry import repo
+from ioussl.orchestration.registry.models import Attempt, Run, Study
+from ioussl.orchestration.status import RunStatus
+
+ACTIVE = [RunStatus.SUBMITTING, RunStatus.PENDING, RunStatus.RUNNING]
+DEAD_PARENT = [RunStatus(s) for s in sorted(classify.DEAD_PARENT)]
+
+
+@dataclass
+class SyncOutcome:
+    """What one sync did: which command answered, how many scheduler calls, every status change."""
+
+    source: str = "none"
+    calls: int = 0
+    checked: int = 0
+    transitions: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # run, old, new, why
+    cancelled: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+BackendFactory = Callable[[str], Backend]
+
+
+def sync(
+    session: Session,
+    study: str | None = None,
+    backends: Mapping[str, Backend] | None = None,
+    folder: Path | None = None,
+) -> SyncOutcome:
+    """Bring the registry up to date with the scheduler and the run directories; never commits.
+
+    Args:
+        session: an open unit of work (the caller commits).
+        study: only this study's runs (by name); None syncs every study.
+        backends: executor name -> backend; missing ones are built on demand (tests pass fakes).
+        folder: where submitit keeps its job folders (only the local backend reads it).
+    """
+    outcome = SyncOutcome()
+    runs = fetch_active(session, study)
+    outcome.checked = len(runs)
+    if not runs:
+        return outcome
+    answers = _query(runs, dict(backends or {}), folder or Path("."), outcome)
+    observations = [_observe(run, answers) for run in runs]
+    by_id = {run.id: run for run in runs}
+    changes = classify.classify_all(obs for obs in observations if obs is not None)
+    for change in changes:
+        _apply(session, by_id[change.run_id], change, outcome)
+    _cancel_blocked(changes, by_id, dict(backends or {}), folder or Path("."), outcome)
+    return outcome
+
+
+def fetch_active(session: Session, study: str | None = None) -> list[Run]:
+    """Runs the scheduler may hold a job for, and fine-tunes waiting on a pretrain that died."""
+    parent = aliased(Run)
+    active = select(Run).where(Run.status.in_(ACTIVE))
+    orphaned = (
+        select(Run)
+        .join(parent, Run.parent_id == parent.id)
+        .where(Run.status.in_([RunStatus.PLANNED, *ACTIVE]), parent.status.in_(DEAD_PARENT))
+    )
+    if study is not None:
+        active = active.join(Study, Run.study_id == Study.id).where(Study.name == study)
+        orphaned = orphaned.join(Study, Run.study_id == Study.id).where(Study.name == study)
+    options = (selectinload(Run.attempts), selectinload(Run.parent))
+    runs = {run.id: run for run in session.scalars(active.options(*options))}
+    runs.update({run.id: run for run in session.scalars(orphaned.options(*options))})
+    return list(runs.values())
+
+
+def _latest(run: Run) -> Attempt | None:
+    return run.attempts[-1] if run.attempts else None
+
+
+def _query(runs: list[Run], backends: dict[str, Backend], folder: Path, outcome: SyncOutcome) -> dict:
+    """One query per executor; a failed query leaves its runs unobserved (no miss is counted)."""
+    job_ids: dict[str, list[str]] = {}
+    for run in runs:
+        attempt = _latest(run)
+        if attempt is not None and attempt.job_id and run.status in ACTIVE:
+            job_ids.setdefault(attempt.executor, []).append(attempt.job_id)
+    answers: dict[str, dict[str, slurm.JobInfo] | None] = {}
+    for executor, ids in job_ids.items():
+        backend = backends.get(executor) or backend_for_attempts(executor, folder)
+        try:
+            result = backend.query(ids)
+        except SubmissionError as exc:
+            outcome.errors.append(str(exc))
+            answers[executor] = None
+            continue
+        answers[executor] = result.jobs
+        outcome.calls += result.calls
+        outcome.source = result.source if outcome.source == "none" else f"{outcome.source}+{result.source}"
+    return answers
+
+
+def _observe(run: Run, answers: dict) -> Observation | None:
+    attempt = _latest(run)
+    executor = attempt.executor if attempt else None
+    jobs = answers.get(executor) if executor else {}
+    if jobs is None and run.status in ACTIVE:
+        return None  # the scheduler did not answer: learn nothing rather than count a miss
+    job_id = attempt.job_id if attempt else None
+    return Observation(
+        run_id=run.id,
+        status=str(run.status),
+        is_finetune=run.stage == "finetune",
+        parent_id=run.parent_id,
+        parent_status=str(run.parent.status) if run.parent is not None else None,
+        job_id=job_id,
+        misses=attempt.misses if attempt else 0,
+        info=slurm.lookup(jobs or {}, job_id) if job_id else None,
+        files=ingest.read_run_files(run.run_dir),
+    )
+
+
+def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> None:
+    attempt = _latest(run)
+    if attempt is not None and run.status in ACTIVE:
+        _update_attempt(attempt, change)
+    new = RunStatus(change.status) if change.status else None
+    reason = change.reason
+    if change.ingest:
+        found = ingest.ingest(session, run)
+        if new == RunStatus.COMPLETED and not found:
+            new, reason = RunStatus.FAILED, "result.json vanished or is unreadable"
+    if new is None:
+        return
+    old = RunStatus(run.status)
+    try:
+        changed = repo.set_status(session, run, new, reason)
+    except IllegalTransition as exc:
+        outcome.errors.append(f"run {run.id}: {exc}")
+        return
+    if attempt is not None and old in ACTIVE:
+        attempt.status = new
+    if changed:
+        outcome.transitions.append((run.id, str(old), str(new), reason))
+
+
+def _update_attempt(attempt: Attempt, change: Change) -> None:
+    attempt.misses = change.misses
+    if change.reason is not None:
+        attempt.reason = change.reason
+    info = change.info
+    if info is None:
+        return
+    attempt.scheduler_state = info.raw_state
+    if info.exit_code is not None:
+        attempt.exit_code = f"{info.exit_code}:{info.signal or 0}"
+    attempt.node = info.node or attempt.node
+    attempt.started_at = _utc(info.start) or attempt.started_at
+    attempt.ended_at = _utc(info.end) or attempt.ended_at
+
+
+def _utc(text: str | None) -> dt.datetime | None:
+    """SLURM prints local wall-clock time without a zone; the registry keeps naive UTC."""
+    if not text:
+        return None
+    try:
+        local = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return local.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _cancel_blocked(
+    changes: list[Change],
+    runs: dict[str, Run],
+    backends: dict[str, Backend],
+    folder: Path,
+    outcome: SyncOutcome,
+) -> None:
+    """Cancel the waiting jobs of fine-tunes that just became BLOCKED: never leave them pending forever."""
+    by_executor: dict[str, list[str]] = {}
+    for change in changes:
+        attempt = _latest(runs[change.run_id])
+        if change.cancel_job and attempt is not None:
+            by_executor.setdefault(attempt.executor, []).append(change.cancel_job)
+    for executor, job_ids in by_executor.items():
+        backend = backends.get(executor) or backend_for_attempts(executor, folder)
+        try:
+            backend.cancel(job_ids)
+            outcome.cancelled += job_ids
+        except SubmissionError as exc:
+            outcome.errors.append(f"could not cancel blocked jobs {', '.join(job_ids)}: {exc}")

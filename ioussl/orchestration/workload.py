@@ -1,0 +1,94 @@
+"""A small deterministic stand-in for training, run through the very same submission path as RunJob.
+
+The SLURM integration tests (and a smoke test of a new cluster) need jobs that take seconds and can be
+told to fail, to run long, or to be interrupted and resume. ``SyntheticJob`` follows the job contract of
+runfiles.py exactly: it reads ``config.json``, appends events and metrics, keeps its progress in
+``checkpoints/last.json``, writes ``result.json`` atomically, and is submitit-Checkpointable, so a timeout
+or preemption requeues it and it resumes from its last step.
+
+Behaviour comes from an optional ``workload.json`` in the run directory (all keys optional):
+``{"steps": 3, "step_s": 0.1, "fail_attempts": 0}``: ``fail_attempts`` makes the first N starts fail.
+Select it for ``ioussl submit`` with ``IOUSSL_JOB_FACTORY=ioussl.orchestration.workload:make_job``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from ioussl import runfiles
+from ioussl.errors import TrainingError
+
+WORKLOAD = "workload.json"
+DEFAULTS = {"steps": 3, "step_s": 0.1, "fail_attempts": 0}
+
+
+class SyntheticJob(submitit.helpers.Checkpointable):
+    """Counts ``steps`` steps of ``step_s`` seconds, checkpointing after each; result depends on the seed."""
+
+    def __init__(self, run_dir: str, encoder_checkpoint: str | None = None) -> None:
+        self.run_dir = run_dir
+        self.encoder_checkpoint = encoder_checkpoint
+
+    def __call__(self) -> dict[str, Any]:
+        run_dir = Path(self.run_dir)
+        spec = {**DEFAULTS, **(runfiles.read_json(run_dir / WORKLOAD) or {})}
+        config = runfiles.read_json(run_dir / runfiles.CONFIG)
+        if config is None:
+            raise TrainingError(f"{run_dir / runfiles.CONFIG} is missing or not JSON")
+        starts = 1 + sum(
+            1 for e in runfiles.read_jsonl(run_dir / runfiles.EVENTS) if e.get("event") == "started"
+        )
+        start_step = _last_step(run_dir) + 1
+        runfiles.record_event(run_dir, "started", attempt=starts, resume_step=start_step)
+        if starts <= spec["fail_attempts"]:
+            message = f"synthetic failure on start {starts} of {spec['fail_attempts']}"
+            runfiles.record_event(run_dir, "failed", error=message)
+            raise TrainingError(message)
+        for step in range(start_step, spec["steps"]):
+            time.sleep(spec["step_s"])
+            runfiles.append_jsonl(
+                run_dir / runfiles.METRICS, {"epoch": step, "step": step, "loss": 1 / (step + 1)}
+            )
+            runfiles.atomic_write_json(run_dir / runfiles.CHECKPOINTS / "last.json", {"step": step})
+        result = {
+            "dsc": _score(config["seed"], config["stage"]),
+            "stage": config["stage"],
+            "resumed_from": start_step,
+            "starts": starts,
+        }
+        runfiles.atomic_write_json(run_dir / runfiles.RESULT, result)
+        runfiles.record_event(run_dir, "finished")
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on USR2 (timeout or preemption): note it; progress is already on disk."""
+        runfiles.record_event(Path(self.run_dir), "requeued", step=_last_step(Path(self.run_dir)))
+        return super().checkpoint(*args, **kwargs)
+
+
+def make_job(run_dir: str, encoder_checkpoint: str | None) -> SyntheticJob:
+    """Job factory with the signature of the default one (submission.default_job_factory)."""
+    return SyntheticJob(run_dir, encoder_checkpoint)
+
+
+def write_spec(run_dir: str | Path, **spec: Any) -> None:
+    """Tests: set how the synthetic job of one run behaves."""
+    unknown = set(spec) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown workload keys {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+    runfiles.atomic_write_text(Path(run_dir) / WORKLOAD, json.dumps(spec))
+
+
+def _last_step(run_dir: Path) -> int:
+    state = runfiles.read_json(run_dir / runfiles.CHECKPOINTS / "last.json")
+    return int(state["step"]) if state and "step" in state else -1
+
+
+def _score(seed: int, stage: str) -> float:
+    """A fixed DSC-like number per (seed, stage): deterministic, so tests can assert it."""
+    return round(0.8 + 0.01 * (seed % 5) + (0.005 if stage == "finetune" else 0.0), 4)

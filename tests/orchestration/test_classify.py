@@ -1,0 +1,159 @@
+"""The pure classification table: (run status, scheduler record, misses, run files) -> change."""
+
+from __future__ import annotations
+
+import pytest
+
+from ioussl.orchestration.classify import (
+    LOST_AFTER_MISSES,
+    SLURM_STATE,
+    Observation,
+    RunFiles,
+    classify,
+    classify_all,
+)
+from ioussl.orchestration.slurm import JobInfo
+
+
+def info(state: str, exit_code: int = 0, reason: str | None = None, raw: str | None = None) -> JobInfo:
+    return JobInfo(
+        job_id="7", state=state, raw_state=raw or state, exit_code=exit_code, signal=0, reason=reason
+    )
+
+
+RESULT = RunFiles(has_result=True, last_event="finished")
+FAILED_EVENT = RunFiles(last_event="failed", error="TrainingError: loss is NaN at step 3")
+
+# (status before, scheduler record, run files, expected status (None = unchanged), reason contains, ingest)
+TABLE = [
+    ("SUBMITTING", info("PENDING", reason="Priority"), RunFiles(), "PENDING", "Priority", False),
+    ("PENDING", info("PENDING", reason="Dependency"), RunFiles(), None, "Dependency", False),
+    ("PENDING", info("RUNNING"), RunFiles(), "RUNNING", None, False),
+    ("RUNNING", info("RUNNING"), RunFiles(), None, None, False),
+    ("RUNNING", info("COMPLETING"), RunFiles(), None, "COMPLETING", False),
+    ("RUNNING", info("REQUEUED"), RunFiles(last_event="requeued"), "PENDING", "REQUEUED", False),
+    (
+        "RUNNING",
+        info("PENDING", reason="BeginTime"),
+        RunFiles(last_event="requeued"),
+        "PENDING",
+        "BeginTime",
+        False,
+    ),
+    ("RUNNING", info("COMPLETED"), RESULT, "COMPLETED", None, True),
+    ("RUNNING", info("COMPLETED"), RunFiles(), "FAILED", "without writing result.json", True),
+    ("RUNNING", info("FAILED", exit_code=1), FAILED_EVENT, "FAILED", "exit code 1: TrainingError", True),
+    ("RUNNING", info("OUT_OF_MEMORY", exit_code=0), RunFiles(), "FAILED", "OUT_OF_MEMORY", True),
+    ("RUNNING", info("NODE_FAIL"), RunFiles(), "FAILED", "NODE_FAIL", True),
+    ("RUNNING", info("PREEMPTED"), RunFiles(), "FAILED", "PREEMPTED", True),
+    ("RUNNING", info("TIMEOUT"), RunFiles(), "TIMEOUT", "TIMEOUT", True),
+    ("PENDING", info("CANCELLED", raw="CANCELLED by 0"), RunFiles(), "CANCELLED", "CANCELLED by 0", True),
+    ("PENDING", info("COMPLETED"), RESULT, "COMPLETED", None, True),  # ended between two syncs
+]
+
+
+@pytest.mark.parametrize("before, record, files, after, reason, ingest", TABLE)
+def test_scheduler_states_map_explicitly(before, record, files, after, reason, ingest):
+    change = classify(Observation(run_id=1, status=before, job_id="7", info=record, files=files))
+    assert change is not None
+    assert change.status == after
+    assert (reason is None and change.reason is None) or reason in (change.reason or "")
+    assert change.ingest is ingest and change.info == record
+
+
+def test_every_mapped_state_gives_a_registry_status():
+    for state in SLURM_STATE:
+        files = RESULT if state == "COMPLETED" else RunFiles()
+        change = classify(Observation(run_id=1, status="RUNNING", job_id="7", info=info(state), files=files))
+        assert change is not None and change.status in (
+            None,
+            "PENDING",
+            "RUNNING",
+            "COMPLETED",
+            "FAILED",
+            "TIMEOUT",
+            "CANCELLED",
+        )
+
+
+def test_unknown_state_is_reported_not_guessed():
+    change = classify(Observation(run_id=1, status="RUNNING", job_id="7", info=info("WEIRD")))
+    assert change is not None and change.status is None and "unknown SLURM state 'WEIRD'" in change.reason
+
+
+@pytest.mark.parametrize(
+    "misses, files, after, new_misses",
+    [
+        (0, RunFiles(), None, 1),
+        (LOST_AFTER_MISSES - 2, RunFiles(), None, LOST_AFTER_MISSES - 1),
+        (LOST_AFTER_MISSES - 1, RunFiles(), "LOST", LOST_AFTER_MISSES),
+        (0, RESULT, "COMPLETED", 0),
+        (5, FAILED_EVENT, "FAILED", 0),
+    ],
+)
+def test_vanished_job_becomes_lost_only_after_repeated_misses(misses, files, after, new_misses):
+    change = classify(Observation(run_id=1, status="RUNNING", job_id="7", misses=misses, files=files))
+    assert change is not None and change.status == after and change.misses == new_misses
+
+
+@pytest.mark.parametrize("status", ["PLANNED", "COMPLETED", "FAILED", "BLOCKED", "LOST", "CANCELLED"])
+def test_inactive_runs_without_dead_parent_are_left_alone(status):
+    assert classify(Observation(run_id=1, status=status, job_id="7", info=info("RUNNING"))) is None
+
+
+def test_intent_without_job_id_is_left_to_adoption():
+    assert classify(Observation(run_id=1, status="SUBMITTING", job_id=None)) is None
+
+
+@pytest.mark.parametrize(
+    "status, record, after, cancel",
+    [
+        ("PLANNED", None, "BLOCKED", None),
+        ("PENDING", info("PENDING", reason="DependencyNeverSatisfied"), "BLOCKED", "7"),
+        ("PENDING", info("CANCELLED"), "BLOCKED", None),  # kill_invalid_depend got there first
+        ("SUBMITTING", None, "BLOCKED", None),
+    ],
+)
+def test_finetune_of_a_dead_pretrain_is_blocked_and_its_waiting_job_cancelled(status, record, after, cancel):
+    job = None if status == "PLANNED" else "7"
+    obs = Observation(
+        run_id=2,
+        status=status,
+        is_finetune=True,
+        parent_id=1,
+        parent_status="FAILED",
+        job_id=job,
+        info=record,
+    )
+    change = classify(obs)
+    assert change is not None and change.status == after and change.cancel_job == cancel
+    assert "pretrain ended FAILED" in change.reason
+
+
+def test_finetune_of_a_completed_pretrain_follows_its_own_job():
+    obs = Observation(
+        run_id=2,
+        status="PENDING",
+        is_finetune=True,
+        parent_id=1,
+        parent_status="COMPLETED",
+        job_id="7",
+        info=info("RUNNING"),
+    )
+    assert classify(obs).status == "RUNNING"
+
+
+def test_classify_all_blocks_children_on_the_sync_their_parent_fails():
+    parent = Observation(run_id=1, status="RUNNING", job_id="5", info=info("FAILED", exit_code=1))
+    child = Observation(
+        run_id=2,
+        status="PENDING",
+        is_finetune=True,
+        parent_id=1,
+        parent_status="RUNNING",
+        job_id="6_0",
+        info=info("PENDING", reason="Dependency"),
+    )
+    changes = {c.run_id: c for c in classify_all([child, parent])}
+    assert changes[1].status == "FAILED"
+    assert changes[2].status == "BLOCKED" and changes[2].cancel_job == "6_0"
