@@ -44,8 +44,8 @@ def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callabl
     if not settings.study_file.is_file():
         raise ConfigError(f"demo study not found: {settings.study_file} (run the demo from an ioussl checkout)")
     spec = load_study(settings.study_file)
-    store = spec.resolve(spec.data.store)
-    split = spec.resolve(spec.data.split) if spec.data.split else None
+    store = spec.resolve(spec.data.store).resolve()
+    split = spec.resolve(spec.data.split).resolve() if spec.data.split else None
     workdir = store.parent
     db = db or str(workdir / "registry.db")
     raw = workdir / "raw"

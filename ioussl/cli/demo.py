@@ -21,9 +21,16 @@ def demo(
     from ioussl.demo import DEFAULT_STUDY, DemoSettings, run_demo
 
     settings = DemoSettings(study_file=study or DEFAULT_STUDY, executor=executor, max_parallel=max_parallel)
-    with render.RunProgress() as progress:
-        outcome = run_demo(settings, db, say=progress.say, progress=progress.update)
+    try:
+        with render.RunProgress() as progress:
+            outcome = run_demo(settings, db, say=progress.say, progress=progress.update)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: run `ioussl demo` (or `make demo`) again to resume where it stopped", err=True)
+        raise typer.Exit(130) from None
     render.report(outcome, "terminal")
+    if outcome.report.left_out:
+        typer.echo(f"error: {len(outcome.report.left_out)} fine-tune(s) ended without a DSC (see above)", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
