@@ -35,7 +35,9 @@ def test_box_iou_known_values():
 @pytest.mark.parametrize("interval", THESIS_INTERVALS)
 def test_pairs_inside_image_and_interval_unless_flagged(mode, image, crop, interval):
     for seed in range(3):
-        s1, s2, ious, fallback = sample_crop_pairs(np.random.default_rng(seed), image, crop, *interval, 2000, mode)
+        s1, s2, ious, fallback = sample_crop_pairs(
+            np.random.default_rng(seed), image, crop, *interval, 2000, mode
+        )
         limit = np.array(image) - np.array(crop)
         assert np.all((s1 >= 0) & (s1 <= limit)) and np.all((s2 >= 0) & (s2 <= limit))
         ok = fallback | ((ious >= interval[0]) & (ious <= interval[1]))
@@ -49,7 +51,9 @@ def test_pairs_inside_image_and_interval_unless_flagged(mode, image, crop, inter
 @pytest.mark.parametrize("mode", ["exact", "algorithm1"])
 def test_same_seed_same_pairs_and_per_pair_shapes(mode):
     shapes = np.array([[256, 256], [130, 200], [96, 96], [300, 97]] * 50)
-    runs = [sample_crop_pairs(np.random.default_rng(7), shapes, (96, 96), 0.3, 0.6, 200, mode) for _ in range(2)]
+    runs = [
+        sample_crop_pairs(np.random.default_rng(7), shapes, (96, 96), 0.3, 0.6, 200, mode) for _ in range(2)
+    ]
     for a, b in zip(*runs, strict=True):
         np.testing.assert_array_equal(a, b)
     s1, s2, _, fallback = runs[0]
@@ -67,7 +71,9 @@ def _brute_force_joint(image, crop, i_min, i_max):
 
 
 @pytest.mark.parametrize("rounds", [_exact._PROPOSAL_ROUNDS, ()], ids=["rejection+exact", "exact-path-only"])
-@pytest.mark.parametrize(("image", "interval"), [((14, 11), (0.3, 0.6)), ((17, 9), (0.0, 0.0)), ((12, 12), (0.6, 1))])
+@pytest.mark.parametrize(
+    ("image", "interval"), [((14, 11), (0.3, 0.6)), ((17, 9), (0.0, 0.0)), ((12, 12), (0.6, 1))]
+)
 def test_exact_joint_law_is_uniform_chi_square(monkeypatch, rounds, image, interval):
     monkeypatch.setattr(_exact, "_PROPOSAL_ROUNDS", rounds)
     crop = (6, 5)
