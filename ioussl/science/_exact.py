@@ -81,6 +81,8 @@ def _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i) 
     low = np.maximum(-s1, -reach)  # offset range [low, high] of the proposal, per pair and axis
     high = np.minimum(shapes[pending] - crop - s1, reach)
     empty = np.any(low > high, axis=1)  # the proposal box holds every valid offset: none exists
+    if hi_i == 0:  # disjoint crops only: box 2 must clear box 1 on at least one axis
+        empty |= ~np.any((-s1 <= -crop) | (shapes[pending] - crop - s1 >= crop), axis=1)
     redraw = [pending[empty]]
     alive = np.flatnonzero(~empty)
     for k in _PROPOSAL_ROUNDS:
@@ -125,6 +127,8 @@ def _overlap_counts(s1: np.ndarray, side: np.ndarray, c: int) -> np.ndarray:
 
 def _exact_box2(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
     """Exact conditional draw of box 2 for ``rows``; returns which rows had any valid box 2."""
+    if crop.size == 2:
+        return _exact_chunk_2d(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i)
     mask = _overlap_mask(tuple(crop.tolist()), lo_i, hi_i)
     chunk = max(1, _EXACT_CHUNK_CELLS // mask.size)
     found = np.zeros(rows.size, dtype=bool)
@@ -134,7 +138,46 @@ def _exact_box2(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.nda
     return found
 
 
+@functools.lru_cache(maxsize=64)
+def _row_intervals(crop: tuple[int, int], lo_i: int, hi_i: int) -> tuple[np.ndarray, np.ndarray]:
+    """2D: for each overlap u0 on axis 0, the valid overlaps on axis 1 form one interval [a, b]."""
+    u0 = np.arange(crop[0] + 1)
+    safe = np.maximum(u0, 1)
+    a = np.where(u0 > 0, -(-lo_i // safe), 0)
+    b = np.where(u0 > 0, np.minimum(hi_i // safe, crop[1]), crop[1] if lo_i == 0 else -1)
+    empty = a > b
+    return np.where(empty, 0, a), np.where(empty, -1, b)
+
+
+def _exact_chunk_2d(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
+    """The 2D exact path in O(c) per pair: row sums over an interval come from cumulative counts."""
+    s1, sides = starts1[rows], shapes[rows]
+    c0, c1 = int(crop[0]), int(crop[1])
+    a, b = _row_intervals((c0, c1), lo_i, hi_i)
+    counts0 = _overlap_counts(s1[:, 0], sides[:, 0], c0).astype(np.float64)
+    cum1 = np.zeros((rows.size, c1 + 2))
+    np.cumsum(_overlap_counts(s1[:, 1], sides[:, 1], c1), axis=1, out=cum1[:, 1:])
+    weights = counts0 * (cum1[:, b + 1] - cum1[:, a])  # [m, c0 + 1]: valid box-2 starts per u0
+    cdf = np.cumsum(weights, axis=1)
+    found = cdf[:, -1] > 0
+    u0 = np.minimum((cdf <= (rng.random(rows.size) * cdf[:, -1])[:, None]).sum(axis=1), c0)
+    ar = np.arange(rows.size)
+    low_cum, high_cum = cum1[ar, a[u0]], cum1[ar, b[u0] + 1]
+    target = low_cum + rng.random(rows.size) * (high_cum - low_cum)
+    u1 = np.minimum((cum1[:, 1:] <= target[:, None]).sum(axis=1), c1)
+    offsets = np.stack(
+        [
+            _offset_with_overlap(rng, u0, s1[:, 0], sides[:, 0], c0),
+            _offset_with_overlap(rng, u1, s1[:, 1], sides[:, 1], c1),
+        ],
+        axis=1,
+    )
+    starts2[rows[found]] = s1[found] + offsets[found]
+    return found
+
+
 def _exact_chunk(rng, rows, starts1, starts2, shapes, crop, mask) -> np.ndarray:
+    """Any dimension: sequential draws from the marginals of the overlap grid, O(prod c) per pair."""
     s1, sides = starts1[rows], shapes[rows]
     counts = [_overlap_counts(s1[:, k], sides[:, k], int(crop[k])) for k in range(crop.size)]
     weights = np.broadcast_to(mask, (rows.size, *mask.shape)).astype(np.float64)
