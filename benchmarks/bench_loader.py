@@ -75,7 +75,7 @@ def bench_slices(store, tmp: Path, count: int) -> None:
     print(f"whole slices ({shape[0]}x{shape[1]}), random order, one core, warm page cache:")
     print(f"  store (uint16 memmap -> float32): {store_rate:9,.0f} slices/s")
     print(
-        f"  8-bit PNG decode (Pillow)       : {png_rate:9,.0f} slices/s   store is {store_rate / png_rate:.1f}x"
+        f"  8-bit PNG decode (Pillow)       : {png_rate:9,.0f} slices/s ({store_rate / png_rate:.1f}x slower)"
     )
 
 
