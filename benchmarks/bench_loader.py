@@ -49,9 +49,22 @@ def bench_batches(store, batches: int) -> None:
     print(f"batch of 128 pairs (96x96, no augmentation), {batches} batches each, interleaved:")
     for name in times:
         print(f"  {name:>15}: median {med[name] * 1e3:7.2f} ms, best {low[name] * 1e3:7.2f} ms")
+    _sampler_only(store, ids, rng, batches)
     overhead = med["iou [0.3, 0.6]"] / med["random crop"] - 1
     print(f"  IoU sampling overhead over random cropping: {overhead * 100:+.2f} % (median), "
           f"{(low['iou [0.3, 0.6]'] / low['random crop'] - 1) * 100:+.2f} % (best)")  # fmt: skip
+
+
+def _sampler_only(store, ids, rng, batches: int) -> None:
+    from ioussl.science.sampler import sample_crop_pairs
+
+    for name, interval in (("iou [0.3, 0.6]", (0.3, 0.6)), ("random crop", (0.0, 1.0))):
+        shapes = [store.shapes(ids[rng.integers(len(ids), size=128)]) for _ in range(batches)]
+        start = time.perf_counter()
+        for batch_shapes in shapes:
+            sample_crop_pairs(rng, batch_shapes, (96, 96), *interval, 128)
+        per_batch = (time.perf_counter() - start) / batches
+        print(f"  {name:>15}: sampling alone {per_batch * 1e6:6.0f} us per batch of 128")
 
 
 def bench_slices(store, tmp: Path, count: int) -> None:

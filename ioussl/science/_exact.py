@@ -54,10 +54,14 @@ def _feasible(shapes: np.ndarray, crop: np.ndarray, i_min: float, i_max: float) 
     crop_t = tuple(crop.tolist())
     if shapes.shape[0] == 0:
         return np.zeros(0, dtype=bool)
+    if i_max >= 1.0:  # two identical crops (IoU 1) always exist
+        return np.ones(shapes.shape[0], dtype=bool)
     if np.all(shapes == shapes[0]):
         return np.full(shapes.shape[0], pair_exists(tuple(shapes[0].tolist()), crop_t, i_min, i_max))
-    unique, inverse = np.unique(shapes, axis=0, return_inverse=True)
-    answers = np.array([pair_exists(tuple(row), crop_t, i_min, i_max) for row in unique.tolist()])
+    # One int64 key per shape: np.unique on 1-D keys is much faster than on rows.
+    keys = np.ravel_multi_index(shapes.T, shapes.max(axis=0) + 1)
+    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    answers = np.array([pair_exists(tuple(shapes[i].tolist()), crop_t, i_min, i_max) for i in first])
     return answers[inverse.ravel()]
 
 
