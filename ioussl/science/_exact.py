@@ -41,7 +41,10 @@ def sample_exact(
         if pending.size == 0:
             break
         starts1[pending] = _uniform_starts(rng, span[pending])
-        pending = _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i)
+        if hi_i == 0:  # disjoint crops only: sampled directly, no rejection
+            pending = _disjoint_box2(rng, pending, starts1, starts2, shapes, crop)
+        else:
+            pending = _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i)
     else:  # pragma: no cover - unreachable for a feasible image
         raise RuntimeError("exact sampler did not terminate; this is a bug")
     offsets = np.abs(starts2 - starts1)
@@ -85,8 +88,6 @@ def _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i) 
     low = np.maximum(-s1, -reach)  # offset range [low, high] of the proposal, per pair and axis
     high = np.minimum(shapes[pending] - crop - s1, reach)
     empty = np.any(low > high, axis=1)  # the proposal box holds every valid offset: none exists
-    if hi_i == 0:  # disjoint crops only: box 2 must clear box 1 on at least one axis
-        empty |= ~np.any((-s1 <= -crop) | (shapes[pending] - crop - s1 >= crop), axis=1)
     redraw = [pending[empty]]
     alive = np.flatnonzero(~empty)
     for k in _PROPOSAL_ROUNDS:
@@ -105,6 +106,36 @@ def _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i) 
         found = _exact_box2(rng, pending[alive], starts1, starts2, shapes, crop, lo_i, hi_i)
         redraw.append(pending[alive][~found])
     return np.concatenate(redraw)
+
+
+def _disjoint_box2(rng, pending, starts1, starts2, shapes, crop) -> np.ndarray:
+    """IoU exactly 0: box 2 uniform over the in-image offsets with |o_k| >= c_k on some axis k.
+
+    That set is the offset box minus its overlapping core, split into disjoint slabs: slab k has axes
+    before k inside the core, axis k outside it, axes after k anywhere. A slab is drawn in proportion to
+    its size, then a uniform offset inside it. Returns the pairs whose box 1 admits no box 2.
+    """
+    s1 = starts1[pending]
+    low, high = -s1, shapes[pending] - crop - s1
+    core_low, core_high = np.maximum(low, 1 - crop), np.minimum(high, crop - 1)
+    n_all = (high - low + 1).astype(np.float64)
+    n_in = (core_high - core_low + 1).astype(np.float64)
+    n_neg, n_pos = np.maximum(-crop - low + 1, 0), np.maximum(high - crop + 1, 0)
+    before = np.cumprod(np.concatenate([np.ones((len(s1), 1)), n_in[:, :-1]], axis=1), axis=1)
+    after = np.cumprod(np.concatenate([np.ones((len(s1), 1)), n_all[:, :0:-1]], axis=1), axis=1)[:, ::-1]
+    slabs = before * (n_neg + n_pos) * after  # [m, d]
+    cdf = np.cumsum(slabs, axis=1)
+    found = cdf[:, -1] > 0
+    slab = (cdf <= (rng.random(len(s1)) * cdf[:, -1])[:, None]).sum(axis=1)[:, None]
+    u = rng.random(s1.shape)
+    inside = core_low + (u * n_in).astype(np.int64)
+    anywhere = low + (u * n_all).astype(np.int64)
+    r = (u * (n_neg + n_pos)).astype(np.int64)
+    outside = np.where(r < n_neg, low + r, crop + r - n_neg)
+    axis = np.arange(crop.size)[None, :]
+    offsets = np.where(axis < slab, inside, np.where(axis == slab, outside, anywhere))
+    starts2[pending[found]] = s1[found] + offsets[found]
+    return pending[~found]
 
 
 @functools.lru_cache(maxsize=64)

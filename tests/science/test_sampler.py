@@ -72,7 +72,8 @@ def _brute_force_joint(image, crop, i_min, i_max):
 
 @pytest.mark.parametrize("rounds", [_exact._PROPOSAL_ROUNDS, ()], ids=["rejection+exact", "exact-path-only"])
 @pytest.mark.parametrize(
-    ("image", "interval"), [((14, 11), (0.3, 0.6)), ((17, 9), (0.0, 0.0)), ((12, 12), (0.6, 1))]
+    ("image", "interval"),
+    [((14, 11), (0.3, 0.6)), ((17, 9), (0.0, 0.0)), ((15, 14), (0.0, 0.0)), ((12, 12), (0.6, 1))],
 )
 def test_exact_joint_law_is_uniform_chi_square(monkeypatch, rounds, image, interval):
     monkeypatch.setattr(_exact, "_PROPOSAL_ROUNDS", rounds)
