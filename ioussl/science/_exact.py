@@ -59,8 +59,12 @@ def _feasible(shapes: np.ndarray, crop: np.ndarray, i_min: float, i_max: float) 
         return np.zeros(0, dtype=bool)
     if i_max >= 1.0:  # two identical crops (IoU 1) always exist
         return np.ones(shapes.shape[0], dtype=bool)
+    # Feasibility only grows with the image along each axis: if the batch's componentwise smallest
+    # shape admits a pair, every shape does (the common case: one cached lookup).
+    if pair_exists(tuple(shapes.min(axis=0).tolist()), crop_t, i_min, i_max):
+        return np.ones(shapes.shape[0], dtype=bool)
     if np.all(shapes == shapes[0]):
-        return np.full(shapes.shape[0], pair_exists(tuple(shapes[0].tolist()), crop_t, i_min, i_max))
+        return np.zeros(shapes.shape[0], dtype=bool)
     # One int64 key per shape: np.unique on 1-D keys is much faster than on rows.
     keys = np.ravel_multi_index(shapes.T, shapes.max(axis=0) + 1)
     unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
