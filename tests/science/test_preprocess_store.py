@@ -167,3 +167,20 @@ def test_settings_change_refuses_to_mix_stores(synth_dir, tmp_path):
     with pytest.raises(DataError, match="other settings"):
         preprocess_dataset(synth_dir, tmp_path, PreprocessSettings(min_size=128))
     assert json.loads((tmp_path / "store.json").read_text())["format_version"] == 1
+
+
+def test_reference_imgs_naming_and_stray_files(synth_dir, tmp_path):
+    _copy_case(synth_dir, tmp_path)
+    (tmp_path / "images").rename(tmp_path / "imgs")
+    (tmp_path / "imgs" / "notes.txt").write_text("not data")
+    (tmp_path / "imgs" / ".DS_Store").write_bytes(b"")
+    cases, problems = discover_cases(tmp_path)
+    assert [c.case for c in cases] == ["SYN_Tr_0001"] and problems == []
+    assert cases[0].label.name == "SYN_Tr_0001.nii.gz"
+
+
+@pytest.mark.slow  # spawns two processes that each import torch and MONAI (~10 s on 2 cores)
+def test_parallel_workers_give_the_same_store(synth_dir, synth_store, tmp_path):
+    report = preprocess_dataset(synth_dir, tmp_path, workers=2)
+    assert sorted(report.done) == sorted(synth_store.cases) and report.failed == []
+    assert SliceStore(tmp_path).fingerprint == synth_store.fingerprint

@@ -72,12 +72,18 @@ def _brute_force_joint(image, crop, i_min, i_max):
 
 @pytest.mark.parametrize("rounds", [_exact._PROPOSAL_ROUNDS, ()], ids=["rejection+exact", "exact-path-only"])
 @pytest.mark.parametrize(
-    ("image", "interval"),
-    [((14, 11), (0.3, 0.6)), ((17, 9), (0.0, 0.0)), ((15, 14), (0.0, 0.0)), ((12, 12), (0.6, 1))],
+    ("image", "crop", "interval"),
+    [
+        ((14, 11), (6, 5), (0.3, 0.6)),
+        ((17, 9), (6, 5), (0.0, 0.0)),
+        ((15, 14), (6, 5), (0.0, 0.0)),
+        ((12, 12), (6, 5), (0.6, 1)),
+        ((8, 7, 9), (4, 3, 5), (0.3, 0.6)),  # 3D: the generic overlap-grid path
+        ((9, 7, 8), (4, 3, 4), (0.0, 0.0)),
+    ],
 )
-def test_exact_joint_law_is_uniform_chi_square(monkeypatch, rounds, image, interval):
+def test_exact_joint_law_is_uniform_chi_square(monkeypatch, rounds, image, crop, interval):
     monkeypatch.setattr(_exact, "_PROPOSAL_ROUNDS", rounds)
-    crop = (6, 5)
     law = _brute_force_joint(image, crop, *interval)
     n = 40 * len(law)
     s1, s2, _, fallback = sample_crop_pairs(np.random.default_rng(123), image, crop, *interval, n)
