@@ -89,6 +89,13 @@ def test_pretrain_fallback_is_visible(synth_store):
     assert all(i["iou"] == 0.0 for i in items if not i["fallback"])
 
 
+def test_interval_no_slice_admits_is_rejected(synth_store):
+    from ioussl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be met with crop"):
+        PretrainPairDataset(synth_store, synth_store.slice_ids(), 96, 1.0 - 1e-9, 1.0 - 1e-10)
+
+
 def test_crop_larger_than_slices_is_a_clear_error(synth_store):
     with pytest.raises(DataError, match="smaller than the crop 512"):
         PretrainPairDataset(synth_store, synth_store.slice_ids(), 512, 0.0, 1.0)

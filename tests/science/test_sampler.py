@@ -14,6 +14,7 @@ from ioussl.science.sampler import (
     achievable_iou_range,
     box_iou,
     check_interval_feasible,
+    feasible_mask,
     pair_exists,
     sample_crop_pair,
     sample_crop_pairs,
@@ -154,3 +155,12 @@ def test_algorithm1_falls_back_like_the_thesis_and_flags_it():
     _, _, ious, fallback = sample_crop_pairs(np.random.default_rng(0), (150, 150), (96, 96), 0.0, 0.0, 300,
                                              mode="algorithm1")  # fmt: skip
     assert fallback.all() and (ious > 0).all()
+
+
+def test_feasible_mask_per_shape():
+    shapes = [[96, 96], [150, 150], [192, 100], [300, 300]]
+    np.testing.assert_array_equal(feasible_mask(shapes, (96, 96), 0.0, 0.0), [False, False, True, True])
+    np.testing.assert_array_equal(feasible_mask(shapes, (96, 96), 0.3, 0.6), [False, True, True, True])
+    assert feasible_mask(shapes, (96, 96), 0.0, 1.0).all()
+    with pytest.raises(DataError, match="smaller than the crop"):
+        feasible_mask([[90, 200]], (96, 96), 0.0, 1.0)
