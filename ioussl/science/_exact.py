@@ -41,7 +41,10 @@ def sample_exact(
         if pending.size == 0:
             break
         starts1[pending] = _uniform_starts(rng, span[pending])
-        pending = _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i)
+        if hi_i == 0:  # disjoint crops only: sampled directly, no rejection
+            pending = _disjoint_box2(rng, pending, starts1, starts2, shapes, crop)
+        else:
+            pending = _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i)
     else:  # pragma: no cover - unreachable for a feasible image
         raise RuntimeError("exact sampler did not terminate; this is a bug")
     offsets = np.abs(starts2 - starts1)
@@ -54,10 +57,18 @@ def _feasible(shapes: np.ndarray, crop: np.ndarray, i_min: float, i_max: float) 
     crop_t = tuple(crop.tolist())
     if shapes.shape[0] == 0:
         return np.zeros(0, dtype=bool)
+    if i_max >= 1.0:  # two identical crops (IoU 1) always exist
+        return np.ones(shapes.shape[0], dtype=bool)
+    # Feasibility only grows with the image along each axis: if the batch's componentwise smallest
+    # shape admits a pair, every shape does (the common case: one cached lookup).
+    if pair_exists(tuple(shapes.min(axis=0).tolist()), crop_t, i_min, i_max):
+        return np.ones(shapes.shape[0], dtype=bool)
     if np.all(shapes == shapes[0]):
-        return np.full(shapes.shape[0], pair_exists(tuple(shapes[0].tolist()), crop_t, i_min, i_max))
-    unique, inverse = np.unique(shapes, axis=0, return_inverse=True)
-    answers = np.array([pair_exists(tuple(row), crop_t, i_min, i_max) for row in unique.tolist()])
+        return np.zeros(shapes.shape[0], dtype=bool)
+    # One int64 key per shape: np.unique on 1-D keys is much faster than on rows.
+    keys = np.ravel_multi_index(shapes.T, shapes.max(axis=0) + 1)
+    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    answers = np.array([pair_exists(tuple(shapes[i].tolist()), crop_t, i_min, i_max) for i in first])
     return answers[inverse.ravel()]
 
 
@@ -101,15 +112,34 @@ def _draw_box2(rng, pending, starts1, starts2, shapes, crop, reach, lo_i, hi_i) 
     return np.concatenate(redraw)
 
 
-@functools.lru_cache(maxsize=64)
-def _overlap_mask(crop: tuple[int, ...], lo_i: int, hi_i: int) -> np.ndarray:
-    """Boolean grid over per-axis overlaps (0..c_k each): is their product in [I_lo, I_hi]?"""
-    product = np.ones((1,) * len(crop), dtype=np.int64)
-    for axis, c in enumerate(crop):
-        shape = [1] * len(crop)
-        shape[axis] = c + 1
-        product = product * np.arange(c + 1).reshape(shape)
-    return (product >= lo_i) & (product <= hi_i)
+def _disjoint_box2(rng, pending, starts1, starts2, shapes, crop) -> np.ndarray:
+    """IoU exactly 0: box 2 uniform over the in-image offsets with |o_k| >= c_k on some axis k.
+
+    That set is the offset box minus its overlapping core, split into disjoint slabs: slab k has axes
+    before k inside the core, axis k outside it, axes after k anywhere. A slab is drawn in proportion to
+    its size, then a uniform offset inside it. Returns the pairs whose box 1 admits no box 2.
+    """
+    s1 = starts1[pending]
+    low, high = -s1, shapes[pending] - crop - s1
+    core_low, core_high = np.maximum(low, 1 - crop), np.minimum(high, crop - 1)
+    n_all = (high - low + 1).astype(np.float64)
+    n_in = (core_high - core_low + 1).astype(np.float64)
+    n_neg, n_pos = np.maximum(-crop - low + 1, 0), np.maximum(high - crop + 1, 0)
+    before = np.cumprod(np.concatenate([np.ones((len(s1), 1)), n_in[:, :-1]], axis=1), axis=1)
+    after = np.cumprod(np.concatenate([np.ones((len(s1), 1)), n_all[:, :0:-1]], axis=1), axis=1)[:, ::-1]
+    slabs = before * (n_neg + n_pos) * after  # [m, d]
+    cdf = np.cumsum(slabs, axis=1)
+    found = cdf[:, -1] > 0
+    slab = (cdf <= (rng.random(len(s1)) * cdf[:, -1])[:, None]).sum(axis=1)[:, None]
+    u = rng.random(s1.shape)
+    inside = core_low + (u * n_in).astype(np.int64)
+    anywhere = low + (u * n_all).astype(np.int64)
+    r = (u * (n_neg + n_pos)).astype(np.int64)
+    outside = np.where(r < n_neg, low + r, crop + r - n_neg)
+    axis = np.arange(crop.size)[None, :]
+    offsets = np.where(axis < slab, inside, np.where(axis == slab, outside, anywhere))
+    starts2[pending[found]] = s1[found] + offsets[found]
+    return pending[~found]
 
 
 def _overlap_counts(s1: np.ndarray, side: np.ndarray, c: int) -> np.ndarray:
@@ -123,42 +153,58 @@ def _overlap_counts(s1: np.ndarray, side: np.ndarray, c: int) -> np.ndarray:
     return counts
 
 
+@functools.lru_cache(maxsize=64)
+def _last_axis_intervals(crop: tuple[int, ...], lo_i: int, hi_i: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each combination of overlaps on all axes but the last (flattened), the valid overlaps on the
+    last axis form one interval [a, b] (empty: a = 0, b = -1), since the product must lie in [I_lo, I_hi]."""
+    product = np.ones(1, dtype=np.int64)
+    for c in crop[:-1]:
+        product = np.multiply.outer(product, np.arange(c + 1)).ravel()
+    safe = np.maximum(product, 1)
+    a = np.where(product > 0, -(-lo_i // safe), 0)
+    b = np.where(product > 0, np.minimum(hi_i // safe, crop[-1]), crop[-1] if lo_i == 0 else -1)
+    empty = a > b
+    return np.where(empty, 0, a), np.where(empty, -1, b)
+
+
 def _exact_box2(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
     """Exact conditional draw of box 2 for ``rows``; returns which rows had any valid box 2."""
-    mask = _overlap_mask(tuple(crop.tolist()), lo_i, hi_i)
-    chunk = max(1, _EXACT_CHUNK_CELLS // mask.size)
+    cells = int(np.prod(crop[:-1] + 1))
+    chunk = max(1, _EXACT_CHUNK_CELLS // cells)
     found = np.zeros(rows.size, dtype=bool)
     for begin in range(0, rows.size, chunk):
         part = rows[begin : begin + chunk]
-        found[begin : begin + chunk] = _exact_chunk(rng, part, starts1, starts2, shapes, crop, mask)
+        found[begin : begin + chunk] = _exact_chunk(rng, part, starts1, starts2, shapes, crop, lo_i, hi_i)
     return found
 
 
-def _exact_chunk(rng, rows, starts1, starts2, shapes, crop, mask) -> np.ndarray:
+def _exact_chunk(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
+    """O(prod of c_k + 1 over all but the last axis) per pair (O(c) in 2D).
+
+    The weight of a combination of leading overlaps is the product of their per-axis counts times the
+    number of last-axis starts whose overlap falls in that combination's interval (cumulative counts).
+    """
     s1, sides = starts1[rows], shapes[rows]
-    counts = [_overlap_counts(s1[:, k], sides[:, k], int(crop[k])) for k in range(crop.size)]
-    weights = np.broadcast_to(mask, (rows.size, *mask.shape)).astype(np.float64)
-    overlaps = np.zeros((rows.size, crop.size), dtype=np.int64)
-    total = None
-    for axis in range(crop.size):
-        marginal = weights
-        for k in range(crop.size - 1, axis, -1):  # sum out the later axes, weighted by their counts
-            marginal = (marginal * counts[k].reshape(rows.size, *([1] * (k - axis)), -1)).sum(axis=-1)
-        marginal = marginal * counts[axis]
-        cdf = np.cumsum(marginal, axis=1)
-        if total is None:
-            total = cdf[:, -1].copy()
-        pick = np.minimum((cdf <= (rng.random(rows.size) * cdf[:, -1])[:, None]).sum(axis=1), crop[axis])
-        overlaps[:, axis] = pick
-        weights = weights[np.arange(rows.size), pick]
-    found = total > 0
-    offsets = np.stack(
-        [
-            _offset_with_overlap(rng, overlaps[:, k], s1[:, k], sides[:, k], int(crop[k]))
-            for k in range(crop.size)
-        ],
-        axis=1,
-    )
+    m, d, ar = rows.size, crop.size, np.arange(rows.size)
+    a, b = _last_axis_intervals(tuple(crop.tolist()), lo_i, hi_i)
+    weights = np.ones((m, 1))
+    for k in range(d - 1):  # outer product of the leading axes' counts, flattened C-order
+        counts = _overlap_counts(s1[:, k], sides[:, k], int(crop[k])).astype(np.float64)
+        weights = (weights[:, :, None] * counts[:, None, :]).reshape(m, -1)
+    c_last = int(crop[-1])
+    cum = np.zeros((m, c_last + 2))
+    np.cumsum(_overlap_counts(s1[:, -1], sides[:, -1], c_last), axis=1, out=cum[:, 1:])
+    weights *= cum[:, b + 1] - cum[:, a]
+    cdf = np.cumsum(weights, axis=1)
+    found = cdf[:, -1] > 0
+    cell = np.minimum((cdf <= (rng.random(m) * cdf[:, -1])[:, None]).sum(axis=1), cdf.shape[1] - 1)
+    leading = np.unravel_index(cell, tuple(int(c) + 1 for c in crop[:-1]))
+    low_cum, high_cum = cum[ar, a[cell]], cum[ar, b[cell] + 1]
+    target = low_cum + rng.random(m) * (high_cum - low_cum)
+    last = np.minimum((cum[:, 1:] <= target[:, None]).sum(axis=1), c_last)
+    overlaps = [*leading, last]
+    per_axis = [_offset_with_overlap(rng, overlaps[k], s1[:, k], sides[:, k], int(crop[k])) for k in range(d)]
+    offsets = np.stack(per_axis, axis=1)
     starts2[rows[found]] = s1[found] + offsets[found]
     return found
 

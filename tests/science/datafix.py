@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+__all__ = ["real_ct_dir", "real_store", "synth_dir", "synth_store"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REAL_CT = REPO_ROOT.parent / "shared" / "data" / "totalseg-example"
 

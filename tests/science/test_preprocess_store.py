@@ -9,7 +9,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from datafix import real_ct_dir, real_store, synth_dir, synth_store  # noqa: F401 (fixtures)
+from datafix import *  # noqa: F403 (session fixtures; a conftest.py here would collide with other branches)
 
 from ioussl.errors import DataError
 from ioussl.science.preprocess import discover_cases, preprocess_dataset
@@ -67,7 +67,9 @@ def test_store_index_matches_arrays(synth_store):
         label = store.label(int(idx))
         assert store.organs(int(idx)) == frozenset(np.unique(label).tolist()) - {0}
         assert store.image(int(idx)).shape == store.shape(int(idx)) == label.shape
-        np.testing.assert_array_equal(store.image_region(int(idx), (5, 7), (20, 30)), store.image(int(idx))[5:25, 7:37])
+        np.testing.assert_array_equal(
+            store.image_region(int(idx), (5, 7), (20, 30)), store.image(int(idx))[5:25, 7:37]
+        )
     organs = set().union(*(store.organs(int(i)) for i in store.slice_ids(store.labelled_cases())))
     assert organs == set(range(1, 14))
     unlabelled = int(store.slice_ids(["SYN_Un_0001"])[0])
@@ -129,7 +131,9 @@ def test_bad_inputs_fail_alone_with_the_file_named(synth_dir, tmp_path):
     bad["truncated"].write_bytes(full[: len(full) // 2])
     for name in ("BAD_A", "BAD_B"):
         shutil.copy(src / "labels" / "SYN_Tr_0001.nii.gz", src / "labels" / f"{name}.nii.gz")
-    _rewrite(src / "labels" / "SYN_Tr_0002.nii.gz", lambda d, a: (np.where(d == 3, 14, d).astype(np.uint8), a))
+    _rewrite(
+        src / "labels" / "SYN_Tr_0002.nii.gz", lambda d, a: (np.where(d == 3, 14, d).astype(np.uint8), a)
+    )
     _rewrite(src / "labels" / "SYN_Tr_0003.nii.gz", lambda d, a: (d, a @ np.diag([2.0, 1, 1, 1])))
     report = preprocess_dataset(src, tmp_path / "out")
     reasons = dict(report.failed)
@@ -163,3 +167,20 @@ def test_settings_change_refuses_to_mix_stores(synth_dir, tmp_path):
     with pytest.raises(DataError, match="other settings"):
         preprocess_dataset(synth_dir, tmp_path, PreprocessSettings(min_size=128))
     assert json.loads((tmp_path / "store.json").read_text())["format_version"] == 1
+
+
+def test_reference_imgs_naming_and_stray_files(synth_dir, tmp_path):
+    _copy_case(synth_dir, tmp_path)
+    (tmp_path / "images").rename(tmp_path / "imgs")
+    (tmp_path / "imgs" / "notes.txt").write_text("not data")
+    (tmp_path / "imgs" / ".DS_Store").write_bytes(b"")
+    cases, problems = discover_cases(tmp_path)
+    assert [c.case for c in cases] == ["SYN_Tr_0001"] and problems == []
+    assert cases[0].label.name == "SYN_Tr_0001.nii.gz"
+
+
+@pytest.mark.slow  # spawns two processes that each import torch and MONAI (~10 s on 2 cores)
+def test_parallel_workers_give_the_same_store(synth_dir, synth_store, tmp_path):
+    report = preprocess_dataset(synth_dir, tmp_path, workers=2)
+    assert sorted(report.done) == sorted(synth_store.cases) and report.failed == []
+    assert SliceStore(tmp_path).fingerprint == synth_store.fingerprint

@@ -14,6 +14,7 @@ from ioussl.science.sampler import (
     achievable_iou_range,
     box_iou,
     check_interval_feasible,
+    feasible_mask,
     pair_exists,
     sample_crop_pair,
     sample_crop_pairs,
@@ -35,7 +36,9 @@ def test_box_iou_known_values():
 @pytest.mark.parametrize("interval", THESIS_INTERVALS)
 def test_pairs_inside_image_and_interval_unless_flagged(mode, image, crop, interval):
     for seed in range(3):
-        s1, s2, ious, fallback = sample_crop_pairs(np.random.default_rng(seed), image, crop, *interval, 2000, mode)
+        s1, s2, ious, fallback = sample_crop_pairs(
+            np.random.default_rng(seed), image, crop, *interval, 2000, mode
+        )
         limit = np.array(image) - np.array(crop)
         assert np.all((s1 >= 0) & (s1 <= limit)) and np.all((s2 >= 0) & (s2 <= limit))
         ok = fallback | ((ious >= interval[0]) & (ious <= interval[1]))
@@ -49,7 +52,9 @@ def test_pairs_inside_image_and_interval_unless_flagged(mode, image, crop, inter
 @pytest.mark.parametrize("mode", ["exact", "algorithm1"])
 def test_same_seed_same_pairs_and_per_pair_shapes(mode):
     shapes = np.array([[256, 256], [130, 200], [96, 96], [300, 97]] * 50)
-    runs = [sample_crop_pairs(np.random.default_rng(7), shapes, (96, 96), 0.3, 0.6, 200, mode) for _ in range(2)]
+    runs = [
+        sample_crop_pairs(np.random.default_rng(7), shapes, (96, 96), 0.3, 0.6, 200, mode) for _ in range(2)
+    ]
     for a, b in zip(*runs, strict=True):
         np.testing.assert_array_equal(a, b)
     s1, s2, _, fallback = runs[0]
@@ -67,10 +72,19 @@ def _brute_force_joint(image, crop, i_min, i_max):
 
 
 @pytest.mark.parametrize("rounds", [_exact._PROPOSAL_ROUNDS, ()], ids=["rejection+exact", "exact-path-only"])
-@pytest.mark.parametrize(("image", "interval"), [((14, 11), (0.3, 0.6)), ((17, 9), (0.0, 0.0)), ((12, 12), (0.6, 1))])
-def test_exact_joint_law_is_uniform_chi_square(monkeypatch, rounds, image, interval):
+@pytest.mark.parametrize(
+    ("image", "crop", "interval"),
+    [
+        ((14, 11), (6, 5), (0.3, 0.6)),
+        ((17, 9), (6, 5), (0.0, 0.0)),
+        ((15, 14), (6, 5), (0.0, 0.0)),
+        ((12, 12), (6, 5), (0.6, 1)),
+        ((8, 7, 9), (4, 3, 5), (0.3, 0.6)),  # 3D: the generic overlap-grid path
+        ((9, 7, 8), (4, 3, 4), (0.0, 0.0)),
+    ],
+)
+def test_exact_joint_law_is_uniform_chi_square(monkeypatch, rounds, image, crop, interval):
     monkeypatch.setattr(_exact, "_PROPOSAL_ROUNDS", rounds)
-    crop = (6, 5)
     law = _brute_force_joint(image, crop, *interval)
     n = 40 * len(law)
     s1, s2, _, fallback = sample_crop_pairs(np.random.default_rng(123), image, crop, *interval, n)
@@ -141,3 +155,12 @@ def test_algorithm1_falls_back_like_the_thesis_and_flags_it():
     _, _, ious, fallback = sample_crop_pairs(np.random.default_rng(0), (150, 150), (96, 96), 0.0, 0.0, 300,
                                              mode="algorithm1")  # fmt: skip
     assert fallback.all() and (ious > 0).all()
+
+
+def test_feasible_mask_per_shape():
+    shapes = [[96, 96], [150, 150], [192, 100], [300, 300]]
+    np.testing.assert_array_equal(feasible_mask(shapes, (96, 96), 0.0, 0.0), [False, False, True, True])
+    np.testing.assert_array_equal(feasible_mask(shapes, (96, 96), 0.3, 0.6), [False, True, True, True])
+    assert feasible_mask(shapes, (96, 96), 0.0, 1.0).all()
+    with pytest.raises(DataError, match="smaller than the crop"):
+        feasible_mask([[90, 200]], (96, 96), 0.0, 1.0)
