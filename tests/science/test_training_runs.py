@@ -196,3 +196,6 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_fails_clearly(synthetic, 
     ckpt.save_atomic({**ckpt.describe(other, "last")}, last)
     with pytest.raises(TrainingError, match="another config"):
         run_pretrain(cfg, tmp_path)
+    ckpt.save_atomic({**ckpt.describe(cfg, "last"), "store": "0123456789abcdef"}, last)
+    with pytest.raises(TrainingError, match="store changed"):
+        run_pretrain(cfg, tmp_path)
