@@ -111,15 +111,29 @@ def new_progress() -> dict[str, Any]:
     return {"best_dsc": 0.0, "best_epoch": None, "bad_evals": 0, "stopped": False, "best": None, "evals": 0}
 
 
+def record_evaluation(progress: dict[str, Any], scores: dict[str, Any], epoch: int, patience: int) -> bool:
+    """Early stopping as the thesis' code: best starts at 0, a strict improvement resets the count of
+    evaluations without improvement, training stops when that count reaches ``patience``.
+
+    Returns:
+        Whether this evaluation is the new best.
+    """
+    progress["evals"] += 1
+    if scores["dsc"] > progress["best_dsc"]:
+        progress.update(best_dsc=scores["dsc"], best_epoch=epoch, bad_evals=0, best=scores)
+        return True
+    progress["bad_evals"] += 1
+    progress["stopped"] = progress["bad_evals"] >= patience
+    return False
+
+
 def validate_and_select(
     state: StepState, cfg: RunConfig, run_dir: Path, val: Any, progress: dict[str, Any], epoch: int, step: int
 ) -> dict[str, Any]:
     """Score the validation slices, keep ``best.pt`` on strict improvement, count evaluations for patience."""
     assert cfg.finetune is not None
     scores = score(evaluate(state.model, val, state.runtime, window(cfg), cfg.model.out_channels))
-    progress["evals"] += 1
-    if scores["dsc"] > progress["best_dsc"]:
-        progress.update(best_dsc=scores["dsc"], best_epoch=epoch, bad_evals=0, best=scores)
+    if record_evaluation(progress, scores, epoch, cfg.finetune.patience):
         payload = {
             **ckpt.describe(cfg, "best"),
             "model": state.model.state_dict(),
@@ -128,9 +142,6 @@ def validate_and_select(
             "scores": scores,
         }
         ckpt.save_atomic(payload, run_dir / runfiles.CHECKPOINTS / ckpt.BEST)
-    else:
-        progress["bad_evals"] += 1
-        progress["stopped"] = progress["bad_evals"] >= cfg.finetune.patience
     return {
         "val_dsc": scores["dsc"],
         "val_dsc_3d": scores["dsc_3d"],
