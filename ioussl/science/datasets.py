@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ioussl.errors import DataError
-from ioussl.science.sampler import sample_crop_pairs
+from ioussl.science.sampler import check_interval_feasible, sample_crop_pairs
 from ioussl.science.store import SliceStore
 from ioussl.science.transforms import finetune_augment, finetune_crop, pretrain_view_augment
 
@@ -78,6 +78,10 @@ class PretrainPairDataset(_Seeded):
         self.ids = np.asarray(slice_ids, dtype=np.int64)
         self.i_min, self.i_max = (0.0, 1.0) if random_crop else (float(i_min), float(i_max))
         _check_slices_fit(store, self.ids, self.crop)
+        # No slice admitting the interval is a configuration error; some slices failing it is not
+        # (their pairs are flagged fallbacks, counted by the training loop).
+        largest = tuple(store.shapes(self.ids).max(axis=0).tolist())
+        check_interval_feasible(largest, (self.crop, self.crop), self.i_min, self.i_max)
         self.augment = pretrain_view_augment() if augment else None
         super().__init__(seed)
 

@@ -133,7 +133,8 @@ def _check_label(source: CaseSource, image: np.ndarray, affine: np.ndarray, labe
     values = np.unique(label)
     bad = values[(values < 0) | (values >= N_CLASSES) | (values != np.round(values))]
     if bad.size:
-        raise DataError(f"{source.label}: label values {bad[:5].tolist()} outside 0..{N_CLASSES - 1}")
+        shown = ", ".join(f"{v:g}" for v in bad[:5])
+        raise DataError(f"{source.label}: label values {shown} outside 0..{N_CLASSES - 1}")
 
 
 def normalise_volume(

@@ -30,7 +30,7 @@ import numpy as np
 from ioussl.errors import ConfigError, DataError
 
 Mode = Literal["exact", "algorithm1"]
-_PROPOSAL_ROUNDS = (4, 16, 64)  # candidates per pending pair in each rejection round before the exact path
+_PROPOSAL_ROUNDS = (2, 8)  # candidates per pending pair in each rejection round before the exact path
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,24 @@ def check_interval_feasible(
             f"no two crops have an IoU in it (achievable IoUs span [{lowest:.4g}, 1] with gaps); "
             f"use a larger image, a smaller crop or another interval"
         )
+
+
+def feasible_mask(
+    image_shapes: np.ndarray | Sequence[Sequence[int]], crop_shape: Sequence[int], i_min: float, i_max: float
+) -> np.ndarray:
+    """Per image shape ([n, d]): does any pair of crops have an IoU in [i_min, i_max]?
+
+    A study should be rejected when no slice qualifies (``check_interval_feasible`` on the largest shape
+    says why) and may warn when only some do: the others give flagged fallback pairs.
+    """
+    from ioussl.science._exact import _feasible
+
+    shapes = np.asarray(image_shapes, dtype=np.int64).reshape(-1, len(crop_shape))
+    crop = np.asarray(_as_shape(crop_shape, "crop shape"), dtype=np.int64)
+    too_small = np.any(shapes < crop, axis=1)
+    if np.any(too_small):
+        _check_fits(tuple(shapes[np.argmax(too_small)].tolist()), tuple(crop.tolist()))
+    return _feasible(shapes, crop, float(i_min), float(i_max))
 
 
 def sample_crop_pair(

@@ -47,11 +47,11 @@ class SliceStore:
             raise DataError(f"{self.root}: not a slice store (no store.json); run `ioussl data preprocess`")
         try:
             self.meta = json.loads(manifest.read_text())
-            index = np.load(self.root / "index.npz")
-            self._case_of = index["case"].astype(np.int64)
-            self._z = index["z"].astype(np.int64)
-            self._hw = np.stack([index["h"], index["w"]], axis=1).astype(np.int64)
-            self._organs = index["organs"].astype(np.int64)
+            with np.load(self.root / "index.npz") as index:
+                self._case_of = index["case"].astype(np.int64)
+                self._z = index["z"].astype(np.int64)
+                self._hw = np.stack([index["h"], index["w"]], axis=1).astype(np.int64)
+                self._organs = index["organs"].astype(np.int64)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise DataError(f"{self.root}: unreadable store ({exc})") from None
         if self.meta.get("format_version") != FORMAT_VERSION:
