@@ -50,7 +50,7 @@ def tiny(stage: Stage, seed: int = 0, store: str = "data/store", split: str | No
         )  # fmt: skip
     finetune = FinetuneConfig(
         batch_size=2, epochs=3, steps_per_epoch=3, warmup_epochs=1, patience=3, eval_every=1,
-        eval_every_epoch_from=0, sw_batch_size=8, amp=False, max_val_slices=8,
+        eval_every_epoch_from=0, sw_batch_size=16, amp=False, max_val_slices=4,
     )  # fmt: skip
     return RunConfig(stage="finetune", seed=seed, data=data, model=model, runtime=runtime, finetune=finetune)
 

@@ -8,6 +8,7 @@ checkpoint's, reported both as the thesis' per-slice DSC and as FLARE 2022's per
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -25,8 +26,8 @@ from ioussl.science.losses import segmentation_loss
 from ioussl.science.metrics import FLARE_ORGANS, flare_case_dsc, summarise_cases
 from ioussl.science.models import build_swin_unetr
 from ioussl.science.optim import finetune_optimizer
-from ioussl.science.pretrain import save_last, truncate_metrics
-from ioussl.science.runtime import loader_workers, resolve_runtime, seed_everything, set_rng_state
+from ioussl.science.pretrain import restore, save_last, truncate_metrics
+from ioussl.science.runtime import Runtime, loader_workers, resolve_runtime, seed_everything
 from ioussl.science.schedules import cosine_lr
 from ioussl.science.trainingdata import (
     derived_seed,
@@ -60,19 +61,8 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     train_ids = np.asarray(store.slice_ids(parts["train"]))
     val_ids = subsample(np.asarray(store.slice_ids(parts["val"])), ft.max_val_slices)
     steps = ft.steps_per_epoch or max(1, math.ceil(len(train_ids) / ft.batch_size))
-    network = build_swin_unetr(cfg.model, cfg.model.finetune_drop_path).to(runtime.device)
-    encoder = load_encoder(network, Path(encoder_checkpoint), cfg.model) if encoder_checkpoint else None
-    if runtime.channels_last:
-        network = network.to(memory_format=torch.channels_last)
-    total, warmup = ft.epochs * steps, ft.warmup_epochs * steps
-    state = StepState(
-        network,
-        finetune_optimizer(network, ft, fused=runtime.device.type == "cuda"),
-        runtime.grad_scaler(),
-        runtime,
-        lambda i: cosine_lr(i, total, ft.base_lr, ft.end_lr, warmup),
-    )
-    epoch0, step, progress = resume(state, cfg, run_dir)
+    state, encoder = build_state(cfg, runtime, steps, encoder_checkpoint)
+    epoch0, step, progress = resume(state, cfg, run_dir, store.fingerprint)
     workers, loss_fn = loader_workers(cfg.data.num_workers), segmentation_loss()
     val = val_loader(store, val_ids, workers)
     for epoch in range(epoch0, ft.epochs):
@@ -86,10 +76,28 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
         line = {"stage": "finetune", "epoch": epoch, "step": step, "time": time.time(), **stats}
         if is_eval_epoch(epoch, ft):
             line.update(validate_and_select(state, cfg, run_dir, val, progress, epoch, step))
-        save_last(state, cfg, run_dir, epoch, step, progress=progress)
+        save_last(state, cfg, run_dir, epoch, step, progress=progress, store=store.fingerprint)
         runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
     result = summarise_run(state, cfg, run_dir, store, parts, progress, encoder, steps)
-    return {**result, "device": runtime.describe()}
+    return {**result, "store_fingerprint": store.fingerprint, "device": runtime.describe()}
+
+
+def build_state(
+    cfg: RunConfig, runtime: Runtime, steps: int, encoder_checkpoint: Path | None
+) -> tuple[StepState, dict[str, Any] | None]:
+    """Swin UNETR (with the pretrained encoder, if any), AdamW, warm-up + cosine schedule of Table 4.1."""
+    ft = cfg.finetune
+    assert ft is not None
+    network = build_swin_unetr(cfg.model, cfg.model.finetune_drop_path).to(runtime.device)
+    encoder = load_encoder(network, Path(encoder_checkpoint), cfg.model) if encoder_checkpoint else None
+    if runtime.channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    optimizer = finetune_optimizer(network, ft, fused=runtime.device.type == "cuda")
+    schedule = functools.partial(
+        cosine_lr, total_steps=ft.epochs * steps, base_lr=ft.base_lr, end_lr=ft.end_lr,
+        warmup_steps=ft.warmup_epochs * steps,
+    )  # fmt: skip
+    return StepState(network, optimizer, runtime.grad_scaler(), runtime, schedule), encoder
 
 
 def is_eval_epoch(epoch: int, ft: FinetuneConfig) -> bool:
@@ -103,15 +111,29 @@ def new_progress() -> dict[str, Any]:
     return {"best_dsc": 0.0, "best_epoch": None, "bad_evals": 0, "stopped": False, "best": None, "evals": 0}
 
 
+def record_evaluation(progress: dict[str, Any], scores: dict[str, Any], epoch: int, patience: int) -> bool:
+    """Early stopping as the thesis' code: best starts at 0, a strict improvement resets the count of
+    evaluations without improvement, training stops when that count reaches ``patience``.
+
+    Returns:
+        Whether this evaluation is the new best.
+    """
+    progress["evals"] += 1
+    if scores["dsc"] > progress["best_dsc"]:
+        progress.update(best_dsc=scores["dsc"], best_epoch=epoch, bad_evals=0, best=scores)
+        return True
+    progress["bad_evals"] += 1
+    progress["stopped"] = progress["bad_evals"] >= patience
+    return False
+
+
 def validate_and_select(
     state: StepState, cfg: RunConfig, run_dir: Path, val: Any, progress: dict[str, Any], epoch: int, step: int
 ) -> dict[str, Any]:
     """Score the validation slices, keep ``best.pt`` on strict improvement, count evaluations for patience."""
     assert cfg.finetune is not None
     scores = score(evaluate(state.model, val, state.runtime, window(cfg), cfg.model.out_channels))
-    progress["evals"] += 1
-    if scores["dsc"] > progress["best_dsc"]:
-        progress.update(best_dsc=scores["dsc"], best_epoch=epoch, bad_evals=0, best=scores)
+    if record_evaluation(progress, scores, epoch, cfg.finetune.patience):
         payload = {
             **ckpt.describe(cfg, "best"),
             "model": state.model.state_dict(),
@@ -120,9 +142,6 @@ def validate_and_select(
             "scores": scores,
         }
         ckpt.save_atomic(payload, run_dir / runfiles.CHECKPOINTS / ckpt.BEST)
-    else:
-        progress["bad_evals"] += 1
-        progress["stopped"] = progress["bad_evals"] >= cfg.finetune.patience
     return {
         "val_dsc": scores["dsc"],
         "val_dsc_3d": scores["dsc_3d"],
@@ -155,7 +174,7 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-def resume(state: StepState, cfg: RunConfig, run_dir: Path) -> tuple[int, int, dict[str, Any]]:
+def resume(state: StepState, cfg: RunConfig, run_dir: Path, store: str) -> tuple[int, int, dict[str, Any]]:
     """Restore ``last.pt`` if present; return (first epoch to run, global step, selection progress)."""
     path = run_dir / runfiles.CHECKPOINTS / ckpt.LAST
     metrics = run_dir / runfiles.METRICS
@@ -163,11 +182,7 @@ def resume(state: StepState, cfg: RunConfig, run_dir: Path) -> tuple[int, int, d
         if metrics.exists():
             runfiles.atomic_write_text(metrics, "")
         return 0, 0, new_progress()
-    payload = ckpt.load_for_resume(path, cfg)
-    ckpt.load_state(state.model, payload["model"], path)
-    state.optimizer.load_state_dict(payload["optimizer"])
-    state.scaler.load_state_dict(payload["scaler"])
-    set_rng_state(payload["rng"])
+    payload = restore(state, path, cfg, store)
     truncate_metrics(metrics, payload["epoch"])
     return payload["epoch"] + 1, payload["step"], payload["progress"]
 

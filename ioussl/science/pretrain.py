@@ -7,6 +7,7 @@ orchestration layer, so it runs the same in a test, on a laptop and in a SLURM j
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -16,12 +17,19 @@ import torch
 
 from ioussl import runfiles
 from ioussl.config import RunConfig
-from ioussl.errors import ConfigError, DataError
+from ioussl.errors import ConfigError, DataError, TrainingError
 from ioussl.science import checkpoint as ckpt
 from ioussl.science.engine import StepState, cycle, train_one_epoch_simsiam
 from ioussl.science.models import SimSiam
 from ioussl.science.optim import pretrain_optimizer
-from ioussl.science.runtime import loader_workers, resolve_runtime, rng_state, seed_everything, set_rng_state
+from ioussl.science.runtime import (
+    Runtime,
+    loader_workers,
+    resolve_runtime,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from ioussl.science.schedules import cosine_lr
 from ioussl.science.trainingdata import derived_seed, open_store, pretrain_loader, pretrain_slice_ids
 
@@ -44,21 +52,8 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     store = open_store(cfg)
     ids = pretrain_slice_ids(store, cfg)
     steps = steps_per_epoch(len(ids), cfg)
-    total = steps * cfg.pretrain.epochs
-    model = SimSiam(cfg.model, cfg.pretrain).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = pretrain_optimizer(model, cfg.pretrain, fused=runtime.device.type == "cuda")
-    state = StepState(
-        model,
-        optimizer,
-        runtime.grad_scaler(),
-        runtime,
-        lambda i: cosine_lr(
-            i, total, cfg.pretrain.base_lr, cfg.pretrain.end_lr, cfg.pretrain.warmup_epochs * steps
-        ),
-    )
-    epoch0, step, last = resume(state, cfg, run_dir)
+    state = build_state(cfg, runtime, steps)
+    epoch0, step, last = resume(state, cfg, run_dir, store.fingerprint)
     workers = loader_workers(cfg.data.num_workers)
     for epoch in range(epoch0, cfg.pretrain.epochs):
         state.epoch = epoch
@@ -67,11 +62,26 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         stats = train_one_epoch_simsiam(state, batches, step, steps)
         step += steps
         last = {"stage": "pretrain", "epoch": epoch, "step": step, "time": time.time(), **stats}
-        save_last(state, cfg, run_dir, epoch, step)
+        save_last(state, cfg, run_dir, epoch, step, store=store.fingerprint)
         runfiles.append_jsonl(run_dir / runfiles.METRICS, last)
     if not last:
         raise DataError("pretraining ran no epoch (pretrain.epochs is 0)")
-    return {**export_encoder(model, cfg, run_dir, last, steps), "device": runtime.describe()}
+    summary = export_encoder(state.model, cfg, run_dir, last, steps)
+    return {**summary, "store_fingerprint": store.fingerprint, "device": runtime.describe()}
+
+
+def build_state(cfg: RunConfig, runtime: Runtime, steps: int) -> StepState:
+    """SimSiam on the device, SGD over six groups, the per-iteration cosine schedule of Table 4.1."""
+    pre = cfg.pretrain
+    assert pre is not None
+    model = SimSiam(cfg.model, pre).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = pretrain_optimizer(model, pre, fused=runtime.device.type == "cuda")
+    total, warmup = steps * pre.epochs, steps * pre.warmup_epochs
+    schedule = functools.partial(cosine_lr, total_steps=total, base_lr=pre.base_lr, end_lr=pre.end_lr,
+                                 warmup_steps=warmup)  # fmt: skip
+    return StepState(model, optimizer, runtime.grad_scaler(), runtime, schedule)
 
 
 def steps_per_epoch(num_slices: int, cfg: RunConfig) -> int:
@@ -88,7 +98,7 @@ def steps_per_epoch(num_slices: int, cfg: RunConfig) -> int:
     return steps
 
 
-def resume(state: StepState, cfg: RunConfig, run_dir: Path) -> tuple[int, int, dict[str, Any]]:
+def resume(state: StepState, cfg: RunConfig, run_dir: Path, store: str) -> tuple[int, int, dict[str, Any]]:
     """Restore ``last.pt`` if present; return (first epoch to run, global step, last metrics line).
 
     Metrics lines past the checkpoint (written by an attempt that died before its next checkpoint) are
@@ -100,13 +110,24 @@ def resume(state: StepState, cfg: RunConfig, run_dir: Path) -> tuple[int, int, d
         if metrics.exists():  # an attempt that died before its first checkpoint: start the curve afresh
             runfiles.atomic_write_text(metrics, "")
         return 0, 0, {}
+    payload = restore(state, path, cfg, store)
+    kept = truncate_metrics(metrics, payload["epoch"])
+    return payload["epoch"] + 1, payload["step"], (kept[-1] if kept else {})
+
+
+def restore(state: StepState, path: Path, cfg: RunConfig, store: str) -> dict[str, Any]:
+    """Load ``last.pt`` into model, optimiser, scaler and RNGs after checking config and data store."""
     payload = ckpt.load_for_resume(path, cfg)
+    if payload.get("store") != store:
+        raise TrainingError(
+            f"checkpoint {path} was trained on data store fingerprint {payload.get('store')}, but "
+            f"{cfg.data.store} now has {store}: the store changed; use a fresh run directory"
+        )
     ckpt.load_state(state.model, payload["model"], path)
     state.optimizer.load_state_dict(payload["optimizer"])
     state.scaler.load_state_dict(payload["scaler"])
     set_rng_state(payload["rng"])
-    kept = truncate_metrics(metrics, payload["epoch"])
-    return payload["epoch"] + 1, payload["step"], (kept[-1] if kept else {})
+    return payload
 
 
 def truncate_metrics(metrics: Path, last_epoch: int) -> list[dict[str, Any]]:
