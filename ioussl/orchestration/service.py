@@ -25,6 +25,7 @@ class PlanOutcome:
     existing: list[PlannedRun] = field(default_factory=list)
     resources_updated: int = 0
     dry_run: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
 def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, check_data: bool = True,
@@ -32,9 +33,8 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     """Validate the study, expand its grid, and add the runs not yet in the registry."""
     spec = load_study(study_file, base_dir=base_dir)
     planned = planning.expand_grid(spec)
-    if check_data:
-        planning.check_data(spec)
-    outcome = PlanOutcome(study=spec.name, dry_run=dry_run)
+    warnings = planning.check_data(spec) if check_data else []
+    outcome = PlanOutcome(study=spec.name, dry_run=dry_run, warnings=warnings)
     registry = _open_for_plan(db, dry_run)
     try:
         with registry.session() as session:
