@@ -38,7 +38,7 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     registry = _open_for_plan(db, dry_run)
     try:
         with registry.session() as session:
-            outcome = _register(session, spec, planned, outcome)
+            outcome = register_runs(session, spec, planned, outcome)
             if dry_run:
                 session.rollback()
     finally:
@@ -55,7 +55,7 @@ def _open_for_plan(db: str | None, dry_run: bool):  # type: ignore[no-untyped-de
         return open_registry("sqlite://", create=True)
 
 
-def _register(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
+def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
     study, _ = repo.get_or_create_study(
         session, spec.name, str(spec.path) if spec.path else None, spec_summary(spec),
         str(spec.resolve(spec.runs_dir)), str(spec.base_dir),
