@@ -9,6 +9,10 @@ Target per H100: >= 5 x the thesis' V100 rate of about 443 pairs/s.
 
     python benchmarks/bench_gpu_train.py            # GPU; writes $OUT/bench_gpu.json when OUT is set
     python benchmarks/bench_gpu_train.py --smoke    # tiny shapes, any device: checks the script runs
+
+Needs torch, numpy and monai (a pure-Python wheel: ``pip download --no-deps monai==1.6.1``) and nothing
+else; the repository root is put on sys.path, so no install is needed. About 2-5 minutes on an H100
+(``--no-compile`` skips the slowest part; ``--budget-s`` skips what is left after that many seconds).
 """
 
 from __future__ import annotations
