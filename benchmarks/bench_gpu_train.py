@@ -71,7 +71,7 @@ def _batches(device: torch.device, stage: str, batch: int, crop: int) -> Any:
     if stage == "pretrain":
         shape = (batch, 1, crop, crop)
         b = {"view1": torch.rand(shape, generator=gen), "view2": torch.rand(shape, generator=gen),
-             "fallback": torch.zeros(batch, dtype=torch.bool)}  # fmt: skip
+             "fallback": torch.zeros(batch, dtype=torch.bool), "iou": torch.zeros(batch)}  # fmt: skip
     else:
         b = {"image": torch.rand(batch, 1, crop, crop, generator=gen),
              "label": torch.randint(0, 14, (batch, 1, crop, crop), generator=gen).float()}  # fmt: skip
