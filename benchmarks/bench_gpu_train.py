@@ -152,9 +152,9 @@ def main() -> int:
         # A compiled variant needs minutes to compile: start one only with that much budget left.
         reserve = COMPILE_RESERVE_S if variant.compile else 0.0
         if time.perf_counter() - start > args.budget_s - reserve:
-            results.append(
-                {"stage": stage, "variant": variant.name, "ok": False, "error": "skipped: time budget"}
-            )
+            row = {"stage": stage, "variant": variant.name, "ok": False, "error": "skipped: time budget"}
+            results.append(row)
+            _print_row(row)
             continue
         try:
             row = measure(stage, variant, args, device)
