@@ -178,7 +178,8 @@ def main() -> int:
 
 def _print_row(row: dict[str, Any]) -> None:
     if not row["ok"]:
-        print(f"{row['stage']:9s} {row['variant']:30s} FAILED {row['error']}")
+        status = "SKIPPED" if row["error"].startswith("skipped") else "FAILED"
+        print(f"{row['stage']:9s} {row['variant']:30s} {status} {row['error']}")
         return
     peak = "n/a" if row["peak_gib"] is None else f"{row['peak_gib']:.2f} GiB"
     print(f"{row['stage']:9s} {row['variant']:30s} {row['samples_per_s']:9.1f} {row['unit']:8s} "
