@@ -46,6 +46,10 @@ def test_pretrain_then_finetune_jobs_write_results_and_are_idempotent(store, tmp
     assert pre["run_hash"] == run_hash(pre_cfg, None)
     assert {"versions", "host", "device"} <= set(pre["provenance"])
     assert _events(pre_dir) == ["started", "finished"]
+    import torch
+
+    encoder_payload = torch.load(pre_dir / runfiles.CHECKPOINTS / "encoder.pt", weights_only=True)
+    assert encoder_payload["config_hash"] == pre["config_hash"]  # one hash for files and results
 
     ft_cfg = profiles.tiny("finetune", store=store["store"], split=store["split"])
     ft_dir = _prepare(tmp_path / "ft", ft_cfg)
