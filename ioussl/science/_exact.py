@@ -5,8 +5,9 @@ space that contains every valid offset and accepts those whose intersection lies
 accepted draw is therefore uniform over the valid positions. Pairs still pending after a few rounds get
 the exact distribution directly: the valid positions are counted per combination of per-axis overlaps
 (the IoU depends only on them), a combination is drawn in proportion to its count, then an offset with
-those overlaps uniformly. A mixture of exact-uniform stages is exact-uniform. Box 1 is redrawn only when
-the count (or the proposal box) is empty, i.e. when no box 2 exists for it.
+those overlaps uniformly. IoU exactly 0 ([0, 0]) is drawn directly from disjoint slabs, no rejection.
+A mixture of exact-uniform stages is exact-uniform. Box 1 is redrawn only when the count (or the
+proposal box) is empty, i.e. when no box 2 exists for it.
 """
 
 from __future__ import annotations
@@ -142,17 +143,6 @@ def _disjoint_box2(rng, pending, starts1, starts2, shapes, crop) -> np.ndarray:
     return pending[~found]
 
 
-@functools.lru_cache(maxsize=64)
-def _overlap_mask(crop: tuple[int, ...], lo_i: int, hi_i: int) -> np.ndarray:
-    """Boolean grid over per-axis overlaps (0..c_k each): is their product in [I_lo, I_hi]?"""
-    product = np.ones((1,) * len(crop), dtype=np.int64)
-    for axis, c in enumerate(crop):
-        shape = [1] * len(crop)
-        shape[axis] = c + 1
-        product = product * np.arange(c + 1).reshape(shape)
-    return (product >= lo_i) & (product <= hi_i)
-
-
 def _overlap_counts(s1: np.ndarray, side: np.ndarray, c: int) -> np.ndarray:
     """[m, c+1]: how many box-2 starts on this axis give overlap u with box 1, for u = 0..c."""
     low, high = -s1, side - c - s1  # offset range, low <= 0 <= high
@@ -164,83 +154,58 @@ def _overlap_counts(s1: np.ndarray, side: np.ndarray, c: int) -> np.ndarray:
     return counts
 
 
-def _exact_box2(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
-    """Exact conditional draw of box 2 for ``rows``; returns which rows had any valid box 2."""
-    if crop.size == 2:
-        return _exact_chunk_2d(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i)
-    mask = _overlap_mask(tuple(crop.tolist()), lo_i, hi_i)
-    chunk = max(1, _EXACT_CHUNK_CELLS // mask.size)
-    found = np.zeros(rows.size, dtype=bool)
-    for begin in range(0, rows.size, chunk):
-        part = rows[begin : begin + chunk]
-        found[begin : begin + chunk] = _exact_chunk(rng, part, starts1, starts2, shapes, crop, mask)
-    return found
-
-
 @functools.lru_cache(maxsize=64)
-def _row_intervals(crop: tuple[int, int], lo_i: int, hi_i: int) -> tuple[np.ndarray, np.ndarray]:
-    """2D: for each overlap u0 on axis 0, the valid overlaps on axis 1 form one interval [a, b]."""
-    u0 = np.arange(crop[0] + 1)
-    safe = np.maximum(u0, 1)
-    a = np.where(u0 > 0, -(-lo_i // safe), 0)
-    b = np.where(u0 > 0, np.minimum(hi_i // safe, crop[1]), crop[1] if lo_i == 0 else -1)
+def _last_axis_intervals(crop: tuple[int, ...], lo_i: int, hi_i: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each combination of overlaps on all axes but the last (flattened), the valid overlaps on the
+    last axis form one interval [a, b] (empty: a = 0, b = -1), since the product must lie in [I_lo, I_hi]."""
+    product = np.ones(1, dtype=np.int64)
+    for c in crop[:-1]:
+        product = np.multiply.outer(product, np.arange(c + 1)).ravel()
+    safe = np.maximum(product, 1)
+    a = np.where(product > 0, -(-lo_i // safe), 0)
+    b = np.where(product > 0, np.minimum(hi_i // safe, crop[-1]), crop[-1] if lo_i == 0 else -1)
     empty = a > b
     return np.where(empty, 0, a), np.where(empty, -1, b)
 
 
-def _exact_chunk_2d(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
-    """The 2D exact path in O(c) per pair: row sums over an interval come from cumulative counts."""
-    s1, sides = starts1[rows], shapes[rows]
-    c0, c1 = int(crop[0]), int(crop[1])
-    a, b = _row_intervals((c0, c1), lo_i, hi_i)
-    counts0 = _overlap_counts(s1[:, 0], sides[:, 0], c0).astype(np.float64)
-    cum1 = np.zeros((rows.size, c1 + 2))
-    np.cumsum(_overlap_counts(s1[:, 1], sides[:, 1], c1), axis=1, out=cum1[:, 1:])
-    weights = counts0 * (cum1[:, b + 1] - cum1[:, a])  # [m, c0 + 1]: valid box-2 starts per u0
-    cdf = np.cumsum(weights, axis=1)
-    found = cdf[:, -1] > 0
-    u0 = np.minimum((cdf <= (rng.random(rows.size) * cdf[:, -1])[:, None]).sum(axis=1), c0)
-    ar = np.arange(rows.size)
-    low_cum, high_cum = cum1[ar, a[u0]], cum1[ar, b[u0] + 1]
-    target = low_cum + rng.random(rows.size) * (high_cum - low_cum)
-    u1 = np.minimum((cum1[:, 1:] <= target[:, None]).sum(axis=1), c1)
-    offsets = np.stack(
-        [
-            _offset_with_overlap(rng, u0, s1[:, 0], sides[:, 0], c0),
-            _offset_with_overlap(rng, u1, s1[:, 1], sides[:, 1], c1),
-        ],
-        axis=1,
-    )
-    starts2[rows[found]] = s1[found] + offsets[found]
+def _exact_box2(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
+    """Exact conditional draw of box 2 for ``rows``; returns which rows had any valid box 2."""
+    cells = int(np.prod(crop[:-1] + 1))
+    chunk = max(1, _EXACT_CHUNK_CELLS // cells)
+    found = np.zeros(rows.size, dtype=bool)
+    for begin in range(0, rows.size, chunk):
+        part = rows[begin : begin + chunk]
+        found[begin : begin + chunk] = _exact_chunk(rng, part, starts1, starts2, shapes, crop, lo_i, hi_i)
     return found
 
 
-def _exact_chunk(rng, rows, starts1, starts2, shapes, crop, mask) -> np.ndarray:
-    """Any dimension: sequential draws from the marginals of the overlap grid, O(prod c) per pair."""
+def _exact_chunk(rng, rows, starts1, starts2, shapes, crop, lo_i, hi_i) -> np.ndarray:
+    """O(prod of c_k + 1 over all but the last axis) per pair (O(c) in 2D).
+
+    The weight of a combination of leading overlaps is the product of their per-axis counts times the
+    number of last-axis starts whose overlap falls in that combination's interval (cumulative counts).
+    """
     s1, sides = starts1[rows], shapes[rows]
-    counts = [_overlap_counts(s1[:, k], sides[:, k], int(crop[k])) for k in range(crop.size)]
-    weights = np.broadcast_to(mask, (rows.size, *mask.shape)).astype(np.float64)
-    overlaps = np.zeros((rows.size, crop.size), dtype=np.int64)
-    total = None
-    for axis in range(crop.size):
-        marginal = weights
-        for k in range(crop.size - 1, axis, -1):  # sum out the later axes, weighted by their counts
-            marginal = (marginal * counts[k].reshape(rows.size, *([1] * (k - axis)), -1)).sum(axis=-1)
-        marginal = marginal * counts[axis]
-        cdf = np.cumsum(marginal, axis=1)
-        if total is None:
-            total = cdf[:, -1].copy()
-        pick = np.minimum((cdf <= (rng.random(rows.size) * cdf[:, -1])[:, None]).sum(axis=1), crop[axis])
-        overlaps[:, axis] = pick
-        weights = weights[np.arange(rows.size), pick]
-    found = total > 0
-    offsets = np.stack(
-        [
-            _offset_with_overlap(rng, overlaps[:, k], s1[:, k], sides[:, k], int(crop[k]))
-            for k in range(crop.size)
-        ],
-        axis=1,
-    )
+    m, d, ar = rows.size, crop.size, np.arange(rows.size)
+    a, b = _last_axis_intervals(tuple(crop.tolist()), lo_i, hi_i)
+    weights = np.ones((m, 1))
+    for k in range(d - 1):  # outer product of the leading axes' counts, flattened C-order
+        counts = _overlap_counts(s1[:, k], sides[:, k], int(crop[k])).astype(np.float64)
+        weights = (weights[:, :, None] * counts[:, None, :]).reshape(m, -1)
+    c_last = int(crop[-1])
+    cum = np.zeros((m, c_last + 2))
+    np.cumsum(_overlap_counts(s1[:, -1], sides[:, -1], c_last), axis=1, out=cum[:, 1:])
+    weights *= cum[:, b + 1] - cum[:, a]
+    cdf = np.cumsum(weights, axis=1)
+    found = cdf[:, -1] > 0
+    cell = np.minimum((cdf <= (rng.random(m) * cdf[:, -1])[:, None]).sum(axis=1), cdf.shape[1] - 1)
+    leading = np.unravel_index(cell, tuple(int(c) + 1 for c in crop[:-1]))
+    low_cum, high_cum = cum[ar, a[cell]], cum[ar, b[cell] + 1]
+    target = low_cum + rng.random(m) * (high_cum - low_cum)
+    last = np.minimum((cum[:, 1:] <= target[:, None]).sum(axis=1), c_last)
+    overlaps = [*leading, last]
+    per_axis = [_offset_with_overlap(rng, overlaps[k], s1[:, k], sides[:, k], int(crop[k])) for k in range(d)]
+    offsets = np.stack(per_axis, axis=1)
     starts2[rows[found]] = s1[found] + offsets[found]
     return found
 

@@ -30,7 +30,7 @@ import numpy as np
 from ioussl.errors import ConfigError, DataError
 
 Mode = Literal["exact", "algorithm1"]
-_PROPOSAL_ROUNDS = (2, 8)  # candidates per pending pair in each rejection round before the exact path
+_PROPOSAL_ROUNDS = (2, 8, 32)  # candidates per pending pair in each rejection round before the exact path
 
 
 @dataclass(frozen=True)
