@@ -139,6 +139,10 @@ def main() -> int:
         args.feature_size, args.crop, args.pretrain_batch, args.finetune_batch = 12, 64, 4, 4
         args.steps, args.warmup = 2, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not args.smoke:
+        # Thesis settings on a CPU would take hours; `make bench` on a laptop must not hang here.
+        print("bench_gpu_train: no CUDA device, nothing measured (use --smoke to check the script on CPU)")
+        return 0
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, C {args.feature_size}, crop {args.crop}, "
           f"pretrain batch {args.pretrain_batch} pairs, "
