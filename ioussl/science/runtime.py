@@ -75,7 +75,8 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
         torch.backends.cudnn.allow_tf32 = not cfg.deterministic
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    # Set either way: the flag is process-wide, and a previous run in this process may have set it.
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     channels_last = cfg.channels_last and device.type == "cuda" and not cfg.deterministic
     return Runtime(device=device, dtype=dtype, channels_last=channels_last)
 
