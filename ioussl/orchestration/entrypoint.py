@@ -9,7 +9,6 @@ importing this module loads no torch.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import socket
 import time
@@ -20,7 +19,7 @@ from typing import Any
 import submitit
 
 from ioussl import runfiles
-from ioussl.config import RunConfig, run_hash
+from ioussl.config import RunConfig, config_hash, run_hash
 from ioussl.errors import ConfigError, TrainingError
 
 
@@ -39,11 +38,6 @@ def load_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def config_hash(cfg: RunConfig) -> str:
-    """SHA-256 of the canonical config JSON; the same value checkpoints carry."""
-    return hashlib.sha256(cfg.to_json().encode()).hexdigest()
 
 
 def parent_run_hash(encoder_checkpoint: Path | None) -> str | None:
