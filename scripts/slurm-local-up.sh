@@ -56,6 +56,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# A requeued job (timeout/preemption checkpoint) may start again after cred_expire s (default 120).
+AuthInfo=cred_expire=10
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -67,7 +69,9 @@ SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
 SlurmdLogFile=$LOG_DIR/slurmd.log
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+# Start trivial test jobs at once (batch_sched_delay, default 3 s) and look at jobs whose BeginTime passed
+# (a requeued job) every 2 s rather than every 60 s.
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
 DependencyParameters=kill_invalid_depend
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core

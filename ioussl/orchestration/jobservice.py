@@ -80,9 +80,7 @@ def submit(
         registry.dispose()
 
 
-def prepare(
-    registry: Registry, study: str, backends: Backends, outcome: SubmitOutcome | None = None
-) -> SyncOutcome:
+def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitOutcome | None = None) -> SyncOutcome:
     """Adopt or revert intents left by a killed submit, then sync: decisions then rest on fresh statuses."""
 
     def adopt_once() -> int:
@@ -125,14 +123,10 @@ def _describe_dependencies(units: Sequence[Unit], outcome: SubmitOutcome) -> Non
         elif unit.parent_id in in_batch:
             outcome.dependencies[unit.job_name] = f"afterok:<job of ioussl-{unit.parent_id}>"
         else:
-            outcome.dependencies[unit.job_name] = (
-                f"afterok:<current job of {unit.parent_id}> (or none if done)"
-            )
+            outcome.dependencies[unit.job_name] = f"afterok:<current job of {unit.parent_id}> (or none if done)"
 
 
-def submit_unit(
-    registry: Registry, backend: Backend, unit: Unit, factory: JobFactory, outcome: SubmitOutcome
-) -> None:
+def submit_unit(registry: Registry, backend: Backend, unit: Unit, factory: JobFactory, outcome: SubmitOutcome) -> None:
     """Intent (committed) -> sbatch -> job ids (committed). A rejected sbatch leaves the runs PLANNED."""
     with registry.session() as session:
         dependency, ready = submission.dependency_for(session, unit)
@@ -152,6 +146,7 @@ def submit_unit(
     outcome.dependencies[unit.job_name] = dependency
     with registry.session() as session:
         outcome.job_ids.update(submission.record_jobs(session, unit, job_ids))
+    backend.release(job_ids)  # recorded and stored by submitit: now it may start
 
 
 def _run_local(
@@ -172,9 +167,7 @@ def _run_local(
             sync(session, study=study, backends=backends)
             wanted = {repo.get_run(session, run_id).id for run_id in run_filter.run_ids}
             runs = _study_runs(session, study)
-            running = [
-                r for r in runs if r.status in ACTIVE and r.attempts and r.attempts[-1].executor == "local"
-            ]
+            running = [r for r in runs if r.status in ACTIVE and r.attempts and r.attempts[-1].executor == "local"]
             ready = [
                 r
                 for r in runs

@@ -23,9 +23,7 @@ QUERY_TIMEOUT_S = 60
 def run_command(argv: Sequence[str]) -> str:
     """Run one scheduler command; any failure becomes a SubmissionError naming the command and its message."""
     try:
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False
-        )
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise SubmissionError(f"{argv[0]}: command not found (is this a SLURM login node?)") from None
     except subprocess.TimeoutExpired:
@@ -81,6 +79,13 @@ def query_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> QueryRes
 def controller_jobs(runner: Runner = run_command) -> dict[str, JobInfo]:
     """Every job the controller holds (pending, running, recently ended), with names: used for adoption."""
     return slurm.parse_squeue(runner(slurm.SQUEUE_COMMAND))
+
+
+def release_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> None:
+    """Release held jobs (ioussl submits held, see slurm.submitit_parameters) in one call."""
+    ids = list(job_ids)
+    if ids:
+        runner(slurm.release_command(ids))
 
 
 def cancel_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> None:
