@@ -28,7 +28,7 @@ def test_failed_pretrain_blocks_finetunes_and_retry_completes_the_chain(rig):
         timeout=60,
     )
     assert "synthetic failure on start 1" in rows[pretrain["id"]]["reason"]
-    assert all(f"pretrain ended FAILED" in rows[r["id"]]["reason"] for r in finetunes)
+    assert all("pretrain ended FAILED" in rows[r["id"]]["reason"] for r in finetunes)
     assert not [row for row in rig.squeue() if row[2] == "PENDING"], "a blocked fine-tune was left pending"
 
     out = rig.ioussl("retry", "--study", rig.name).stdout
@@ -46,7 +46,8 @@ def test_cancel_by_study_scancels_running_and_waiting_jobs(rig):
     rig.wait_for(lambda rows: rows[pretrain["id"]]["status"] == "RUNNING", timeout=30)
 
     out = rig.ioussl("cancel", "--study", rig.name).stdout
-    assert "cancelled 3 run(s)" in out, [(r["status"], r["job_id"], r["reason"]) for r in rig.status(sync=False).values()]
+    states = [(r["status"], r["job_id"], r["reason"]) for r in rig.status(sync=False).values()]
+    assert "cancelled 3 run(s)" in out, states
     rows = rig.status()
     assert {row["status"] for row in rows.values()} == {"CANCELLED"}
     deadline = time.monotonic() + 20
