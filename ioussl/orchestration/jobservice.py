@@ -190,7 +190,11 @@ class CancelOutcome:
 
 
 def cancel(
-    db: str | None, study: str | None = None, run_ids: Sequence[str] = (), group: str | None = None
+    db: str | None,
+    study: str | None = None,
+    run_ids: Sequence[str] = (),
+    group: str | None = None,
+    backend: Backend | None = None,
 ) -> CancelOutcome:
     """Cancel planned and active runs (by run, interval or study): scancel first, then record."""
     if study is None and not run_ids and group is None:
@@ -199,8 +203,9 @@ def cancel(
     try:
         with registry.session() as session:
             folder = _folder(session, study, run_ids)
-        backends = Backends(folder)
-        prepare(registry, study, backends) if study else None
+        backends = Backends(folder, *([backend] if backend else []))
+        if study is not None:
+            prepare(registry, study, backends)
         with registry.session() as session:
             runs = _select(session, study, run_ids, group, (S.PLANNED, *ACTIVE))
             by_executor: dict[str, list[str]] = {}

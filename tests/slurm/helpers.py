@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 STUDY = """
 [study]
 name = "{name}"
-runs_dir = "runs"
+runs_dir = "{runs_dir}"
 
 [data]
 store = "store"
@@ -65,6 +65,7 @@ class StudyRig:
         self.root = root
         self.db = str(root / "registry.db")
         self.name = f"it{os.getpid()}{int(time.time() * 1000) % 100000}"
+        self.runs_dir = "runs"
         self.env = {
             **os.environ,
             "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -77,7 +78,11 @@ class StudyRig:
             f"[[intervals]]\ni_min = {json.loads(i)[0]}\ni_max = {json.loads(i)[1]}\n" for i in INTERVALS[:intervals]
         )
         text = STUDY.format(
-            name=self.name, pretrain_seeds=list(pretrain_seeds), baseline_seeds=list(baseline), intervals=blocks
+            name=self.name,
+            runs_dir=self.runs_dir,
+            pretrain_seeds=list(pretrain_seeds),
+            baseline_seeds=list(baseline),
+            intervals=blocks,
         )
         (self.root / "study.toml").write_text(text)
         self.ioussl("plan", "grid", "study.toml", "--no-check-data")

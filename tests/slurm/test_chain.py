@@ -41,3 +41,15 @@ def test_finetunes_are_held_by_the_dependency_and_start_after_the_pretrain(rig):
         f"pretrain end -> fine-tune start: {min(starts) - pretrain_end:.2f} s (first), "
         f"{max(starts) - pretrain_end:.2f} s (last)"
     )
+
+
+def test_names_with_shell_metacharacters_are_never_run_by_a_shell(rig):
+    rig.name = "evil; touch PWNED1 $(touch PWNED2) `touch PWNED3`"
+    rig.runs_dir = "runs dir/$(touch PWNED4);x"
+    rig.plan()
+    for run in rig.runs():
+        rig.set_workload(run, steps=1, step_s=0.05)
+    rig.ioussl("submit", "--study", rig.name)
+    rows = rig.wait_for(all_status("COMPLETED"), timeout=60)
+    assert all("runs dir/$(touch PWNED4)" in row["run_dir"] for row in rows.values())
+    assert not list(rig.root.rglob("PWNED*")) and not list(rig.root.parent.glob("PWNED*"))
