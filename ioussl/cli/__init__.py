@@ -36,9 +36,9 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from ioussl.cli import data, jobs, run, study
+    from ioussl.cli import data, demo, jobs, run, study
 
-    for module in (study, jobs, data, run):
+    for module in (study, jobs, data, run, demo):
         module.register(app)
 
 

@@ -1,9 +1,163 @@
-"""CLI commands: data (filled in by its issue)."""
+"""CLI commands: ``ioussl data preprocess|synth|split`` and ``ioussl analyze pairs``.
+
+Each command parses, calls one science function and renders; the science modules (torch, MONAI,
+nibabel, matplotlib) are imported inside the command bodies only.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from ioussl.errors import DataError
+
+data_app = typer.Typer(
+    no_args_is_help=True, help="Prepare data: preprocess CTs into a slice store, synthesise, split."
+)
+analyze_app = typer.Typer(no_args_is_help=True, help="Analyse data and samplers.")
+
+
+@data_app.command("preprocess")
+def preprocess(
+    input_dir: Annotated[
+        Path, typer.Argument(help="FLARE layout: images/ (or imgs/), labels/, unlabelled/.")
+    ],
+    out: Annotated[Path, typer.Argument(help="Store directory (created; rerun to resume).")],
+    workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
+    min_size: Annotated[int, typer.Option(help="Pad X and Y to at least this (the crop side).")] = 96,
+) -> None:
+    """Normalise CT volumes (RAS, 1x1x2.5 mm, [-500, 500] HU -> [0, 1], foreground crop, pad) into a store."""
+    from rich.progress import Progress
+
+    from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("preprocessing", total=None)
+        report = preprocess_dataset(
+            input_dir,
+            out,
+            PreprocessSettings(min_size=min_size),
+            workers=workers,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    typer.echo(
+        f"{len(report.done)} done, {len(report.skipped)} already done, {len(report.failed)} failed -> {out}"
+    )
+    for case, reason in report.failed:
+        typer.echo(f"failed {case}: {reason}", err=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@data_app.command("synth")
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (FLARE layout).")],
+    cases: Annotated[int, typer.Option(help="Labelled cases.")] = 4,
+    unlabelled: Annotated[int, typer.Option(help="Unlabelled cases.")] = 4,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    size: Annotated[int, typer.Option(help="Nominal in-plane voxels.")] = 128,
+    slices: Annotated[int, typer.Option(help="Nominal slices per volume.")] = 24,
+) -> None:
+    """Write a small synthetic abdomen-like CT dataset (13 organs, varied spacing and orientation)."""
+    from ioussl.science.synth import synth_dataset
+
+    report = synth_dataset(out, cases, unlabelled, seed=seed, size=size, slices=slices)
+    typer.echo(
+        f"wrote {len(report.labelled)} labelled and {len(report.unlabelled)} unlabelled cases to {out}"
+    )
+
+
+@data_app.command("split")
+def split(
+    out: Annotated[Path, typer.Argument(help="Split JSON to write.")],
+    store: Annotated[Path | None, typer.Option(help="Store whose labelled cases are split.")] = None,
+    train: Annotated[int, typer.Option(help="Training cases.")] = 15,
+    val: Annotated[int, typer.Option(help="Validation (model selection) cases.")] = 35,
+    test: Annotated[int, typer.Option(help="Test (reporting) cases; 0 = none.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    thesis: Annotated[
+        bool, typer.Option("--thesis", help="Write the thesis' fixed FLARE22 15/35 split.")
+    ] = False,
+) -> None:
+    """Write a seeded train/val(/test) split of a store's labelled cases, or the thesis' split."""
+    from ioussl.science.splits import THESIS_SPLIT, check_split_cases, make_split, split_to_json
+
+    if thesis:
+        result, comment = THESIS_SPLIT, "FLARE2022 custom 15/35 split of the thesis"
+        if store is not None:
+            check_split_cases(result, _open_store(store).labelled_cases(), where="thesis split")
+    else:
+        if store is None:
+            raise DataError("give --store to split its labelled cases, or --thesis")
+        result = make_split(_open_store(store).labelled_cases(), train, val, test, seed)
+        comment = f"seeded split (seed {seed}) of the labelled cases of {store.name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(split_to_json(result, comment))
+    typer.echo(", ".join(f"{part} {len(cases)}" for part, cases in result.items()) + f" -> {out}")
+
+
+def _open_store(path: Path):
+    from ioussl.science.store import SliceStore
+
+    return SliceStore(path)
+
+
+def _parse_interval(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise DataError(f"interval {text!r} must be two numbers 'i_min,i_max', e.g. 0.3,0.6") from None
+    return low, high
+
+
+@analyze_app.command("pairs")
+def pairs(
+    store: Annotated[Path, typer.Argument(help="Slice store (labelled cases are analysed).")],
+    split_file: Annotated[Path | None, typer.Option("--split", help="Split JSON; analyse one part.")] = None,
+    part: Annotated[str, typer.Option(help="Split part to analyse (train, val, test).")] = "val",
+    interval: Annotated[
+        list[str] | None, typer.Option(help="'i_min,i_max'; repeat. Default: thesis' four.")
+    ] = None,
+    crop: Annotated[int, typer.Option(help="Crop side.")] = 96,
+    passes: Annotated[int, typer.Option(help="Passes over the slices per interval.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    plot: Annotated[Path, typer.Option(help="PNG to write.")] = Path("pairs-organ-overlap.png"),
+) -> None:
+    """Share of IoU-sampled pairs whose views show a common organ, per interval (thesis Fig. 3.2)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ioussl.science.analysis import THESIS_INTERVALS, THESIS_SHARED, organ_overlap, plot_overlap
+    from ioussl.science.splits import check_split_cases, load_split
+
+    slice_store = _open_store(store)
+    cases = slice_store.labelled_cases()
+    if split_file is not None:
+        parts = load_split(split_file)
+        if part not in parts:
+            raise DataError(f"{split_file}: has no {part!r} part (parts: {', '.join(parts)})")
+        check_split_cases({part: parts[part]}, cases, where=str(split_file))
+        cases = parts[part]
+    if not cases:
+        raise DataError(f"{store}: no labelled cases to analyse")
+    intervals = [_parse_interval(t) for t in interval] if interval else list(THESIS_INTERVALS)
+    rows = organ_overlap(slice_store, slice_store.slice_ids(cases), intervals, crop, passes, seed)
+    table = Table(title=f"Pairs sharing an organ ({len(cases)} cases, {passes} passes, crop {crop})")
+    for name in ("interval", "pairs", "counted", "shared", "fraction", "thesis", "fallbacks"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        ref = THESIS_SHARED.get((r.i_min, r.i_max))
+        table.add_row(
+            f"[{r.i_min:g}, {r.i_max:g}]", str(r.pairs), str(r.counted), str(r.shared),
+            f"{r.fraction:.3f}", "-" if ref is None else f"{ref:.2f}", str(r.fallbacks),
+        )  # fmt: skip
+    Console().print(table)
+    typer.echo(f"plot -> {plot_overlap(rows, plot)}")
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
+    app.add_typer(data_app, name="data")
+    app.add_typer(analyze_app, name="analyze")

@@ -155,3 +155,35 @@ def _elapsed(seconds: float | None) -> str:
     minutes, sec = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{sec:02d}"
+
+
+class RunProgress:
+    """A live progress bar over a study's runs (completed / total), fed with status records."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=console, transient=False)
+        self._task = None
+
+    def __enter__(self) -> RunProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def say(self, text: str) -> None:
+        self._bar.console.print(text, markup=False)
+
+    def update(self, records: Sequence[RunRecord]) -> None:
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record.status.value] = counts.get(record.status.value, 0) + 1
+        done = sum(n for state, n in counts.items() if state in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED",
+                                                                  "BLOCKED", "LOST"))
+        detail = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+        if self._task is None:
+            self._task = self._bar.add_task("runs", total=len(records))
+        self._bar.update(self._task, completed=done, total=len(records), description=f"runs ({detail})")

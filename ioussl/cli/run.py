@@ -1,9 +1,125 @@
-"""CLI commands: run (filled in by its issue)."""
+"""``ioussl run pretrain|finetune``: run one stage in this process, writing exactly the files a job writes.
+
+For debugging on a node without the orchestrator: the command builds the run config (a profile or a
+config file, plus overrides), writes ``config.json`` into the run directory and calls the same
+``run_stage`` a SLURM job calls. Running it again on the same directory resumes (or returns the result).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from ioussl.errors import ConfigError
+
+RunDir = Annotated[Path, typer.Option("--run-dir", help="Run directory (created; resumed if it exists).")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="A RunConfig JSON file.")]
+Profile = Annotated[
+    str | None, typer.Option("--profile", help="'tiny' (CPU smoke run) or 'thesis' (Table 4.1).")
+]
+Store = Annotated[
+    str | None, typer.Option("--store", help="Preprocessed slice store (overrides the config).")
+]
+Seed = Annotated[int | None, typer.Option("--seed", help="Run seed (overrides the config).")]
 
 
 def register(app: typer.Typer) -> None:
-    """Attach this module's commands to the root app."""
+    """Attach ``ioussl run pretrain`` and ``ioussl run finetune`` to the root app."""
+    run_app = typer.Typer(no_args_is_help=True, help="Run one training stage here, without the orchestrator.")
+
+    @run_app.command("pretrain")
+    def pretrain(
+        run_dir: RunDir,
+        config: ConfigFile = None,
+        profile: Profile = None,
+        store: Store = None,
+        seed: Seed = None,
+        i_min: Annotated[float | None, typer.Option("--i-min", help="Lowest IoU of a positive pair.")] = None,
+        i_max: Annotated[
+            float | None, typer.Option("--i-max", help="Highest IoU of a positive pair.")
+        ] = None,
+        random_crop: Annotated[bool, typer.Option("--random-crop", help="Two independent crops.")] = False,
+    ) -> None:
+        """SimSiam pretraining of the Swin UNETR encoder; exports checkpoints/encoder.pt."""
+        sampler = {"i_min": i_min, "i_max": i_max, "random_crop": random_crop or None}
+        cfg = _config("pretrain", config, profile, store=store, seed=seed, sampler=sampler)
+        result = _run(cfg, run_dir, None)
+        typer.echo(
+            f"pretrain done: {result['epochs']} epochs, {result['steps']} steps, "
+            f"loss {result['final_loss']:.4f}, collapse {result['final_collapse']:.3f}; "
+            f"encoder {result['checkpoint']}"
+        )
+
+    @run_app.command("finetune")
+    def finetune(
+        run_dir: RunDir,
+        config: ConfigFile = None,
+        profile: Profile = None,
+        store: Store = None,
+        seed: Seed = None,
+        split: Annotated[str | None, typer.Option("--split", help="Split JSON (train/val[/test]).")] = None,
+        encoder: Annotated[Path | None, typer.Option("--encoder", help="Pretrained encoder.pt.")] = None,
+    ) -> None:
+        """Swin UNETR fine-tuning for 13 organs; reports the thesis' DSC and FLARE's 3D DSC."""
+        cfg = _config("finetune", config, profile, store=store, seed=seed, split=split)
+        result = _run(cfg, run_dir, encoder)
+        typer.echo(
+            f"finetune done: best epoch {result['best_epoch']}, DSC (thesis, per slice) {result['dsc']:.4f}, "
+            f"DSC (FLARE, 3D per organ) {result['dsc_3d']:.4f}; checkpoint {result['checkpoint']}"
+        )
+
+    app.add_typer(run_app, name="run")
+
+
+def _config(stage: str, config: Path | None, profile: str | None, **overrides: Any) -> Any:
+    """The run config from ``--config`` or ``--profile`` with the command-line overrides applied."""
+    from ioussl import profiles
+    from ioussl.config import RunConfig
+
+    if (config is None) == (profile is None):
+        raise ConfigError("give exactly one of --config FILE or --profile tiny|thesis")
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file {config} does not exist")
+        try:
+            cfg = RunConfig.from_json(config.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"config file {config} is not valid JSON: {exc}") from None
+        if cfg.stage != stage:
+            raise ConfigError(f"config file {config} is a {cfg.stage} config, not {stage}")
+    else:
+        cfg = profiles.build(profile or "", stage)  # type: ignore[arg-type]
+    return _override(cfg, **overrides).validate()
+
+
+def _override(
+    cfg: Any, store: str | None, seed: int | None, split: str | None = None, sampler: Any = None
+) -> Any:
+    data = {k: v for k, v in {"store": store, "split": split}.items() if v is not None}
+    if data:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+    changes = {k: v for k, v in (sampler or {}).items() if v is not None}
+    if changes:
+        cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, **changes))
+    return cfg
+
+
+def _run(cfg: Any, run_dir: Path, encoder: Path | None) -> dict[str, Any]:
+    """Write config.json (refusing to overwrite a different one) and run the stage as a job would."""
+    from ioussl import runfiles
+    from ioussl.orchestration.entrypoint import load_run_config, run_stage
+
+    path = run_dir / runfiles.CONFIG
+    if path.exists() and load_run_config(run_dir).to_json() != cfg.to_json():
+        raise ConfigError(
+            f"{path} already holds another config; use a new --run-dir to start a different run"
+        )
+    if encoder is not None and not encoder.is_file():
+        raise ConfigError(f"encoder checkpoint {encoder} does not exist")
+    runfiles.atomic_write_text(path, cfg.to_json())
+    return run_stage(run_dir, encoder)

@@ -109,5 +109,21 @@ def check_data(spec: StudySpec) -> None:
             raise ConfigError(f"interval {interval.label}: {exc}") from None
 
 
+def job_config_json(config_json: str, base_dir: str) -> str:
+    """The config a job reads: the registry's canonical config with its data paths made absolute.
+
+    Identity hashes the config as the study file wrote it (relative paths stay portable); a job on a
+    node needs paths that do not depend on its working directory.
+    """
+    config = RunConfig.from_json(config_json)
+    base = Path(base_dir).expanduser().resolve()
+    data = replace(
+        config.data,
+        store=str(base / config.data.store),  # an absolute store path stays as it is
+        split=None if config.data.split is None else str(base / config.data.split),
+    )
+    return replace(config, data=data).to_json()
+
+
 def run_dir_for(spec: StudySpec, planned: PlannedRun) -> Path:
     return spec.resolve(spec.runs_dir) / f"{planned.stage}-{planned.key}"

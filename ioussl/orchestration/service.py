@@ -58,7 +58,7 @@ def _open_for_plan(db: str | None, dry_run: bool):  # type: ignore[no-untyped-de
 def _register(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
     study, _ = repo.get_or_create_study(
         session, spec.name, str(spec.path) if spec.path else None, spec_summary(spec),
-        str(spec.resolve(spec.runs_dir)),
+        str(spec.resolve(spec.runs_dir)), str(spec.base_dir),
     )
     known = repo.existing_hashes(session, study)
     for run in planned:

@@ -25,6 +25,7 @@ from ioussl import runfiles
 from ioussl.errors import ConfigError, SubmissionError
 from ioussl.orchestration import slurm
 from ioussl.orchestration.backends import Backend, Unit
+from ioussl.orchestration.planning import job_config_json
 from ioussl.orchestration.registry import repo
 from ioussl.orchestration.registry.models import Attempt, Run, Study, utcnow
 from ioussl.orchestration.status import RunStatus
@@ -218,8 +219,9 @@ def write_run_files(runs: Iterable[Run]) -> None:
     """The frozen config goes into each run directory before its job exists (the job reads only files)."""
     for run in runs:
         path = Path(run.run_dir) / runfiles.CONFIG
-        if not path.exists() or path.read_text() != run.config:
-            runfiles.atomic_write_text(path, run.config)
+        text = job_config_json(run.config, run.study.base_dir)
+        if not path.exists() or path.read_text() != text:
+            runfiles.atomic_write_text(path, text)
 
 
 def job_calls(session: Session, unit: Unit, factory: JobFactory) -> list[Callable[[], Any]]:

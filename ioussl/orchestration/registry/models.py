@@ -52,6 +52,7 @@ class Study(Base):
     spec_path: Mapped[str | None] = mapped_column(Text)
     spec: Mapped[dict] = mapped_column(JSON)  # the parsed study file, for provenance
     runs_dir: Mapped[str] = mapped_column(Text)
+    base_dir: Mapped[str] = mapped_column(Text, default=".")  # relative data paths in run configs start here
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     runs: Mapped[list[Run]] = relationship(back_populates="study", cascade="all, delete-orphan")

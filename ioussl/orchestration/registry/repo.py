@@ -57,11 +57,11 @@ def find_study(session: Session, name: str) -> Study:
 
 
 def get_or_create_study(session: Session, name: str, spec_path: str | None, spec: dict[str, Any],
-                        runs_dir: str) -> tuple[Study, bool]:
+                        runs_dir: str, base_dir: str = ".") -> tuple[Study, bool]:
     study = session.scalar(select(Study).where(Study.name == name))
     if study is not None:
         return study, False
-    study = Study(name=name, spec_path=spec_path, spec=spec, runs_dir=runs_dir)
+    study = Study(name=name, spec_path=spec_path, spec=spec, runs_dir=runs_dir, base_dir=base_dir)
     session.add(study)
     session.flush()
     return study, True

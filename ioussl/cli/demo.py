@@ -1,0 +1,37 @@
+"""CLI: `ioussl demo`, the whole study at tiny size on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ioussl.cli.options import DbOption
+
+
+def demo(
+    db: DbOption = None,
+    study: Annotated[Path | None, typer.Option("--study", help="Demo study file [default jobs/demo.toml].")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (default), slurm or auto.")] = "local",
+    max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, help="Local runs at once.")] = 2,
+) -> None:
+    """Synthesise CT, preprocess, plan the scaled-down thesis grid, run it, report (resumable)."""
+    from ioussl.cli import render
+    from ioussl.demo import DEFAULT_STUDY, DemoSettings, run_demo
+
+    settings = DemoSettings(study_file=study or DEFAULT_STUDY, executor=executor, max_parallel=max_parallel)
+    try:
+        with render.RunProgress() as progress:
+            outcome = run_demo(settings, db, say=progress.say, progress=progress.update)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: run `ioussl demo` (or `make demo`) again to resume where it stopped", err=True)
+        raise typer.Exit(130) from None
+    render.report(outcome, "terminal")
+    if outcome.report.left_out:
+        typer.echo(f"error: {len(outcome.report.left_out)} fine-tune(s) ended without a DSC (see above)", err=True)
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,147 @@
+"""The demo: the thesis' study end to end at tiny size on this machine (`make demo` / `ioussl demo`).
+
+Synthesise an abdomen-like CT dataset -> preprocess it into a slice store -> split its labelled cases ->
+plan the scaled-down thesis grid (jobs/demo.toml) -> submit it on the embedded default (submitit's local
+executor; SLURM if asked) -> sync -> report. Every step reuses what exists, so a second run finishes
+quickly and an interrupted run resumes. It composes the data layer and the orchestrator, so it sits above
+both (science and orchestration are imported lazily, step by step).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ioussl.errors import ConfigError
+from ioussl.runfiles import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STUDY = REPO / "jobs" / "demo.toml"
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    study_file: Path = DEFAULT_STUDY
+    labelled: int = 6
+    unlabelled: int = 4
+    size: int = 160  # in-plane voxels: large enough that [0, 0] (disjoint 64² crops) is reachable
+    slices: int = 16
+    seed: int = 0
+    executor: str = "local"
+    max_parallel: int = 2
+
+
+def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callable | None = None):  # type: ignore[no-untyped-def]
+    """Run (or resume) the demo study; returns the report outcome."""
+    from ioussl.orchestration.study import load_study
+
+    if not settings.study_file.is_file():
+        raise ConfigError(f"demo study not found: {settings.study_file} (run the demo from an ioussl checkout)")
+    spec = load_study(settings.study_file)
+    store = spec.resolve(spec.data.store).resolve()
+    split = spec.resolve(spec.data.split).resolve() if spec.data.split else None
+    workdir = store.parent
+    db = db or str(workdir / "registry.db")
+    raw = workdir / "raw"
+    _synthesise(raw, settings, say)
+    _preprocess(raw, store, spec.data.crop, say)
+    if split is not None:
+        _split(store, split, settings, say)
+    return _run_study(settings, db, say, progress)
+
+
+def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
+    marker = raw / ".complete"
+    if marker.exists():
+        say(f"1/5 synthetic CT: reusing {raw}")
+        return
+    from ioussl.science.synth import synth_dataset
+
+    say(f"1/5 synthetic CT: writing {settings.labelled} labelled + {settings.unlabelled} unlabelled cases")
+    shutil.rmtree(raw, ignore_errors=True)  # a half-written dataset from an interrupted run
+    synth_dataset(raw, settings.labelled, settings.unlabelled, seed=settings.seed, size=settings.size,
+                  slices=settings.slices)
+    atomic_write_text(marker, "ok\n")
+
+
+def _preprocess(raw: Path, store: Path, crop: int, say: Say) -> None:
+    from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
+
+    report = preprocess_dataset(raw, store, PreprocessSettings(min_size=crop), workers=2)
+    say(f"2/5 preprocessing: {len(report.done)} volume(s) done, {len(report.skipped)} reused -> {store}")
+    if report.failed:
+        raise ConfigError(f"preprocessing failed for {', '.join(case for case, _ in report.failed)}")
+
+
+def _split(store: Path, split: Path, settings: DemoSettings, say: Say) -> None:
+    if split.exists():
+        say(f"3/5 split: reusing {split}")
+        return
+    from ioussl.science.splits import make_split, split_to_json
+    from ioussl.science.store import SliceStore
+
+    cases = SliceStore(store).labelled_cases()
+    n_test = 1 if len(cases) >= 4 else 0
+    n_val = max(1, (len(cases) - n_test) // 3)
+    parts = make_split(cases, len(cases) - n_val - n_test, n_val, n_test, seed=settings.seed)
+    atomic_write_text(split, split_to_json(parts, "demo split: selection on val, reporting on test too"))
+    say(f"3/5 split: {len(parts['train'])} train / {len(parts['val'])} val / {len(parts.get('test', []))} test")
+
+
+def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None):  # type: ignore[no-untyped-def]
+    from ioussl.orchestration import jobservice
+    from ioussl.orchestration.service import plan_grid, report_study, status_rows
+
+    outcome = plan_grid(settings.study_file, db)
+    say(f"4/5 plan: {len(outcome.new)} new run(s), {len(outcome.existing)} already planned (registry {db})")
+    name = outcome.study
+    worker = _Submitter(lambda: jobservice.submit(db, name, executor=settings.executor,
+                                                  max_parallel=settings.max_parallel))
+    worker.start()
+    while worker.is_alive():
+        if progress is not None:
+            progress(status_rows(db, study=name))
+        worker.join(timeout=2.0)
+    if worker.error is not None:
+        raise worker.error
+    retried = _retry_lost(db, name, settings, say)
+    if progress is not None:
+        progress(status_rows(db, study=name))
+    say(f"5/5 runs finished{f' ({retried} retried after an interruption)' if retried else ''}; report:")
+    return report_study(db, name)
+
+
+def _retry_lost(db: str, study: str, settings: DemoSettings, say: Say) -> int:
+    """Runs whose job died with an interrupted demo come back LOST: run them again, once."""
+    from ioussl.errors import IousslError
+    from ioussl.orchestration import jobservice
+    from ioussl.orchestration.status import RunStatus
+
+    try:
+        outcome = jobservice.retry(db, study, statuses=(RunStatus.LOST,), executor=settings.executor)
+    except IousslError:
+        return 0
+    say(f"retried {len(outcome.job_ids)} run(s) lost by an earlier interruption")
+    return len(outcome.job_ids)
+
+
+class _Submitter(threading.Thread):
+    """Runs the blocking local submission so the main thread can draw progress from the registry."""
+
+    def __init__(self, target: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+        self.started_at = time.monotonic()
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # re-raised in the main thread
+            self.error = exc

@@ -1,0 +1,145 @@
+"""The bridge between orchestration and science: what a SLURM job (or ``ioussl run``) executes.
+
+``RunJob(run_dir, encoder_checkpoint)`` is a submitit ``Checkpointable``: when SLURM preempts or times out
+the job, submitit calls ``checkpoint()``, which requeues the same callable, and training resumes from
+``checkpoints/last.pt``. The job never opens the registry; it only writes files into its run directory
+(``events.jsonl``, ``metrics.jsonl``, ``result.json``, ``checkpoints/``). Science is imported lazily, so
+importing this module loads no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from ioussl import runfiles
+from ioussl.config import RunConfig, run_hash
+from ioussl.errors import ConfigError, TrainingError
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """Read and validate ``run_dir/config.json``.
+
+    Raises:
+        ConfigError: the file is missing or not a valid run config (the message names the file).
+    """
+    path = run_dir / runfiles.CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: a run directory needs its config.json")
+    try:
+        return RunConfig.from_json(path.read_text()).validate()
+    except ValueError as exc:  # JSONDecodeError
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """SHA-256 of the canonical config JSON; the same value checkpoints carry."""
+    return hashlib.sha256(cfg.to_json().encode()).hexdigest()
+
+
+def parent_run_hash(encoder_checkpoint: Path | None) -> str | None:
+    """The pretraining run's hash, read from ``<pretrain run_dir>/result.json`` beside its encoder."""
+    if encoder_checkpoint is None:
+        return None
+    result = runfiles.read_json(Path(encoder_checkpoint).parent.parent / runfiles.RESULT)
+    return result.get("run_hash") if result else None
+
+
+def job_environment() -> dict[str, Any]:
+    """Job id, array index and node from submitit when running under it; the host name otherwise."""
+    info: dict[str, Any] = {"node": socket.gethostname()}
+    try:
+        env = submitit.JobEnvironment()
+        info.update(job_id=env.job_id, array_index=env.array_task_id, node=env.hostname)
+    except (RuntimeError, KeyError, ValueError):
+        pass  # not inside a submitit job: ``ioussl run`` or a test
+    return info
+
+
+def provenance(device: dict[str, Any] | None) -> dict[str, Any]:
+    """Versions, host and device that produced a result."""
+    versions = {}
+    for package in ("ioussl", "torch", "monai", "numpy", "submitit"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"python": platform.python_version(), "versions": versions, "host": socket.gethostname(),
+            "device": device, **{k: v for k, v in job_environment().items() if k != "node"}}  # fmt: skip
+
+
+def run_stage(run_dir: Path, encoder_checkpoint: Path | None = None) -> dict[str, Any]:
+    """Run the stage configured in ``run_dir/config.json`` and write ``result.json`` on success only.
+
+    Idempotent: a run whose ``result.json`` exists returns it without training again.
+
+    Raises:
+        IousslError: bad config, data, checkpoint or a non-finite loss; recorded as a "failed" event.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    done = runfiles.read_json(run_dir / runfiles.RESULT)
+    if done is not None:
+        if done.get("config_hash") != config_hash(cfg):
+            raise TrainingError(
+                f"{run_dir / runfiles.RESULT} belongs to another config than {runfiles.CONFIG}"
+            )
+        return done
+    runfiles.record_event(run_dir, "started", stage=cfg.stage, **job_environment())
+    try:
+        result = _train(cfg, run_dir, encoder_checkpoint)
+    except Exception as exc:
+        runfiles.record_event(run_dir, "failed", error=str(exc) or type(exc).__name__)
+        raise
+    except BaseException as exc:  # SIGTERM / preemption / Ctrl-C: the run may resume, it has not failed
+        runfiles.record_event(run_dir, "interrupted", error=type(exc).__name__)
+        raise
+    parent = parent_run_hash(encoder_checkpoint)
+    result = {
+        **result,
+        "run_hash": run_hash(cfg, parent),
+        "config_hash": config_hash(cfg),
+        "finished_at": time.time(),
+        "provenance": provenance(result.pop("device", None)),
+    }
+    runfiles.atomic_write_json(run_dir / runfiles.RESULT, result)
+    runfiles.record_event(run_dir, "finished", dsc=result.get("dsc"), final_loss=result.get("final_loss"))
+    return result
+
+
+def _train(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None) -> dict[str, Any]:
+    if cfg.stage == "pretrain":
+        if encoder_checkpoint is not None:
+            raise ConfigError("a pretrain run takes no encoder checkpoint")
+        from ioussl.science.pretrain import run_pretrain
+
+        return run_pretrain(cfg, run_dir)
+    from ioussl.science.finetune import run_finetune
+
+    return run_finetune(cfg, run_dir, Path(encoder_checkpoint) if encoder_checkpoint else None)
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """A submitit job for one run directory; requeued on preemption, resumed from ``last.pt``."""
+
+    def __init__(self, run_dir: str, encoder_checkpoint: str | None = None) -> None:
+        self.run_dir = str(run_dir)
+        self.encoder_checkpoint = str(encoder_checkpoint) if encoder_checkpoint else None
+
+    def __call__(self) -> dict[str, Any]:
+        encoder = Path(self.encoder_checkpoint) if self.encoder_checkpoint else None
+        return run_stage(Path(self.run_dir), encoder)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on timeout / preemption: note it, then requeue this same callable."""
+        runfiles.record_event(Path(self.run_dir), "requeued")
+        return super().checkpoint(*args, **kwargs)

@@ -1,0 +1,106 @@
+"""Metrics: SimSiam's collapse coefficient and both Dice definitions (thesis and FLARE 2022).
+
+The thesis scores each validation slice on its own (thesis-protocol.md §4): argmax, one-hot over 14
+classes, MONAI ``DiceMetric(include_background=True, ignore_empty=True)``, slice score = mean over the
+classes present in the ground truth (background included), run score = mean over slices. FLARE 2022
+instead scores each case in 3D per organ, background excluded; an organ absent from both ground truth and
+prediction scores 1, absent from the ground truth but predicted scores 0 (the challenge's evaluation rule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class CollapseMeter:
+    """Mean over an epoch of s = mean_d std_batch(p / ||p||); collapse = max(0, 1 - sqrt(d) s).
+
+    For unit vectors spread uniformly over the sphere each coordinate has std 1/sqrt(d), so the
+    coefficient is near 0; a collapsed network outputs one vector, std 0, coefficient 1 (SimSiam §4.1).
+    """
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+        self.dim = 0
+
+    def update(self, p: Tensor) -> None:
+        """Add one batch of predictor outputs ``[N, d]``."""
+        unit = F.normalize(p.detach().float(), dim=1)
+        self.total += float(unit.std(dim=0).mean())
+        self.count += 1
+        self.dim = p.shape[1]
+
+    def value(self) -> float:
+        if self.count == 0:
+            return float("nan")
+        return collapse_coefficient(self.total / self.count, self.dim)
+
+
+def collapse_coefficient(mean_std: float, dim: int) -> float:
+    return max(0.0, 1.0 - math.sqrt(dim) * mean_std)
+
+
+def slice_dsc(logits: Tensor, label: Tensor, num_classes: int) -> Tensor:
+    """The thesis' DSC of each slice: ``logits [N,C,H,W]``, ``label [N,1,H,W]`` -> ``[N]``.
+
+    Classes absent from a slice's ground truth are ignored (NaN from ``ignore_empty``), even when predicted.
+    """
+    from monai.metrics import DiceMetric
+
+    pred = F.one_hot(logits.argmax(dim=1), num_classes).permute(0, 3, 1, 2)
+    truth = F.one_hot(label[:, 0].long(), num_classes).permute(0, 3, 1, 2)
+    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
+    per_class = metric(pred, truth)  # [N, C], NaN where the class is absent from the ground truth
+    return torch.nanmean(per_class.float(), dim=1)
+
+
+def flare_case_dsc(counts: np.ndarray, organs: Mapping[int, str]) -> dict[str, float]:
+    """FLARE 2022 3D DSC of one case per organ, background excluded.
+
+    Args:
+        counts: ``[3, classes]`` voxel counts summed over the case's slices: |P∩T|, |P|, |T| per class.
+            Summing per-slice counts equals stacking the slices into a volume, without holding it.
+        organs: class index -> organ name.
+    """
+    scores = {}
+    for index, organ in organs.items():
+        inter, pred, truth = (int(v) for v in counts[:, index])
+        if truth == 0:
+            scores[organ] = 1.0 if pred == 0 else 0.0
+        else:
+            scores[organ] = 2.0 * inter / (pred + truth)
+    return scores
+
+
+def summarise_cases(per_case: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, float], float]:
+    """Per-organ mean over cases and the overall mean over organs."""
+    organs = sorted({organ for scores in per_case.values() for organ in scores})
+    per_organ = {
+        organ: float(np.mean([s[organ] for s in per_case.values() if organ in s])) for organ in organs
+    }
+    overall = float(np.mean(list(per_organ.values()))) if per_organ else float("nan")
+    return per_organ, overall
+
+
+FLARE_ORGANS: dict[int, str] = {
+    1: "liver",
+    2: "right_kidney",
+    3: "spleen",
+    4: "pancreas",
+    5: "aorta",
+    6: "ivc",
+    7: "right_adrenal",
+    8: "left_adrenal",
+    9: "gallbladder",
+    10: "esophagus",
+    11: "stomach",
+    12: "duodenum",
+    13: "left_kidney",
+}

@@ -1,0 +1,321 @@
+"""FLARE-layout NIfTI volumes -> slice store, with the thesis' normalisation (thesis-protocol.md §1).
+
+Per volume: orientation RAS, spacing (1, 1, 2.5) mm (bilinear image, nearest label), clip to [-500, 500] HU
+and scale to [0, 1], crop to the foreground (voxels > 0 after scaling, i.e. HU > -500), pad X and Y
+symmetrically with 0 to at least 96. The image is quantised to uint16 and written with its label as
+(Z, X, Y) arrays; each written file is re-read and checked (shape, dtype, sha256) before the case is marked
+done, so an interrupted run resumes by skipping finished cases. A bad volume fails alone: the others go on
+and the failures are returned, each naming its file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ioussl.errors import DataError
+from ioussl.runfiles import atomic_write_text, sha256_file
+from ioussl.science.store import (
+    N_CLASSES,
+    case_array_path,
+    case_meta_path,
+    organ_bitmasks,
+    quantise,
+    write_index,
+)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """The thesis' defaults (Table 4.1 and thesis-protocol.md §1)."""
+
+    spacing: tuple[float, float, float] = (1.0, 1.0, 2.5)
+    hu_min: float = -500.0
+    hu_max: float = 500.0
+    min_size: int = 96  # X and Y are padded to at least this (the crop side)
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    case: str
+    image: Path
+    label: Path | None
+
+
+@dataclass
+class PreprocessReport:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (case, one-line reason naming the file)
+
+
+def _strip_suffix(name: str) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _image_cases(folder: Path) -> dict[str, Path]:
+    found = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        stem = _strip_suffix(path.name)
+        if path.is_file() and stem and stem.endswith("_0000"):  # stray files are not data
+            found[stem[: -len("_0000")]] = path
+    return found
+
+
+def discover_cases(input_dir: str | Path) -> tuple[list[CaseSource], list[tuple[str, str]]]:
+    """FLARE layout: images/ (or the reference code's imgs/) *_0000.nii.gz, labels/<case>.nii.gz, unlabelled/.
+
+    Returns:
+        The cases found, and problems (case, reason) such as an image without its label.
+
+    Raises:
+        DataError: the folder is missing or holds no case at all.
+    """
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: input folder does not exist")
+    images = _image_cases(root / "images") or _image_cases(root / "imgs")
+    labels = {}
+    for path in sorted((root / "labels").iterdir()) if (root / "labels").is_dir() else []:
+        stem = _strip_suffix(path.name)
+        if path.is_file() and stem:
+            labels[stem] = path
+    unlabelled = _image_cases(root / "unlabelled")
+    problems = [(c, f"{labels[c]}: label without an image") for c in sorted(set(labels) - set(images))]
+    cases = []
+    for case, image in images.items():
+        if case not in labels:
+            problems.append((case, f"{image}: no label {case}.nii.gz in {root / 'labels'}"))
+            continue
+        cases.append(CaseSource(case, image, labels[case]))
+    for case, image in unlabelled.items():
+        if case in images:
+            problems.append((case, f"{image}: case id also used by a labelled image"))
+            continue
+        cases.append(CaseSource(case, image, None))
+    if not cases and not problems:
+        raise DataError(
+            f"{root}: no cases found (expected images/<case>_0000.nii.gz with labels/<case>.nii.gz, "
+            f"or unlabelled/<case>_0000.nii.gz)"
+        )
+    return cases, problems
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
+        raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _check_label(source: CaseSource, image: np.ndarray, affine: np.ndarray, label: np.ndarray, l_aff) -> None:
+    if label.shape != image.shape:
+        raise DataError(f"{source.label}: label shape {label.shape} differs from image shape {image.shape}")
+    if not np.allclose(affine, l_aff, atol=1e-3):
+        raise DataError(f"{source.label}: label affine differs from the image's ({source.image.name})")
+    values = np.unique(label)
+    bad = values[(values < 0) | (values >= N_CLASSES) | (values != np.round(values))]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in bad[:5])
+        raise DataError(f"{source.label}: label values {shown} outside 0..{N_CLASSES - 1}")
+
+
+def normalise_volume(
+    image: np.ndarray, affine: np.ndarray, label: np.ndarray | None, settings: PreprocessSettings
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The thesis' MONAI pipeline on one volume; returns (Z, X, Y) image in [0, 1] and label (uint8)."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import (
+        Compose,
+        CropForegroundd,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+        SpatialPadd,
+    )
+
+    keys = ["image"] if label is None else ["image", "label"]
+    modes = ["bilinear"] if label is None else ["bilinear", "nearest"]
+    tensor_affine = torch.as_tensor(affine)
+    data = {"image": MetaTensor(torch.from_numpy(image)[None], affine=tensor_affine)}
+    if label is not None:
+        data["label"] = MetaTensor(torch.from_numpy(label)[None], affine=tensor_affine)
+    pipeline = Compose(
+        [
+            Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacingd(keys, pixdim=settings.spacing, mode=modes),
+            ScaleIntensityRanged("image", settings.hu_min, settings.hu_max, 0.0, 1.0, clip=True),
+            CropForegroundd(keys, source_key="image", margin=0, allow_smaller=True),
+            SpatialPadd(keys, spatial_size=(settings.min_size, settings.min_size, -1), method="symmetric"),
+        ]
+    )
+    with torch.no_grad():
+        out = pipeline(data)
+    image_out = out["image"][0].permute(2, 0, 1).numpy()  # (X, Y, Z) -> (Z, X, Y)
+    label_out = None if label is None else np.rint(out["label"][0].permute(2, 0, 1).numpy()).astype(np.uint8)
+    return image_out, label_out
+
+
+def _save_verified(path: Path, array: np.ndarray) -> tuple[str, int]:
+    """Write an .npy atomically, re-read it, check shape/dtype/hash; return (sha256, bytes)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array))
+        handle.flush()
+        os.fsync(handle.fileno())
+    digest = sha256_file(tmp)
+    os.replace(tmp, path)
+    back = np.load(path, mmap_mode="r")
+    if back.shape != array.shape or back.dtype != array.dtype or sha256_file(path) != digest:
+        raise DataError(f"{path}: verification failed after writing (shape, dtype or checksum)")
+    return digest, path.stat().st_size
+
+
+def preprocess_case(source: CaseSource, out_root: Path, settings: PreprocessSettings) -> dict:
+    """Normalise one case, write its arrays and then its meta.json (the done marker); return the meta."""
+    image, affine = _read_nifti(source.image)
+    label = None
+    if source.label is not None:
+        label, label_affine = _read_nifti(source.label)
+        _check_label(source, image, affine, label, label_affine)
+    if not (image > settings.hu_min).any():
+        raise DataError(f"{source.image}: no voxel above {settings.hu_min} HU (empty foreground)")
+    volume, labels = normalise_volume(image, affine, label, settings)
+    if volume.shape[0] == 0 or min(volume.shape[1:]) < settings.min_size:
+        raise DataError(f"{source.image}: volume {volume.shape} is smaller than the crop {settings.min_size}")
+    meta = {"case": source.case, "labelled": labels is not None, "shape": list(volume.shape)}
+    meta["source_image"] = source.image.name
+    meta["image_sha256"], meta["image_bytes"] = _save_verified(
+        case_array_path(out_root, source.case, "image"), quantise(volume)
+    )
+    if labels is not None:
+        meta["source_label"] = source.label.name
+        meta["label_sha256"], meta["label_bytes"] = _save_verified(
+            case_array_path(out_root, source.case, "label"), labels
+        )
+    meta["organs"] = organ_bitmasks(labels).tolist() if labels is not None else [0] * volume.shape[0]
+    atomic_write_text(case_meta_path(out_root, source.case), json.dumps(meta) + "\n")
+    return meta
+
+
+def _run_case(source: CaseSource, out_root: Path, settings: PreprocessSettings) -> tuple[str, dict | str]:
+    """Pool entry point: never raises for a user-caused problem, returns its one-line reason instead."""
+    try:
+        return source.case, preprocess_case(source, out_root, settings)
+    except DataError as exc:
+        return source.case, str(exc)
+    except Exception as exc:  # a bug or resource problem in one volume must not stop the others
+        return source.case, f"{source.image}: unexpected {type(exc).__name__}: {exc}"
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one volume per process; parallelism comes from the pool
+
+
+def finished_meta(out_root: Path, case: str) -> dict | None:
+    """A case's meta if its arrays are on disk with the recorded sizes (resume skips it), else None."""
+    path = case_meta_path(out_root, case)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    kinds = ["image"] + (["label"] if meta.get("labelled") else [])
+    for kind in kinds:
+        array = case_array_path(out_root, case, kind)
+        if not array.is_file() or array.stat().st_size != meta.get(f"{kind}_bytes"):
+            return None
+    return meta
+
+
+def _check_settings(out_root: Path, settings: PreprocessSettings) -> None:
+    path = out_root / "settings.json"
+    wanted = json.loads(json.dumps(asdict(settings)))
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != wanted:
+            raise DataError(f"{path}: store was made with other settings {existing}; use a new output folder")
+    else:
+        atomic_write_text(path, json.dumps(wanted, sort_keys=True) + "\n")
+
+
+def preprocess_dataset(
+    input_dir: str | Path,
+    out_dir: str | Path,
+    settings: PreprocessSettings | None = None,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> PreprocessReport:
+    """Preprocess every case of a FLARE-layout folder into a slice store (resumable, verified).
+
+    Args:
+        input_dir: folder with images/ (or imgs/), labels/ and/or unlabelled/.
+        out_dir: the store directory (created; reused to resume).
+        settings: normalisation settings; defaults are the thesis'.
+        workers: processes (1 = in this process).
+        progress: called with (finished, total) after each case.
+
+    Returns:
+        What was done, skipped (already finished) and failed (with a reason naming the file).
+    """
+    settings = settings or PreprocessSettings()
+    sources, problems = discover_cases(input_dir)
+    out_root = Path(out_dir)
+    (out_root / "cases").mkdir(parents=True, exist_ok=True)
+    _check_settings(out_root, settings)
+    report = PreprocessReport(failed=list(problems))
+    metas = {}
+    todo = []
+    for source in sources:
+        meta = finished_meta(out_root, source.case)
+        if meta is not None:
+            metas[source.case] = meta
+            report.skipped.append(source.case)
+        else:
+            todo.append(source)
+    total, finished = len(sources), len(report.skipped)
+    for case, outcome in _execute(todo, out_root, settings, workers):
+        finished += 1
+        if isinstance(outcome, dict):
+            metas[case] = outcome
+            report.done.append(case)
+        else:
+            report.failed.append((case, outcome))
+        if progress:
+            progress(finished, total)
+    write_index(out_root, {"settings": asdict(settings)}, list(metas.values()))
+    return report
+
+
+def _execute(todo: list[CaseSource], out_root: Path, settings: PreprocessSettings, workers: int):
+    if workers <= 1 or len(todo) <= 1:
+        for source in todo:
+            yield _run_case(source, out_root, settings)
+        return
+    import multiprocessing
+
+    # spawn: the parent may hold torch/OpenMP threads, which fork does not copy safely.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
+        futures = [pool.submit(_run_case, source, out_root, settings) for source in todo]
+        for future in as_completed(futures):
+            yield future.result()

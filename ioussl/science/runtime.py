@@ -1,0 +1,152 @@
+"""Where and how a job runs: device, mixed precision, speed options, seeding, RNG state, loader workers.
+
+CUDA when present (bf16 autocast where the GPU supports it, fp16 with a gradient scaler otherwise,
+channels-last and ``cudnn.benchmark`` as options), CPU otherwise. ``deterministic`` turns the speed options
+off and asks torch for deterministic kernels, which the thesis' code could not do (it set
+``cudnn.benchmark`` after seeding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ioussl.config import RuntimeConfig
+from ioussl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Resolved run-time choices; ``dtype`` is the autocast type or None for plain fp32."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.dtype is torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A scaler that is a no-op unless fp16 needs it (its state is still checkpointed)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.needs_scaler)
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, non_blocking=True)
+        if self.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def describe(self) -> dict[str, Any]:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"device": str(self.device), "device_name": name, "autocast": str(self.dtype)}
+
+
+def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
+    """Pick the device and precision and set global backend flags.
+
+    Args:
+        cfg: the run's runtime settings.
+        amp: whether the stage asks for mixed precision (Table 4.1: yes for both stages).
+
+    Raises:
+        ConfigError: CUDA was requested but is not available.
+    """
+    has_cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not has_cuda:
+        raise ConfigError("runtime.device is 'cuda' but no CUDA device is available")
+    device = torch.device("cuda" if cfg.device != "cpu" and has_cuda else "cpu")
+    dtype = _autocast_dtype(cfg.precision, amp, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic
+        torch.backends.cudnn.allow_tf32 = not cfg.deterministic
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    channels_last = cfg.channels_last and device.type == "cuda" and not cfg.deterministic
+    return Runtime(device=device, dtype=dtype, channels_last=channels_last)
+
+
+def _autocast_dtype(precision: str, amp: bool, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32" or (precision == "auto" and not amp) or device.type != "cuda":
+        # CPU autocast (bf16) is slower than fp32 on most CPUs, and the tiny profile must stay exact.
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training loop draws from, for a checkpoint."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        # Plain lists, not an ndarray: checkpoints must load with torch.load(weights_only=True).
+        "numpy": [name, key.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def allocated_cpus() -> int:
+    """CPUs this job may use: SLURM's allocation when set, else the process's affinity mask."""
+    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int | None) -> int:
+    """Data-loader workers: the configured number, else all allocated CPUs but one (for the main process)."""
+    if requested is not None:
+        return max(0, requested)
+    return max(0, min(16, allocated_cpus() - 1))
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluate under ``no_grad`` and restore the previous train/eval mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)

@@ -1,0 +1,118 @@
+"""From a run config to data loaders, on top of the data layer (store, splits, datasets).
+
+Every epoch gets its own loader whose shuffling and augmentation seeds derive from (run seed, epoch), so
+epoch k draws the same samples whether the run went straight through or was resumed before epoch k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ioussl.config import RunConfig
+from ioussl.errors import DataError
+
+
+def derived_seed(seed: int, epoch: int, purpose: str) -> int:
+    """A 31-bit seed for one purpose in one epoch, independent of what ran before."""
+    digest = hashlib.sha256(f"{seed}/{epoch}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def open_store(cfg: RunConfig) -> Any:
+    """Open the slice store named by ``cfg.data.store`` and check it can feed crops of ``cfg.data.crop``.
+
+    Raises:
+        DataError: the store is missing, unreadable, or its slices are smaller than the crop.
+    """
+    from ioussl.science.store import SliceStore
+
+    root = Path(cfg.data.store)
+    if not root.exists():
+        raise DataError(f"data store {root} does not exist (data.store in the run config)")
+    return SliceStore(root)
+
+
+def check_crop_fits(store: Any, cases: list[str], crop: int) -> None:
+    height, width = store.min_shape(cases)
+    if min(height, width) < crop:
+        raise DataError(
+            f"data store {store.root} has slices of {height}x{width}, "
+            f"smaller than the configured crop {crop}: preprocess with padding to at least {crop}"
+        )
+
+
+def pretrain_slice_ids(store: Any, cfg: RunConfig) -> np.ndarray:
+    """The unlabelled cases' slices (plus the labelled ones if ``pretrain.include_labelled``)."""
+    assert cfg.pretrain is not None
+    cases = list(store.unlabelled_cases())
+    if cfg.pretrain.include_labelled:
+        cases += list(store.labelled_cases())
+    if not cases:
+        raise DataError(f"data store {cfg.data.store} has no unlabelled cases to pretrain on")
+    check_crop_fits(store, cases, cfg.data.crop)
+    return np.asarray(store.slice_ids(cases))
+
+
+def finetune_split(store: Any, cfg: RunConfig) -> dict[str, list[str]]:
+    """Train / val (/ test) case lists from ``cfg.data.split``, each case a labelled case of the store."""
+    from ioussl.science.splits import check_split_cases, load_split
+
+    if cfg.data.split is None:
+        raise DataError("a fine-tune run needs data.split (a JSON file with train and val case lists)")
+    split = load_split(Path(cfg.data.split))
+    parts = {name: cases for name, cases in split.items() if cases}
+    for name in ("train", "val"):
+        if not parts.get(name):
+            raise DataError(f"split {cfg.data.split} has no {name!r} cases")
+    where = f"split {cfg.data.split} against labelled cases of data store {cfg.data.store}"
+    check_split_cases(parts, store.labelled_cases(), where=where)
+    check_crop_fits(store, parts["train"], cfg.data.crop)
+    return parts
+
+
+def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
+    """Pairs of views cut by the IoU sampler; incomplete last batches are dropped, as in the reference."""
+    from ioussl.science.datasets import PretrainPairDataset, make_pretrain_loader
+
+    assert cfg.sampler is not None and cfg.pretrain is not None
+    sampler = cfg.sampler
+    dataset = PretrainPairDataset(
+        store, ids, cfg.data.crop, sampler.i_min, sampler.i_max, random_crop=sampler.random_crop,
+        mode=sampler.mode, augment=True, seed=derived_seed(cfg.seed, epoch, "pairs"),
+    )  # fmt: skip
+    order = derived_seed(cfg.seed, epoch, "order")
+    return make_pretrain_loader(dataset, cfg.pretrain.batch_size, workers, order, torch.cuda.is_available())
+
+
+def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
+    """Batches of ``batch_size`` slices x ``crops_per_slice`` crops (pos/neg-balanced centres)."""
+    from ioussl.science.datasets import FinetuneSliceDataset, make_finetune_loader
+
+    assert cfg.finetune is not None
+    ft = cfg.finetune
+    dataset = FinetuneSliceDataset(
+        store, ids, cfg.data.crop, crops_per_slice=ft.crops_per_slice, pos=ft.pos, neg=ft.neg,
+        augment=True, seed=derived_seed(cfg.seed, epoch, "crops"),
+    )  # fmt: skip
+    order = derived_seed(cfg.seed, epoch, "order")
+    return make_finetune_loader(dataset, ft.batch_size, workers, order, torch.cuda.is_available())
+
+
+def val_loader(store: Any, ids: np.ndarray, workers: int) -> DataLoader:
+    """Whole slices one at a time (their sizes differ), in store order."""
+    from ioussl.science.datasets import ValSliceDataset, make_val_loader
+
+    return make_val_loader(ValSliceDataset(store, ids), batch_size=1, num_workers=workers)
+
+
+def subsample(ids: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` ids, evenly spaced (tiny profiles score a few slices of every case)."""
+    if limit is None or len(ids) <= limit:
+        return ids
+    return ids[np.linspace(0, len(ids) - 1, limit).round().astype(int)]

@@ -1,0 +1,125 @@
+"""Transforms and datasets over the store: the same boxes on every key, shapes, seeding, fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datafix import *  # noqa: F403 (session fixtures; a conftest.py here would collide with other branches)
+
+from ioussl.errors import DataError
+from ioussl.science.datasets import (
+    FinetuneSliceDataset,
+    PretrainPairDataset,
+    ValSliceDataset,
+    make_finetune_loader,
+    make_pretrain_loader,
+    make_val_loader,
+)
+from ioussl.science.sampler import box_iou, pair_exists
+from ioussl.science.transforms import RandIoUCropPaird, pretrain_view_augment
+
+
+def test_iou_crop_applies_the_same_boxes_to_every_key():
+    image = np.arange(150 * 130, dtype=np.float32).reshape(1, 150, 130)
+    label = (image % 7).astype(np.float32)
+    crop = RandIoUCropPaird(["image", "label"], 64, 0.3, 0.6)
+    crop.set_random_state(seed=3)
+    for _ in range(20):
+        out = crop({"image": image, "label": label})
+        (y1, x1), (y2, x2) = crop.pair.box1, crop.pair.box2
+        np.testing.assert_array_equal(out["image_view1"], image[:, y1 : y1 + 64, x1 : x1 + 64])
+        np.testing.assert_array_equal(out["label_view2"], label[:, y2 : y2 + 64, x2 : x2 + 64])
+        assert 0.3 <= out["iou"] <= 0.6 and out["iou"] == box_iou(crop.pair.box1, crop.pair.box2, (64, 64))
+        assert not out["fallback"] and "image" not in out
+
+
+def test_iou_crop_single_key_views_and_seeding():
+    data = {"image": np.random.default_rng(0).random((1, 120, 120), dtype=np.float32)}
+    a, b = RandIoUCropPaird("image", 96, 0.0, 1.0), RandIoUCropPaird("image", 96, 0.0, 1.0)
+    a.set_random_state(seed=1)
+    b.set_random_state(seed=1)
+    out_a, out_b = a(data), b(data)
+    assert out_a["view1"].shape == (1, 96, 96)
+    np.testing.assert_array_equal(out_a["view2"], out_b["view2"])
+
+
+def test_view_augment_keeps_shape_and_changes_views():
+    augment = pretrain_view_augment()
+    augment.set_random_state(seed=0)
+    view = torch.rand(1, 96, 96)
+    outs = [torch.as_tensor(augment(view)) for _ in range(4)]
+    assert all(o.shape == (1, 96, 96) for o in outs)
+    assert not torch.equal(outs[0], outs[1])
+
+
+def test_pretrain_dataset_items_and_reproducible_loader(synth_store):
+    ids = synth_store.slice_ids(synth_store.unlabelled_cases())
+    make = lambda: PretrainPairDataset(synth_store, ids, 96, 0.3, 0.6, seed=5)  # noqa: E731
+    item = make()[0]
+    assert item["view1"].shape == (1, 96, 96) and item["view1"].dtype == torch.float32
+    assert 0.3 <= item["iou"] <= 0.6 and item["fallback"] is False
+    batches = [next(iter(make_pretrain_loader(make(), 8, num_workers=0, seed=1))) for _ in range(2)]
+    assert torch.equal(batches[0]["view1"], batches[1]["view1"])
+    assert batches[0]["fallback"].dtype == torch.bool and batches[0]["iou"].shape == (8,)
+    other = next(iter(make_pretrain_loader(make(), 8, num_workers=0, seed=2)))
+    assert not torch.equal(other["view1"], batches[0]["view1"])
+
+
+def test_pretrain_dataset_views_are_the_sampled_crops(synth_store):
+    ids = synth_store.slice_ids()[:20]
+    ds = PretrainPairDataset(synth_store, ids, 96, 0.6, 1.0, augment=False, seed=0)
+    items = ds.__getitems__(list(range(20)))
+    for item in items:
+        assert 0.6 <= item["iou"] <= 1.0
+        v1, v2 = item["view1"][0].numpy(), item["view2"][0].numpy()
+        assert float(np.mean(v1 == v2)) < 1.0 or item["iou"] == 1.0
+
+
+def test_pretrain_fallback_is_visible(synth_store):
+    # [0, 0] needs a side >= 192; slices without such a pair are flagged, every other pair is disjoint.
+    ids = synth_store.slice_ids()
+    ds = PretrainPairDataset(synth_store, ids, 96, 0.0, 0.0, augment=False, seed=0)
+    items = ds.__getitems__(list(range(len(ids))))
+    flags = np.array([i["fallback"] for i in items])
+    expected = np.array(
+        [not pair_exists(tuple(s), (96, 96), 0.0, 0.0) for s in synth_store.shapes(ids).tolist()]
+    )
+    np.testing.assert_array_equal(flags, expected)
+    assert all(i["iou"] == 0.0 for i in items if not i["fallback"])
+
+
+def test_interval_no_slice_admits_is_rejected(synth_store):
+    from ioussl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be met with crop"):
+        PretrainPairDataset(synth_store, synth_store.slice_ids(), 96, 1.0 - 1e-9, 1.0 - 1e-10)
+
+
+def test_crop_larger_than_slices_is_a_clear_error(synth_store):
+    with pytest.raises(DataError, match="smaller than the crop 512"):
+        PretrainPairDataset(synth_store, synth_store.slice_ids(), 512, 0.0, 1.0)
+
+
+def test_finetune_dataset_crops_and_positive_centres(synth_store):
+    ids = synth_store.slice_ids(synth_store.labelled_cases())
+    ds = FinetuneSliceDataset(synth_store, ids, 96, crops_per_slice=2, augment=False, seed=0)
+    crops = ds[len(ids) // 2]
+    assert len(crops) == 2 and crops[0]["image"].shape == (1, 96, 96) == crops[0]["label"].shape
+    batch = next(iter(make_finetune_loader(FinetuneSliceDataset(synth_store, ids, 96, seed=0), 4)))
+    assert batch["image"].shape == (8, 1, 96, 96) and batch["label"].max() <= 13
+    pos_only = FinetuneSliceDataset(synth_store, ids, 96, pos=1.0, neg=0.0, augment=False, seed=1)
+    organ_slices = [k for k, i in enumerate(ids) if synth_store.organs(int(i))]
+    for k in organ_slices[:10]:
+        for crop in pos_only[k]:
+            assert crop["label"].max() > 0  # centred on an organ (MONAI shifts centres off the border)
+
+
+def test_val_dataset_whole_slices(synth_store):
+    case = synth_store.labelled_cases()[0]
+    ds = ValSliceDataset(synth_store, synth_store.slice_ids([case]))
+    item = ds[2]
+    assert item["case"] == case and item["z"] == 2
+    assert item["image"].shape == (1, *synth_store.shape(int(ds.ids[2])))
+    batch = next(iter(make_val_loader(ds)))
+    assert batch["image"].shape[0] == 1 and batch["case"] == [case]

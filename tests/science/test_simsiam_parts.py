@@ -1,0 +1,92 @@
+"""SimSiam network, heads and loss: shapes, stop-gradient, symmetry, collapse coefficient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ioussl.config import ModelConfig, PretrainConfig
+from ioussl.science.heads import PredictionHead, ProjectionHead
+from ioussl.science.losses import negative_cosine, simsiam_loss
+from ioussl.science.metrics import CollapseMeter
+from ioussl.science.models import SimSiam, build_swin_unetr
+
+TINY = ModelConfig(feature_size=12)
+
+
+@pytest.fixture(scope="module")
+def simsiam() -> SimSiam:
+    torch.manual_seed(0)
+    return SimSiam(TINY, PretrainConfig(proj_dim=64, pred_hidden_dim=16))
+
+
+def test_encoder_is_the_segmentation_networks_swinvit(simsiam):
+    seg = build_swin_unetr(TINY, drop_path=0.0)
+    assert type(simsiam.backbone.swin) is type(seg.swinViT)
+    assert simsiam.backbone.swin.state_dict().keys() == seg.swinViT.state_dict().keys()
+    features = simsiam.backbone(torch.rand(2, 1, 64, 64))
+    assert features.shape == (2, 16 * 12)  # deepest stage 16C, averaged over space
+
+
+def test_heads_follow_the_paper():
+    proj = ProjectionHead(192, 2048)
+    linears = [m for m in proj if isinstance(m, nn.Linear)]
+    norms = [m for m in proj if isinstance(m, nn.BatchNorm1d)]
+    assert [(m.in_features, m.out_features, m.bias) for m in linears] == [
+        (192, 2048, None), (2048, 2048, None), (2048, 2048, None)
+    ]  # fmt: skip
+    assert [n.affine for n in norms] == [True, True, False]
+    assert sum(isinstance(m, nn.ReLU) for m in proj) == 2 and not isinstance(proj[-1], nn.ReLU)
+    pred = PredictionHead(2048, 512)
+    shapes = [(m.in_features, m.out_features, m.bias is not None) for m in pred if isinstance(m, nn.Linear)]
+    assert shapes == [(2048, 512, False), (512, 2048, True)]
+
+
+def test_forward_stops_the_gradient_of_the_target_branch(simsiam):
+    z, p = simsiam(torch.rand(4, 1, 64, 64))
+    assert not z.requires_grad and p.requires_grad
+    simsiam.zero_grad()
+    loss = negative_cosine(p, torch.randn_like(p))
+    loss.backward()
+    assert simsiam.prediction[0].weight.grad is not None  # gradient flows only through p
+
+
+def test_loss_is_symmetric_and_bounded():
+    torch.manual_seed(1)
+    z1, p1, z2, p2 = (torch.randn(8, 32) for _ in range(4))
+    assert torch.allclose(simsiam_loss(z1, p1, z2, p2), simsiam_loss(z2, p2, z1, p1))
+    assert simsiam_loss(z1, z2, z2, z1).item() == pytest.approx(-1.0)
+    assert -1.0 <= simsiam_loss(z1, p1, z2, p2).item() <= 1.0
+
+
+def test_loss_gradient_reaches_only_the_predictions():
+    z1, z2 = torch.randn(4, 16), torch.randn(4, 16)
+    p1, p2 = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
+    simsiam_loss(z1.detach(), p1, z2.detach(), p2).backward()
+    assert p1.grad is not None and p2.grad is not None and p1.grad.abs().sum() > 0
+
+
+def test_collapse_is_one_for_constant_outputs():
+    meter = CollapseMeter()
+    meter.update(torch.ones(64, 2048) * 3.0)
+    assert meter.value() == pytest.approx(1.0)
+
+
+def test_collapse_is_near_zero_for_random_unit_vectors():
+    torch.manual_seed(2)
+    meter = CollapseMeter()
+    for _ in range(3):
+        meter.update(torch.randn(256, 2048))
+    assert 0.0 <= meter.value() < 0.02
+
+
+def test_collapse_near_one_when_outputs_barely_vary():
+    torch.manual_seed(3)
+    shared = torch.randn(1, 2048)
+    meter = CollapseMeter()
+    meter.update(shared + 0.05 * torch.randn(256, 2048))  # every sample maps near one direction
+    assert 0.9 < meter.value() < 1.0
+    assert math.isnan(CollapseMeter().value())

@@ -1,0 +1,201 @@
+"""End-to-end tiny runs: pretrain then fine-tune on synthetic and real CT, resume equivalence, bad input.
+
+Stores are built with the data layer (synth_dataset / preprocess_dataset). The real example folder has one
+labelled CT; its upper and lower halves become two cases so fine-tuning has a train and a val case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ioussl import profiles, runfiles
+from ioussl.config import RunConfig
+from ioussl.errors import DataError, TrainingError
+from ioussl.science import checkpoint as ckpt
+from ioussl.science import engine, pretrain
+from ioussl.science.finetune import run_finetune
+from ioussl.science.pretrain import run_pretrain
+
+REAL_CT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "totalseg-example"
+
+
+def _store(source: Path, out: Path) -> Path:
+    from ioussl.science.preprocess import preprocess_dataset
+
+    report = preprocess_dataset(source, out)
+    assert report.failed == []
+    return out
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> dict[str, str]:
+    from ioussl.science.synth import synth_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    synth_dataset(root / "nifti", cases=3, unlabelled=1, seed=0, size=96, slices=10)
+    split = root / "split.json"
+    split.write_text(json.dumps({"train": ["SYN_Tr_0001"], "val": ["SYN_Tr_0002"], "test": ["SYN_Tr_0003"]}))
+    return {"store": str(_store(root / "nifti", root / "store")), "split": str(split)}
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> dict[str, str]:
+    if not (REAL_CT / "labels").is_dir():
+        pytest.skip(f"real CT volumes absent: expected {REAL_CT} (../shared/data beside the repository)")
+    import nibabel as nib
+
+    root = tmp_path_factory.mktemp("real")
+    (root / "nifti" / "images").mkdir(parents=True)
+    (root / "nifti" / "labels").mkdir()
+    (root / "nifti" / "unlabelled").mkdir()
+    for image in (REAL_CT / "unlabelled").glob("*.nii.gz"):
+        (root / "nifti" / "unlabelled" / image.name).symlink_to(image)
+    image, label = (
+        nib.load(REAL_CT / "images" / "TS_0001_0000.nii.gz"),
+        nib.load(REAL_CT / "labels" / "TS_0001.nii.gz"),
+    )
+    half = image.shape[2] // 2
+    for name, cut in (("TS_0001lo", slice(0, half)), ("TS_0001hi", slice(half, None))):
+        nib.save(image.slicer[:, :, cut], root / "nifti" / "images" / f"{name}_0000.nii.gz")
+        nib.save(label.slicer[:, :, cut], root / "nifti" / "labels" / f"{name}.nii.gz")
+    split = root / "split.json"
+    split.write_text(json.dumps({"train": ["TS_0001lo"], "val": ["TS_0001hi"]}))
+    return {"store": str(_store(root / "nifti", root / "store")), "split": str(split)}
+
+
+def _pretrain_then_finetune(data: dict[str, str], tmp_path: Path) -> tuple[dict, dict]:
+    pre = run_pretrain(profiles.tiny("pretrain", store=data["store"]), tmp_path / "pre")
+    cfg = profiles.tiny("finetune", store=data["store"], split=data["split"])
+    return pre, run_finetune(cfg, tmp_path / "ft", Path(pre["checkpoint"]))
+
+
+def _check_finetune_result(result: dict) -> None:
+    assert 0.0 <= result["dsc"] <= 1.0 and 0.0 <= result["dsc_3d"] <= 1.0
+    assert result["encoder"]["matched"] > 0 and result["encoder"]["missing"] == []
+    organs = set(result["per_organ"])
+    assert len(organs) == 13 and "background" not in organs
+    for scores in result["per_case"].values():
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+    lines = list(runfiles.read_jsonl(Path(result["checkpoint"]).parents[1] / runfiles.METRICS))
+    assert [r["epoch"] for r in lines] == [0, 1, 2]
+    assert all(math.isfinite(r["loss"]) and "val_dsc" in r for r in lines)
+    best = max(r["val_dsc"] for r in lines)
+    assert result["dsc"] == pytest.approx(best)  # the run's score is the best checkpoint's
+    assert lines[0]["lr"] < lines[1]["lr"]  # still warming up in epoch 0
+
+
+@pytest.mark.slow
+def test_tiny_pretrain_then_finetune_on_synthetic_data(synthetic, tmp_path):
+    pre, result = _pretrain_then_finetune(synthetic, tmp_path)
+    assert math.isfinite(pre["final_loss"]) and -1.0 <= pre["final_loss"] <= 1.0
+    assert 0.0 <= pre["final_collapse"] <= 1.0 and pre["steps"] == 6
+    lines = list(runfiles.read_jsonl(tmp_path / "pre" / runfiles.METRICS))
+    keys = {"stage", "epoch", "step", "loss", "lr", "collapse", "fallback_rate", "pairs_per_s", "time"}
+    assert len(lines) == 2 and all(keys <= set(r) for r in lines)
+    _check_finetune_result(result)
+    assert set(result["test"]["per_case"]) == {"SYN_Tr_0003"} and 0.0 <= result["test"]["dsc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_tiny_pretrain_then_finetune_on_real_ct(real, tmp_path):
+    pre, result = _pretrain_then_finetune(real, tmp_path)
+    assert math.isfinite(pre["final_loss"])
+    _check_finetune_result(result)
+    assert set(result["per_case"]) == {"TS_0001hi"}
+    assert "test" not in result
+
+
+class Interrupted(Exception):
+    """Stands in for SLURM preempting the job in the middle of an epoch."""
+
+
+def _interrupt_on_call(monkeypatch, module, name: str, call: int) -> None:
+    real_fn, calls = getattr(module, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise Interrupted
+        return real_fn(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, flaky)
+
+
+def _curve(run_dir: Path) -> list[tuple[int, int, float]]:
+    return [(r["epoch"], r["step"], r["loss"]) for r in runfiles.read_jsonl(run_dir / runfiles.METRICS)]
+
+
+@pytest.mark.slow
+def test_interrupted_pretraining_resumes_to_the_same_curve(synthetic, tmp_path, monkeypatch):
+    cfg = profiles.tiny("pretrain", store=synthetic["store"])
+    straight = run_pretrain(cfg, tmp_path / "straight")
+    with monkeypatch.context() as patch:
+        _interrupt_on_call(patch, pretrain, "train_one_epoch_simsiam", call=2)
+        with pytest.raises(Interrupted):
+            run_pretrain(cfg, tmp_path / "resumed")
+    assert len(_curve(tmp_path / "resumed")) == 1  # epoch 0 finished and checkpointed
+    resumed = run_pretrain(cfg, tmp_path / "resumed")
+    assert resumed["steps"] == straight["steps"]
+    a, b = _curve(tmp_path / "straight"), _curve(tmp_path / "resumed")
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    assert [x[2] for x in a] == pytest.approx([x[2] for x in b], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_interrupted_finetuning_resumes_to_the_same_curve(synthetic, tmp_path, monkeypatch):
+    from ioussl.science import finetune
+
+    cfg = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
+    straight = run_finetune(cfg, tmp_path / "straight")
+    with monkeypatch.context() as patch:
+        _interrupt_on_call(patch, finetune, "train_one_epoch_seg", call=3)
+        with pytest.raises(Interrupted):
+            run_finetune(cfg, tmp_path / "resumed")
+    resumed = run_finetune(cfg, tmp_path / "resumed")
+    assert (resumed["steps"], resumed["best_epoch"]) == (straight["steps"], straight["best_epoch"])
+    a, b = _curve(tmp_path / "straight"), _curve(tmp_path / "resumed")
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    assert [x[2] for x in a] == pytest.approx([x[2] for x in b], rel=1e-4, abs=1e-6)
+    assert resumed["dsc"] == pytest.approx(straight["dsc"], abs=1e-4)
+
+
+def test_non_finite_loss_stops_naming_the_step(synthetic, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "simsiam_loss", lambda *tensors: tensors[1].sum() * float("nan"))
+    with pytest.raises(TrainingError, match="non-finite loss nan at step 0"):
+        run_pretrain(profiles.tiny("pretrain", store=synthetic["store"]), tmp_path)
+    assert not (tmp_path / runfiles.RESULT).exists()
+
+
+def test_store_that_does_not_match_the_config_is_refused(synthetic, tmp_path):
+    big = profiles.tiny("pretrain", store=synthetic["store"])
+    big = dataclasses.replace(big, data=dataclasses.replace(big.data, crop=160))
+    with pytest.raises(DataError, match="smaller than the configured crop 160"):
+        run_pretrain(big, tmp_path / "a")
+    with pytest.raises(DataError, match="does not exist"):
+        run_pretrain(profiles.tiny("pretrain", store=str(tmp_path / "nowhere")), tmp_path / "b")
+    bad_split = tmp_path / "split.json"
+    bad_split.write_text(json.dumps({"train": ["SYN_Tr_0001"], "val": ["FLARE22_Tr_0001"]}))
+    cfg = profiles.tiny("finetune", store=synthetic["store"], split=str(bad_split))
+    with pytest.raises(DataError, match="FLARE22_Tr_0001"):
+        run_finetune(cfg, tmp_path / "c")
+
+
+def test_resume_from_a_truncated_or_foreign_checkpoint_fails_clearly(synthetic, tmp_path):
+    cfg = profiles.tiny("pretrain", store=synthetic["store"])
+    last = tmp_path / runfiles.CHECKPOINTS / ckpt.LAST
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(TrainingError, match=r"last\.pt is truncated or corrupt"):
+        run_pretrain(cfg, tmp_path)
+    other: RunConfig = dataclasses.replace(cfg, seed=cfg.seed + 1)
+    ckpt.save_atomic({**ckpt.describe(other, "last")}, last)
+    with pytest.raises(TrainingError, match="another config"):
+        run_pretrain(cfg, tmp_path)
+    ckpt.save_atomic({**ckpt.describe(cfg, "last"), "store": "0123456789abcdef"}, last)
+    with pytest.raises(TrainingError, match="store changed"):
+        run_pretrain(cfg, tmp_path)

@@ -1,0 +1,97 @@
+"""The job entry point: result.json only on success, events, idempotence, submitit round trip."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from ioussl import profiles, runfiles
+from ioussl.config import RunConfig, run_hash
+from ioussl.errors import ConfigError, TrainingError
+from ioussl.orchestration.entrypoint import RunJob, config_hash, run_stage
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict[str, str]:
+    from ioussl.science.preprocess import preprocess_dataset
+    from ioussl.science.synth import synth_dataset
+
+    root = tmp_path_factory.mktemp("entry")
+    synth_dataset(root / "nifti", cases=2, unlabelled=1, seed=1, size=96, slices=8)
+    assert preprocess_dataset(root / "nifti", root / "store").failed == []
+    split = root / "split.json"
+    split.write_text(json.dumps({"train": ["SYN_Tr_0001"], "val": ["SYN_Tr_0002"]}))
+    return {"store": str(root / "store"), "split": str(split)}
+
+
+def _prepare(run_dir: Path, cfg: RunConfig) -> Path:
+    runfiles.atomic_write_text(run_dir / runfiles.CONFIG, cfg.to_json())
+    return run_dir
+
+
+def _events(run_dir: Path) -> list[str]:
+    return [e["event"] for e in runfiles.read_jsonl(run_dir / runfiles.EVENTS)]
+
+
+@pytest.mark.slow
+def test_pretrain_then_finetune_jobs_write_results_and_are_idempotent(store, tmp_path):
+    pre_cfg = profiles.tiny("pretrain", store=store["store"])
+    pre_dir = _prepare(tmp_path / "pre", pre_cfg)
+    pre = RunJob(str(pre_dir))()
+    on_disk = json.loads((pre_dir / runfiles.RESULT).read_text())
+    assert on_disk == pre and pre["config_hash"] == config_hash(pre_cfg)
+    assert pre["run_hash"] == run_hash(pre_cfg, None)
+    assert {"versions", "host", "device"} <= set(pre["provenance"])
+    assert _events(pre_dir) == ["started", "finished"]
+
+    ft_cfg = profiles.tiny("finetune", store=store["store"], split=store["split"])
+    ft_dir = _prepare(tmp_path / "ft", ft_cfg)
+    encoder = pre_dir / runfiles.CHECKPOINTS / "encoder.pt"
+    job = pickle.loads(pickle.dumps(RunJob(str(ft_dir), str(encoder))))  # submitit pickles the callable
+    result = job()
+    assert 0.0 <= result["dsc"] <= 1.0 and result["encoder"]["matched"] > 0
+    assert result["run_hash"] == run_hash(ft_cfg, pre["run_hash"])  # the parent is the pretraining run
+    mtime = (ft_dir / runfiles.RESULT).stat().st_mtime_ns
+    assert job() == result  # done: returned, not retrained
+    assert (ft_dir / runfiles.RESULT).stat().st_mtime_ns == mtime
+    assert _events(ft_dir) == ["started", "finished"]
+
+
+def test_failure_is_recorded_and_leaves_no_result(store, tmp_path):
+    cfg = profiles.tiny("finetune", store=store["store"], split=store["split"])
+    run_dir = _prepare(tmp_path, cfg)
+    with pytest.raises(TrainingError, match="nope.pt does not exist"):
+        run_stage(run_dir, tmp_path / "nope.pt")
+    assert not (run_dir / runfiles.RESULT).exists()
+    failed = list(runfiles.read_jsonl(run_dir / runfiles.EVENTS))[-1]
+    assert failed["event"] == "failed" and "nope.pt" in failed["error"]
+
+
+def test_missing_or_invalid_config_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="config.json does not exist"):
+        run_stage(tmp_path)
+    (tmp_path / runfiles.CONFIG).write_text('{"stage": "pretrain", "seed": 0, "colour": 1}')
+    with pytest.raises(ConfigError, match="unknown key"):
+        run_stage(tmp_path)
+    (tmp_path / runfiles.CONFIG).write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        run_stage(tmp_path)
+
+
+def test_checkpoint_requeues_the_same_callable(tmp_path):
+    job = RunJob(str(tmp_path), None)
+    delayed = job.checkpoint()
+    assert delayed.function is job
+    assert _events(tmp_path) == ["requeued"]
+
+
+def test_entrypoint_module_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, ioussl.orchestration.entrypoint; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
