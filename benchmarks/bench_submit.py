@@ -50,7 +50,7 @@ def submit_grid(root: Path) -> None:
     runs = sum(len(u.run_ids) for u in outcome.units)
     print(
         f"thesis grid: {runs} runs in {len(outcome.units)} jobs, {outcome.sbatch_calls} sbatch calls "
-        f"(limit 10 + 10 + 1 = 21), {wall:.2f} s wall for `submit` (incl. its sync; one submitit executor per job, so no throttle)"
+        f"(limit 10 + 10 + 1 = 21), {wall:.2f} s wall for `submit` (incl. its sync)"
     )
     jobservice.cancel(db, "thesis")
     if outcome.sbatch_calls > 21:
