@@ -63,9 +63,11 @@ def query_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> QueryRes
     if not ids:
         return QueryResult({}, "none", 0)
     try:
-        return QueryResult(slurm.parse_sacct(runner(slurm.sacct_command(ids))), "sacct", 1)
+        jobs = slurm.parse_sacct(runner(slurm.sacct_command(ids)))
     except SubmissionError as sacct_error:
         first = sacct_error
+    else:
+        return _confirm_missing(ids, jobs, runner)
     try:
         return QueryResult(slurm.parse_scontrol(runner(slurm.SCONTROL_COMMAND)), "scontrol", 2)
     except SubmissionError:
@@ -74,6 +76,23 @@ def query_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> QueryRes
         return QueryResult(slurm.parse_squeue(runner(slurm.SQUEUE_COMMAND)), "squeue", 3)
     except SubmissionError as squeue_error:
         raise SubmissionError(f"cannot query SLURM: {first}; {squeue_error}") from None
+
+
+def _confirm_missing(ids: list[str], jobs: dict[str, JobInfo], runner: Runner) -> QueryResult:
+    """sacct trails the controller (seconds for a fresh job under load): a job it does not list yet is
+    looked up in the controller before it may count as missing. Only then is a second command run."""
+    missing = [job_id for job_id in ids if slurm.lookup(jobs, job_id) is None]
+    if not missing:
+        return QueryResult(jobs, "sacct", 1)
+    try:
+        held = slurm.parse_scontrol(runner(slurm.SCONTROL_COMMAND))
+    except SubmissionError:
+        return QueryResult(jobs, "sacct", 2)
+    for job_id in missing:
+        found = slurm.lookup(held, job_id)
+        if found is not None:
+            jobs[job_id] = found
+    return QueryResult(jobs, "sacct+scontrol", 2)
 
 
 def controller_jobs(runner: Runner = run_command) -> dict[str, JobInfo]:
