@@ -268,7 +268,8 @@ def _reset_for_retry(session, runs: list[Run]) -> list[str]:  # type: ignore[no-
         repo.set_status(session, run, S.PLANNED, reason="retry requested")
         retried.append(run.id)
         if run.stage == "pretrain":
-            children = session.scalars(select(Run).where(Run.parent_id == run.id, Run.status == S.BLOCKED))
+            waiting = (S.BLOCKED, S.PLANNED)
+            children = session.scalars(select(Run).where(Run.parent_id == run.id, Run.status.in_(waiting)))
             for child in children:
                 repo.set_status(session, child, S.PLANNED, reason=f"re-chained onto the retry of {run.id}")
                 retried.append(child.id)
