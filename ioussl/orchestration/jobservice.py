@@ -175,7 +175,7 @@ def _run_local(
                 and run_filter.matches(r, wanted)
                 and (r.parent is None or r.parent.status == S.COMPLETED)
             ]
-            units = [submission._unit([r], None) for r in ready[: max(0, limit - len(running))]]
+            units = [submission.unit_for([r], None) for r in ready[: max(0, limit - len(running))]]
         if not running and not ready:
             return
         for unit in units:

@@ -122,9 +122,9 @@ def plan_units(runs: Sequence[Run], run_filter: RunFilter, wanted_ids: set[str],
             groups.setdefault((run.parent_id, canonical(run.resources)), []).append(run)
     units: list[Unit] = []
     for run in (r for r in selected if r.stage == "pretrain"):
-        units.append(_unit([run], None))
-        units += [_unit(g, run.id) for (p, _), g in sorted(groups.items(), key=_key) if p == run.id]
-    units += [_unit(g, p) for (p, _), g in sorted(groups.items(), key=_key) if p not in chosen]
+        units.append(unit_for([run], None))
+        units += [unit_for(g, run.id) for (p, _), g in sorted(groups.items(), key=_key) if p == run.id]
+    units += [unit_for(g, p) for (p, _), g in sorted(groups.items(), key=_key) if p not in chosen]
     return units
 
 
@@ -139,7 +139,7 @@ def _key(item: tuple[tuple[str | None, str], list[Run]]) -> tuple[bool, str, str
     return (parent is None, parent or "", res)
 
 
-def _unit(runs: list[Run], parent_id: str | None) -> Unit:
+def unit_for(runs: list[Run], parent_id: str | None) -> Unit:
     runs = sorted(runs, key=lambda r: (r.seed, r.id))
     resources = slurm.resources_for_run(runs[0].resources, where=f"run {runs[0].id} resources")
     return Unit(

@@ -232,7 +232,7 @@ def _intent(db: str, cluster: FakeCluster, age_s: float) -> submission.Unit:
     registry = open_registry(db, create=False)
     with registry.session() as session:
         runs = session.scalars(select(Run).where(Run.stage == "pretrain")).all()
-        unit = submission._unit([runs[0]], None)
+        unit = submission.unit_for([runs[0]], None)
         submission.record_intent(session, unit, "slurm", None)
         for attempt in session.scalars(select(Attempt)):
             attempt.submitted_at = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=age_s)
