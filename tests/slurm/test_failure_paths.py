@@ -82,3 +82,17 @@ def test_timeout_signal_requeues_the_job_and_training_resumes(rig):
     resumed = [e["resume_step"] for e in rig.events(pretrain) if e["event"] == "started"]
     assert resumed[0] == 0 and resumed[1] > 0, resumed
     assert rows[pretrain["id"]]["job_id"] == job_id and rows[pretrain["id"]]["attempts"] == 1
+
+
+def test_unknown_partition_is_sbatch_s_message_on_one_line_and_runs_stay_planned(rig):
+    rig.plan()
+    study = rig.root / "study.toml"
+    study.write_text(study.read_text().replace('partition = "gpu"', 'partition = "nope"'))
+    rig.ioussl("plan", "grid", "study.toml", "--no-check-data")  # the edited profile reaches planned runs
+    done = rig.ioussl("submit", "--study", rig.name, check=False)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: sbatch rejected ioussl-")
+    assert "invalid partition specified: nope" in done.stderr
+    rows = rig.status()
+    assert {row["status"] for row in rows.values()} == {"PLANNED"}
+    assert not rig.squeue()
