@@ -134,10 +134,23 @@ start_slurm() {
   wait_for 30 "cluster registered in accounting" bash -c 'sacctmgr -n -P show cluster format=cluster | grep -qx localcluster'
 }
 
+stop_package_started_daemons() {
+  # Without /usr/sbin/policy-rc.d the packages' postinst scripts start munge, MariaDB and the SLURM
+  # daemons through /etc/init.d (mariadb under mysqld_safe, which would restart a killed server).
+  [[ -e /usr/sbin/policy-rc.d ]] && return 0
+  local service
+  for service in slurmd slurmctld slurmdbd mariadb munge; do
+    if [[ -x /etc/init.d/$service ]]; then
+      timeout 30 "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+    fi
+  done
+}
+
 main() {
   local start=$SECONDS
   install_packages
   write_configs
+  stop_package_started_daemons
   bash "$HERE/slurm-local-down.sh"
   rm -rf /var/spool/slurmctld /var/spool/slurmd
   mkdir -p /var/spool/slurmctld /var/spool/slurmd "$LOG_DIR"
