@@ -56,6 +56,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# A requeued job (timeout/preemption checkpoint) may start again after cred_expire s (default 120).
+AuthInfo=cred_expire=10
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -67,7 +69,9 @@ SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
 SlurmdLogFile=$LOG_DIR/slurmd.log
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+# Start trivial test jobs at once (batch_sched_delay, default 3 s) and look at jobs whose BeginTime passed
+# (a requeued job) every 2 s rather than every 60 s.
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
 DependencyParameters=kill_invalid_depend
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -130,10 +134,23 @@ start_slurm() {
   wait_for 30 "cluster registered in accounting" bash -c 'sacctmgr -n -P show cluster format=cluster | grep -qx localcluster'
 }
 
+stop_package_started_daemons() {
+  # Without /usr/sbin/policy-rc.d the packages' postinst scripts start munge, MariaDB and the SLURM
+  # daemons through /etc/init.d (mariadb under mysqld_safe, which would restart a killed server).
+  [[ -e /usr/sbin/policy-rc.d ]] && return 0
+  local service
+  for service in slurmd slurmctld slurmdbd mariadb munge; do
+    if [[ -x /etc/init.d/$service ]]; then
+      timeout 30 "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+    fi
+  done
+}
+
 main() {
   local start=$SECONDS
   install_packages
   write_configs
+  stop_package_started_daemons
   bash "$HERE/slurm-local-down.sh"
   rm -rf /var/spool/slurmctld /var/spool/slurmd
   mkdir -p /var/spool/slurmctld /var/spool/slurmd "$LOG_DIR"

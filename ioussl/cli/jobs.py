@@ -104,6 +104,8 @@ def render_submit(outcome: SubmitOutcome) -> None:
     runs = sum(len(u.run_ids) for u in outcome.units)
     for run_id in outcome.adopted:
         console.print(f"adopted the job of run {run_id} (an earlier submit was interrupted)")
+    for run_id in outcome.reverted:
+        console.print(f"run {run_id}: an earlier submit was interrupted before its job was complete; resubmitting")
     for unit in outcome.units:
         dependency = outcome.dependencies.get(unit.job_name)
         what = (

@@ -49,6 +49,10 @@ class Backend(Protocol):
 
     def find_by_name(self, names: Iterable[str]) -> dict[str, list[str]]: ...
 
+    def job_stored(self, job_id: str, job_name: str) -> bool: ...
+
+    def release(self, job_ids: Iterable[str]) -> None: ...
+
     def cancel(self, job_ids: Iterable[str]) -> None: ...
 
 
@@ -90,9 +94,7 @@ class SlurmBackend:
     def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]:
         import submitit
 
-        executor = submitit.SlurmExecutor(
-            folder=self.folder / "%j", max_num_timeout=unit.resources.max_requeues
-        )
+        executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=unit.resources.max_requeues)
         executor.update_parameters(
             **slurm.submitit_parameters(
                 unit.resources, job_name=unit.job_name, comment=unit.comment, dependency=dependency
@@ -103,9 +105,7 @@ class SlurmBackend:
             with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                 jobs = [executor.submit(call) for call in calls]
         except submitit.core.utils.FailedJobError as exc:
-            raise SubmissionError(
-                f"sbatch rejected {unit.job_name}: {scheduler.one_line(str(exc))}"
-            ) from None
+            raise SubmissionError(f"sbatch rejected {unit.job_name}: {scheduler.one_line(str(exc))}") from None
         return [job.job_id for job in jobs]
 
     def query(self, job_ids: Iterable[str]) -> QueryResult:
@@ -120,6 +120,13 @@ class SlurmBackend:
             if info.name in wanted:
                 found.setdefault(info.name, []).append(info.job_id)
         return found
+
+    def job_stored(self, job_id: str, job_name: str) -> bool:
+        """Whether submitit finished its side of the submission (it stores the job after sbatch answers)."""
+        return _pickle_stored(self.folder / "%j", job_id)
+
+    def release(self, job_ids: Iterable[str]) -> None:
+        scheduler.release_jobs(job_ids, self.runner)
 
     def cancel(self, job_ids: Iterable[str]) -> None:
         scheduler.cancel_jobs(job_ids, self.runner)
@@ -177,6 +184,12 @@ class LocalBackend:
                 found[name] = pids
         return found
 
+    def job_stored(self, job_id: str, job_name: str) -> bool:
+        return _pickle_stored(self.folder / job_name / "%j", job_id)
+
+    def release(self, job_ids: Iterable[str]) -> None:
+        """Local jobs start at once; nothing is held."""
+
     def cancel(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
             if self._alive(job_id):
@@ -188,6 +201,12 @@ class LocalBackend:
         if job is not None:
             return job.state == "RUNNING"  # polls (and reaps) our own child
         return _controller_alive(job_id)
+
+
+def _pickle_stored(folder: Path, job_id: str) -> bool:
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(folder, job_id=job_id).submitted_pickle.exists()
 
 
 def _controller_alive(pid: str) -> bool:

@@ -146,7 +146,7 @@ def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
     reason = _reason(info)
     if info.state == "COMPLETED":
         if obs.files.has_result:
-            return Change(obs.run_id, COMPLETED, reason=None, info=info, ingest=True)
+            return Change(obs.run_id, COMPLETED, reason=f"job {info.job_id} completed", info=info, ingest=True)
         status, reason = FAILED, "job exited 0 without writing result.json"
     elif status == FAILED and obs.files.error:
         reason = f"{reason}: {obs.files.error}"

@@ -80,9 +80,7 @@ def submit(
         registry.dispose()
 
 
-def prepare(
-    registry: Registry, study: str, backends: Backends, outcome: SubmitOutcome | None = None
-) -> SyncOutcome:
+def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitOutcome | None = None) -> SyncOutcome:
     """Adopt or revert intents left by a killed submit, then sync: decisions then rest on fresh statuses."""
 
     def adopt_once() -> int:
@@ -125,14 +123,10 @@ def _describe_dependencies(units: Sequence[Unit], outcome: SubmitOutcome) -> Non
         elif unit.parent_id in in_batch:
             outcome.dependencies[unit.job_name] = f"afterok:<job of ioussl-{unit.parent_id}>"
         else:
-            outcome.dependencies[unit.job_name] = (
-                f"afterok:<current job of {unit.parent_id}> (or none if done)"
-            )
+            outcome.dependencies[unit.job_name] = f"afterok:<current job of {unit.parent_id}> (or none if done)"
 
 
-def submit_unit(
-    registry: Registry, backend: Backend, unit: Unit, factory: JobFactory, outcome: SubmitOutcome
-) -> None:
+def submit_unit(registry: Registry, backend: Backend, unit: Unit, factory: JobFactory, outcome: SubmitOutcome) -> None:
     """Intent (committed) -> sbatch -> job ids (committed). A rejected sbatch leaves the runs PLANNED."""
     with registry.session() as session:
         dependency, ready = submission.dependency_for(session, unit)
@@ -152,6 +146,7 @@ def submit_unit(
     outcome.dependencies[unit.job_name] = dependency
     with registry.session() as session:
         outcome.job_ids.update(submission.record_jobs(session, unit, job_ids))
+    backend.release(job_ids)  # recorded and stored by submitit: now it may start
 
 
 def _run_local(
@@ -172,9 +167,7 @@ def _run_local(
             sync(session, study=study, backends=backends)
             wanted = {repo.get_run(session, run_id).id for run_id in run_filter.run_ids}
             runs = _study_runs(session, study)
-            running = [
-                r for r in runs if r.status in ACTIVE and r.attempts and r.attempts[-1].executor == "local"
-            ]
+            running = [r for r in runs if r.status in ACTIVE and r.attempts and r.attempts[-1].executor == "local"]
             ready = [
                 r
                 for r in runs
@@ -182,7 +175,7 @@ def _run_local(
                 and run_filter.matches(r, wanted)
                 and (r.parent is None or r.parent.status == S.COMPLETED)
             ]
-            units = [submission._unit([r], None) for r in ready[: max(0, limit - len(running))]]
+            units = [submission.unit_for([r], None) for r in ready[: max(0, limit - len(running))]]
         if not running and not ready:
             return
         for unit in units:
@@ -197,7 +190,11 @@ class CancelOutcome:
 
 
 def cancel(
-    db: str | None, study: str | None = None, run_ids: Sequence[str] = (), group: str | None = None
+    db: str | None,
+    study: str | None = None,
+    run_ids: Sequence[str] = (),
+    group: str | None = None,
+    backend: Backend | None = None,
 ) -> CancelOutcome:
     """Cancel planned and active runs (by run, interval or study): scancel first, then record."""
     if study is None and not run_ids and group is None:
@@ -206,8 +203,9 @@ def cancel(
     try:
         with registry.session() as session:
             folder = _folder(session, study, run_ids)
-        backends = Backends(folder)
-        prepare(registry, study, backends) if study else None
+        backends = Backends(folder, *([backend] if backend else []))
+        if study is not None:
+            prepare(registry, study, backends)
         with registry.session() as session:
             runs = _select(session, study, run_ids, group, (S.PLANNED, *ACTIVE))
             by_executor: dict[str, list[str]] = {}
@@ -270,7 +268,8 @@ def _reset_for_retry(session, runs: list[Run]) -> list[str]:  # type: ignore[no-
         repo.set_status(session, run, S.PLANNED, reason="retry requested")
         retried.append(run.id)
         if run.stage == "pretrain":
-            children = session.scalars(select(Run).where(Run.parent_id == run.id, Run.status == S.BLOCKED))
+            waiting = (S.BLOCKED, S.PLANNED)
+            children = session.scalars(select(Run).where(Run.parent_id == run.id, Run.status.in_(waiting)))
             for child in children:
                 repo.set_status(session, child, S.PLANNED, reason=f"re-chained onto the retry of {run.id}")
                 retried.append(child.id)

@@ -23,9 +23,7 @@ QUERY_TIMEOUT_S = 60
 def run_command(argv: Sequence[str]) -> str:
     """Run one scheduler command; any failure becomes a SubmissionError naming the command and its message."""
     try:
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False
-        )
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise SubmissionError(f"{argv[0]}: command not found (is this a SLURM login node?)") from None
     except subprocess.TimeoutExpired:
@@ -65,9 +63,11 @@ def query_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> QueryRes
     if not ids:
         return QueryResult({}, "none", 0)
     try:
-        return QueryResult(slurm.parse_sacct(runner(slurm.sacct_command(ids))), "sacct", 1)
+        jobs = slurm.parse_sacct(runner(slurm.sacct_command(ids)))
     except SubmissionError as sacct_error:
         first = sacct_error
+    else:
+        return _confirm_missing(ids, jobs, runner)
     try:
         return QueryResult(slurm.parse_scontrol(runner(slurm.SCONTROL_COMMAND)), "scontrol", 2)
     except SubmissionError:
@@ -78,9 +78,33 @@ def query_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> QueryRes
         raise SubmissionError(f"cannot query SLURM: {first}; {squeue_error}") from None
 
 
+def _confirm_missing(ids: list[str], jobs: dict[str, JobInfo], runner: Runner) -> QueryResult:
+    """sacct trails the controller (seconds for a fresh job under load): a job it does not list yet is
+    looked up in the controller before it may count as missing. Only then is a second command run."""
+    missing = [job_id for job_id in ids if slurm.lookup(jobs, job_id) is None]
+    if not missing:
+        return QueryResult(jobs, "sacct", 1)
+    try:
+        held = slurm.parse_scontrol(runner(slurm.SCONTROL_COMMAND))
+    except SubmissionError:
+        return QueryResult(jobs, "sacct", 2)
+    for job_id in missing:
+        found = slurm.lookup(held, job_id)
+        if found is not None:
+            jobs[job_id] = found
+    return QueryResult(jobs, "sacct+scontrol", 2)
+
+
 def controller_jobs(runner: Runner = run_command) -> dict[str, JobInfo]:
     """Every job the controller holds (pending, running, recently ended), with names: used for adoption."""
     return slurm.parse_squeue(runner(slurm.SQUEUE_COMMAND))
+
+
+def release_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> None:
+    """Release held jobs (ioussl submits held, see slurm.submitit_parameters) in one call."""
+    ids = list(job_ids)
+    if ids:
+        runner(slurm.release_command(ids))
 
 
 def cancel_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> None:

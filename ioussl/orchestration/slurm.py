@@ -89,9 +89,7 @@ def resources_for_run(stored: Mapping[str, Any], where: str = "resources") -> Re
     valid = {f.name for f in dataclasses.fields(Resources)}
     unknown = sorted(set(merged) - valid)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
     _check_types(merged, where)
     return Resources(**merged, extra=extra, setup=tuple(setup))
 
@@ -115,11 +113,7 @@ def _check_types(merged: Mapping[str, Any], where: str) -> None:
     mem = merged.get("mem_gb")
     if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0):
         raise ConfigError(f"{where}.mem_gb: expected a positive number, got {mem!r}")
-    if (
-        merged.get("time_min", 1) < 1
-        or merged.get("cpus_per_task", 1) < 1
-        or merged.get("gpus_per_node", 0) < 0
-    ):
+    if merged.get("time_min", 1) < 1 or merged.get("cpus_per_task", 1) < 1 or merged.get("gpus_per_node", 0) < 0:
         raise ConfigError(f"{where}: time_min and cpus_per_task must be >= 1 and gpus_per_node >= 0")
 
 
@@ -130,6 +124,9 @@ def submitit_parameters(
 
     A dependent job also gets ``--kill-on-invalid-dep=yes``: when its pretrain fails, SLURM cancels it
     instead of leaving it pending forever, whatever the cluster's DependencyParameters say.
+    Every job is submitted held (``--hold``) and released once submitit stored it and the registry
+    recorded its id: a job can neither start before its output folder and pickle exist (a slow sbatch
+    answer would make it fail to launch) nor run unrecorded after a crashed submit.
     """
     params: dict[str, Any] = {
         "job_name": job_name,
@@ -157,10 +154,8 @@ def submitit_parameters(
     elif res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
     if res.mem_gb is not None:
-        params["mem"] = (
-            f"{int(res.mem_gb)}GB" if res.mem_gb == int(res.mem_gb) else f"{int(res.mem_gb * 1024)}MB"
-        )
-    additional = dict(res.extra)
+        params["mem"] = f"{int(res.mem_gb)}GB" if res.mem_gb == int(res.mem_gb) else f"{int(res.mem_gb * 1024)}MB"
+    additional: dict[str, Any] = {**res.extra, "hold": True}
     if dependency:
         additional["kill-on-invalid-dep"] = "yes"
     if additional:
@@ -180,7 +175,8 @@ def sbatch_flags(params: Mapping[str, Any], array_size: int | None = None) -> li
         flags.append(f"--signal=USR2@{params['signal_delay_s']}")
     if array_size:
         flags.append(f"--array=0-{array_size - 1}")
-    flags += [f"--{k}={v}" for k, v in (params.get("additional_parameters") or {}).items()]
+    extra = (params.get("additional_parameters") or {}).items()
+    flags += [f"--{k}" if v is True else f"--{k}={v}" for k, v in extra]
     return flags
 
 
@@ -348,11 +344,16 @@ SQUEUE_COMMAND = ["squeue", "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT]
 
 
 SCONTROL_COMMAND = ["scontrol", "-o", "show", "job"]
+HELD_REASON = "JobHeldUser"
 
 
-def render_sbatch(
-    params: Mapping[str, Any], folder: str, python: str = "python", array_size: int | None = None
-) -> str:
+def release_command(job_ids: Iterable[str]) -> list[str]:
+    """One ``scontrol release`` for every job; an array is released through its array job id."""
+    ids = sorted({jid.split("_")[0] for jid in job_ids}, key=int)
+    return ["scontrol", "release", ",".join(ids)]
+
+
+def render_sbatch(params: Mapping[str, Any], folder: str, python: str = "python", array_size: int | None = None) -> str:
     """The sbatch script submitit writes for these parameters (for the golden test and --dry-run -v)."""
     from submitit.slurm.slurm import _make_sbatch_string  # submitit's own renderer: what really runs
 

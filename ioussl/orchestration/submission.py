@@ -106,9 +106,7 @@ def find_submit_study(session: Session, name: str | None) -> Study:
     return study
 
 
-def plan_units(
-    runs: Sequence[Run], run_filter: RunFilter, wanted_ids: set[str], outcome: SubmitOutcome
-) -> list[Unit]:
+def plan_units(runs: Sequence[Run], run_filter: RunFilter, wanted_ids: set[str], outcome: SubmitOutcome) -> list[Unit]:
     """Group the planned runs into submissions: pretrains one by one, each followed by its fine-tune array;
     fine-tunes of pretrains submitted earlier or completed, then the no-pretraining baseline, as arrays."""
     selected = [r for r in runs if r.status == S.PLANNED and run_filter.matches(r, wanted_ids)]
@@ -124,9 +122,9 @@ def plan_units(
             groups.setdefault((run.parent_id, canonical(run.resources)), []).append(run)
     units: list[Unit] = []
     for run in (r for r in selected if r.stage == "pretrain"):
-        units.append(_unit([run], None))
-        units += [_unit(g, run.id) for (p, _), g in sorted(groups.items(), key=_key) if p == run.id]
-    units += [_unit(g, p) for (p, _), g in sorted(groups.items(), key=_key) if p not in chosen]
+        units.append(unit_for([run], None))
+        units += [unit_for(g, run.id) for (p, _), g in sorted(groups.items(), key=_key) if p == run.id]
+    units += [unit_for(g, p) for (p, _), g in sorted(groups.items(), key=_key) if p not in chosen]
     return units
 
 
@@ -141,7 +139,7 @@ def _key(item: tuple[tuple[str | None, str], list[Run]]) -> tuple[bool, str, str
     return (parent is None, parent or "", res)
 
 
-def _unit(runs: list[Run], parent_id: str | None) -> Unit:
+def unit_for(runs: list[Run], parent_id: str | None) -> Unit:
     runs = sorted(runs, key=lambda r: (r.seed, r.id))
     resources = slurm.resources_for_run(runs[0].resources, where=f"run {runs[0].id} resources")
     return Unit(
@@ -214,9 +212,7 @@ def record_rejection(session: Session, unit: Unit, message: str) -> None:
 
 def _open_intent(run: Run) -> Attempt | None:
     attempt = run.attempts[-1] if run.attempts else None
-    return (
-        attempt if attempt is not None and attempt.job_id is None and attempt.status == S.SUBMITTING else None
-    )
+    return attempt if attempt is not None and attempt.job_id is None and attempt.status == S.SUBMITTING else None
 
 
 def write_run_files(runs: Iterable[Run]) -> None:
@@ -259,38 +255,52 @@ def adopt_orphans(
     adopted, reverted, young = [], [], 0
     known = set(session.scalars(select(Attempt.job_id).where(Attempt.job_id.is_not(None))))
     for (executor, name), attempts in by_unit.items():
-        named = backend_for(executor).find_by_name([name]).get(name, []) if name else []
+        backend = backend_for(executor)
+        named = backend.find_by_name([name]).get(name, []) if name else []
         found = [job_id for job_id in named if job_id not in known]
-        if found:
-            adopted += _adopt(session, attempts, found)
-        elif (now - min(a.submitted_at for a in attempts)).total_seconds() < grace_s:
-            young += 1
+        is_young = (now - min(a.submitted_at for a in attempts)).total_seconds() < grace_s
+        job_ids = _job_ids(attempts, found) if found else None
+        if job_ids and all(backend.job_stored(j, name) for j in job_ids.values()):
+            adopted += _adopt(session, attempts, job_ids)
+            backend.release(list(job_ids.values()))
+        elif is_young:
+            young += 1  # the submit that wrote this intent may still be inside sbatch or submitit
+        elif job_ids:
+            backend.cancel(list(job_ids.values()))  # sbatch ran but submitit never stored the job: unusable
+            reverted += _revert(session, attempts, job_ids)
         else:
-            reverted += _revert(session, attempts)
+            reverted += _revert(session, attempts, None)
     return adopted, reverted, young
 
 
-def _adopt(session: Session, attempts: list[Attempt], found: list[str]) -> list[str]:
-    base = max({j.split("_")[0] for j in found}, key=int)  # the newest job with this name
-    adopted = []
+def _job_ids(attempts: list[Attempt], found: list[str]) -> dict[int, str]:
+    """Attempt id -> job id ("12" or "12_<array index>") of the newest job with the unit's name."""
+    base = max({j.split("_")[0] for j in found}, key=int)
+    return {a.id: base if a.array_index is None else f"{base}_{a.array_index}" for a in attempts}
+
+
+def _adopt(session: Session, attempts: list[Attempt], job_ids: dict[int, str]) -> list[str]:
     for attempt in attempts:
-        job_id = base if attempt.array_index is None else f"{base}_{attempt.array_index}"
+        job_id = job_ids[attempt.id]
         attempt.job_id = job_id
-        attempt.array_job_id = base if attempt.array_index is not None else None
+        attempt.array_job_id = job_id.split("_")[0] if "_" in job_id else None
         attempt.status = S.PENDING
         attempt.reason = "adopted after an interrupted submit"
         repo.set_status(session, attempt.run, S.PENDING, reason=f"adopted job {job_id}")
-        adopted.append(attempt.run_id)
-    return adopted
+    return [a.run_id for a in attempts]
 
 
-def _revert(session: Session, attempts: list[Attempt]) -> list[str]:
+def _revert(session: Session, attempts: list[Attempt], job_ids: dict[int, str] | None) -> list[str]:
+    """Back to PLANNED; an unusable orphan job keeps its id in the attempt (cancelled), so none is lost."""
     for attempt in attempts:
-        attempt.status = S.PLANNED
-        attempt.reason = "no job reached the scheduler (submit interrupted before sbatch)"
-        repo.set_status(
-            session, attempt.run, S.PLANNED, reason="previous submit was interrupted before sbatch"
-        )
+        if job_ids:
+            attempt.job_id = job_ids[attempt.id]
+            attempt.status = S.CANCELLED
+            attempt.reason = "submit interrupted before submitit stored the job: orphan job cancelled"
+        else:
+            attempt.status = S.PLANNED
+            attempt.reason = "no job reached the scheduler (submit interrupted before sbatch)"
+        repo.set_status(session, attempt.run, S.PLANNED, reason="previous submit was interrupted")
     return [a.run_id for a in attempts]
 
 

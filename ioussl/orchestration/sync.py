@@ -65,6 +65,7 @@ def sync(
     answers = _query(runs, dict(backends or {}), folder or Path("."), outcome)
     observations = [_observe(run, answers) for run in runs]
     by_id = {run.id: run for run in runs}
+    _release_forgotten(runs, observations, dict(backends or {}), folder or Path("."), outcome)
     changes = classify.classify_all(obs for obs in observations if obs is not None)
     for change in changes:
         _apply(session, by_id[change.run_id], change, outcome)
@@ -184,6 +185,32 @@ def _utc(text: str | None) -> dt.datetime | None:
     except ValueError:
         return None
     return local.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _release_forgotten(
+    runs: list[Run],
+    observations: list[Observation | None],
+    backends: dict[str, Backend],
+    folder: Path,
+    outcome: SyncOutcome,
+) -> None:
+    """Release jobs still held from their submission (a submit killed between recording and releasing).
+
+    Only jobs never observed before: a job someone held on purpose later stays held.
+    """
+    held: dict[str, list[str]] = {}
+    for run, obs in zip(runs, observations, strict=True):
+        attempt = _latest(run)
+        if obs is None or obs.info is None or attempt is None or attempt.scheduler_state is not None:
+            continue
+        if obs.info.state == "PENDING" and obs.info.reason == slurm.HELD_REASON:
+            held.setdefault(attempt.executor, []).append(obs.info.job_id)
+    for executor, job_ids in held.items():
+        backend = backends.get(executor) or backend_for_attempts(executor, folder)
+        try:
+            backend.release(job_ids)
+        except SubmissionError as exc:
+            outcome.errors.append(f"could not release held jobs {', '.join(job_ids)}: {exc}")
 
 
 def _cancel_blocked(

@@ -40,7 +40,7 @@ TABLE = [
         "BeginTime",
         False,
     ),
-    ("RUNNING", info("COMPLETED"), RESULT, "COMPLETED", None, True),
+    ("RUNNING", info("COMPLETED"), RESULT, "COMPLETED", "job 7 completed", True),
     ("RUNNING", info("COMPLETED"), RunFiles(), "FAILED", "without writing result.json", True),
     ("RUNNING", info("FAILED", exit_code=1), FAILED_EVENT, "FAILED", "exit code 1: TrainingError", True),
     ("RUNNING", info("OUT_OF_MEMORY", exit_code=0), RunFiles(), "FAILED", "OUT_OF_MEMORY", True),
@@ -48,7 +48,7 @@ TABLE = [
     ("RUNNING", info("PREEMPTED"), RunFiles(), "FAILED", "PREEMPTED", True),
     ("RUNNING", info("TIMEOUT"), RunFiles(), "TIMEOUT", "TIMEOUT", True),
     ("PENDING", info("CANCELLED", raw="CANCELLED by 0"), RunFiles(), "CANCELLED", "CANCELLED by 0", True),
-    ("PENDING", info("COMPLETED"), RESULT, "COMPLETED", None, True),  # ended between two syncs
+    ("PENDING", info("COMPLETED"), RESULT, "COMPLETED", "job 7 completed", True),  # ended between two syncs
 ]
 
 

@@ -80,9 +80,7 @@ def test_normalise_state(raw, state):
     assert slurm.normalise_state(raw) == state
 
 
-@pytest.mark.parametrize(
-    "text, expected", [("0:0", (0, 0)), ("1:0", (1, 0)), ("0:9", (0, 9)), ("", (None, None))]
-)
+@pytest.mark.parametrize("text, expected", [("0:0", (0, 0)), ("1:0", (1, 0)), ("0:9", (0, 9)), ("", (None, None))])
 def test_parse_exit_code(text, expected):
     assert slurm.parse_exit_code(text) == expected
 
@@ -128,3 +126,38 @@ def test_sacct_command_queries_array_jobs_by_their_array_id_once():
     argv = slurm.sacct_command(["12_0", "12_1", "3", "100"])
     assert argv[0] == "sacct" and "--parsable2" in argv and "-X" in argv
     assert argv[-2:] == ["-j", "3,12,100"]
+
+
+def test_query_uses_one_sacct_and_asks_the_controller_only_for_jobs_sacct_does_not_list_yet():
+    from ioussl.errors import SubmissionError
+    from ioussl.orchestration.scheduler import query_jobs
+
+    calls = []
+
+    def runner(argv):
+        calls.append(argv[0])
+        if argv[0] == "sacct":
+            return "5|5|a|RUNNING|0:0|localhost|None|2026-11-26T01:00:00|Unknown\n"
+        if argv[0] == "scontrol":
+            return "JobId=6 JobName=b JobState=PENDING Reason=Dependency ExitCode=0:0\n"
+        raise SubmissionError("no squeue here")
+
+    only_known = query_jobs(["5"], runner)
+    assert (only_known.calls, only_known.source, calls) == (1, "sacct", ["sacct"])
+    both = query_jobs(["5", "6"], runner)
+    assert both.source == "sacct+scontrol" and both.jobs["6"].state == "PENDING" and both.jobs["5"].state == "RUNNING"
+
+
+def test_query_falls_back_when_accounting_is_off():
+    from ioussl.errors import SubmissionError
+    from ioussl.orchestration.scheduler import query_jobs
+
+    def runner(argv):
+        if argv[0] == "sacct":
+            raise SubmissionError("sacct failed: Slurm accounting storage is disabled")
+        if argv[0] == "scontrol":
+            raise SubmissionError("scontrol failed")
+        return "7|b|COMPLETED|None|localhost|N/A|N/A\n"
+
+    result = query_jobs(["7"], runner)
+    assert result.source == "squeue" and result.jobs["7"].state == "COMPLETED"
