@@ -1,0 +1,121 @@
+"""The scaled-down thesis study, end to end through real SLURM: sbatch, job arrays, afterok, real training.
+
+Synthetic CT is preprocessed into a store, jobs/demo.toml (5 pretraining settings x 2 pretrain seeds x 2
+fine-tune seeds + a 4-run baseline) is planned against it and submitted to the local test cluster with the
+real job entry point (no synthetic workload). The test checks the chaining SLURM did and that every number
+in the report comes from the jobs' own result files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.slurm.helpers import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TIMEOUT_S = 1800
+
+
+def _ioussl(root: Path, env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    done = subprocess.run([sys.executable, "-m", "ioussl", *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"ioussl {' '.join(args)}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _study(root: Path) -> Path:
+    """jobs/demo.toml with its data and runs in root, on the test cluster's gpu partition."""
+    text = (REPO / "jobs" / "demo.toml").read_text()
+    text = text.replace('"../demo/store"', '"store"').replace('"../demo/split.json"', '"split.json"')
+    text = text.replace('"../demo/runs"', '"runs"').replace('name = "demo"', 'name = "e2e"')
+    text = text.replace("[resources.pretrain]", '[slurm]\npartition = "gpu"\n\n[resources.pretrain]\ngpus = 1')
+    text = text.replace("[resources.finetune]", "[resources.finetune]\ngpus = 1")
+    path = root / "e2e.toml"
+    path.write_text(text)
+    return path
+
+
+def _data(root: Path) -> None:
+    from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
+    from ioussl.science.splits import make_split, split_to_json
+    from ioussl.science.store import SliceStore
+    from ioussl.science.synth import synth_dataset
+
+    synth_dataset(root / "raw", 4, 2, seed=5, size=160, slices=12)
+    assert preprocess_dataset(root / "raw", root / "store", PreprocessSettings(min_size=64)).failed == []
+    cases = SliceStore(root / "store").labelled_cases()
+    (root / "split.json").write_text(split_to_json(make_split(cases, 2, 1, 1, seed=0)))
+
+
+def _wait_all_done(root: Path, env: dict[str, str]) -> list[dict]:
+    import time
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        rows = json.loads(_ioussl(root, env, "status", "--json", "--study", "e2e"))
+        states = {row["status"] for row in rows}
+        if states <= {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "BLOCKED", "LOST"}:
+            return rows
+        assert time.monotonic() < deadline, f"not done after {TIMEOUT_S} s: {sorted(states)}"
+        time.sleep(5)
+
+
+def test_scaled_down_study_runs_through_slurm_and_reports_its_own_results(tmp_path):
+    import os
+
+    env = {**os.environ, "IOUSSL_DB": str(tmp_path / "registry.db"),
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("IOUSSL_JOB_FACTORY", None)  # the real entry point, real training
+    _data(tmp_path)
+    study = _study(tmp_path)
+    _ioussl(tmp_path, env, "plan", "grid", str(study))
+    out = _ioussl(tmp_path, env, "submit", "--study", "e2e", "--executor", "slurm")
+    # 10 pretrains + 10 fine-tune arrays (one per pretrain) + 1 baseline array
+    assert re.search(r"\b21 sbatch call", out), out
+
+    rows = _wait_all_done(tmp_path, env)
+    assert [r for r in rows if r["status"] != "COMPLETED"] == []
+    pretrains = {r["id"]: r for r in rows if r["stage"] == "pretrain"}
+    finetunes = [r for r in rows if r["stage"] == "finetune"]
+    assert len(pretrains) == 10 and len(finetunes) == 24
+
+    # fine-tunes ran as array tasks, after their pretrain finished
+    for run in finetunes:
+        assert re.fullmatch(r"\d+_\d+", run["job_id"]), run["job_id"]
+        if run["parent"]:
+            parent_dir = Path(pretrains[run["parent"]]["run_dir"])
+            finished = max(e["t"] for e in _events(parent_dir) if e["event"] == "finished")
+            started = min(e["t"] for e in _events(Path(run["run_dir"])) if e["event"] == "started")
+            assert started >= finished
+
+    # every DSC in the report is the one the job wrote into its own result.json
+    report = json.loads(_report_json(tmp_path, env))
+    by_group: dict[str, list[float]] = {}
+    for run in sorted(finetunes, key=lambda r: (r["pretrain_seed"] or 0, r["seed"], r["id"])):
+        result = json.loads((Path(run["run_dir"]) / "result.json").read_text())
+        assert 0.0 <= result["dsc"] <= 1.0
+        by_group.setdefault(run["group"], []).append(result["dsc"])
+    assert set(report) == set(by_group)
+    for group, values in by_group.items():
+        assert report[group] == pytest.approx(values, abs=5e-7)
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _report_json(root: Path, env: dict[str, str]) -> str:
+    """group -> the per-run DSC values of the CSV report, as JSON."""
+    import csv
+    import io
+
+    text = _ioussl(root, env, "report", "--study", "e2e", "--format", "csv")
+    rows = csv.DictReader(io.StringIO(text))
+    return json.dumps({row["group"]: [float(v) for v in row["values"].split()] for row in rows})
