@@ -180,6 +180,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {value!r}")
 
 
+def config_hash(config: RunConfig) -> str:
+    """SHA-256 of the canonical config alone (checkpoints and results carry it; run_hash adds the parent)."""
+    return hashlib.sha256(config.to_json().encode()).hexdigest()
+
+
 def run_hash(config: RunConfig, parent_hash: str | None) -> str:
     """Identity of a run: its canonical config (which holds the stage) and its parent's identity."""
     payload = canonical_json({"config": config.to_dict(), "parent": parent_hash})

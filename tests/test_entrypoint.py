@@ -10,7 +10,7 @@ import pytest
 
 from ioussl import profiles, runfiles
 from ioussl.config import RunConfig, run_hash
-from ioussl.errors import ConfigError, TrainingError
+from ioussl.errors import ConfigError, DataError, TrainingError
 from ioussl.orchestration.entrypoint import RunJob, config_hash, run_stage
 
 
@@ -46,6 +46,10 @@ def test_pretrain_then_finetune_jobs_write_results_and_are_idempotent(store, tmp
     assert pre["run_hash"] == run_hash(pre_cfg, None)
     assert {"versions", "host", "device"} <= set(pre["provenance"])
     assert _events(pre_dir) == ["started", "finished"]
+    import torch
+
+    encoder_payload = torch.load(pre_dir / runfiles.CHECKPOINTS / "encoder.pt", weights_only=True)
+    assert encoder_payload["config_hash"] == pre["config_hash"]  # one hash for files and results
 
     ft_cfg = profiles.tiny("finetune", store=store["store"], split=store["split"])
     ft_dir = _prepare(tmp_path / "ft", ft_cfg)
@@ -95,3 +99,18 @@ def test_entrypoint_module_imports_no_torch():
     code = "import sys, ioussl.orchestration.entrypoint; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_runs_under_submitit_and_records_the_job(tmp_path, monkeypatch):
+    import submitit
+
+    monkeypatch.setattr("pdb.post_mortem", lambda *args, **kwargs: None)  # the debug executor would stop here
+    cfg = profiles.tiny("pretrain", store=str(tmp_path / "no-store"))
+    run_dir = _prepare(tmp_path / "run", cfg)
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="debug")
+    job = executor.submit(RunJob(str(run_dir)))
+    with pytest.raises(DataError, match="no-store does not exist"):
+        job.result()
+    started, failed = list(runfiles.read_jsonl(run_dir / runfiles.EVENTS))
+    assert started["event"] == "started" and started["job_id"] == job.job_id
+    assert failed["event"] == "failed" and not (run_dir / runfiles.RESULT).exists()

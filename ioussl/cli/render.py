@@ -33,6 +33,8 @@ def plan_outcome(outcome: PlanOutcome) -> None:
         + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)"
            if outcome.resources_updated else "")
     )
+    for warning in outcome.warnings:
+        console.print(f"warning: {warning}", markup=False)
     if outcome.new:
         table = Table("run", "stage", "group", "pretrain seed", "seed", "parent")
         for run in outcome.new:

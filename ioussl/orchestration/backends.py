@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,10 +161,13 @@ class LocalBackend:
             stderr_to_stdout=True,
         )
         ids = []
-        for call in calls:
-            job = executor.submit(call)
-            self._jobs[job.job_id] = job
-            ids.append(job.job_id)
+        # The controller copies this process's environment: tell the job how many CPUs it was given, as
+        # SLURM would (SLURM_CPUS_PER_TASK), so that several local jobs do not each use every core.
+        with _environment(IOUSSL_CPUS_PER_TASK=str(unit.resources.cpus_per_task)):
+            for call in calls:
+                job = executor.submit(call)
+                self._jobs[job.job_id] = job
+                ids.append(job.job_id)
         return ids
 
     def query(self, job_ids: Iterable[str]) -> QueryResult:
@@ -207,6 +210,20 @@ def _pickle_stored(folder: Path, job_id: str) -> bool:
     from submitit.core.utils import JobPaths
 
     return JobPaths(folder, job_id=job_id).submitted_pickle.exists()
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _controller_alive(pid: str) -> bool:

@@ -9,9 +9,9 @@ importing this module loads no torch.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import socket
+import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 import submitit
 
 from ioussl import runfiles
-from ioussl.config import RunConfig, run_hash
+from ioussl.config import RunConfig, config_hash, run_hash
 from ioussl.errors import ConfigError, TrainingError
 
 
@@ -39,11 +39,6 @@ def load_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def config_hash(cfg: RunConfig) -> str:
-    """SHA-256 of the canonical config JSON; the same value checkpoints carry."""
-    return hashlib.sha256(cfg.to_json().encode()).hexdigest()
 
 
 def parent_run_hash(encoder_checkpoint: Path | None) -> str | None:
@@ -74,7 +69,27 @@ def provenance(device: dict[str, Any] | None) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {"python": platform.python_version(), "versions": versions, "host": socket.gethostname(),
-            "device": device, **{k: v for k, v in job_environment().items() if k != "node"}}  # fmt: skip
+            "device": device, **git_state(),
+            **{k: v for k, v in job_environment().items() if k != "node"}}  # fmt: skip
+
+
+def git_state() -> dict[str, Any]:
+    """The commit of the ioussl checkout that ran the job, and whether it had uncommitted changes.
+
+    None for both when ioussl is installed from a wheel or git is missing: provenance then rests on the
+    package versions alone.
+    """
+    source = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode != 0:
+            return {"git_commit": None, "git_dirty": None}
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
 
 
 def run_stage(run_dir: Path, encoder_checkpoint: Path | None = None) -> dict[str, Any]:

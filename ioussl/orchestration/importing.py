@@ -16,7 +16,7 @@ from ioussl.errors import ConfigError, DataError
 from ioussl.orchestration import planning
 from ioussl.orchestration.registry import open_registry, repo
 from ioussl.orchestration.registry.models import Attempt, Run, utcnow
-from ioussl.orchestration.service import PlanOutcome, _register
+from ioussl.orchestration.service import PlanOutcome, register_runs
 from ioussl.orchestration.status import RunStatus
 from ioussl.orchestration.study import load_study
 
@@ -99,7 +99,7 @@ def import_results(study_file: str | Path, results_csv: str | Path, db: str | No
     registry = open_registry(db, create=True)
     try:
         with registry.session() as session:
-            _register(session, spec, planned, PlanOutcome(study=spec.name))
+            register_runs(session, spec, planned, PlanOutcome(study=spec.name))
             by_key = {(p.group, p.pretrain_seed, p.seed): p.key for p in planned if p.stage == "finetune"}
             for row in rows:
                 key = by_key.get((row.group, row.pretrain_seed, row.seed))

@@ -55,4 +55,11 @@ def ingest(session: Session, run: Run) -> bool:
     if result is None:
         return False
     repo.record_result(session, run, result, source=str(Path(run.run_dir) / runfiles.RESULT))
+    job = result.get("provenance")
+    if isinstance(job, dict):
+        repo.record_provenance(session, run.id, {
+            "git_commit": job.get("git_commit"), "git_dirty": job.get("git_dirty"),
+            "packages": {"python": job.get("python"), **(job.get("versions") or {})},
+            "host": job.get("host"), "device": str((job.get("device") or {}).get("device_name") or ""),
+        })
     return True

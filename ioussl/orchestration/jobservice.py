@@ -175,6 +175,8 @@ def _run_local(
                 and run_filter.matches(r, wanted)
                 and (r.parent is None or r.parent.status == S.COMPLETED)
             ]
+            # Pretrains first: each one unlocks fine-tunes, so the slots stay busy to the end.
+            ready.sort(key=lambda r: (r.stage != "pretrain", r.created_at, r.id))
             units = [submission.unit_for([r], None) for r in ready[: max(0, limit - len(running))]]
         if not running and not ready:
             return

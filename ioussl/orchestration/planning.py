@@ -77,11 +77,12 @@ def _planned(spec: StudySpec, config: RunConfig, interval: Interval | None, pare
     )
 
 
-def check_data(spec: StudySpec) -> None:
-    """Fail before anything is written if the study's data cannot serve its runs.
+def check_data(spec: StudySpec) -> list[str]:
+    """Fail before anything is written if the study's data cannot serve its runs; return warnings.
 
-    The store must exist; where it does, every interval must be reachable for the crop on the smallest
-    slice (checked by the science layer's numpy-only store and sampler, imported lazily).
+    The store (and split) must exist. An IoU interval that no pretraining slice can meet with the crop is
+    refused; one that only some slices can meet is a warning (those slices give flagged fallback pairs).
+    The science layer's numpy-only store and sampler do the geometry (imported lazily).
     """
     store_path = spec.resolve(spec.data.store)
     if not store_path.exists():
@@ -92,21 +93,30 @@ def check_data(spec: StudySpec) -> None:
     if spec.data.split is not None and not spec.resolve(spec.data.split).is_file():
         raise DataError(f"split file not found: {spec.resolve(spec.data.split)}")
     if not spec.intervals:
-        return
-    from ioussl.science.sampler import check_interval_feasible
+        return []
+    from ioussl.science.sampler import check_interval_feasible, feasible_mask
     from ioussl.science.store import SliceStore
 
     store = SliceStore(store_path)
-    cases = store.labelled_cases() if spec.pretrain.include_labelled else store.unlabelled_cases()
-    if not spec.pretrain.include_labelled and not cases:
+    cases = store.unlabelled_cases() + (store.labelled_cases() if spec.pretrain.include_labelled else [])
+    if not cases:
         raise DataError(f"data store {store_path} has no unlabelled cases to pretrain on")
-    shape = store.min_shape(cases or None)
+    shapes = store.shapes(store.slice_ids(cases))
     crop = (spec.data.crop, spec.data.crop)
+    warnings = []
     for interval in spec.intervals:
-        try:
-            check_interval_feasible(shape, crop, interval.i_min, interval.i_max)
-        except ConfigError as exc:
-            raise ConfigError(f"interval {interval.label}: {exc}") from None
+        mask = feasible_mask(shapes, crop, interval.i_min, interval.i_max)
+        if not mask.any():
+            try:
+                check_interval_feasible(tuple(int(s) for s in shapes.max(axis=0)), crop, interval.i_min,
+                                        interval.i_max)
+            except ConfigError as exc:
+                raise ConfigError(f"interval {interval.label}: {exc}") from None
+            raise ConfigError(f"interval {interval.label}: no slice of {store_path} can meet it with crop {crop}")
+        if not mask.all():
+            warnings.append(f"interval {interval.label}: {1 - mask.mean():.1%} of the pretraining slices cannot "
+                            "meet it with this crop; they give flagged, counted fallback pairs")
+    return warnings
 
 
 def job_config_json(config_json: str, base_dir: str) -> str:

@@ -25,6 +25,7 @@ class PlanOutcome:
     existing: list[PlannedRun] = field(default_factory=list)
     resources_updated: int = 0
     dry_run: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
 def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, check_data: bool = True,
@@ -32,13 +33,12 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     """Validate the study, expand its grid, and add the runs not yet in the registry."""
     spec = load_study(study_file, base_dir=base_dir)
     planned = planning.expand_grid(spec)
-    if check_data:
-        planning.check_data(spec)
-    outcome = PlanOutcome(study=spec.name, dry_run=dry_run)
+    warnings = planning.check_data(spec) if check_data else []
+    outcome = PlanOutcome(study=spec.name, dry_run=dry_run, warnings=warnings)
     registry = _open_for_plan(db, dry_run)
     try:
         with registry.session() as session:
-            outcome = _register(session, spec, planned, outcome)
+            outcome = register_runs(session, spec, planned, outcome)
             if dry_run:
                 session.rollback()
     finally:
@@ -55,7 +55,7 @@ def _open_for_plan(db: str | None, dry_run: bool):  # type: ignore[no-untyped-de
         return open_registry("sqlite://", create=True)
 
 
-def _register(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
+def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
     study, _ = repo.get_or_create_study(
         session, spec.name, str(spec.path) if spec.path else None, spec_summary(spec),
         str(spec.resolve(spec.runs_dir)), str(spec.base_dir),

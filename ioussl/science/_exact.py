@@ -5,8 +5,9 @@ space that contains every valid offset and accepts those whose intersection lies
 accepted draw is therefore uniform over the valid positions. Pairs still pending after a few rounds get
 the exact distribution directly: the valid positions are counted per combination of per-axis overlaps
 (the IoU depends only on them), a combination is drawn in proportion to its count, then an offset with
-those overlaps uniformly. A mixture of exact-uniform stages is exact-uniform. Box 1 is redrawn only when
-the count (or the proposal box) is empty, i.e. when no box 2 exists for it.
+those overlaps uniformly. IoU exactly 0 ([0, 0]) is drawn directly from disjoint slabs, no rejection.
+A mixture of exact-uniform stages is exact-uniform. Box 1 is redrawn only when the count (or the
+proposal box) is empty, i.e. when no box 2 exists for it.
 """
 
 from __future__ import annotations

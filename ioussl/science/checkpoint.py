@@ -8,7 +8,6 @@ that names the file. The thesis' checkpoints held bare weights only (thesis-prot
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
@@ -18,18 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ioussl.config import ModelConfig, RunConfig
+from ioussl.config import ModelConfig, RunConfig, config_hash
 from ioussl.errors import TrainingError
 
 FORMAT = "ioussl-checkpoint/1"
 LAST = "last.pt"
 BEST = "best.pt"
 ENCODER = "encoder.pt"
-
-
-def config_hash(cfg: RunConfig) -> str:
-    """Hash of the canonical config alone (the run hash also covers the parent run)."""
-    return hashlib.sha256(cfg.to_json().encode()).hexdigest()
 
 
 def architecture(model: ModelConfig) -> dict[str, Any]:

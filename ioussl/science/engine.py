@@ -60,7 +60,7 @@ def _optimise(state: StepState, loss: Tensor, step: int) -> float:
 def train_one_epoch_simsiam(state: StepState, batches: Iterator[dict], start_step: int, steps: int) -> dict:
     """``steps`` SimSiam updates; each view has its own forward pass (per-view BN statistics)."""
     state.model.train()
-    meter, losses, fallbacks, pairs = CollapseMeter(), [], 0, 0
+    meter, losses, fallbacks, pairs, iou_sum = CollapseMeter(), [], 0, 0, 0.0
     lr = state.schedule(start_step)
     began = time.perf_counter()
     for step in range(start_step, start_step + steps):
@@ -75,6 +75,7 @@ def train_one_epoch_simsiam(state: StepState, batches: Iterator[dict], start_ste
         losses.append(_optimise(state, loss, step))
         meter.update(p1)
         fallbacks += int(torch.as_tensor(batch["fallback"]).sum())
+        iou_sum += float(torch.as_tensor(batch["iou"], dtype=torch.float64).sum())
         pairs += view1.shape[0]
     seconds = time.perf_counter() - began
     return {
@@ -82,6 +83,7 @@ def train_one_epoch_simsiam(state: StepState, batches: Iterator[dict], start_ste
         "lr": lr,
         "collapse": meter.value(),
         "fallback_rate": fallbacks / max(1, pairs),
+        "mean_iou": iou_sum / max(1, pairs),
         "pairs_per_s": pairs / max(seconds, 1e-9),
         "seconds": seconds,
     }

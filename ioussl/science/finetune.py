@@ -19,7 +19,7 @@ import torch
 
 from ioussl import runfiles
 from ioussl.config import FinetuneConfig, RunConfig
-from ioussl.errors import ConfigError, DataError
+from ioussl.errors import ConfigError, TrainingError
 from ioussl.science import checkpoint as ckpt
 from ioussl.science.engine import Evaluation, StepState, cycle, evaluate, train_one_epoch_seg
 from ioussl.science.losses import segmentation_loss
@@ -76,6 +76,7 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
         line = {"stage": "finetune", "epoch": epoch, "step": step, "time": time.time(), **stats}
         if is_eval_epoch(epoch, ft):
             line.update(validate_and_select(state, cfg, run_dir, val, progress, epoch, step))
+        progress.update(last_epoch=epoch, step=step)
         save_last(state, cfg, run_dir, epoch, step, progress=progress, store=store.fingerprint)
         runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
     result = summarise_run(state, cfg, run_dir, store, parts, progress, encoder, steps)
@@ -108,7 +109,10 @@ def is_eval_epoch(epoch: int, ft: FinetuneConfig) -> bool:
 
 
 def new_progress() -> dict[str, Any]:
-    return {"best_dsc": 0.0, "best_epoch": None, "bad_evals": 0, "stopped": False, "best": None, "evals": 0}
+    return {
+        "best_dsc": 0.0, "best_epoch": None, "bad_evals": 0, "stopped": False, "best": None, "evals": 0,
+        "last_epoch": -1, "step": 0,
+    }  # fmt: skip
 
 
 def record_evaluation(progress: dict[str, Any], scores: dict[str, Any], epoch: int, patience: int) -> bool:
@@ -201,8 +205,9 @@ def summarise_run(
     best_path = run_dir / runfiles.CHECKPOINTS / ckpt.BEST
     best = progress["best"]
     if best is None or not best_path.exists():
-        raise DataError(f"fine-tuning {run_dir} never improved on DSC 0: no best checkpoint to report")
-    last = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+        raise TrainingError(
+            f"fine-tuning in {run_dir} never scored above DSC 0 on validation: no best checkpoint to report"
+        )
     result = {
         "stage": "finetune",
         "dsc": best["dsc"],
@@ -211,8 +216,8 @@ def summarise_run(
         "per_organ": best["per_organ"],
         "val_slices": best["slices"],
         "best_epoch": progress["best_epoch"],
-        "epochs": last["epoch"] + 1,
-        "steps": last["step"],
+        "epochs": progress["last_epoch"] + 1,
+        "steps": progress["step"],
         "steps_per_epoch": steps,
         "early_stopped": progress["stopped"],
         "checkpoint": str(best_path),

@@ -75,7 +75,12 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
         torch.backends.cudnn.allow_tf32 = not cfg.deterministic
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    # Set either way: the flag is process-wide, and a previous run in this process may have set it.
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    if device.type == "cpu":
+        # torch defaults to every core of the machine; jobs sharing a node (SLURM, or the local executor
+        # running several at once) would oversubscribe it.
+        torch.set_num_threads(allocated_cpus())
     channels_last = cfg.channels_last and device.type == "cuda" and not cfg.deterministic
     return Runtime(device=device, dtype=dtype, channels_last=channels_last)
 
@@ -122,8 +127,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def allocated_cpus() -> int:
-    """CPUs this job may use: SLURM's allocation when set, else the process's affinity mask."""
-    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+    """CPUs this job may use: SLURM's allocation (or the local executor's, $IOUSSL_CPUS_PER_TASK) when set,
+    else the process's affinity mask."""
+    for var in ("IOUSSL_CPUS_PER_TASK", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 0:
             return int(value)

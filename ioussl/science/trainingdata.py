@@ -73,7 +73,19 @@ def finetune_split(store: Any, cfg: RunConfig) -> dict[str, list[str]]:
     where = f"split {cfg.data.split} against labelled cases of data store {cfg.data.store}"
     check_split_cases(parts, store.labelled_cases(), where=where)
     check_crop_fits(store, parts["train"], cfg.data.crop)
+    check_classes(store, cfg)
     return parts
+
+
+def check_classes(store: Any, cfg: RunConfig) -> None:
+    """The network must have an output for every label class the store can hold (14 for FLARE)."""
+    from ioussl.science.store import N_CLASSES
+
+    if cfg.model.out_channels < N_CLASSES:
+        raise DataError(
+            f"data store {store.root} holds labels 0..{N_CLASSES - 1} but model.out_channels is "
+            f"{cfg.model.out_channels}; it must be at least {N_CLASSES}"
+        )
 
 
 def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:

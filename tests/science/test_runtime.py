@@ -24,6 +24,18 @@ def test_workers_follow_the_slurm_allocation(monkeypatch):
     assert allocated_cpus() >= 1
 
 
+def test_local_executor_allocation_wins_and_sets_cpu_threads(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    monkeypatch.setenv("IOUSSL_CPUS_PER_TASK", "1")
+    assert allocated_cpus() == 1
+    before = torch.get_num_threads()
+    try:
+        resolve_runtime(RuntimeConfig(device="cpu"), amp=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_cpu_runtime_runs_fp32_and_refuses_a_missing_gpu():
     runtime = resolve_runtime(RuntimeConfig(), amp=True)

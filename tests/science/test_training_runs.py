@@ -183,6 +183,10 @@ def test_store_that_does_not_match_the_config_is_refused(synthetic, tmp_path):
     cfg = profiles.tiny("finetune", store=synthetic["store"], split=str(bad_split))
     with pytest.raises(DataError, match="FLARE22_Tr_0001"):
         run_finetune(cfg, tmp_path / "c")
+    cfg = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
+    few = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, out_channels=4))
+    with pytest.raises(DataError, match="out_channels is 4"):
+        run_finetune(few, tmp_path / "d")
 
 
 def test_resume_from_a_truncated_or_foreign_checkpoint_fails_clearly(synthetic, tmp_path):

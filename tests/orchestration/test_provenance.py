@@ -1,0 +1,42 @@
+"""Provenance travels from the job's result.json into the registry and the report's footer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ioussl.orchestration.entrypoint import git_state
+from ioussl.orchestration.ingest import ingest
+from ioussl.orchestration.registry import open_registry, repo
+from ioussl.orchestration.registry.models import Provenance, Run
+from ioussl.orchestration.service import plan_grid, report_study
+
+
+def test_git_state_names_this_checkout(repo_root):
+    state = git_state()
+    if (repo_root / ".git").exists():
+        assert len(state["git_commit"]) == 40 and isinstance(state["git_dirty"], bool)
+    else:
+        assert state == {"git_commit": None, "git_dirty": None}
+
+
+def test_ingested_result_records_provenance_and_the_report_names_the_commit(repo_root, db, tmp_path):
+    plan_grid(repo_root / "jobs" / "tiny.toml", db, check_data=False, base_dir=str(tmp_path / "jobs"))
+    registry = open_registry(db, create=False)
+    with registry.session() as session:
+        run = next(r for r in session.query(Run) if r.stage == "finetune" and r.parent_id is None)
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run.run_dir) / "result.json").write_text(json.dumps({
+            "stage": "finetune", "dsc": 0.5, "dsc_3d": 0.4,
+            "provenance": {"git_commit": "abcdef1234567890", "git_dirty": True, "python": "3.11.7",
+                           "versions": {"torch": "2.13.0"}, "host": "node7", "device": {"device_name": "H100"}},
+        }))
+        assert ingest(session, run)
+        run_id = run.id
+    with registry.session() as session:
+        row = session.get(Provenance, run_id)
+        assert (row.git_commit, row.git_dirty, row.host, row.device) == ("abcdef1234567890", True, "node7", "H100")
+        assert row.packages == {"python": "3.11.7", "torch": "2.13.0"}
+        assert repo.result_commits(session, [run_id]) == {"abcdef1234-dirty": 1}
+    footer = report_study(db, "tiny").report.footer
+    assert "abcdef1234-dirty (1 run(s))" in footer[1]
