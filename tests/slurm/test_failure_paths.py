@@ -63,18 +63,21 @@ def test_cancel_by_study_scancels_running_and_waiting_jobs(rig):
 def test_timeout_signal_requeues_the_job_and_training_resumes(rig):
     rig.plan()
     pretrain = rig.runs("pretrain")[0]
-    rig.set_workload(pretrain, steps=12, step_s=0.5)
+    rig.set_workload(pretrain, steps=24, step_s=0.5)
     rig.ioussl("submit", "--study", rig.name, "--stage", "pretrain")
     rows = rig.wait_for(lambda rows: rows[pretrain["id"]]["status"] == "RUNNING", timeout=30)
     job_id = rows[pretrain["id"]]["job_id"]
     time.sleep(2)  # let it write a few checkpoints
     # What SLURM sends --signal=USR2@<delay> seconds before the time limit (submitit's _interrupt(timeout=True)).
-    for _ in range(20):  # scancel refuses to signal while the batch step is still starting
+    tries = []
+    for _ in range(20):  # scancel refuses to signal while the job's step is still starting
         signal = subprocess.run(["scancel", "--signal=USR2", job_id], capture_output=True, text=True)
+        queue = subprocess.run(["squeue", "-h", "-s", "-j", job_id], capture_output=True, text=True).stdout
+        tries.append((signal.stderr.strip(), queue.strip()))
         if signal.returncode == 0:
             break
         time.sleep(0.5)
-    assert signal.returncode == 0, signal.stderr
+    assert signal.returncode == 0, tries
 
     rows = rig.wait_for(lambda rows: rows[pretrain["id"]]["status"] == "COMPLETED", timeout=150, poll=1)
     events = [e["event"] for e in rig.events(pretrain)]
