@@ -110,11 +110,29 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
         worker.join(timeout=2.0)
     if worker.error is not None:
         raise worker.error
+    if settings.executor != "local":  # SLURM runs the chain by itself: sync until every run has ended
+        _wait_for_scheduler(db, name, progress)
     retried = _retry_lost(db, name, settings, say)
+    if retried and settings.executor != "local":
+        _wait_for_scheduler(db, name, progress)
     if progress is not None:
         progress(status_rows(db, study=name))
     say(f"5/5 runs finished{f' ({retried} retried after an interruption)' if retried else ''}; report:")
     return report_study(db, name)
+
+
+def _wait_for_scheduler(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:  # type: ignore[type-arg]
+    from ioussl.orchestration import jobservice
+    from ioussl.orchestration.service import status_rows
+
+    while True:
+        jobservice.sync_studies(db, study)
+        records = status_rows(db, study=study)
+        if progress is not None:
+            progress(records)
+        if all(record.status.is_terminal() for record in records):
+            return
+        time.sleep(poll_s)
 
 
 def _retry_lost(db: str, study: str, settings: DemoSettings, say: Say) -> int:

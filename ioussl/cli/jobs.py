@@ -74,26 +74,13 @@ def cancel(
 
 def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
     """What ``ioussl status`` runs before it renders: one scheduler query, transitions, ingestion."""
-    from pathlib import Path
+    from ioussl.orchestration.jobservice import sync_studies
 
-    from sqlalchemy import select
-
-    from ioussl.orchestration.jobservice import Backends, prepare
-    from ioussl.orchestration.registry import open_registry
-    from ioussl.orchestration.registry.models import Study
-
-    registry = open_registry(db, create=False)
-    try:
-        with registry.session() as session:
-            studies = [s for s in session.scalars(select(Study)) if study is None or s.name == study]
-        last = None
-        for row in studies:
-            last = prepare(registry, row.name, Backends(Path(row.runs_dir) / "_submitit"))
-            for message in last.errors:
-                typer.echo(f"warning: {message}", err=True)
-        return last
-    finally:
-        registry.dispose()
+    outcomes = sync_studies(db, study)
+    for outcome in outcomes:
+        for message in outcome.errors:
+            typer.echo(f"warning: {message}", err=True)
+    return outcomes[-1] if outcomes else None
 
 
 def render_submit(outcome: SubmitOutcome) -> None:

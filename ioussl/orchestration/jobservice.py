@@ -96,6 +96,18 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
         return sync(session, study=study, backends=backends, folder=backends.folder)
 
 
+def sync_studies(db: str | None, study: str | None = None) -> list[SyncOutcome]:
+    """Adopt orphans, query the scheduler once per study, apply transitions and ingest run files."""
+    registry = open_registry(db, create=False)
+    try:
+        with registry.session() as session:
+            studies = [(s.name, s.runs_dir) for s in session.scalars(select(Study))
+                       if study is None or s.name == study]
+        return [prepare(registry, name, Backends(Path(runs_dir) / "_submitit")) for name, runs_dir in studies]
+    finally:
+        registry.dispose()
+
+
 def _study_runs(session, study: str) -> list[Run]:  # type: ignore[no-untyped-def]
     query = (
         select(Run)
