@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ioussl.errors import ConfigError
@@ -33,7 +33,7 @@ class DemoSettings:
     size: int = 160  # in-plane voxels: large enough that [0, 0] (disjoint 64² crops) is reachable
     slices: int = 16
     seed: int = 0
-    executor: str = "local"
+    executor: str = "auto"  # SLURM where sbatch exists, else this machine (and it says so)
     max_parallel: int = 2
 
 
@@ -101,6 +101,12 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
     outcome = plan_grid(settings.study_file, db)
     say(f"4/5 plan: {len(outcome.new)} new run(s), {len(outcome.existing)} already planned (registry {db})")
     name = outcome.study
+    if settings.executor == "auto":
+        from ioussl.orchestration.scheduler import sbatch_available
+
+        settings = replace(settings, executor="slurm" if sbatch_available() else "local")
+        say("    SLURM found: submitting to it" if settings.executor == "slurm" else
+            "    no sbatch on PATH: running on this machine with the local executor")
     worker = _Submitter(lambda: jobservice.submit(db, name, executor=settings.executor,
                                                   max_parallel=settings.max_parallel))
     worker.start()

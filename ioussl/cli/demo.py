@@ -13,7 +13,9 @@ from ioussl.cli.options import DbOption
 def demo(
     db: DbOption = None,
     study: Annotated[Path | None, typer.Option("--study", help="Demo study file [default jobs/demo.toml].")] = None,
-    executor: Annotated[str, typer.Option("--executor", help="local (default), slurm or auto.")] = "local",
+    executor: Annotated[
+        str, typer.Option("--executor", help="auto (SLURM where sbatch exists, else this machine), local or slurm.")
+    ] = "auto",
     max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, help="Local runs at once.")] = 2,
 ) -> None:
     """Synthesise CT, preprocess, plan the scaled-down thesis grid, run it, report (resumable)."""

@@ -88,6 +88,8 @@ def render_submit(outcome: SubmitOutcome) -> None:
     from ioussl.orchestration import slurm
 
     verb = "would submit" if outcome.dry_run else "submitted"
+    if outcome.fell_back:
+        console.print("no sbatch on PATH: running on this machine with the local executor (--executor local)")
     runs = sum(len(u.run_ids) for u in outcome.units)
     for run_id in outcome.adopted:
         console.print(f"adopted the job of run {run_id} (an earlier submit was interrupted)")

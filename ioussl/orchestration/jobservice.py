@@ -62,7 +62,8 @@ def submit(
             name, folder = row.name, Path(row.runs_dir) / "_submitit"
         backend = backend or choose_backend(executor, folder)
         backends = Backends(folder, backend)
-        outcome = SubmitOutcome(study=name, executor=backend.name, dry_run=dry_run)
+        outcome = SubmitOutcome(study=name, executor=backend.name, dry_run=dry_run,
+                                fell_back=executor == "auto" and backend.name == "local")
         if not dry_run:
             prepare(registry, name, backends, outcome)
         units = _plan(registry, name, run_filter, outcome)

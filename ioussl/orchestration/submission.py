@@ -66,6 +66,7 @@ class SubmitOutcome:
     reverted: list[str] = field(default_factory=list)
     sbatch_calls: int = 0
     dry_run: bool = False
+    fell_back: bool = False  # --executor auto found no sbatch and runs on this machine
 
     @property
     def gpu_hours(self) -> float:

@@ -1,0 +1,80 @@
+"""The demo as a user runs it: a small study through `ioussl demo`, again (reuse), and interrupted (resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _study(root: Path) -> Path:
+    """jobs/tiny.toml (1 pretrain -> 1 fine-tune, 1 baseline fine-tune) with its data under root/work."""
+    text = (REPO / "jobs" / "tiny.toml").read_text()
+    text = text.replace("../demo/", "work/").replace("../runs/tiny", "work/runs")
+    path = root / "tiny.toml"
+    path.write_text(text)
+    return path
+
+
+def _demo(root: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "ioussl", "demo", "--study", str(_study(root)), "--executor", "local", *extra]
+    return subprocess.Popen(args, cwd=root, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "150"}
+
+
+def _statuses(root: Path) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "ioussl", "status", "--json", "--no-sync", "--db",
+                          str(root / "work" / "registry.db")], capture_output=True, text=True, env=_env())
+    return json.loads(out.stdout) if out.returncode == 0 else []
+
+
+def test_demo_runs_then_reuses_everything(tmp_path):
+    first = _demo(tmp_path)
+    out, err = first.communicate(timeout=900)
+    assert first.returncode == 0, out + err
+    assert "no pretraining" in out and "[0.3, 0.6]" in out  # the report's rows
+    rows = _statuses(tmp_path)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"COMPLETED"}
+    results = {r["id"]: (Path(r["run_dir"]) / "result.json").stat().st_mtime for r in rows}
+
+    began = time.monotonic()
+    second = _demo(tmp_path)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, out + err
+    assert "reusing" in out and "0 new run(s), 3 already planned" in out
+    assert {r["id"]: (Path(r["run_dir"]) / "result.json").stat().st_mtime for r in _statuses(tmp_path)} == results
+    print(f"second demo run: {time.monotonic() - began:.1f} s")
+
+
+def test_interrupted_demo_resumes(tmp_path):
+    first = _demo(tmp_path)
+    deadline = time.monotonic() + 600
+    while not any(r["status"] == "COMPLETED" for r in _statuses(tmp_path)):
+        assert first.poll() is None and time.monotonic() < deadline, "the demo ended before any run completed"
+        time.sleep(1)
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "run `ioussl demo` (or `make demo`) again to resume" in err
+    assert "Traceback" not in err
+    done_before = {r["id"] for r in _statuses(tmp_path) if r["status"] == "COMPLETED"}
+
+    again = _demo(tmp_path)
+    out, err = again.communicate(timeout=900)
+    assert again.returncode == 0, out + err
+    rows = _statuses(tmp_path)
+    assert {r["status"] for r in rows} == {"COMPLETED"}
+    assert all(r["attempts"] == 1 for r in rows if r["id"] in done_before)  # finished work was not redone
