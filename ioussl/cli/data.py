@@ -124,6 +124,9 @@ def pairs(
     passes: Annotated[int, typer.Option(help="Passes over the slices per interval.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     plot: Annotated[Path, typer.Option(help="PNG to write.")] = Path("pairs-organ-overlap.png"),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the rows as JSON (for ioussl report --pairs).")
+    ] = None,
 ) -> None:
     """Share of IoU-sampled pairs whose views show a common organ, per interval (thesis Fig. 3.2)."""
     from rich.console import Console
@@ -155,6 +158,15 @@ def pairs(
         )  # fmt: skip
     Console().print(table)
     typer.echo(f"plot -> {plot_overlap(rows, plot)}")
+    if json_out is not None:
+        import dataclasses
+        import json
+
+        from ioussl.runfiles import atomic_write_text
+
+        payload = [{**dataclasses.asdict(r), "fraction": r.fraction if r.counted else None} for r in rows]
+        atomic_write_text(json_out, json.dumps(payload, indent=1) + "\n")
+        typer.echo(f"rows -> {json_out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -70,7 +70,8 @@ def plot_pairs(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     plt = _pyplot()
     labels = [f"[{r['i_min']:g}, {r['i_max']:g}]" for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(labels, [r["fraction"] for r in rows], marker="o")
+    fractions = [float("nan") if r["fraction"] is None else r["fraction"] for r in rows]  # None: no organ seen
+    ax.plot(labels, fractions, marker="o")
     ax.set(xlabel="IoU interval", ylabel="pairs sharing >= 1 organ", ylim=(0, 1),
            title="Pair semantics per IoU interval")
     ax.grid(alpha=0.3)

@@ -32,9 +32,17 @@ def test_synth_preprocess_split_analyze(tmp_path):
     }  # fmt: skip
     png = tmp_path / "pairs.png"
     result = _invoke("analyze", "pairs", store, "--split", split, "--part", "val", "--passes", 1,
-                     "--interval", "0.3,0.6", "--interval", "0.6,1", "--plot", png)  # fmt: skip
+                     "--interval", "0.3,0.6", "--interval", "0.6,1", "--plot", png,
+                     "--json", tmp_path / "pairs.json")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "[0.3, 0.6]" in result.output and "[0.6, 1]" in result.output and png.is_file()
+    rows = json.loads((tmp_path / "pairs.json").read_text())
+    assert [(r["i_min"], r["i_max"]) for r in rows] == [(0.3, 0.6), (0.6, 1.0)]
+    assert all(r["fraction"] is None or 0.0 <= r["fraction"] <= 1.0 for r in rows)
+    # the report plots exactly this file (thesis Fig. 3.2)
+    from ioussl.orchestration.plots import plot_pairs, read_pairs
+
+    assert plot_pairs(read_pairs(tmp_path / "pairs.json"), tmp_path / "fig.png").stat().st_size > 1000
 
 
 def test_preprocess_lists_failures_and_exits_nonzero(tmp_path):
