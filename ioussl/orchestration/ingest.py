@@ -6,6 +6,7 @@ ingest the same files any number of times.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from pathlib import Path
 
@@ -30,6 +31,22 @@ def read_run_files(run_dir: str | Path) -> RunFiles:
             error = str(event.get("error") or event.get("message") or "") or None
     has_result = runfiles.read_json(run_dir / runfiles.RESULT) is not None
     return RunFiles(has_result=has_result, last_event=last_event, error=error)
+
+
+def event_times(run_dir: str | Path, since: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """When the job of an attempt submitted at ``since`` (naive UTC) started and ended, by its own events."""
+    start = end = None
+    floor = since.replace(tzinfo=dt.UTC).timestamp() - 5  # clocks of node and login host may differ a little
+    for event in runfiles.read_jsonl(Path(run_dir) / runfiles.EVENTS):
+        t = event.get("t")
+        if not isinstance(t, int | float) or t < floor:
+            continue
+        moment = dt.datetime.fromtimestamp(t, dt.UTC).replace(tzinfo=None)
+        if event.get("event") == "started" and start is None:
+            start = moment
+        elif event.get("event") in ("finished", "failed"):
+            end = moment
+    return start, end
 
 
 def metric_points(run_dir: str | Path) -> list[tuple[str, int, int | None, float]]:

@@ -141,6 +141,11 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
     attempt = _latest(run)
     if attempt is not None and run.status in ACTIVE:
         _update_attempt(attempt, change)
+        # The local executor reports no times, and sacct may not yet: the job's own events say when.
+        if attempt.started_at is None or attempt.ended_at is None:
+            started, ended = ingest.event_times(run.run_dir, since=attempt.submitted_at)
+            attempt.started_at = attempt.started_at or started
+            attempt.ended_at = attempt.ended_at or ended
     new = RunStatus(change.status) if change.status else None
     reason = change.reason
     if change.ingest:

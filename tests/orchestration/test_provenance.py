@@ -40,3 +40,19 @@ def test_ingested_result_records_provenance_and_the_report_names_the_commit(repo
         assert repo.result_commits(session, [run_id]) == {"abcdef1234-dirty": 1}
     footer = report_study(db, "tiny").report.footer
     assert "abcdef1234-dirty (1 run(s))" in footer[1]
+
+
+def test_event_times_belong_to_the_attempt(tmp_path):
+    import datetime as dt
+
+    from ioussl.orchestration.ingest import event_times
+
+    submitted = dt.datetime(2026, 1, 1, 12, 0, 0)
+    t0 = submitted.replace(tzinfo=dt.UTC).timestamp()
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
+        {"t": t0 - 3600, "event": "started"}, {"t": t0 - 3000, "event": "failed"},  # an earlier attempt
+        {"t": t0 + 10, "event": "started"}, {"t": t0 + 70, "event": "finished"},
+    ]))
+    start, end = event_times(tmp_path, since=submitted)
+    assert (start - submitted).total_seconds() == 10 and (end - start).total_seconds() == 60
+    assert event_times(tmp_path / "nowhere", since=submitted) == (None, None)
