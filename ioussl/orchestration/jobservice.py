@@ -57,9 +57,7 @@ def submit(
     """Submit every planned run of the study (that the filter keeps) whose pretrain can still deliver."""
     registry = open_registry(db, create=False)
     try:
-        with registry.session() as session:
-            row = submission.find_submit_study(session, study)
-            name, folder = row.name, Path(row.runs_dir) / "_submitit"
+        name, folder = _study_folder(registry, study)
         backend = backend or choose_backend(executor, folder)
         backends = Backends(folder, backend)
         outcome = SubmitOutcome(study=name, executor=backend.name, dry_run=dry_run,
@@ -95,6 +93,13 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
     submission.wait_for_young_intents(adopt_once)
     with registry.session() as session:
         return sync(session, study=study, backends=backends, folder=backends.folder)
+
+
+def _study_folder(registry: Registry, study: str | None) -> tuple[str, Path]:
+    """The study to act on (the only one if not named) and its submitit folder."""
+    with registry.session() as session:
+        row = submission.find_submit_study(session, study)
+        return row.name, Path(row.runs_dir) / "_submitit"
 
 
 def sync_studies(db: str | None, study: str | None = None) -> list[SyncOutcome]:
@@ -253,9 +258,7 @@ def retry(
     """New attempts for failed, lost or timed-out runs; blocked fine-tunes re-chain onto the new pretrain."""
     registry = open_registry(db, create=False)
     try:
-        with registry.session() as session:
-            row = submission.find_submit_study(session, study)
-            name, folder = row.name, Path(row.runs_dir) / "_submitit"
+        name, folder = _study_folder(registry, study)
         backends = Backends(folder, *([backend] if backend else []))
         prepare(registry, name, backends)
         with registry.session() as session:

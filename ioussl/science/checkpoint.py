@@ -8,9 +8,7 @@ that names the file. The thesis' checkpoints held bare weights only (thesis-prot
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from torch import nn
 
 from ioussl.config import ModelConfig, RunConfig, config_hash
 from ioussl.errors import TrainingError
+from ioussl.runfiles import atomic_write
 
 FORMAT = "ioussl-checkpoint/1"
 LAST = "last.pt"
@@ -52,17 +51,7 @@ def describe(cfg: RunConfig, kind: str) -> dict[str, Any]:
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """``torch.save`` into a temporary file beside ``path``, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load(path: Path) -> dict[str, Any]:
