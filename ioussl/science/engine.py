@@ -33,6 +33,11 @@ class StepState:
     runtime: Runtime
     schedule: Callable[[int], float]
     epoch: int = 0
+    compiled: nn.Module | None = None  # torch.compile(model) for the training forward; model keeps the weights
+
+    @property
+    def forward(self) -> nn.Module:
+        return self.compiled if self.compiled is not None else self.model
 
 
 def cycle(loader: Iterable[Any]) -> Iterator[Any]:
@@ -69,8 +74,8 @@ def train_one_epoch_simsiam(state: StepState, batches: Iterator[dict], start_ste
         set_lr(state.optimizer, lr)
         view1, view2 = state.runtime.to_device(batch["view1"]), state.runtime.to_device(batch["view2"])
         with state.runtime.autocast():
-            z1, p1 = state.model(view1)
-            z2, p2 = state.model(view2)
+            z1, p1 = state.forward(view1)
+            z2, p2 = state.forward(view2)
             loss = simsiam_loss(z1, p1, z2, p2)
         losses.append(_optimise(state, loss, step))
         meter.update(p1)
@@ -103,7 +108,7 @@ def train_one_epoch_seg(
         set_lr(state.optimizer, lr)
         image, label = state.runtime.to_device(batch["image"]), state.runtime.to_device(batch["label"])
         with state.runtime.autocast():
-            logits = state.model(image)
+            logits = state.forward(image)
         loss = loss_fn(
             logits.float(), label
         )  # the loss in fp32: softmax and Dice ratios are precision-sensitive

@@ -27,7 +27,13 @@ from ioussl.science.metrics import FLARE_ORGANS, flare_case_dsc, summarise_cases
 from ioussl.science.models import build_swin_unetr
 from ioussl.science.optim import finetune_optimizer
 from ioussl.science.pretrain import restore, save_last, truncate_metrics
-from ioussl.science.runtime import Runtime, loader_workers, resolve_runtime, seed_everything
+from ioussl.science.runtime import (
+    Runtime,
+    compile_for_training,
+    loader_workers,
+    resolve_runtime,
+    seed_everything,
+)
 from ioussl.science.schedules import cosine_lr
 from ioussl.science.trainingdata import (
     derived_seed,
@@ -98,7 +104,9 @@ def build_state(
         cosine_lr, total_steps=ft.epochs * steps, base_lr=ft.base_lr, end_lr=ft.end_lr,
         warmup_steps=ft.warmup_epochs * steps,
     )  # fmt: skip
-    return StepState(network, optimizer, runtime.grad_scaler(), runtime, schedule), encoder
+    state = StepState(network, optimizer, runtime.grad_scaler(), runtime, schedule,
+                      compiled=compile_for_training(network, cfg.runtime))
+    return state, encoder
 
 
 def is_eval_epoch(epoch: int, ft: FinetuneConfig) -> bool:

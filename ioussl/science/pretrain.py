@@ -24,6 +24,7 @@ from ioussl.science.models import SimSiam
 from ioussl.science.optim import pretrain_optimizer
 from ioussl.science.runtime import (
     Runtime,
+    compile_for_training,
     loader_workers,
     resolve_runtime,
     rng_state,
@@ -81,7 +82,8 @@ def build_state(cfg: RunConfig, runtime: Runtime, steps: int) -> StepState:
     total, warmup = steps * pre.epochs, steps * pre.warmup_epochs
     schedule = functools.partial(cosine_lr, total_steps=total, base_lr=pre.base_lr, end_lr=pre.end_lr,
                                  warmup_steps=warmup)  # fmt: skip
-    return StepState(model, optimizer, runtime.grad_scaler(), runtime, schedule)
+    return StepState(model, optimizer, runtime.grad_scaler(), runtime, schedule,
+                     compiled=compile_for_training(model, cfg.runtime))
 
 
 def steps_per_epoch(num_slices: int, cfg: RunConfig) -> int:

@@ -126,6 +126,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def compile_for_training(model: torch.nn.Module, cfg: RuntimeConfig) -> torch.nn.Module | None:
+    """``torch.compile(model)`` when the run asks for it, else None (train eagerly).
+
+    The compiled wrapper shares the model's parameters, so checkpoints keep plain state-dict keys and
+    evaluation runs the eager model (sliding windows of varying batch would recompile). A compiler that
+    fails on this machine falls back to eager execution rather than failing the job.
+    """
+    if not cfg.compile:
+        return None
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
+
+
 def allocated_cpus() -> int:
     """CPUs this job may use: SLURM's allocation (or the local executor's, $IOUSSL_CPUS_PER_TASK) when set,
     else the process's affinity mask."""

@@ -203,3 +203,33 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_fails_clearly(synthetic, 
     ckpt.save_atomic({**ckpt.describe(cfg, "last"), "store": "0123456789abcdef"}, last)
     with pytest.raises(TrainingError, match="store changed"):
         run_pretrain(cfg, tmp_path)
+
+
+def test_compile_switch_trains_through_the_compiled_module_and_keeps_plain_checkpoints(
+    synthetic, tmp_path, monkeypatch
+):
+    import torch
+
+    calls = []
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper (real compile: minutes on CPU)
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return self._orig_mod(x)
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    base = profiles.tiny("pretrain", store=synthetic["store"])
+    cfg = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, compile=True))
+    result = run_pretrain(cfg, tmp_path / "pre")
+    assert len(calls) == 2 * result["steps"]  # two views per step, all through the compiled module
+    saved = ckpt.load(tmp_path / "pre" / "checkpoints" / "last.pt")["model"]
+    assert saved and not any("_orig_mod" in key for key in saved)
+    ft = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
+    ft = dataclasses.replace(ft, runtime=dataclasses.replace(ft.runtime, compile=True))
+    calls.clear()
+    out = run_finetune(ft, tmp_path / "ft", Path(result["checkpoint"]))
+    assert len(calls) == out["steps"] and 0.0 <= out["dsc"] <= 1.0
