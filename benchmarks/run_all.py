@@ -11,7 +11,7 @@ def main() -> int:
     failed = []
     here = Path(__file__).parent
     for script in sorted(here.glob("bench_*.py")):
-        if script.name == "bench_gpu_train.py":  # needs CUDA: run it on a GPU node by hand
+        if script.name.startswith("bench_gpu"):  # needs CUDA: run these on a GPU node by hand
             print(f"== {script.name}: skipped (GPU only; run it on a GPU node)", flush=True)
             continue
         print(f"== {script.name}", flush=True)
