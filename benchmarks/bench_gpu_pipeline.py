@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--steps", type=int, default=25, help="steps per epoch; epoch 2 is the timed one")
     parser.add_argument("--workers", type=int, default=min(12, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--eager-only", action="store_true", help="skip the torch.compile variant")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +51,7 @@ def main() -> None:
         crop = 64 if args.smoke else 96
         report = preprocess_dataset(root / "raw", root / "store", PreprocessSettings(min_size=crop), workers=4)
         print(f"data: {len(report.done)} volumes in {time.perf_counter() - began:.1f} s", flush=True)
-        for compile_ in (False, True):
+        for compile_ in (False,) if args.eager_only else (False, True):
             run_dir = root / f"run-{compile_}"
             cfg = config(root / "store", args.smoke, compile_, 2 if args.smoke else args.steps, args.workers)
             start = time.perf_counter()

@@ -123,3 +123,25 @@ def test_val_dataset_whole_slices(synth_store):
     assert item["image"].shape == (1, *synth_store.shape(int(ds.ids[2])))
     batch = next(iter(make_val_loader(ds)))
     assert batch["image"].shape[0] == 1 and batch["case"] == [case]
+
+
+def test_augmentations_without_metatensor_bookkeeping_give_identical_items(synth_store, monkeypatch):
+    import contextlib
+
+    import ioussl.science.datasets as datasets
+    from monai.data import get_track_meta
+
+    def items():
+        pre = datasets.PretrainPairDataset(synth_store, synth_store.slice_ids(synth_store.unlabelled_cases()), 64,
+                                           0.3, 0.6, augment=True, seed=3)
+        ft = datasets.FinetuneSliceDataset(synth_store, synth_store.slice_ids(synth_store.labelled_cases()), 64,
+                                           augment=True, seed=3)
+        tensors = [t for i in range(6) for t in (pre[i]["view1"], pre[i]["view2"])]
+        tensors += [c[k] for i in range(3) for c in ft[i] for k in ("image", "label")]
+        return tensors
+
+    fast = items()
+    assert get_track_meta()  # the global MONAI setting is restored
+    monkeypatch.setattr(datasets, "_plain_tensors", contextlib.nullcontext)
+    tracked = items()
+    assert len(fast) == len(tracked) and all(torch.equal(a, b) for a, b in zip(fast, tracked, strict=True))
