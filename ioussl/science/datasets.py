@@ -237,7 +237,9 @@ def _loader(dataset, batch_size, shuffle, drop_last, num_workers, seed, collate_
         generator=generator,
         collate_fn=collate_fn,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        # Keep workers across passes: a small store is passed over every few steps (cycle() re-iterates),
+        # and re-forking a dozen workers each time starved the GPU.
+        persistent_workers=num_workers > 0,
     )
 
 

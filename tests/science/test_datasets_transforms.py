@@ -128,8 +128,9 @@ def test_val_dataset_whole_slices(synth_store):
 def test_augmentations_without_metatensor_bookkeeping_give_identical_items(synth_store, monkeypatch):
     import contextlib
 
-    import ioussl.science.datasets as datasets
     from monai.data import get_track_meta
+
+    import ioussl.science.datasets as datasets
 
     def items():
         pre = datasets.PretrainPairDataset(synth_store, synth_store.slice_ids(synth_store.unlabelled_cases()), 64,
