@@ -143,14 +143,13 @@ def _wait_for_scheduler(db: str, study: str, progress: Callable | None, poll_s: 
 
 def _retry_lost(db: str, study: str, settings: DemoSettings, say: Say) -> int:
     """Runs whose job died with an interrupted demo come back LOST: run them again, once."""
-    from ioussl.errors import IousslError
     from ioussl.orchestration import jobservice
+    from ioussl.orchestration.service import status_rows
     from ioussl.orchestration.status import RunStatus
 
-    try:
-        outcome = jobservice.retry(db, study, statuses=(RunStatus.LOST,), executor=settings.executor)
-    except IousslError:
+    if not status_rows(db, study=study, statuses=[RunStatus.LOST]):
         return 0
+    outcome = jobservice.retry(db, study, statuses=(RunStatus.LOST,), executor=settings.executor)
     say(f"retried {len(outcome.job_ids)} run(s) lost by an earlier interruption")
     return len(outcome.job_ids)
 
@@ -162,7 +161,6 @@ class _Submitter(threading.Thread):
         super().__init__(daemon=True)
         self._target_fn = target
         self.error: BaseException | None = None
-        self.started_at = time.monotonic()
 
     def run(self) -> None:
         try:

@@ -137,8 +137,9 @@ def _complete_imported(session, run: Run, note: str) -> None:  # type: ignore[no
 
 def _mark_parents(session, study: str, source: str, outcome: ImportOutcome) -> None:  # type: ignore[no-untyped-def]
     """A pretrain whose fine-tunes were all imported evidently ran elsewhere: mark it so, without a result."""
+    finetunes = repo.list_runs(session, study=study, stage="finetune")
     for record in repo.list_runs(session, study=study, stage="pretrain", statuses=[RunStatus.PLANNED]):
-        children = [r for r in repo.list_runs(session, study=study, stage="finetune") if r.parent_id == record.id]
+        children = [r for r in finetunes if r.parent_id == record.id]
         if children and all(child.imported for child in children):
             _complete_imported(session, session.get(Run, record.id), f"{source} (implied by its fine-tunes)")
             outcome.pretrains_marked += 1
