@@ -77,7 +77,7 @@ def cancel(
 
 
 def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
-    """What ``ioussl status`` runs before it renders: one scheduler query, transitions, ingestion."""
+    """What ``ioussl status`` runs before it renders: one scheduler query per study, transitions, ingestion."""
     from ioussl.orchestration.jobservice import sync_studies
 
     outcomes = sync_studies(db, study)

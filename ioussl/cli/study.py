@@ -49,7 +49,7 @@ def status(
     as_json: JsonOption = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every run even in a large registry.")] = False,
     sync: Annotated[
-        bool, typer.Option("--sync/--no-sync", help="Ask SLURM first (one sacct); ingest run files.")
+        bool, typer.Option("--sync/--no-sync", help="Ask SLURM first (one sacct per study); ingest run files.")
     ] = True,
     watch: Annotated[
         float | None, typer.Option("--watch", min=1, help="Refresh every this many seconds until Ctrl-C.")

@@ -1,6 +1,6 @@
 """Table 4.2: mean ± std DSC per group, from recorded fine-tune results (pure, no ORM, no torch).
 
-The thesis reports the population std (ddof=0) of the four DSCs of a group (thesis-protocol.md §8);
+The thesis reports the population std (ddof=0) of the four DSCs of a group (thesis protocol notes §8);
 ``ddof=1`` gives the sample std. A group with fewer results than planned runs is marked ``n/N``.
 """
 
