@@ -36,7 +36,7 @@ def plan_outcome(outcome: PlanOutcome) -> None:
            if outcome.resources_updated else "")
     )
     for warning in outcome.warnings:
-        console.print(f"warning: {warning}", markup=False)
+        console.print(f"warning: {warning}", markup=False, soft_wrap=True)
     if outcome.new:
         table = Table("run", "stage", "group", "pretrain seed", "seed", "parent")
         for run in outcome.new:

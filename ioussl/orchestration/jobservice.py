@@ -21,6 +21,7 @@ from ioussl.orchestration.backends import Backend, Unit, backend_for_attempts, c
 from ioussl.orchestration.registry import open_registry, repo
 from ioussl.orchestration.registry.db import Registry
 from ioussl.orchestration.registry.models import Run, Study
+from ioussl.orchestration.report import order_groups
 from ioussl.orchestration.status import RunStatus, is_retryable
 from ioussl.orchestration.submission import JobFactory, RunFilter, SubmitOutcome
 from ioussl.orchestration.sync import SyncOutcome, sync
@@ -269,7 +270,7 @@ def _nothing_to_cancel(session, study: str | None, run_ids: Sequence[str], group
     if group is not None and not matching:
         query = select(Run.group).join(Study, Run.study_id == Study.id).distinct()
         groups = session.scalars(query.where(Study.name == study) if study else query).all()
-        return f"no group {group!r}{where}; groups: {', '.join(repr(g) for g in sorted(groups)) or 'none'}"
+        return f"no group {group!r}{where}; groups: {', '.join(map(repr, order_groups(groups, ()))) or 'none'}"
     states: dict[str, int] = {}
     for run in matching:
         states[run.status.value.lower()] = states.get(run.status.value.lower(), 0) + 1
