@@ -37,7 +37,7 @@ from ioussl.science.models import SimSiam, build_swin_unetr  # noqa: E402
 from ioussl.science.optim import finetune_optimizer, pretrain_optimizer  # noqa: E402
 from ioussl.science.runtime import Runtime  # noqa: E402
 
-V100_PAIRS_PER_S = 443.0  # the thesis' V100 (thesis-protocol.md: 14.9 GPU-h for 185,500 steps of 128 pairs)
+V100_PAIRS_PER_S = 443.0  # the thesis' V100 (thesis protocol notes: 14.9 GPU-h for 185,500 steps of 128 pairs)
 TARGET_FACTOR = 5.0
 COMPILE_RESERVE_S = 120.0
 

@@ -3,7 +3,7 @@
 A run's config is stored in the registry as canonical JSON and handed to the job as ``config.json``;
 its hash (with stage and parent) is the run's identity, so planning the same study twice adds nothing.
 
-Defaults are the thesis' Table 4.1 / section 4.5 settings (see thesis-protocol.md §3, §4).
+Defaults are the thesis' Table 4.1 / section 4.5 settings (see thesis protocol notes §3, §4).
 This module imports neither torch nor the orchestration layer: both sides may use it.
 """
 

@@ -102,11 +102,12 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
     say(f"4/5 plan: {len(outcome.new)} new run(s), {len(outcome.existing)} already planned (registry {db})")
     name = outcome.study
     if settings.executor == "auto":
-        from ioussl.orchestration.scheduler import sbatch_available
+        from ioussl.orchestration.backends import resolve_executor
 
-        settings = replace(settings, executor="slurm" if sbatch_available() else "local")
-        say("    SLURM found: submitting to it" if settings.executor == "slurm" else
-            "    no sbatch on PATH: running on this machine with the local executor")
+        executor, why_local = resolve_executor("auto")
+        settings = replace(settings, executor=executor)
+        say(f"    {why_local}: running on this machine with the local executor" if why_local else
+            "    the SLURM controller answers: submitting to it")
     worker = _Submitter(lambda: jobservice.submit(db, name, executor=settings.executor,
                                                   max_parallel=settings.max_parallel))
     worker.start()

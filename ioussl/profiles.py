@@ -37,7 +37,7 @@ def tiny(stage: Stage, seed: int = 0, store: str = "data/store", split: str | No
     """C = 12, 64² crops, a few steps per epoch, in-process data loading, CPU fp32.
 
     Pretrain then fine-tune take well under a minute on 2 CPU cores; fine-tuning evaluates every epoch
-    (on at most 8 slices) so a DSC exists.
+    (on at most 4 validation slices) so a DSC exists.
     """
     data = DataConfig(store=store, split=split, crop=64, num_workers=0)
     model = ModelConfig(feature_size=12)

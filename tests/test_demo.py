@@ -26,10 +26,20 @@ def _study(root: Path) -> Path:
     return path
 
 
-def _demo(root: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "ioussl", "demo", "--study", str(_study(root)), "--executor", "local", *extra]
+def _demo(root: Path, *extra: str, env: dict[str, str] | None = None, executor: str = "local") -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "ioussl", "demo", "--study", str(_study(root)), "--executor", executor, *extra]
     return subprocess.Popen(args, cwd=root, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def _no_controller(folder: Path) -> Path:
+    """sbatch and scontrol that fail as on a machine whose SLURM controller is not running."""
+    folder.mkdir()
+    for name, body in {"sbatch": "exit 1", "scontrol": "echo 'Slurmctld(primary) at ctl is DOWN'; exit 1"}.items():
+        (folder / name).write_text(f"#!/bin/sh\necho 'Unable to contact slurm controller (connect failure)' >&2\n"
+                                   f"{body}\n")
+        (folder / name).chmod(0o755)
+    return folder
 
 
 def _env() -> dict[str, str]:
@@ -52,10 +62,12 @@ def test_demo_runs_then_reuses_everything(tmp_path):
     results = {r["id"]: (Path(r["run_dir"]) / "result.json").stat().st_mtime for r in rows}
 
     began = time.monotonic()
-    second = _demo(tmp_path)
+    # `auto` with the SLURM client on PATH but no controller (the fake scontrol says DOWN): runs here, says so
+    second = _demo(tmp_path, executor="auto", env={**_env(), "PATH": str(_no_controller(tmp_path / "bin"))})
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, out + err
     assert "reusing" in out and "0 new run(s), 3 already planned" in out
+    assert "the SLURM controller does not answer" in out and "running on this machine" in out
     assert {r["id"]: (Path(r["run_dir"]) / "result.json").stat().st_mtime for r in _statuses(tmp_path)} == results
     print(f"second demo run: {time.monotonic() - began:.1f} s")
 

@@ -12,11 +12,16 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from ioussl.cli.options import command_group
 from ioussl.errors import IousslError
+
+# click's UsageError (typer ships click inside itself in newer versions: found through a public subclass).
+_UsageError = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
 
 
 class _OneLineErrors(TyperGroup):
-    """Turn every IousslError raised by any subcommand into one stderr line and exit code 1."""
+    """Turn every IousslError, and every bad option or argument, of any subcommand into one stderr line
+    ("error: ...") and exit code 1."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -24,14 +29,16 @@ class _OneLineErrors(TyperGroup):
         except IousslError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `ioussl plan` alone prints its help
+                raise
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{where}", err=True)
+            raise typer.Exit(1) from None
 
 
-app = typer.Typer(
-    cls=_OneLineErrors,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help="Plan, submit, track and report an IoU-based-positives SimSiam study on SLURM.",
+app = command_group(
+    cls=_OneLineErrors, help="Plan, submit, track and report an IoU-based-positives SimSiam study on SLURM."
 )
 
 

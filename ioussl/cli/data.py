@@ -11,12 +11,11 @@ from typing import Annotated
 
 import typer
 
+from ioussl.cli.options import command_group
 from ioussl.errors import DataError
 
-data_app = typer.Typer(
-    no_args_is_help=True, help="Prepare data: preprocess CTs into a slice store, synthesise, split."
-)
-analyze_app = typer.Typer(no_args_is_help=True, help="Analyse data and samplers.")
+data_app = command_group(help="Prepare data: preprocess CTs into a slice store, synthesise, split.")
+analyze_app = command_group(help="Analyse data and samplers.")
 
 
 @data_app.command("preprocess")
@@ -118,7 +117,7 @@ def pairs(
     split_file: Annotated[Path | None, typer.Option("--split", help="Split JSON; analyse one part.")] = None,
     part: Annotated[str, typer.Option(help="Split part to analyse (train, val, test).")] = "val",
     interval: Annotated[
-        list[str] | None, typer.Option(help="'i_min,i_max'; repeat. Default: thesis' four.")
+        list[str] | None, typer.Option(metavar="<i_min,i_max>", help="'i_min,i_max'; repeat. Default: thesis' four.")
     ] = None,
     crop: Annotated[int, typer.Option(help="Crop side.")] = 96,
     passes: Annotated[int, typer.Option(help="Passes over the slices per interval.")] = 5,

@@ -7,22 +7,20 @@ from typing import Annotated
 
 import typer
 
-from ioussl.cli.options import DbOption
+from ioussl.cli.options import DbOption, Executor, ExecutorOption
 
 
 def demo(
     db: DbOption = None,
     study: Annotated[Path | None, typer.Option("--study", help="Demo study file [default jobs/demo.toml].")] = None,
-    executor: Annotated[
-        str, typer.Option("--executor", help="auto (SLURM where sbatch exists, else this machine), local or slurm.")
-    ] = "auto",
+    executor: ExecutorOption = Executor.auto,
     max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, help="Local runs at once.")] = 2,
 ) -> None:
     """Synthesise CT, preprocess, plan the scaled-down thesis grid, run it, report (resumable)."""
     from ioussl.cli import render
     from ioussl.demo import DEFAULT_STUDY, DemoSettings, run_demo
 
-    settings = DemoSettings(study_file=study or DEFAULT_STUDY, executor=executor, max_parallel=max_parallel)
+    settings = DemoSettings(study_file=study or DEFAULT_STUDY, executor=executor.value, max_parallel=max_parallel)
     try:
         with render.RunProgress() as progress:
             outcome = run_demo(settings, db, say=progress.say, progress=progress.update)

@@ -6,21 +6,25 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ioussl.cli.options import DbOption, DryRunOption, GroupOption, StageOption, StateOption, StudyOption
+from ioussl.cli.options import (
+    DbOption,
+    DryRunOption,
+    Executor,
+    ExecutorOption,
+    GroupOption,
+    StageOption,
+    StateOption,
+    StudyOption,
+)
 
 if TYPE_CHECKING:
     from ioussl.orchestration.jobservice import CancelOutcome
     from ioussl.orchestration.submission import SubmitOutcome
     from ioussl.orchestration.sync import SyncOutcome
 
-ExecutorOption = Annotated[
-    str,
-    typer.Option(
-        "--executor", help="slurm, local (this machine, no SLURM), or auto (slurm where sbatch exists)."
-    ),
-]
 RunOption = Annotated[
-    list[str] | None, typer.Option("--run", help="Only this run (id or unique prefix; repeatable).")
+    list[str] | None,
+    typer.Option("--run", metavar="<run id>", help="Only this run (id or unique prefix; repeatable)."),
 ]
 
 
@@ -28,7 +32,7 @@ def submit(
     db: DbOption = None,
     study: StudyOption = None,
     dry_run: DryRunOption = False,
-    executor: ExecutorOption = "auto",
+    executor: ExecutorOption = Executor.auto,
     stage: StageOption = None,
     group: GroupOption = None,
     run: RunOption = None,
@@ -42,7 +46,7 @@ def submit(
 
     run_filter = RunFilter(stage=_stage(stage), group=group, run_ids=tuple(run or ()))
     outcome = run_submit(
-        db, study, executor=executor, dry_run=dry_run, run_filter=run_filter, max_parallel=max_parallel
+        db, study, executor=executor.value, dry_run=dry_run, run_filter=run_filter, max_parallel=max_parallel
     )
     render_submit(outcome)
 
@@ -52,7 +56,7 @@ def retry(
     study: StudyOption = None,
     run: RunOption = None,
     state: StateOption = None,
-    executor: ExecutorOption = "auto",
+    executor: ExecutorOption = Executor.auto,
 ) -> None:
     """Resubmit FAILED, LOST or TIMEOUT runs as new attempts; blocked fine-tunes follow their pretrain."""
     from ioussl.cli.study import _states
@@ -60,7 +64,7 @@ def retry(
     from ioussl.orchestration.status import RunStatus
 
     statuses = _states(state) or [RunStatus.FAILED, RunStatus.LOST, RunStatus.TIMEOUT]
-    render_submit(run_retry(db, study, tuple(run or ()), statuses, executor=executor))
+    render_submit(run_retry(db, study, tuple(run or ()), statuses, executor=executor.value))
 
 
 def cancel(
@@ -73,7 +77,7 @@ def cancel(
 
 
 def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
-    """What ``ioussl status`` runs before it renders: one scheduler query, transitions, ingestion."""
+    """What ``ioussl status`` runs before it renders: one scheduler query per study, transitions, ingestion."""
     from ioussl.orchestration.jobservice import sync_studies
 
     outcomes = sync_studies(db, study)
@@ -89,7 +93,8 @@ def render_submit(outcome: SubmitOutcome) -> None:
 
     verb = "would submit" if outcome.dry_run else "submitted"
     if outcome.fell_back:
-        console.print("no sbatch on PATH: running on this machine with the local executor (--executor local)")
+        console.print(f"{outcome.fell_back}: running on this machine with the local executor (--executor local)",
+                      markup=False)
     runs = sum(len(u.run_ids) for u in outcome.units)
     for run_id in outcome.adopted:
         console.print(f"adopted the job of run {run_id} (an earlier submit was interrupted)")
@@ -110,7 +115,8 @@ def render_submit(outcome: SubmitOutcome) -> None:
         console.print(
             f"{tree}{unit.job_name}: {what}"
             + (f"  waits {dependency}" if dependency else "")
-            + (f"  job {jobs}" if jobs else "")
+            + (f"  job {jobs}" if jobs else ""),
+            markup=False,
         )
         if outcome.dry_run:
             array = len(unit.run_ids) if len(unit.run_ids) > 1 else None
@@ -120,13 +126,14 @@ def render_submit(outcome: SubmitOutcome) -> None:
                 comment=unit.comment,
                 dependency="afterok:<pretrain job>" if unit.parent_id else None,
             )
-            console.print("      sbatch " + " ".join(slurm.sbatch_flags(params, array)), soft_wrap=True)
+            console.print("      sbatch " + " ".join(slurm.sbatch_flags(params, array)), soft_wrap=True, markup=False)
     for run_id, why in outcome.skipped:
-        console.print(f"skipped {run_id}: {why}")
+        console.print(f"skipped {run_id}: {why}", markup=False)
     console.print(
         f"study {outcome.study}: {verb} {runs} run(s) in {len(outcome.units)} job(s) "
         f"({outcome.executor}); {outcome.sbatch_calls} sbatch call(s); "
-        f"{outcome.gpu_hours:.1f} GPU-hours requested"
+        f"{outcome.gpu_hours:.1f} GPU-hours requested",
+        markup=False,
     )
 
 

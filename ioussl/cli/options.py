@@ -1,24 +1,57 @@
-"""Options shared by several commands, written once (seml's Annotated aliases)."""
+"""Options shared by several commands, written once (seml's Annotated aliases).
+
+Help texts are plain text: every Typer of the CLI is built by :func:`command_group` with
+``rich_markup_mode=None``, so bracketed text such as "[default 1]" or "train/val[/test]" is printed as
+written (rich markup would delete it or fail on it), and flags show no value placeholder.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ioussl.orchestration.backends import EXECUTORS
+
+
+def command_group(**settings: Any) -> typer.Typer:
+    """A Typer with the CLI's help conventions: plain-text help, no completion, no rich tracebacks."""
+    return typer.Typer(
+        rich_markup_mode=None, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+        **settings,
+    )
+
+
+# Where jobs run; one vocabulary with the backends (the enum makes --help list the choices).
+Executor = StrEnum("Executor", {name: name for name in EXECUTORS})  # type: ignore[misc]
+
+
+ExecutorOption = Annotated[
+    Executor,
+    typer.Option(
+        "--executor",
+        help="slurm; local (this machine, no SLURM); or auto: slurm where a SLURM controller answers, "
+        "else local (and it says so).",
+    ),
+]
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Registry: a SQLite path or any SQLAlchemy URL [env IOUSSL_DB; default ./registry.db]",
-                 show_default=False),
+    typer.Option("--db", metavar="<path|url>", show_default=False,
+                 help="Registry: a SQLite path or any SQLAlchemy URL [env IOUSSL_DB; default ./registry.db]"),
 ]
-StudyOption = Annotated[str | None, typer.Option("--study", help="Only this study (by name).")]
-StageOption = Annotated[str | None, typer.Option("--stage", help="Only this stage: pretrain or finetune.")]
+StudyOption = Annotated[str | None, typer.Option("--study", metavar="<name>", help="Only this study (by name).")]
+StageOption = Annotated[
+    str | None, typer.Option("--stage", metavar="<pretrain|finetune>", help="Only this stage: pretrain or finetune.")
+]
 StateOption = Annotated[
-    list[str] | None, typer.Option("--state", help="Only runs in this state (repeatable), e.g. FAILED.")
+    list[str] | None,
+    typer.Option("--state", metavar="<state>", help="Only runs in this state (repeatable), e.g. FAILED."),
 ]
 GroupOption = Annotated[
-    str | None, typer.Option("--interval", "--group", help="Only this group, e.g. '[0.3, 0.6]' or 'no pretraining'.")
+    str | None,
+    typer.Option("--interval", "--group", metavar="<group>",
+                 help="Only this group, e.g. '[0.3, 0.6]' or 'no pretraining'."),
 ]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write nothing.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

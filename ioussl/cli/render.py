@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
     from ioussl.orchestration.importing import ImportOutcome
     from ioussl.orchestration.registry.repo import RunRecord
+    from ioussl.orchestration.report import Report
     from ioussl.orchestration.service import PlanOutcome, ReportOutcome
 
 # Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables do not wrap.
@@ -28,17 +30,18 @@ def plan_outcome(outcome: PlanOutcome) -> None:
     verb = "would add" if outcome.dry_run else "added"
     new_pre = sum(r.stage == "pretrain" for r in outcome.new)
     console.print(
-        f"study [bold]{outcome.study}[/]: {verb} {len(outcome.new)} run(s) "
+        f"study [bold]{escape(outcome.study)}[/]: {verb} {len(outcome.new)} run(s) "
         f"({new_pre} pretrain, {len(outcome.new) - new_pre} finetune); {len(outcome.existing)} already planned"
         + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)"
            if outcome.resources_updated else "")
     )
     for warning in outcome.warnings:
-        console.print(f"warning: {warning}", markup=False)
+        console.print(f"warning: {warning}", markup=False, soft_wrap=True)
     if outcome.new:
         table = Table("run", "stage", "group", "pretrain seed", "seed", "parent")
         for run in outcome.new:
-            table.add_row(run.key, run.stage, run.group, _opt(run.pretrain_seed), str(run.seed), run.parent_key or "-")
+            table.add_row(run.key, run.stage, escape(run.group), _opt(run.pretrain_seed), str(run.seed),
+                          run.parent_key or "-")
         console.print(table)
 
 
@@ -61,7 +64,7 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False) -> None:
             if group is not None:
                 table.add_section()
             group = record.group
-            table.add_row(f"[bold]{group}[/]", "", "", "", "", "", "", "", "")
+            table.add_row(f"[bold]{escape(group)}[/]", "", "", "", "", "", "", "", "")
         style = STATUS_STYLE.get(record.status.value, "")
         table.add_row(
             record.id, record.stage, _opt(record.pretrain_seed), str(record.seed),
@@ -87,7 +90,8 @@ def status_summary(records: Sequence[RunRecord]) -> None:
     states = [s for s in STATUS_STYLE if any(s in row for row in counts.values())]
     table = Table("study", "group", "stage", *states, "total", title=f"{len(records)} runs (summary)")
     for (study, group, stage), row in counts.items():
-        table.add_row(study, group, stage, *[str(row.get(s, "")) for s in states], str(sum(row.values())))
+        cells = [str(row.get(s, "")) for s in states]
+        table.add_row(escape(study), escape(group), stage, *cells, str(sum(row.values())))
     console.print(table)
     console.print("list every run with --all, or narrow with --study, --stage, --state or --interval")
 
@@ -106,43 +110,45 @@ def status_json(records: Sequence[RunRecord]) -> None:
     print(json.dumps(rows, indent=1))
 
 
-def report(outcome: ReportOutcome, fmt: str) -> None:
+def report(outcome: ReportOutcome, fmt: str, table: bool = True) -> None:
+    """The report table in ``fmt`` (unless ``table`` is off), then which figures were written or skipped."""
+    if table:
+        report_table(outcome.report, fmt)
+    for line in [f"wrote {path}" for path in outcome.plots] + outcome.skipped:
+        print(line, file=sys.stderr)  # whole lines: a path must not wrap
+
+
+def report_table(report: Report, fmt: str) -> None:
     from ioussl.orchestration import report as fmt_report
 
-    report = outcome.report
-
-    if fmt == "markdown":
-        print(fmt_report.to_markdown(report), end="")
-    elif fmt == "csv":
-        print(fmt_report.to_csv(report), end="")
-    elif fmt == "latex":
-        print(fmt_report.to_latex(report), end="")
-    else:
-        # Two narrow tables read better in an 80-column terminal than one wide one.
-        cells = [fmt_report.row_cells(row, report.max_values) for row in report.rows]
-        head = fmt_report.header(report.max_values)
-        split = len(head) - 2
-        main = Table(title=f"{report.study}: DSC per group (std ddof={report.ddof})")
-        for name in head[:split]:
-            main.add_column(name, no_wrap=True)
-        for row in cells:
-            main.add_row(*row[:split])
-        console.print(main)
-        stats = Table(title="statistics")
-        for name in (head[0], head[split - 2], *head[split:]):
-            stats.add_column(name, no_wrap=True)
-        for row in cells:
-            stats.add_row(row[0], row[split - 2], *row[split:])
-        console.print(stats)
-        for line in fmt_report.footer_lines(report):
-            console.print(line, markup=False)
-    for path in outcome.plots:
-        Console(stderr=True, highlight=False).print(f"wrote {path}")
+    if fmt in ("markdown", "csv", "latex"):
+        text = {"markdown": fmt_report.to_markdown, "csv": fmt_report.to_csv, "latex": fmt_report.to_latex}[fmt]
+        print(text(report), end="")
+        return
+    # Two narrow tables read better in an 80-column terminal than one wide one.
+    cells = [fmt_report.row_cells(row, report.max_values) for row in report.rows]
+    head = fmt_report.header(report.max_values)
+    split = len(head) - 2
+    main = Table(title=f"{report.study}: DSC per group (std ddof={report.ddof})")
+    for name in head[:split]:
+        main.add_column(name, no_wrap=True)
+    for row in cells:
+        main.add_row(*map(escape, row[:split]))
+    console.print(main)
+    stats = Table(title="statistics")
+    for name in (head[0], head[split - 2], *head[split:]):
+        stats.add_column(name, no_wrap=True)
+    for row in cells:
+        stats.add_row(*map(escape, (row[0], row[split - 2], *row[split:])))
+    console.print(stats)
+    for line in fmt_report.footer_lines(report):
+        console.print(line, markup=False)
 
 
 def import_outcome(outcome: ImportOutcome) -> None:
     console.print(
-        f"study [bold]{outcome.study}[/]: imported {outcome.imported} result(s), {outcome.unchanged} unchanged; "
+        f"study [bold]{escape(outcome.study)}[/]: imported {outcome.imported} result(s), "
+        f"{outcome.unchanged} unchanged; "
         f"{outcome.pretrains_marked} pretrain(s) marked completed (implied by their imported fine-tunes)"
     )
 

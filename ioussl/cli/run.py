@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ioussl.cli.options import command_group
 from ioussl.errors import ConfigError
 
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Run directory (created; resumed if it exists).")]
@@ -28,7 +29,7 @@ Seed = Annotated[int | None, typer.Option("--seed", help="Run seed (overrides th
 
 def register(app: typer.Typer) -> None:
     """Attach ``ioussl run pretrain`` and ``ioussl run finetune`` to the root app."""
-    run_app = typer.Typer(no_args_is_help=True, help="Run one training stage here, without the orchestrator.")
+    run_app = command_group(help="Run one training stage here, without the orchestrator.")
 
     @run_app.command("pretrain")
     def pretrain(

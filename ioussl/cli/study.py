@@ -16,11 +16,12 @@ from ioussl.cli.options import (
     StageOption,
     StateOption,
     StudyOption,
+    command_group,
 )
 from ioussl.errors import ConfigError
 
-plan_app = typer.Typer(help="Plan runs into the registry.", no_args_is_help=True)
-import_app = typer.Typer(help="Import externally obtained results.", no_args_is_help=True)
+plan_app = command_group(help="Plan runs into the registry.")
+import_app = command_group(help="Import externally obtained results.")
 
 
 @plan_app.command("grid")
@@ -48,7 +49,7 @@ def status(
     as_json: JsonOption = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every run even in a large registry.")] = False,
     sync: Annotated[
-        bool, typer.Option("--sync/--no-sync", help="Ask SLURM first (one sacct); ingest run files.")
+        bool, typer.Option("--sync/--no-sync", help="Ask SLURM first (one sacct per study); ingest run files.")
     ] = True,
     watch: Annotated[
         float | None, typer.Option("--watch", min=1, help="Refresh every this many seconds until Ctrl-C.")
@@ -74,23 +75,33 @@ def status(
 def report(
     db: DbOption = None,
     study: StudyOption = None,
-    table: Annotated[bool, typer.Option("--table", help="Table 4.2: mean ± std DSC per group.")] = True,
+    table: Annotated[
+        bool, typer.Option("--table/--no-table", help="Print Table 4.2: mean ± std DSC per group (--no-table: "
+                                                      "only write the figures of --plot).")
+    ] = True,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = ReportFormat.terminal,
     ddof: Annotated[
         int, typer.Option("--ddof", min=0, max=1, help="0: population std (as the thesis), 1: sample std.")
     ] = 0,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Also write PNG figures (collapse, DSC per group) into DIR.")
+        Path | None,
+        typer.Option("--plot", metavar="<dir>",
+                     help="Also write PNG figures (collapse, DSC per group) into this folder."),
     ] = None,
     pairs: Annotated[
-        Path | None, typer.Option("--pairs", help="Pair analysis JSON (ioussl analyze pairs --json) to plot.")
+        Path | None, typer.Option("--pairs", metavar="<json>",
+                                  help="Pair analysis (ioussl analyze pairs --json) to plot; needs --plot.")
     ] = None,
 ) -> None:
     """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline."""
     from ioussl.cli import render
     from ioussl.orchestration.service import report_study
 
-    render.report(report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs), fmt)
+    if pairs is not None and plot is None:
+        raise ConfigError("--pairs is plotted into the --plot folder: give --plot DIR too")
+    if not table and plot is None:
+        raise ConfigError("--no-table without --plot DIR leaves nothing to report")
+    render.report(report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs), fmt, table=table)
 
 
 @import_app.command("results")

@@ -56,24 +56,36 @@ class Backend(Protocol):
     def cancel(self, job_ids: Iterable[str]) -> None: ...
 
 
+def resolve_executor(executor: str) -> tuple[str, str | None]:
+    """The concrete executor for a requested one, and why ``auto`` chose local (None otherwise).
+
+    ``auto`` is SLURM only where a controller answers (``scheduler.controller_answers``), else local.
+
+    Raises:
+        ConfigError: an unknown executor name.
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if executor != "auto":
+        return executor, None
+    why_not = scheduler.controller_answers()
+    return ("local", why_not) if why_not else ("slurm", None)
+
+
 def choose_backend(executor: str, folder: Path, runner: Runner = scheduler.run_command) -> Backend:
-    """``auto``: SLURM where ``sbatch`` exists, else the local executor.
+    """The backend for a concrete or ``auto`` executor (see :func:`resolve_executor`).
 
     Raises:
         ConfigError: an unknown executor name.
         SubmissionError: ``slurm`` asked for where there is no ``sbatch``.
     """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    has_sbatch = scheduler.sbatch_available()
-    if executor == "slurm" and not has_sbatch:
+    executor, _ = resolve_executor(executor)
+    if executor == "slurm" and not scheduler.sbatch_available():
         raise SubmissionError(
             "--executor slurm: sbatch is not on PATH (not a SLURM login node?); "
             "use --executor local to run on this machine"
         )
-    if executor == "slurm" or (executor == "auto" and has_sbatch):
-        return SlurmBackend(folder, runner)
-    return LocalBackend(folder)
+    return SlurmBackend(folder, runner) if executor == "slurm" else LocalBackend(folder)
 
 
 def backend_for_attempts(executor: str, folder: Path, runner: Runner = scheduler.run_command) -> Backend:

@@ -15,12 +15,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from ioussl.errors import ConfigError, SubmissionError
-from ioussl.orchestration import submission
-from ioussl.orchestration.backends import Backend, Unit, backend_for_attempts, choose_backend
+from ioussl.errors import ConfigError, NotFound, SubmissionError
+from ioussl.orchestration import planning, slurm, submission
+from ioussl.orchestration.backends import Backend, Unit, backend_for_attempts, choose_backend, resolve_executor
 from ioussl.orchestration.registry import open_registry, repo
 from ioussl.orchestration.registry.db import Registry
 from ioussl.orchestration.registry.models import Run, Study
+from ioussl.orchestration.report import order_groups
 from ioussl.orchestration.status import RunStatus, is_retryable
 from ioussl.orchestration.submission import JobFactory, RunFilter, SubmitOutcome
 from ioussl.orchestration.sync import SyncOutcome, sync
@@ -58,13 +59,15 @@ def submit(
     registry = open_registry(db, create=False)
     try:
         name, folder = _study_folder(registry, study)
+        executor, fell_back = (backend.name, None) if backend else resolve_executor(executor)
         backend = backend or choose_backend(executor, folder)
         backends = Backends(folder, backend)
-        outcome = SubmitOutcome(study=name, executor=backend.name, dry_run=dry_run,
-                                fell_back=executor == "auto" and backend.name == "local")
+        outcome = SubmitOutcome(study=name, executor=backend.name, dry_run=dry_run, fell_back=fell_back)
         if not dry_run:
             prepare(registry, name, backends, outcome)
         units = _plan(registry, name, run_filter, outcome)
+        if backend.name == "slurm":
+            _refuse_placeholders(registry, name, units)
         if dry_run or not units:
             _describe_dependencies(units, outcome)
             return outcome
@@ -93,6 +96,18 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
     submission.wait_for_young_intents(adopt_once)
     with registry.session() as session:
         return sync(session, study=study, backends=backends, folder=backends.folder)
+
+
+def _refuse_placeholders(registry: Registry, study: str, units: Sequence[Unit]) -> None:
+    """SLURM would reject a template value such as account FILL-IN-YOUR-GRANT: say which and where first."""
+    found: dict[str, str] = {}
+    for unit in units:
+        found.update(slurm.placeholders(unit.resources))
+    if found:
+        with registry.session() as session:
+            source = planning.profile_source(repo.find_study(session, study).spec.get("raw") or {})
+        message = slurm.placeholder_message(found, f"study {study!r}, {source}")
+        raise ConfigError(f"{message}, then run `ioussl plan grid` again (planned runs pick it up)")
 
 
 def _study_folder(registry: Registry, study: str | None) -> tuple[str, Path]:
@@ -228,6 +243,8 @@ def cancel(
             prepare(registry, study, backends)
         with registry.session() as session:
             runs = _select(session, study, run_ids, group, (S.PLANNED, *ACTIVE))
+            if not runs:
+                raise NotFound(_nothing_to_cancel(session, study, run_ids, group))
             by_executor: dict[str, list[str]] = {}
             for run in runs:
                 attempt = run.attempts[-1] if run.attempts else None
@@ -244,6 +261,22 @@ def cancel(
         return outcome
     finally:
         registry.dispose()
+
+
+def _nothing_to_cancel(session, study: str | None, run_ids: Sequence[str], group: str | None) -> str:  # type: ignore[no-untyped-def]
+    """Why a cancel matched no cancellable run, naming what does exist."""
+    matching = _select(session, study, run_ids, group, None)
+    where = f" in study {study!r}" if study else ""
+    if group is not None and not matching:
+        query = select(Run.group).join(Study, Run.study_id == Study.id).distinct()
+        groups = session.scalars(query.where(Study.name == study) if study else query).all()
+        return f"no group {group!r}{where}; groups: {', '.join(map(repr, order_groups(groups, ()))) or 'none'}"
+    states: dict[str, int] = {}
+    for run in matching:
+        states[run.status.value.lower()] = states.get(run.status.value.lower(), 0) + 1
+    found = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no run"
+    return (f"nothing to cancel{where}: the matching runs are {found} "
+            "(only planned, submitting, pending or running runs can be cancelled)")
 
 
 def retry(

@@ -14,6 +14,7 @@ from typing import Any
 
 from ioussl.config import RunConfig, run_hash
 from ioussl.errors import ConfigError, DataError
+from ioussl.orchestration import slurm
 from ioussl.orchestration.study import Interval, StudySpec
 
 BASELINE_GROUP = "no pretraining"
@@ -137,3 +138,23 @@ def job_config_json(config_json: str, base_dir: str) -> str:
 
 def run_dir_for(spec: StudySpec, planned: PlannedRun) -> Path:
     return spec.resolve(spec.runs_dir) / f"{planned.stage}-{planned.key}"
+
+
+def profile_source(raw: dict[str, Any]) -> str:
+    """Where a study's SLURM settings come from, for messages: its cluster profile and/or its [slurm]."""
+    cluster = (raw.get("study") or {}).get("cluster")
+    sources = [f"cluster profile {cluster}"] if cluster else []
+    if raw.get("slurm"):
+        sources.append("the study's [slurm] table")
+    return " and ".join(sources) or "the study's resources"
+
+
+def placeholder_warnings(spec: StudySpec) -> list[str]:
+    """A warning when the SLURM settings still hold a template placeholder (submit to SLURM refuses them)."""
+    found: dict[str, str] = {}
+    for stage, stored in spec.resources.items():
+        found.update(slurm.placeholders(slurm.resources_for_run(stored, where=f"[resources.{stage}]")))
+    if not found:
+        return []
+    message = slurm.placeholder_message(found, profile_source(spec.raw))
+    return [f"{message} before submitting to SLURM (then plan again: planned runs pick it up)"]

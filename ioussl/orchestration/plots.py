@@ -1,42 +1,72 @@
 """Report figures: collapse per epoch per interval (thesis Fig. 4.3), DSC per group, pair semantics (Fig. 3.2).
 
-matplotlib is imported inside each function (Agg backend), so importing this module stays cheap.
+matplotlib is imported inside each function, so importing this module stays cheap. Figures are built
+without pyplot (no global state, no backend to choose); ``*_figure`` return them for tests to inspect.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ioussl.errors import DataError
+from ioussl.orchestration.planning import BASELINE_GROUP
 from ioussl.orchestration.report import Report
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
+    """A figure outside pyplot's global state (nothing to close, safe in threads)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _colours() -> tuple[Any, ...]:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return tuple(matplotlib.colormaps["tab10"].colors)
 
 
-def plot_collapse(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], path: Path) -> Path:
-    """One line per pretrain run (thin) and the mean per interval (thick); curves: group -> runs -> points."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for colour, (group, runs) in zip(plt.cm.tab10.colors, sorted(curves.items()), strict=False):
+def collapse_figure(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]]):  # type: ignore[no-untyped-def]
+    """One line per pretrain run (thin) and the mean per group (thick); curves: group -> runs -> points.
+
+    Epochs are counted from 1 on integer ticks; the y-range is fitted to the data (collapse curves of one
+    study usually lie within a few hundredths of each other, which a fixed 0-1 range flattens into one band).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(7, 4.5)
+    ax = fig.subplots()
+    for colour, (group, runs) in zip(_colours(), curves.items(), strict=False):
         for points in runs:
             ax.plot([e + 1 for e, _ in points], [v for _, v in points], color=colour, alpha=0.35, lw=0.8)
         mean = _mean_curve(runs)
         ax.plot([e + 1 for e, _ in mean], [v for _, v in mean], color=colour, lw=2.2, label=group)
-    ax.set(xlabel="epoch", ylabel="collapse coefficient  max(0, 1 - sqrt(d) s)", ylim=(-0.02, 1.02),
-           title="Representation collapse during pretraining")
+    ax.set(xlabel="epoch", ylabel="collapse coefficient  (0: spread out, 1: collapsed)",
+           title="Representation collapse during pretraining (thin: runs, thick: group mean)")
+    ax.set_ylim(*_fitted_range([v for runs in curves.values() for points in runs for _, v in points]))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    ax.legend(fontsize=8, title="IoU interval", title_fontsize=8)
+    return fig
+
+
+def plot_collapse(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], path: Path) -> Path:
+    """Write :func:`collapse_figure` as a PNG."""
+    return _save(collapse_figure(curves), path)
+
+
+def _fitted_range(values: Sequence[float]) -> tuple[float, float]:
+    """The data's range with a margin (at least 0.01 either side), kept within [0, 1] where the data is."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    low, high = min(finite), max(finite)
+    margin = max(0.08 * (high - low), 0.01)
+    return max(low - margin, min(low, 0.0)), min(high + margin, max(high, 1.0))
 
 
 def _mean_curve(runs: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, float]]:
@@ -47,29 +77,41 @@ def _mean_curve(runs: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, 
     return [(epoch, sum(values) / len(values)) for epoch, values in sorted(by_epoch.items())]
 
 
-def plot_dsc(report: Report, path: Path) -> Path:
-    """Each fine-tune's DSC as a point, the group mean as a bar, ± std as an error bar."""
-    plt = _pyplot()
+def dsc_figure(report: Report):  # type: ignore[no-untyped-def]
+    """Each fine-tune's DSC as a point, the group mean ± std as a bar, the baseline's mean as a dashed line."""
     rows = [row for row in report.rows if row.values]
     if not rows:
         raise DataError("no fine-tune has a DSC yet: nothing to plot")
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4.5))
+    fig = _figure(max(6, 1.3 * len(rows)), 4.5)
+    ax = fig.subplots()
     for x, row in enumerate(rows):
         spread = [x + 0.08 * (i - (row.n - 1) / 2) for i in range(row.n)]
-        ax.scatter(spread, row.values, s=22, color="tab:blue", zorder=3)
+        ax.scatter(spread, row.values, s=22, color="tab:blue", zorder=3,
+                   label="one fine-tune" if x == 0 else None)
         ax.errorbar([x], [row.mean], yerr=[row.std or 0.0], fmt="_", color="black", markersize=22, capsize=6,
-                    zorder=4)
+                    zorder=4, label="mean ± std" if x == 0 else None)
+    baseline = next((row for row in rows if row.group == BASELINE_GROUP), None)
+    if baseline is not None and baseline.mean is not None:
+        ax.axhline(baseline.mean, color="tab:red", ls="--", lw=1, zorder=2,
+                   label=f"{BASELINE_GROUP} (mean {baseline.mean:.3f})")
     ax.set_xticks(range(len(rows)), [row.group for row in rows], rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="DSC (per slice, thesis definition)", title=f"{report.study}: DSC per group (mean ± std)")
+    ax.set(xlabel="pretraining (IoU interval of the positive pairs)", ylabel="DSC (per slice, thesis definition)",
+           title=f"{report.study}: DSC per group (mean ± std, ddof={report.ddof})")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_dsc(report: Report, path: Path) -> Path:
+    """Write :func:`dsc_figure` as a PNG."""
+    return _save(dsc_figure(report), path)
 
 
 def plot_pairs(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Share of sampled pairs that have an organ in common, per IoU interval (thesis Fig. 3.2)."""
-    plt = _pyplot()
     labels = [f"[{r['i_min']:g}, {r['i_max']:g}]" for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(6, 4)
+    ax = fig.subplots()
     fractions = [float("nan") if r["fraction"] is None else r["fraction"] for r in rows]  # None: no organ seen
     ax.plot(labels, fractions, marker="o")
     ax.set(xlabel="IoU interval", ylabel="pairs sharing >= 1 organ", ylim=(0, 1),
@@ -93,5 +135,4 @@ def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    fig.clf()
     return path

@@ -1,6 +1,6 @@
 """Table 4.2: mean ± std DSC per group, from recorded fine-tune results (pure, no ORM, no torch).
 
-The thesis reports the population std (ddof=0) of the four DSCs of a group (thesis-protocol.md §8);
+The thesis reports the population std (ddof=0) of the four DSCs of a group (thesis protocol notes §8);
 ``ddof=1`` gives the sample std. A group with fewer results than planned runs is marked ``n/N``.
 """
 
@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ioussl.orchestration.planning import BASELINE_GROUP
 from ioussl.orchestration.registry.repo import RunRecord
+from ioussl.orchestration.study import Interval
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96 is within 4%).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -60,7 +62,7 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0,
     groups: dict[str, list[RunRecord]] = {}
     for record in finetunes:
         groups.setdefault(record.group, []).append(record)
-    order = _ordered(groups, group_order)
+    order = order_groups(groups, group_order)
     left_out = tuple(
         f"run {r.id} ({r.group}): {r.status.value.lower()}{' - ' + r.status_reason if r.status_reason else ''}"
         for r in finetunes if r.dsc is None
@@ -71,11 +73,30 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0,
     return Report(study, ddof, rows, left_out, max((row.planned for row in rows), default=0))
 
 
-def _ordered(groups: dict[str, list[RunRecord]], group_order: Sequence[str]) -> list[str]:
-    head = [BASELINE_GROUP] if BASELINE_GROUP in groups else []
-    known = [g for g in group_order if g in groups and g != BASELINE_GROUP]
-    rest = sorted(g for g in groups if g not in head and g not in known)
+def study_group_order(spec: Mapping[str, Any]) -> list[str]:
+    """The study's groups as its file lists them (``studies.spec`` intervals), for :func:`order_groups`."""
+    return [Interval(**interval).label for interval in spec.get("intervals", [])]
+
+
+def order_groups(groups: Iterable[str], group_order: Sequence[str]) -> list[str]:
+    """The one group order of status and report: the baseline, then the study's order, then the rest."""
+    present = set(groups)
+    head = [BASELINE_GROUP] if BASELINE_GROUP in present else []
+    known = [g for g in dict.fromkeys(group_order) if g in present and g != BASELINE_GROUP]
+    rest = sorted(present - set(head) - set(known))
     return head + known + rest
+
+
+def in_group_order(records: Sequence[RunRecord], orders: Mapping[str, Sequence[str]]) -> list[RunRecord]:
+    """Records sorted by study, then group in :func:`order_groups` order; stable within a group.
+
+    ``orders`` maps a study name to its :func:`study_group_order`.
+    """
+    rank: dict[tuple[str, str], int] = {}
+    for study in {record.study for record in records}:
+        names = order_groups({r.group for r in records if r.study == study}, orders.get(study, ()))
+        rank.update({(study, name): i for i, name in enumerate(names)})
+    return sorted(records, key=lambda record: (record.study, rank[(record.study, record.group)]))
 
 
 def _row(name: str, runs: list[RunRecord], ddof: int, base_mean: float | None,
@@ -185,17 +206,29 @@ def to_csv(report: Report) -> str:
 
 
 def to_latex(report: Report) -> str:
+    """A ``tabular`` for a paper: compiles with plain pdflatex (no package beyond the kernel)."""
     head = header(report.max_values)
     lines = [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\hline",
-             " & ".join(_latex_escape(h) for h in head) + r" \\", r"\hline"]
+             " & ".join(latex_cell(h) for h in head) + r" \\", r"\hline"]
     for row in report.rows:
-        cells = [_latex_escape(c).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
-                 for c in row_cells(row, report.max_values)]
-        lines.append(" & ".join(cells) + r" \\")
+        lines.append(" & ".join(latex_cell(c) for c in row_cells(row, report.max_values)) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     lines += [f"% {line}" for line in footer_lines(report)]
     return "\n".join(lines) + "\n"
 
 
-def _latex_escape(text: str) -> str:
-    return text.replace("&", r"\&").replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$")
+_LATEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
+    "…": r"\ldots{}",
+}
+
+
+def latex_cell(text: str) -> str:
+    """One table cell as LaTeX: special characters escaped, ± and Δ as math.
+
+    A cell that starts with "[" is braced: after the previous row's ``\\`` LaTeX would read "[0, 0]"
+    as the optional row-spacing argument ("Illegal unit of measure").
+    """
+    escaped = "".join(_LATEX.get(char, char) for char in text)
+    return "{" + escaped + "}" if escaped.startswith("[") else escaped

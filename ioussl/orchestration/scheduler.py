@@ -117,3 +117,27 @@ def cancel_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> None:
     except SubmissionError as exc:
         if "Invalid job id" not in str(exc) and "already completing" not in str(exc):
             raise
+
+
+PING_TIMEOUT_S = 5  # `scontrol ping` answers in milliseconds; a dead controller fails at once
+
+
+def controller_answers() -> str | None:
+    """None when a SLURM controller answers ``scontrol ping``, else why not (one line).
+
+    ``sbatch`` on PATH is not enough: a workstation with the client installed, or a stopped test
+    cluster, has it too. ``sinfo`` would retry for MessageTimeout seconds; ``scontrol ping`` does not.
+    """
+    if not sbatch_available():
+        return "no sbatch on PATH"
+    try:
+        done = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=PING_TIMEOUT_S,
+                              check=False)
+    except FileNotFoundError:
+        return "sbatch is on PATH but scontrol is not"
+    except subprocess.TimeoutExpired:
+        return f"the SLURM controller did not answer `scontrol ping` within {PING_TIMEOUT_S}s"
+    if "is UP" in done.stdout:  # a backup controller may be up while the primary is down
+        return None
+    said = [line.strip() for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip(" *\n")]
+    return f"the SLURM controller does not answer (scontrol ping: {said[0] if said else 'no output'})"

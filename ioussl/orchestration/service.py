@@ -7,15 +7,17 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import select
+
 from ioussl.errors import DataError
 from ioussl.orchestration import planning
 from ioussl.orchestration.planning import PlannedRun
 from ioussl.orchestration.registry import open_registry, repo
 from ioussl.orchestration.registry.db import MissingRegistry
-from ioussl.orchestration.registry.models import Run
-from ioussl.orchestration.report import Report
+from ioussl.orchestration.registry.models import Run, Study
+from ioussl.orchestration.report import Report, in_group_order, order_groups, study_group_order
 from ioussl.orchestration.status import RunStatus
-from ioussl.orchestration.study import Interval, StudySpec, load_study, spec_summary
+from ioussl.orchestration.study import StudySpec, load_study, spec_summary
 
 
 @dataclass
@@ -33,7 +35,7 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     """Validate the study, expand its grid, and add the runs not yet in the registry."""
     spec = load_study(study_file, base_dir=base_dir)
     planned = planning.expand_grid(spec)
-    warnings = planning.check_data(spec) if check_data else []
+    warnings = (planning.check_data(spec) if check_data else []) + planning.placeholder_warnings(spec)
     outcome = PlanOutcome(study=spec.name, dry_run=dry_run, warnings=warnings)
     registry = _open_for_plan(db, dry_run)
     try:
@@ -92,7 +94,9 @@ def status_rows(db: str | None, study: str | None = None, stage: str | None = No
         with registry.session() as session:
             if study is not None:
                 repo.find_study(session, study)
-            return repo.list_runs(session, study=study, stage=stage, statuses=statuses, group=group)
+            records = repo.list_runs(session, study=study, stage=stage, statuses=statuses, group=group)
+            orders = {row.name: study_group_order(row.spec) for row in session.scalars(select(Study))}
+            return in_group_order(records, orders)
     finally:
         registry.dispose()
 
@@ -101,6 +105,7 @@ def status_rows(db: str | None, study: str | None = None, stage: str | None = No
 class ReportOutcome:
     report: Report
     plots: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one line per figure not drawn, and why
 
 
 def report_study(db: str | None, study: str | None, ddof: int = 0, plot_dir: Path | None = None,
@@ -112,16 +117,18 @@ def report_study(db: str | None, study: str | None, ddof: int = 0, plot_dir: Pat
     try:
         with registry.session() as session:
             row = repo.find_study(session, study) if study else _only_study(session)
-            order = [Interval(**i).label for i in row.spec.get("intervals", [])]
+            order = study_group_order(row.spec)
             records = repo.list_runs(session, study=row.name)
             footer = provenance_footer(session, records, registry.location)
-            curves = _collapse_curves(session, records) if plot_dir else {}
+            curves = _collapse_curves(session, records, order) if plot_dir else {}
     finally:
         registry.dispose()
     report = build_report(records, row.name, ddof=ddof, group_order=order)
     report = dataclasses.replace(report, footer=footer)
-    plots = _write_plots(report, curves, plot_dir, pairs_json) if plot_dir else []
-    return ReportOutcome(report, plots)
+    outcome = ReportOutcome(report)
+    if plot_dir:
+        _write_plots(outcome, curves, records, plot_dir, pairs_json)
+    return outcome
 
 
 def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
@@ -140,29 +147,44 @@ def provenance_footer(session, records: list[repo.RunRecord], location: str) -> 
     return tuple(lines)
 
 
-def _collapse_curves(session, records: list[repo.RunRecord]) -> dict[str, list[list[tuple[int, float]]]]:  # type: ignore[no-untyped-def]
+Curves = dict[str, list[list[tuple[int, float]]]]  # group -> one (epoch, value) series per pretrain
+
+
+def _collapse_curves(session, records: list[repo.RunRecord], order: list[str]) -> Curves:  # type: ignore[no-untyped-def]
     pretrains = [r for r in records if r.stage == "pretrain"]
     series = repo.metric_series(session, [r.id for r in pretrains], "collapse")
-    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    curves: Curves = {}
     for record in pretrains:
         if record.id in series:
             curves.setdefault(record.group, []).append(series[record.id])
-    return curves
+    return {group: curves[group] for group in order_groups(curves, order)}
 
 
-def _write_plots(report: Report, curves: dict, plot_dir: Path, pairs_json: Path | None) -> list[Path]:  # type: ignore[type-arg]
+def _write_plots(outcome: ReportOutcome, curves: Curves, records: list[repo.RunRecord], plot_dir: Path,
+                 pairs_json: Path | None) -> None:
     from ioussl.orchestration import plots
 
-    written = []
-    if any(row.values for row in report.rows):
-        written.append(plots.plot_dsc(report, plot_dir / "dsc_per_group.png"))
+    if any(row.values for row in outcome.report.rows):
+        outcome.plots.append(plots.plot_dsc(outcome.report, plot_dir / "dsc_per_group.png"))
     if curves:
-        written.append(plots.plot_collapse(curves, plot_dir / "collapse_per_epoch.png"))
+        outcome.plots.append(plots.plot_collapse(curves, plot_dir / "collapse_per_epoch.png"))
+    else:
+        outcome.skipped.append(f"collapse plot skipped: {_no_collapse_reason(records)}")
     if pairs_json is not None:
-        written.append(plots.plot_pairs(plots.read_pairs(pairs_json), plot_dir / "pair_semantics.png"))
-    if not written:
+        outcome.plots.append(plots.plot_pairs(plots.read_pairs(pairs_json), plot_dir / "pair_semantics.png"))
+    if not outcome.plots:
         raise DataError("nothing to plot yet: no DSC, no collapse series and no pair analysis")
-    return written
+
+
+def _no_collapse_reason(records: list[repo.RunRecord]) -> str:
+    pretrains = [r for r in records if r.stage == "pretrain"]
+    imported = sum(r.imported for r in pretrains)
+    if not pretrains:
+        return "the study has no pretraining runs"
+    if imported == len(pretrains):
+        return (f"its {imported} pretrain(s) are imported results (ioussl import results), which carry no "
+                "per-epoch collapse series")
+    return f"none of its {len(pretrains)} pretrain(s) has recorded a collapse value yet"
 
 
 def _only_study(session):  # type: ignore[no-untyped-def]

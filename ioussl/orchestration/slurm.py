@@ -117,6 +117,28 @@ def _check_types(merged: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: time_min and cpus_per_task must be >= 1 and gpus_per_node >= 0")
 
 
+# Values a profile template leaves for the user to fill in: FILL-IN-YOUR-GRANT, <account>, CHANGEME, TODO.
+PLACEHOLDER = re.compile(r"fill[-_ ]?in|change[-_ ]?me|replace[-_ ]?me|<[^<>]*>|\btodo\b|\bx{3,}\b", re.IGNORECASE)
+_FILL_IN_HINTS = {
+    "account": "your SLURM account (sacctmgr show assoc user=$USER)",
+    "partition": "a partition of your site (sinfo -s)",
+}
+
+
+def placeholders(res: Resources) -> dict[str, str]:
+    """Settings whose value is still a template placeholder (name -> value), e.g. account FILL-IN-YOUR-GRANT."""
+    values = {key: getattr(res, key) for key in _STR_KEYS}
+    values.update({f"additional.{key}": value for key, value in res.extra.items()})
+    return {key: value for key, value in values.items() if isinstance(value, str) and PLACEHOLDER.search(value)}
+
+
+def placeholder_message(found: Mapping[str, str], where: str) -> str:
+    """One line: which settings of which profile are placeholders, and what to fill in."""
+    settings = ", ".join(f"{key} = {value!r}" for key, value in found.items())
+    hints = [_FILL_IN_HINTS.get(key, f"your site's {key}") for key in found]
+    return f"{where}: {settings} is a placeholder; fill in {' and '.join(hints)}"
+
+
 def submitit_parameters(
     res: Resources, *, job_name: str, comment: str | None = None, dependency: str | None = None
 ) -> dict[str, Any]:

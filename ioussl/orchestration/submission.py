@@ -66,7 +66,7 @@ class SubmitOutcome:
     reverted: list[str] = field(default_factory=list)
     sbatch_calls: int = 0
     dry_run: bool = False
-    fell_back: bool = False  # --executor auto found no sbatch and runs on this machine
+    fell_back: str | None = None  # why --executor auto runs on this machine (no sbatch, no controller)
 
     @property
     def gpu_hours(self) -> float:

@@ -1,4 +1,4 @@
-"""The thesis' Algorithm 1 (thesis §3.2; thesis-protocol.md §2), vectorised, for comparison only.
+"""The thesis' Algorithm 1 (thesis §3.2; thesis protocol notes §2), vectorised, for comparison only.
 
 Per pair: draw box 1 uniformly; draw box 2 up to r1 times (around box 1 when i_min > 0: inside box 1
 grown by the crop on every side, clipped to the image; anywhere when i_min == 0) and keep the first whose

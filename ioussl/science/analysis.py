@@ -3,7 +3,7 @@
 For each interval and pass, one pair is sampled per labelled slice; a pair counts when at least one view
 shows an organ (pairs where both views are background only are excluded) and it shares an organ when
 some organ label appears in both views. The thesis measured 0.21, 0.59, 0.80, 0.91 on FLARE for
-[0, 0], [0.0001, 0.3], [0.3, 0.6], [0.6, 1] (5 passes over 5,050 slices; thesis-protocol.md §6).
+[0, 0], [0.0001, 0.3], [0.3, 0.6], [0.6, 1] (5 passes over 5,050 slices; thesis protocol notes §6).
 """
 
 from __future__ import annotations

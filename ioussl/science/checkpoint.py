@@ -3,7 +3,7 @@
 Every file says what it is (format, kind, stage, architecture), which config produced it (the canonical
 JSON and its hash) and where training stood (epoch, step, RNG states, optimiser / scaler / schedule state),
 so a run resumes from ``last.pt`` and a fine-tune refuses an encoder of another architecture with a message
-that names the file. The thesis' checkpoints held bare weights only (thesis-protocol.md §3, §7).
+that names the file. The thesis' checkpoints held bare weights only (thesis protocol notes §3, §7).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SimSiam projection and prediction heads (Chen & He 2021, "Exploring Simple Siamese Representation").
 
-Shapes follow the thesis' reference code, which used lightly's SimSiam heads (thesis-protocol.md §3):
+Shapes follow the thesis' reference code, which used lightly's SimSiam heads (thesis protocol notes §3):
 projection 16C -> 2048 -> 2048 -> 2048, every linear bias-free and followed by batch norm, ReLU on all but
 the last, the last batch norm without affine parameters; prediction 2048 -> 512 (BN, ReLU) -> 2048 with bias.
 """

@@ -1,6 +1,6 @@
 """Metrics: SimSiam's collapse coefficient and both Dice definitions (thesis and FLARE 2022).
 
-The thesis scores each validation slice on its own (thesis-protocol.md §4): argmax, one-hot over 14
+The thesis scores each validation slice on its own (thesis protocol notes §4): argmax, one-hot over 14
 classes, MONAI ``DiceMetric(include_background=True, ignore_empty=True)``, slice score = mean over the
 classes present in the ground truth (background included), run score = mean over slices. FLARE 2022
 instead scores each case in 3D per organ, background excluded; an organ absent from both ground truth and

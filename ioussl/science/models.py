@@ -2,7 +2,7 @@
 
 Pretraining and fine-tuning share one architecture: the SimSiam backbone is ``SwinUNETR(...).swinViT`` itself,
 so the pretrained state dict loads into the segmentation network's ``swinViT`` one to one, key for key
-(thesis-protocol.md §3 and §4).
+(thesis protocol notes §3 and §4).
 """
 
 from __future__ import annotations

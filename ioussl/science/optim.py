@@ -1,4 +1,4 @@
-"""Optimisers with the thesis' parameter groups (thesis-protocol.md §3, §4).
+"""Optimisers with the thesis' parameter groups (thesis protocol notes §3, §4).
 
 Biases and every 1-D parameter (LayerNorm / BatchNorm weights) get no weight decay; the 2-D Swin
 relative-position bias tables are decayed, as in the reference code. Pretraining has six groups

@@ -1,4 +1,4 @@
-"""FLARE-layout NIfTI volumes -> slice store, with the thesis' normalisation (thesis-protocol.md §1).
+"""FLARE-layout NIfTI volumes -> slice store, with the thesis' normalisation (thesis protocol notes §1).
 
 Per volume: orientation RAS, spacing (1, 1, 2.5) mm (bilinear image, nearest label), clip to [-500, 500] HU
 and scale to [0, 1], crop to the foreground (voxels > 0 after scaling, i.e. HU > -500), pad X and Y
@@ -35,7 +35,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """The thesis' defaults (Table 4.1 and thesis-protocol.md §1)."""
+    """The thesis' defaults (Table 4.1 and thesis protocol notes §1)."""
 
     spacing: tuple[float, float, float] = (1.0, 1.0, 2.5)
     hu_min: float = -500.0

@@ -5,7 +5,7 @@ Pure NumPy (no torch, no MONAI), so it is cheap to test and to vectorise over a 
 Boxes are start corners, one int per axis in the image's axis order; every crop of a pair has the same
 shape. Two equal boxes overlap by ``ov_k = max(0, c_k - |o_k|)`` on axis k, where ``o = start2 - start1``,
 so the IoU ``I / (2V - I)`` (``I = prod ov_k``, ``V = prod c_k``) depends only on the offsets
-(thesis §3.2, Algorithm 1; thesis-protocol.md §2). Touching boxes have IoU 0, as in the thesis code.
+(thesis §3.2, Algorithm 1; thesis protocol notes §2). Touching boxes have IoU 0, as in the thesis code.
 
 Exact mode ("exact"): box 1 is uniform over the start positions that admit at least one box 2 with IoU in
 [i_min, i_max] (bounds inclusive); given box 1, box 2 is uniform over those box-2 positions. It is

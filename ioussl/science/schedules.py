@@ -3,7 +3,7 @@
 Pretraining: per-iteration cosine from 0.025 to 1e-6 without warm-up. Fine-tuning: 10 epochs of linear
 warm-up from 0 (step 0 has lr 0) to 1e-3, then cosine to 5e-5 over the remaining epochs. Both are set every
 iteration and span the configured epochs, ignoring early stopping, as the reference code does
-(thesis-protocol.md §3, §4).
+(thesis protocol notes §3, §4).
 """
 
 from __future__ import annotations

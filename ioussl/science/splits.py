@@ -1,6 +1,6 @@
 """Train/val(/test) splits of labelled cases: the thesis' fixed 15/35 split, split files, seeded splits.
 
-The thesis used one FLARE22 split for both model selection and reporting (thesis-protocol.md §1, §4);
+The thesis used one FLARE22 split for both model selection and reporting (thesis protocol notes §1, §4);
 a seeded split with a test part keeps the two apart.
 """
 

@@ -8,7 +8,7 @@ Layout of a store directory (format version 1)::
     cases/<case>.label.npy uint8 (Z, H, W), 0..13 (labelled cases only)
     cases/<case>.meta.json written last, atomically: the case is done (resume skips it)
 
-H is the RAS X axis and W the Y axis, as the reference code's PNGs (thesis-protocol.md §1). Z is first so
+H is the RAS X axis and W the Y axis, as the reference code's PNGs (thesis protocol notes §1). Z is first so
 a slice is one contiguous block: random access reads one page run, never a per-slice file.
 """
 

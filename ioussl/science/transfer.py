@@ -2,7 +2,7 @@
 
 Accepted files: an ioussl ``encoder.pt`` (the usual case), an ioussl pretraining ``last.pt`` (weights under
 ``backbone.swin.``), or a bare SimSiam state dict from the thesis' code (weights under ``backbone.model.``,
-thesis-protocol.md §4). Missing and unexpected keys are reported; a file with no matching key is an error,
+thesis protocol notes §4). Missing and unexpected keys are reported; a file with no matching key is an error,
 never a silent from-scratch run.
 """
 

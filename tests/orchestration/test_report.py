@@ -1,4 +1,4 @@
-"""Report arithmetic against the thesis' Table 4.2 (thesis-protocol.md §8)."""
+"""Report arithmetic against the thesis' Table 4.2 (thesis protocol notes §8)."""
 
 from __future__ import annotations
 

@@ -93,6 +93,8 @@ def make_job(run_dir: str, encoder: str | None):
 def thesis(tmp_path):
     """The thesis grid (10 pretrains, 20 fine-tunes, 4 baseline fine-tunes) planned into a fresh registry."""
     shutil.copytree(REPO / "jobs", tmp_path / "jobs")
+    profile = tmp_path / "jobs" / "clusters" / "plgrid-v100.toml"
+    profile.write_text(profile.read_text().replace("FILL-IN-YOUR-GRANT", "plgssl"))  # as a user fills it in
     db = str(tmp_path / "registry.db")
     plan_grid(tmp_path / "jobs" / "thesis.toml", db, check_data=False)
     return db
@@ -329,7 +331,7 @@ def test_local_executor_starts_fine_tunes_only_after_their_pretrain(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["submit", "--study", "thesis", "--executor", "pbs"], "error: unknown executor 'pbs'; choose one of"),
+        (["submit", "--study", "thesis", "--executor", "pbs"], "error: Invalid value for '--executor'"),
         (["submit", "--study", "nope"], "error: unknown study 'nope'"),
         (["cancel"], "error: say what to cancel"),
         (["submit", "--study", "thesis", "--run", "zzzz9"], "error: unknown run 'zzzz9'"),

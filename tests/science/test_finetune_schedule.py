@@ -1,4 +1,4 @@
-"""Fine-tuning's evaluation schedule and early stopping (thesis-protocol.md §4)."""
+"""Fine-tuning's evaluation schedule and early stopping (thesis protocol notes §4)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,81 @@
+"""The report's figures, checked through their matplotlib objects: labels, baseline, ticks, ranges."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from ioussl.cli import app
+from ioussl.orchestration.importing import import_results
+from ioussl.orchestration.plots import collapse_figure, dsc_figure, plot_collapse
+from ioussl.orchestration.service import report_study
+
+
+@pytest.fixture
+def thesis_db(repo_root, db):
+    import_results(repo_root / "jobs" / "thesis.toml", repo_root / "jobs" / "thesis-table-4.2.csv", db,
+                   source="thesis Table 4.2")
+    return db
+
+
+def test_dsc_plot_has_axis_labels_and_a_dashed_baseline_at_its_mean(thesis_db):
+    report = report_study(thesis_db, "thesis").report
+    ax = dsc_figure(report).axes[0]
+    assert ax.get_xlabel() and ax.get_ylabel().startswith("DSC")
+    assert [t.get_text() for t in ax.get_xticklabels()] == [row.group for row in report.rows]
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    baseline = next(row for row in report.rows if row.group == "no pretraining")
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == pytest.approx([baseline.mean] * 2)
+    assert any("no pretraining" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def _curves() -> dict[str, list[list[tuple[int, float]]]]:
+    """Three epochs of two groups, all between 0.90 and 0.96 (as real collapse curves bunch together)."""
+    return {"[0, 0]": [[(0, 0.95), (1, 0.93), (2, 0.92)], [(0, 0.96), (1, 0.94), (2, 0.93)]],
+            "[0.3, 0.6]": [[(0, 0.94), (1, 0.91), (2, 0.90)]]}
+
+
+def test_collapse_plot_has_integer_epoch_ticks_and_a_range_fitted_to_the_data():
+    ax = collapse_figure(_curves()).axes[0]
+    fig = ax.figure
+    fig.canvas.draw()  # tick positions are decided at draw time
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert set(ticks) >= {1.0, 2.0, 3.0}  # epochs count from 1
+    bottom, top = ax.get_ylim()
+    assert 0.85 <= bottom < 0.90 and 0.96 < top <= 1.0  # fitted, not 0-1
+    assert ax.get_xlabel() == "epoch" and "collapse" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["[0, 0]", "[0.3, 0.6]"]
+
+
+def test_collapse_range_stays_sane_for_flat_and_empty_data():
+    flat = collapse_figure({"a": [[(0, 0.5), (1, 0.5)]]}).axes[0].get_ylim()
+    assert flat[0] < 0.5 < flat[1] and flat[1] - flat[0] < 0.1
+    nan = collapse_figure({"a": [[(0, math.nan)]]}).axes[0].get_ylim()
+    assert nan == (0.0, 1.0)
+
+
+def test_plots_are_png_files(tmp_path):
+    path = plot_collapse(_curves(), tmp_path / "sub" / "c.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_plot_on_an_imported_registry_says_why_there_is_no_collapse_plot(thesis_db, tmp_path):
+    result = CliRunner().invoke(app, ["report", "--db", thesis_db, "--plot", str(tmp_path / "fig"), "--no-table"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # --no-table: figures only
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"wrote {tmp_path / 'fig' / 'dsc_per_group.png'}"
+    assert lines[1] == ("collapse plot skipped: its 10 pretrain(s) are imported results (ioussl import results), "
+                        "which carry no per-epoch collapse series")
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["dsc_per_group.png"]
+
+
+def test_no_table_without_plot_and_pairs_without_plot_are_errors(thesis_db, tmp_path):
+    for args, fragment in ((["--no-table"], "--no-table without --plot"),
+                           (["--pairs", str(tmp_path / "p.json")], "--pairs is plotted into the --plot")):
+        result = CliRunner().invoke(app, ["report", "--db", thesis_db, *args])
+        assert result.exit_code == 1 and result.stderr.startswith(f"error: {fragment}"), result.output
