@@ -7,6 +7,7 @@ and ``ioussl status`` stay fast on a login node.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -36,10 +37,22 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from ioussl.cli import data, demo, jobs, run, study
+    from ioussl.cli import data, db, demo, jobs, run, study
 
-    for module in (study, jobs, data, run, demo):
+    for module in (study, jobs, data, run, demo, db):
         module.register(app)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """ioussl's own warnings (e.g. SQLite on a network file system) as one `warning: ...` line."""
+    if category.__module__.startswith("ioussl"):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+warnings.showwarning = _one_line_warning
 
 
 _register_commands()
