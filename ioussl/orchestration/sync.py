@@ -3,7 +3,8 @@
 ``ioussl status`` and ``ioussl submit`` call :func:`sync` inside their unit of work. One scheduler query
 per executor covers every active job (one ``sacct`` on SLURM); everything else is registry work and
 reading small files in run directories. Jobs never open the registry: what they report comes from the
-run directory, ingested here.
+run directory, ingested here. A run whose files fail validation becomes INVALID (the reason names the
+file); its neighbours are ingested all the same, each run in its own savepoint.
 """
 
 from __future__ import annotations
@@ -13,19 +14,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from ioussl.errors import IllegalTransition, SubmissionError
 from ioussl.orchestration import classify, ingest, slurm
 from ioussl.orchestration.backends import Backend, backend_for_attempts
 from ioussl.orchestration.classify import Change, Observation
 from ioussl.orchestration.registry import repo
-from ioussl.orchestration.registry.models import Attempt, Run, Study
-from ioussl.orchestration.status import RunStatus
+from ioussl.orchestration.registry.models import Attempt, Run
+from ioussl.orchestration.status import ACTIVE, RunStatus
+from ioussl.runfiles import RunFileError
 
-ACTIVE = [RunStatus.SUBMITTING, RunStatus.PENDING, RunStatus.RUNNING]
-DEAD_PARENT = [RunStatus(s) for s in sorted(classify.DEAD_PARENT)]
+NODE_CHARS = 255  # attempts.node
 
 
 @dataclass
@@ -38,6 +39,7 @@ class SyncOutcome:
     transitions: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # run, old, new, why
     cancelled: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why this sync wrote nothing (the registry was busy), for the user
 
 
 BackendFactory = Callable[[str], Backend]
@@ -75,20 +77,7 @@ def sync(
 
 def fetch_active(session: Session, study: str | None = None) -> list[Run]:
     """Runs the scheduler may hold a job for, and fine-tunes waiting on a pretrain that died."""
-    parent = aliased(Run)
-    active = select(Run).where(Run.status.in_(ACTIVE))
-    orphaned = (
-        select(Run)
-        .join(parent, Run.parent_id == parent.id)
-        .where(Run.status.in_([RunStatus.PLANNED, *ACTIVE]), parent.status.in_(DEAD_PARENT))
-    )
-    if study is not None:
-        active = active.join(Study, Run.study_id == Study.id).where(Study.name == study)
-        orphaned = orphaned.join(Study, Run.study_id == Study.id).where(Study.name == study)
-    options = (selectinload(Run.attempts), selectinload(Run.parent))
-    runs = {run.id: run for run in session.scalars(active.options(*options))}
-    runs.update({run.id: run for run in session.scalars(orphaned.options(*options))})
-    return list(runs.values())
+    return repo.fetch_active(session, study)
 
 
 def _latest(run: Run) -> Attempt | None:
@@ -133,7 +122,7 @@ def _observe(run: Run, answers: dict) -> Observation | None:
         job_id=job_id,
         misses=attempt.misses if attempt else 0,
         info=slurm.lookup(jobs or {}, job_id) if job_id else None,
-        files=ingest.read_run_files(run.run_dir),
+        files=ingest.read_run_files(run.run_dir, run.study.runs_dir),
     )
 
 
@@ -149,9 +138,7 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
     new = RunStatus(change.status) if change.status else None
     reason = change.reason
     if change.ingest:
-        found = ingest.ingest(session, run)
-        if new == RunStatus.COMPLETED and not found:
-            new, reason = RunStatus.FAILED, "result.json vanished or is unreadable"
+        new, reason = _ingest(session, run, new, reason)
     if new is None:
         return
     old = RunStatus(run.status)
@@ -166,6 +153,23 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
         outcome.transitions.append((run.id, str(old), str(new), reason))
 
 
+def _ingest(
+    session: Session, run: Run, new: RunStatus | None, reason: str | None
+) -> tuple[RunStatus | None, str | None]:
+    """Ingest one run in its own savepoint: bad files make it INVALID and store nothing of it."""
+    try:
+        with session.begin_nested():
+            found = ingest.ingest(session, run)
+    except RunFileError as exc:
+        return RunStatus.INVALID, str(exc)
+    except SQLAlchemyError as exc:  # a value the database refused: the run's files are not stored
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+        return RunStatus.INVALID, f"run files could not be stored: {first}"
+    if new == RunStatus.COMPLETED and not found:
+        return RunStatus.FAILED, "result.json vanished"
+    return new, reason
+
+
 def _update_attempt(attempt: Attempt, change: Change) -> None:
     attempt.misses = change.misses
     if change.reason is not None:
@@ -176,7 +180,7 @@ def _update_attempt(attempt: Attempt, change: Change) -> None:
     attempt.scheduler_state = info.raw_state
     if info.exit_code is not None:
         attempt.exit_code = f"{info.exit_code}:{info.signal or 0}"
-    attempt.node = info.node or attempt.node
+    attempt.node = (info.node or attempt.node or "")[:NODE_CHARS] or None
     attempt.started_at = _utc(info.start) or attempt.started_at
     attempt.ended_at = _utc(info.end) or attempt.ended_at
 
