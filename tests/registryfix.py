@@ -134,7 +134,7 @@ def dump(db: str) -> dict[str, list[tuple]]:
     try:
         with engine.connect() as conn:
             meta = MetaData()
-            meta.reflect(conn)
+            meta.reflect(conn, resolve_fks=False)
             return {
                 name: sorted((_plain(row) for row in conn.execute(select(table))), key=repr)
                 for name, table in meta.tables.items()

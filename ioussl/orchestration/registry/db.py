@@ -110,12 +110,13 @@ def _check_driver(url: URL, location: str) -> None:
     try:
         dialect.import_dbapi()
     except ImportError:
-        backend = url.get_backend_name()
+        backend, driver = url.get_backend_name(), url.get_driver_name()
         extra = EXTRAS.get(backend)
-        hint = f"pip install 'ioussl[{extra}]'" if extra else f"install the {url.get_driver_name()} package"
-        raise RegistryError(
-            f"the {url.get_driver_name()} driver for {backend} is not installed ({location}): {hint}"
-        ) from None
+        if extra and driver == DRIVERS[backend]:
+            hint = f"pip install 'ioussl[{extra}]'"
+        else:
+            hint = f"install the {driver} package, or use {backend}:// ({DRIVERS[backend]})"
+        raise RegistryError(f"the {driver} driver for {backend} is not installed ({location}): {hint}") from None
 
 
 class Registry:
