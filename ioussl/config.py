@@ -10,6 +10,7 @@ This module imports neither torch nor the orchestration layer: both sides may us
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -171,6 +172,7 @@ RANGES: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=256)  # sections are frozen and shared by every run of a study: check each once
 def validate_ranges(section: Any) -> None:
     """Every number of a config section finite and in its range (RANGES); integers below 2**31."""
     name_of = type(section).__name__.removesuffix("Config").lower()
