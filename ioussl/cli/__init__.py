@@ -20,11 +20,13 @@ class _OneLineErrors(TyperGroup):
     """Turn every IousslError raised by any subcommand into one stderr line and exit code 1."""
 
     def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except IousslError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            try:
+                return super().invoke(ctx)
+            except IousslError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
 
 
 app = typer.Typer(
@@ -48,11 +50,10 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     if category.__module__.startswith("ioussl"):
         print(f"warning: {message}", file=sys.stderr)
     else:
-        _show_warning(message, category, filename, lineno, file, line)
+        _PLAIN_WARNING(message, category, filename, lineno, file, line)
 
 
-_show_warning = warnings.showwarning
-warnings.showwarning = _one_line_warning
+_PLAIN_WARNING = warnings.showwarning
 
 
 _register_commands()
