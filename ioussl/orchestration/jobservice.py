@@ -27,7 +27,7 @@ from ioussl.orchestration.registry.errors import RegistryBusy
 from ioussl.orchestration.registry.models import Run
 from ioussl.orchestration.status import ACTIVE, DEFAULT_RETRY, RunStatus, is_retryable
 from ioussl.orchestration.submission import JobFactory, RunFilter, SubmitOutcome
-from ioussl.orchestration.sync import SyncOutcome, sync
+from ioussl.orchestration.sync import SyncOutcome, prefetch, sync
 
 S = RunStatus
 LOCAL_POLL_S = 1.0
@@ -88,6 +88,9 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
     """
 
     def adopt_once() -> int:
+        with registry.session(write=False) as session:
+            if not repo.open_intents(session):
+                return 0  # the usual case: no interrupted submit, no need for the write lock
         with registry.session(wait=wait) as session:
             adopted, reverted, young = submission.adopt_orphans(session, backends)
         if outcome is not None:
@@ -96,8 +99,10 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
         return young
 
     submission.wait_for_young_intents(adopt_once)
+    with registry.session(write=False) as session:  # the scheduler is asked before the write lock is taken
+        answers = prefetch(session, study, backends, backends.folder)
     with registry.session(wait=wait) as session:
-        return sync(session, study=study, backends=backends, folder=backends.folder)
+        return sync(session, study=study, backends=backends, folder=backends.folder, prefetched=answers)
 
 
 def _study_folder(registry: Registry, study: str | None) -> tuple[str, Path]:

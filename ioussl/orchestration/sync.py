@@ -23,6 +23,7 @@ from ioussl.orchestration.backends import Backend, backend_for_attempts
 from ioussl.orchestration.classify import Change, Observation
 from ioussl.orchestration.registry import repo
 from ioussl.orchestration.registry.models import Attempt, Run
+from ioussl.orchestration.scheduler import QueryResult
 from ioussl.orchestration.status import ACTIVE, RunStatus
 from ioussl.runfiles import RunFileError
 
@@ -45,11 +46,15 @@ class SyncOutcome:
 BackendFactory = Callable[[str], Backend]
 
 
+Prefetched = dict[str, tuple[frozenset[str], QueryResult]]  # executor -> (job ids asked, the answer)
+
+
 def sync(
     session: Session,
     study: str | None = None,
     backends: Mapping[str, Backend] | None = None,
     folder: Path | None = None,
+    prefetched: Prefetched | None = None,
 ) -> SyncOutcome:
     """Bring the registry up to date with the scheduler and the run directories; never commits.
 
@@ -58,13 +63,15 @@ def sync(
         study: only this study's runs (by name); None syncs every study.
         backends: executor name -> backend; missing ones are built on demand (tests pass fakes).
         folder: where submitit keeps its job folders (only the local backend reads it).
+        prefetched: scheduler answers obtained before the write lock was taken (:func:`prefetch`); an
+            executor whose active jobs are not all in it is asked again here.
     """
     outcome = SyncOutcome()
     runs = fetch_active(session, study)
     outcome.checked = len(runs)
     if not runs:
         return outcome
-    answers = _query(runs, dict(backends or {}), folder or Path("."), outcome)
+    answers = _query(runs, dict(backends or {}), folder or Path("."), outcome, prefetched or {})
     observations = [_observe(run, answers) for run in runs]
     by_id = {run.id: run for run in runs}
     _release_forgotten(runs, observations, dict(backends or {}), folder or Path("."), outcome)
@@ -84,18 +91,41 @@ def _latest(run: Run) -> Attempt | None:
     return run.attempts[-1] if run.attempts else None
 
 
-def _query(runs: list[Run], backends: dict[str, Backend], folder: Path, outcome: SyncOutcome) -> dict:
-    """One query per executor; a failed query leaves its runs unobserved (no miss is counted)."""
+def prefetch(
+    session: Session, study: str | None, backends: Mapping[str, Backend], folder: Path | None = None
+) -> Prefetched:
+    """Ask the scheduler about the active jobs before taking the write lock (in a read-only unit of work),
+    so that the lock is held for registry work only, not for sacct. Failed queries are left out."""
+    prefetched: Prefetched = {}
+    for executor, ids in _job_ids(fetch_active(session, study)).items():
+        backend = backends.get(executor) or backend_for_attempts(executor, folder or Path("."))
+        try:
+            prefetched[executor] = (frozenset(ids), backend.query(ids))
+        except SubmissionError:
+            continue  # asked again under the lock, where the failure is recorded
+    return prefetched
+
+
+def _job_ids(runs: list[Run]) -> dict[str, list[str]]:
+    """Executor -> job ids of the runs' current attempts."""
     job_ids: dict[str, list[str]] = {}
     for run in runs:
         attempt = _latest(run)
         if attempt is not None and attempt.job_id and run.status in ACTIVE:
             job_ids.setdefault(attempt.executor, []).append(attempt.job_id)
+    return job_ids
+
+
+def _query(
+    runs: list[Run], backends: dict[str, Backend], folder: Path, outcome: SyncOutcome, prefetched: Prefetched
+) -> dict:
+    """One query per executor; a failed query leaves its runs unobserved (no miss is counted)."""
     answers: dict[str, dict[str, slurm.JobInfo] | None] = {}
-    for executor, ids in job_ids.items():
+    for executor, ids in _job_ids(runs).items():
         backend = backends.get(executor) or backend_for_attempts(executor, folder)
         try:
-            result = backend.query(ids)
+            asked, early = prefetched.get(executor, (frozenset(), None))
+            result = early if early is not None and set(ids) <= asked else backend.query(ids)
         except SubmissionError as exc:
             outcome.errors.append(str(exc))
             answers[executor] = None
