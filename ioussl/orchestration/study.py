@@ -102,12 +102,7 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
     where = str(path) if path else "study"
     _check_keys(raw, STUDY_SECTIONS, where)
     head = raw.get("study", {})
-    _check_keys(head, STUDY_KEYS, f"{where} [study]")
-    name = head.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{where}: [study] needs a non-empty name")
-    name = jobscript.check_study_name(name, where)
-    runs_dir = jobscript.check_path(head.get("runs_dir", f"runs/{name}"), f"{where} [study].runs_dir")
+    name, runs_dir = _name_and_runs_dir(head, where)
     pretrain_raw = dict(raw.get("pretrain", {}))
     finetune_raw = dict(raw.get("finetune", {}))
     pretrain_seeds = _seeds(pretrain_raw.pop("seeds", []), f"{where} [pretrain].seeds")
@@ -147,6 +142,16 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
         resources=_resources(raw.get("resources", {}), cluster, where),
         raw=raw,
     )
+
+
+def _name_and_runs_dir(head: Any, where: str) -> tuple[str, str]:
+    """[study] name (an identifier) and runs_dir (a path fit for a job script)."""
+    _check_keys(head, STUDY_KEYS, f"{where} [study]")
+    name = head.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: [study] needs a non-empty name")
+    name = jobscript.check_study_name(name, where)
+    return name, jobscript.check_path(head.get("runs_dir", f"runs/{name}"), f"{where} [study].runs_dir")
 
 
 def _check_keys(table: Any, valid: tuple[str, ...], where: str) -> None:

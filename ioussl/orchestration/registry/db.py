@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -262,12 +262,3 @@ def _sqlite_hooks(engine: Engine, timeout: float) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         finally:
             conn.exec_driver_sql(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-
-
-def schema_version_of(registry: Registry) -> int | None:
-    """The schema version a registry records (schema_info), for messages and `ioussl db current`."""
-    from ioussl.orchestration.registry.models import SchemaInfo
-
-    with registry.session(write=False) as session:
-        found = session.scalar(select(SchemaInfo.value).where(SchemaInfo.key == "version"))
-    return int(found) if found and found.isdigit() else None
