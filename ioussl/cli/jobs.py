@@ -54,7 +54,7 @@ def retry(
     state: StateOption = None,
     executor: ExecutorOption = "auto",
 ) -> None:
-    """Resubmit FAILED, LOST or TIMEOUT runs as new attempts; blocked fine-tunes follow their pretrain."""
+    """Resubmit FAILED, LOST or TIMEOUT runs (--state INVALID etc.) as new attempts; blocked fine-tunes follow."""
     from ioussl.cli.study import _states
     from ioussl.orchestration.jobservice import retry as run_retry
     from ioussl.orchestration.status import DEFAULT_RETRY
