@@ -256,3 +256,13 @@ def _same_type(context, inspected_column, metadata_column, inspected_type, metad
     if names <= {"ENUM", "VARCHAR", "STRING"} and getattr(inspected_type, "length", None) == 16:
         return False
     return None
+
+
+def test_head_is_the_last_revision_and_a_new_registry_is_stamped_with_it(registry_db):
+    from alembic.migration import MigrationContext
+
+    assert schema.script_directory().get_current_head() == schema.HEAD
+    registry = open_registry(registry_db)
+    with registry.connection(write=False) as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == schema.HEAD
+    registry.dispose()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, String, Table, inspect, text
 
 from ioussl.errors import RegistryError
 from ioussl.orchestration.registry.errors import OldSchema
@@ -30,6 +30,12 @@ NETWORK_FS = frozenset({
     "fuse.sshfs", "panfs", "afs", "9p",
 })
 _warned: set[str] = set()
+# Alembic's own version table, as `alembic stamp` creates it; written directly so that creating a
+# registry does not have to import Alembic and parse the revisions (a fifth of a small plan's time).
+ALEMBIC_VERSION = Table(
+    "alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
 
 
 class NetworkFsWarning(UserWarning):
@@ -128,11 +134,10 @@ def check(state: SchemaState, location: str, *, allow_old: bool = False) -> None
 
 def create_schema(conn: Connection) -> None:
     """Schema v2 from the models, its version in schema_info, and Alembic's record that it is at head."""
-    from alembic.migration import MigrationContext
-
     Base.metadata.create_all(conn)
     conn.execute(SchemaInfo.__table__.insert().values(key="version", value=str(SCHEMA_VERSION)))
-    MigrationContext.configure(conn).stamp(script_directory(), HEAD)
+    ALEMBIC_VERSION.create(conn)
+    conn.execute(ALEMBIC_VERSION.insert().values(version_num=HEAD))
 
 
 def script_directory():  # type: ignore[no-untyped-def]
