@@ -101,6 +101,8 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
     submission.wait_for_young_intents(adopt_once)
     with registry.session(write=False) as session:  # the scheduler is asked before the write lock is taken
         answers = prefetch(session, study, backends, backends.folder)
+    if answers is None:
+        return SyncOutcome()  # no active run: nothing to write
     with registry.session(wait=wait) as session:
         return sync(session, study=study, backends=backends, folder=backends.folder, prefetched=answers)
 

@@ -93,11 +93,15 @@ def _latest(run: Run) -> Attempt | None:
 
 def prefetch(
     session: Session, study: str | None, backends: Mapping[str, Backend], folder: Path | None = None
-) -> Prefetched:
+) -> Prefetched | None:
     """Ask the scheduler about the active jobs before taking the write lock (in a read-only unit of work),
-    so that the lock is held for registry work only, not for sacct. Failed queries are left out."""
+    so that the lock is held for registry work only, not for sacct. Failed queries are left out.
+    None when no run is active: there is nothing to sync, and no need for the write lock."""
+    runs = fetch_active(session, study)
+    if not runs:
+        return None
     prefetched: Prefetched = {}
-    for executor, ids in _job_ids(fetch_active(session, study)).items():
+    for executor, ids in _job_ids(runs).items():
         backend = backends.get(executor) or backend_for_attempts(executor, folder or Path("."))
         try:
             prefetched[executor] = (frozenset(ids), backend.query(ids))
