@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint format bench demo example clean slurm-up slurm-down
+.PHONY: install test test-fast lint format bench demo example clean slurm-up slurm-down postgres-up postgres-down
 
 install: $(VENV)/.installed
 
@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[science,dev]'
+	$(PY) -m pip install -q -e '.[science,dev,postgres]'
 	touch $@
 
 test: install
@@ -46,6 +46,13 @@ slurm-up:
 
 slurm-down:
 	bash scripts/slurm-local-down.sh
+
+# A throw-away PostgreSQL for the registry tests; export the URL it prints as IOUSSL_TEST_PG_URL.
+postgres-up:
+	bash scripts/postgres-local-up.sh
+
+postgres-down:
+	bash scripts/postgres-local-down.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

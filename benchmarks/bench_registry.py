@@ -60,7 +60,7 @@ def main() -> None:
         print(f"ioussl --help                : {best_of(3, [*cli, '--help'], env):.3f} s (target < 0.5 s)")
         plan_small = timed([*cli, "plan", "grid", str(small), "--no-check-data"], env)
         print(f"plan 994-run study           : {plan_small:.3f} s (target < 2 s)")
-        timed([*cli, "plan", "grid", str(big), "--no-check-data"], env)
+        timed([*cli, "plan", "grid", str(big), "--no-check-data", "--max-runs", "20000"], env)  # above the cap
         print(f"status, 10,998 runs (table)  : {best_of(3, [*cli, 'status'], env):.3f} s (target < 1 s)")
         print(f"status --json, 10,998 runs   : {best_of(3, [*cli, 'status', '--json'], env):.3f} s")
         print(f"status --study plan1000      : {best_of(3, [*cli, 'status', '--study', 'plan1000'], env):.3f} s")

@@ -41,7 +41,7 @@ def build_registry(root: Path) -> str:
                 group="[0.3, 0.6]",
                 seed=i,
                 config="{}",
-                config_hash=f"h{i}",
+                run_hash=f"h{i}",
                 resources={},
                 run_dir=str(root / "runs" / str(i)),
             )

@@ -10,8 +10,10 @@ This module imports neither torch nor the orchestration layer: both sides may us
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -132,7 +134,12 @@ class RunConfig:
             raise ConfigError("a pretrain run needs [sampler] and [pretrain] settings")
         if self.stage == "finetune" and self.finetune is None:
             raise ConfigError("a finetune run needs [finetune] settings")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         validate_model(self.model, self.data.crop)
+        for section in (self.data, self.model, self.sampler, self.pretrain, self.finetune):
+            if section is not None:
+                validate_ranges(section)
         if self.sampler is not None:
             validate_interval(self.sampler.i_min, self.sampler.i_max)
         return self
@@ -150,6 +157,46 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
+
+
+MAX_INT = 2**31 - 1  # every integer setting fits a 32-bit column and a C int
+# Allowed values per setting name (the same name means the same thing in every section).
+RANGES: dict[str, str] = {
+    "batch_size": ">=1", "epochs": ">=1", "steps_per_epoch": ">=1", "proj_dim": ">=1", "pred_hidden_dim": ">=1",
+    "crops_per_slice": ">=1", "patience": ">=1", "eval_every": ">=1", "sw_batch_size": ">=1",
+    "max_val_slices": ">=1", "r1": ">=1", "r2": ">=1", "out_channels": ">=2", "feature_size": ">=1",
+    "warmup_epochs": ">=0", "eval_every_epoch_from": ">=0", "num_workers": ">=0", "crop": ">=1",
+    "base_lr": ">0", "end_lr": ">=0", "weight_decay": ">=0", "pos": ">=0", "neg": ">=0",
+    "momentum": "[0,1)", "sw_overlap": "[0,1)", "pretrain_drop_path": "[0,1)", "finetune_drop_path": "[0,1)",
+    "depths": ">=1", "num_heads": ">=1",
+}
+
+
+@functools.lru_cache(maxsize=256)  # sections are frozen and shared by every run of a study: check each once
+def validate_ranges(section: Any) -> None:
+    """Every number of a config section finite and in its range (RANGES); integers below 2**31."""
+    name_of = type(section).__name__.removesuffix("Config").lower()
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                continue
+            if not _in_range(number, RANGES.get(item.name)):
+                rule = RANGES.get(item.name, "finite")
+                raise ConfigError(f"[{name_of}].{item.name} must be {rule.replace(',', ', ')}, got {number!r}")
+
+
+def _in_range(value: float, rule: str | None) -> bool:
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return False
+    if not math.isfinite(value):
+        return False
+    if rule is None:
+        return True
+    if rule == "[0,1)":
+        return 0 <= value < 1
+    bound = float(rule.lstrip("<>="))
+    return value >= bound if rule.startswith(">=") else value > bound
 
 
 def validate_interval(i_min: float, i_max: float) -> None:
@@ -237,7 +284,13 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

@@ -16,3 +16,6 @@ def repo_root() -> Path:
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     return str(tmp_path / "registry.db")
+
+
+pytest_plugins = ("registryfix",)  # registry_db / pg_db fixtures (SQLite and PostgreSQL), result helpers

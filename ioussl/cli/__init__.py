@@ -7,6 +7,7 @@ and ``ioussl status`` stay fast on a login node.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -24,17 +25,19 @@ class _OneLineErrors(TyperGroup):
     ("error: ...") and exit code 1."""
 
     def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except IousslError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-        except _UsageError as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `ioussl plan` alone prints its help
-                raise
-            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-            typer.echo(f"error: {exc.format_message()}{where}", err=True)
-            raise typer.Exit(1) from None
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            try:
+                return super().invoke(ctx)
+            except IousslError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+            except _UsageError as exc:
+                if type(exc).__name__ == "NoArgsIsHelpError":  # `ioussl plan` alone prints its help
+                    raise
+                where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+                typer.echo(f"error: {exc.format_message()}{where}", err=True)
+                raise typer.Exit(1) from None
 
 
 app = command_group(
@@ -43,10 +46,21 @@ app = command_group(
 
 
 def _register_commands() -> None:
-    from ioussl.cli import data, demo, jobs, run, study
+    from ioussl.cli import data, db, demo, jobs, run, study
 
-    for module in (study, jobs, data, run, demo):
+    for module in (study, jobs, data, run, demo, db):
         module.register(app)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """ioussl's own warnings (e.g. SQLite on a network file system) as one `warning: ...` line."""
+    if category.__module__.startswith("ioussl"):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _PLAIN_WARNING(message, category, filename, lineno, file, line)
+
+
+_PLAIN_WARNING = warnings.showwarning
 
 
 _register_commands()

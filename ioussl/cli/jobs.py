@@ -58,12 +58,12 @@ def retry(
     state: StateOption = None,
     executor: ExecutorOption = Executor.auto,
 ) -> None:
-    """Resubmit FAILED, LOST or TIMEOUT runs as new attempts; blocked fine-tunes follow their pretrain."""
+    """Resubmit FAILED, LOST or TIMEOUT runs (--state INVALID etc.) as new attempts; blocked fine-tunes follow."""
     from ioussl.cli.study import _states
     from ioussl.orchestration.jobservice import retry as run_retry
-    from ioussl.orchestration.status import RunStatus
+    from ioussl.orchestration.status import DEFAULT_RETRY
 
-    statuses = _states(state) or [RunStatus.FAILED, RunStatus.LOST, RunStatus.TIMEOUT]
+    statuses = _states(state) or list(DEFAULT_RETRY)
     render_submit(run_retry(db, study, tuple(run or ()), statuses, executor=executor.value))
 
 
@@ -82,6 +82,8 @@ def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
 
     outcomes = sync_studies(db, study)
     for outcome in outcomes:
+        if outcome.skipped:
+            typer.echo(f"warning: {outcome.skipped}", err=True)
         for message in outcome.errors:
             typer.echo(f"warning: {message}", err=True)
     return outcomes[-1] if outcomes else None

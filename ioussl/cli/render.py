@@ -20,10 +20,15 @@ if TYPE_CHECKING:
 # Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables do not wrap.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
-STATUS_STYLE = {
-    "PLANNED": "dim", "SUBMITTING": "yellow", "PENDING": "yellow", "RUNNING": "cyan", "COMPLETED": "green",
-    "FAILED": "red", "TIMEOUT": "red", "CANCELLED": "magenta", "BLOCKED": "red", "LOST": "red",
-}
+def _styles() -> dict[str, str]:
+    from ioussl.orchestration.status import RunStatus as S
+
+    return {S.PLANNED: "dim", S.SUBMITTING: "yellow", S.PENDING: "yellow", S.RUNNING: "cyan", S.COMPLETED: "green",
+            S.FAILED: "red", S.TIMEOUT: "red", S.CANCELLED: "magenta", S.BLOCKED: "red", S.LOST: "red",
+            S.INVALID: "red"}
+
+
+STATUS_STYLE = _styles()  # one entry per RunStatus (the vocabulary lives in orchestration/status.py)
 
 
 def plan_outcome(outcome: PlanOutcome) -> None:
@@ -77,6 +82,9 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False) -> None:
     for record in records:
         counts[record.status.value] = counts.get(record.status.value, 0) + 1
     console.print(", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+    invalid = [record for record in records if record.status.value == "INVALID"]
+    for record in invalid[:20]:
+        console.print(f"run {record.id} INVALID: {record.status_reason}", markup=False, soft_wrap=True)
     if any(record.imported for record in records):
         console.print("* imported: the result was obtained outside ioussl (see ioussl status --json)")
 
@@ -189,8 +197,9 @@ class RunProgress:
         counts: dict[str, int] = {}
         for record in records:
             counts[record.status.value] = counts.get(record.status.value, 0) + 1
-        done = sum(n for state, n in counts.items() if state in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED",
-                                                                  "BLOCKED", "LOST"))
+        from ioussl.orchestration.status import TERMINAL
+
+        done = sum(n for state, n in counts.items() if state in TERMINAL)
         detail = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
         if self._task is None:
             self._task = self._bar.add_task("runs", total=len(records))

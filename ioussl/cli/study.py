@@ -32,12 +32,16 @@ def plan_grid(
     check_data: Annotated[
         bool, typer.Option("--check-data/--no-check-data", help="Require the data store to exist now.")
     ] = True,
+    max_runs: Annotated[
+        int | None,
+        typer.Option("--max-runs", min=1, help="Refuse a study that expands to more runs [default 5000]."),
+    ] = None,
 ) -> None:
     """Validate a study and add its grid of runs (pretrains, fine-tunes, baseline); twice adds nothing."""
     from ioussl.cli import render
     from ioussl.orchestration.service import plan_grid as plan
 
-    render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data))
+    render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data, max_runs=max_runs))
 
 
 def status(

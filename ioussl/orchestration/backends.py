@@ -40,8 +40,15 @@ class Unit:
 
 
 class Backend(Protocol):
+    """What the engine asks of an executor. Callers branch on the capabilities, never on ``name``
+    (which is only recorded in attempts): ``supports_dependencies`` (the scheduler holds fine-tunes until
+    their pretrain succeeded; otherwise ioussl sequences them itself), ``supports_arrays`` (a unit of
+    several runs is one submission, array task ids "12_3"), ``runs_here`` (jobs run on this machine)."""
+
     name: str
     supports_dependencies: bool
+    supports_arrays: bool
+    runs_here: bool
 
     def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]: ...
 
@@ -98,6 +105,8 @@ class SlurmBackend:
 
     name = "slurm"
     supports_dependencies = True
+    supports_arrays = True
+    runs_here = False
 
     def __init__(self, folder: Path, runner: Runner = scheduler.run_command) -> None:
         self.folder = folder
@@ -153,6 +162,8 @@ class LocalBackend:
 
     name = "local"
     supports_dependencies = False
+    supports_arrays = False
+    runs_here = True
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder / "local"

@@ -10,7 +10,11 @@ Rules (docs/slurm.md lists them for users):
 - a job SLURM no longer reports becomes LOST only after ``LOST_AFTER_MISSES`` syncs in a row, unless the
   run directory holds an exit marker (result.json -> COMPLETED, a "failed" event -> FAILED);
 - a fine-tune whose pretrain ended badly becomes BLOCKED, and a job of it still waiting is cancelled,
-  so nothing is left pending forever on a cluster without ``kill_invalid_depend``.
+  so nothing is left pending forever on a cluster without ``kill_invalid_depend``;
+- whether the files of an ended job are valid is decided at ingest (``ingest.py``): sync then marks the
+  run INVALID instead.
+
+Statuses are :class:`RunStatus` (``status.py``), the one vocabulary; observations may carry plain strings.
 """
 
 from __future__ import annotations
@@ -20,19 +24,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ioussl.orchestration.slurm import JobInfo
+from ioussl.orchestration.status import ACTIVE, DEAD_PARENT, RunStatus
 
-PLANNED, SUBMITTING, PENDING, RUNNING = "PLANNED", "SUBMITTING", "PENDING", "RUNNING"
-COMPLETED, FAILED, TIMEOUT, CANCELLED = "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"
-BLOCKED, LOST = "BLOCKED", "LOST"
-
-ACTIVE = frozenset({SUBMITTING, PENDING, RUNNING})
-# A pretrain in one of these will never produce the encoder its fine-tunes wait for.
-DEAD_PARENT = frozenset({FAILED, TIMEOUT, CANCELLED, BLOCKED, LOST})
+S = RunStatus
+PLANNED, SUBMITTING, PENDING, RUNNING = S.PLANNED, S.SUBMITTING, S.PENDING, S.RUNNING
+COMPLETED, FAILED, TIMEOUT, CANCELLED = S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED
+BLOCKED, LOST = S.BLOCKED, S.LOST
 LOST_AFTER_MISSES = 3
 
 # Every state sacct/squeue/scontrol can print (slurm 22.05 "JOB STATE CODES"), mapped explicitly.
 # None for COMPLETED: it depends on the run directory (see _from_scheduler).
-SLURM_STATE: dict[str, str | None] = {
+SLURM_STATE: dict[str, RunStatus | None] = {
     "PENDING": PENDING,
     "REQUEUED": PENDING,  # a timeout/preemption requeue: it will run again and resume
     "REQUEUE_HOLD": PENDING,
@@ -64,20 +66,21 @@ SLURM_STATE: dict[str, str | None] = {
 class RunFiles:
     """What the run directory says about how the job ended (see runfiles.py)."""
 
-    has_result: bool = False
+    has_result: bool = False  # some result.json exists (its validity is decided at ingest)
     last_event: str | None = None  # "started", "requeued", "finished", "failed", ...
     error: str | None = None  # the message of the last "failed" event
+    invalid: str | None = None  # why the directory or its events cannot be trusted (one line)
 
 
 @dataclass(frozen=True)
 class Observation:
     """One run as sync sees it; ``info`` is None when the scheduler did not report the job."""
 
-    run_id: int
-    status: str
+    run_id: str
+    status: RunStatus | str
     is_finetune: bool = False
-    parent_id: int | None = None
-    parent_status: str | None = None  # status of the parent pretrain; None for pretrains and baselines
+    parent_id: str | None = None
+    parent_status: RunStatus | str | None = None  # status of the parent pretrain; None for pretrains and baselines
     job_id: str | None = None
     misses: int = 0
     info: JobInfo | None = None
@@ -88,8 +91,8 @@ class Observation:
 class Change:
     """What to write: new run status (None = unchanged), attempt fields, a job to cancel, files to ingest."""
 
-    run_id: int
-    status: str | None
+    run_id: str
+    status: RunStatus | None
     reason: str | None = None
     misses: int = 0
     info: JobInfo | None = None
@@ -101,7 +104,7 @@ def classify_all(observations: Iterable[Observation]) -> list[Change]:
     """Classify pretrains first, so their fine-tunes see the parent status this very sync decides."""
     observations = list(observations)
     changes: list[Change] = []
-    decided: dict[int, str] = {}
+    decided: dict[str, RunStatus] = {}
     for obs in sorted(observations, key=lambda o: o.is_finetune):
         if obs.parent_id in decided:
             obs = dataclasses.replace(obs, parent_status=decided[obs.parent_id])
@@ -157,6 +160,8 @@ def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
 
 def _from_files_only(obs: Observation) -> Change:
     """SLURM no longer knows the job (accounting purged, controller restarted, local process gone)."""
+    if obs.files.invalid:
+        return Change(obs.run_id, S.INVALID, reason=obs.files.invalid)
     if obs.files.has_result:
         return Change(
             obs.run_id, COMPLETED, reason="finished (result.json; job no longer listed)", ingest=True

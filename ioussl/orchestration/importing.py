@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ioussl.errors import ConfigError, DataError
 from ioussl.orchestration import planning
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.registry.models import Attempt, Run, utcnow
+from ioussl.orchestration.registry import opened, repo
+from ioussl.orchestration.registry.models import Run, utcnow
 from ioussl.orchestration.service import PlanOutcome, register_runs
 from ioussl.orchestration.status import RunStatus
 from ioussl.orchestration.study import load_study
@@ -47,15 +47,20 @@ def read_results_csv(path: str | Path) -> list[ImportRow]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"results file not found: {path}")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in REQUIRED if c not in columns]
-        unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
-        if missing or unknown:
-            raise DataError(f"{path}: columns must be {', '.join(REQUIRED)} (optional {', '.join(OPTIONAL)}); "
-                            f"missing {missing or 'none'}, unknown {unknown or 'none'}")
-        rows = [_parse_row(path, number, raw) for number, raw in enumerate(reader, start=2)]
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [c for c in REQUIRED if c not in columns]
+            unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
+            if missing or unknown:
+                raise DataError(f"{path}: columns must be {', '.join(REQUIRED)} (optional {', '.join(OPTIONAL)}); "
+                                f"missing {missing or 'none'}, unknown {unknown or 'none'}")
+            rows = [_parse_row(path, number, raw) for number, raw in enumerate(reader, start=2)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text CSV file (byte {exc.start})") from None
+    except (csv.Error, OSError) as exc:
+        raise DataError(f"{path}: cannot be read as CSV: {exc}") from None
     if not rows:
         raise DataError(f"{path}: no result rows")
     keys = [(r.group, r.pretrain_seed, r.seed) for r in rows]
@@ -93,23 +98,20 @@ def import_results(study_file: str | Path, results_csv: str | Path, db: str | No
     if not source.strip():
         raise ConfigError("--source must say where the results come from")
     spec = load_study(study_file, base_dir=base_dir)
+    planning.check_plan_size(spec)
     planned = planning.expand_grid(spec)
     rows = read_results_csv(results_csv)
     outcome = ImportOutcome(study=spec.name)
-    registry = open_registry(db, create=True)
-    try:
-        with registry.session() as session:
-            register_runs(session, spec, planned, PlanOutcome(study=spec.name))
-            by_key = {(p.group, p.pretrain_seed, p.seed): p.key for p in planned if p.stage == "finetune"}
-            for row in rows:
-                key = by_key.get((row.group, row.pretrain_seed, row.seed))
-                if key is None:
-                    raise DataError(f"{results_csv}:{row.line}: no fine-tune in study {spec.name!r} for group "
-                                    f"{row.group!r}, pretrain seed {row.pretrain_seed}, seed {row.seed}")
-                _import_one(session, session.get(Run, key), row, source, outcome)
-            _mark_parents(session, spec.name, source, outcome)
-    finally:
-        registry.dispose()
+    with opened(db, create=True) as registry, registry.session() as session:
+        register_runs(session, spec, planned, PlanOutcome(study=spec.name))
+        by_key = {(p.group, p.pretrain_seed, p.seed): p.key for p in planned if p.stage == "finetune"}
+        for row in rows:
+            key = by_key.get((row.group, row.pretrain_seed, row.seed))
+            if key is None:
+                raise DataError(f"{results_csv}:{row.line}: no fine-tune in study {spec.name!r} for group "
+                                f"{row.group!r}, pretrain seed {row.pretrain_seed}, seed {row.seed}")
+            _import_one(session, repo.get_run(session, key), row, source, outcome)
+        _mark_parents(session, spec.name, source, outcome)
     return outcome
 
 
@@ -120,8 +122,8 @@ def _import_one(session, run: Run, row: ImportRow, source: str, outcome: ImportO
         outcome.unchanged += 1
         return
     note = f"{source}{' - ' + row.note if row.note else ''}"
-    repo.record_result(session, run, {"dsc": row.dsc, "dsc_3d": row.dsc_3d, "imported_from": note},
-                       imported=True, source=note)
+    repo.record_result(session, run, {"dsc": row.dsc, "dsc_3d": row.dsc_3d},
+                       {"dsc": row.dsc, "dsc_3d": row.dsc_3d, "imported_from": note}, imported=True, source=note)
     _complete_imported(session, run, note)
     outcome.imported += 1
 
@@ -130,8 +132,8 @@ def _complete_imported(session, run: Run, note: str) -> None:  # type: ignore[no
     if run.status != RunStatus.COMPLETED:
         repo.set_status(session, run, RunStatus.COMPLETED, reason=f"imported: {note}")
         now = utcnow()
-        session.add(Attempt(run_id=run.id, executor="import", status=RunStatus.COMPLETED, reason=note,
-                            submitted_at=now, ended_at=now))
+        repo.add_attempt(session, run_id=run.id, executor="import", status=RunStatus.COMPLETED, reason=note,
+                         submitted_at=now, ended_at=now)
     run.imported = True
 
 
@@ -141,5 +143,5 @@ def _mark_parents(session, study: str, source: str, outcome: ImportOutcome) -> N
     for record in repo.list_runs(session, study=study, stage="pretrain", statuses=[RunStatus.PLANNED]):
         children = [r for r in finetunes if r.parent_id == record.id]
         if children and all(child.imported for child in children):
-            _complete_imported(session, session.get(Run, record.id), f"{source} (implied by its fine-tunes)")
+            _complete_imported(session, repo.get_run(session, record.id), f"{source} (implied by its fine-tunes)")
             outcome.pretrains_marked += 1

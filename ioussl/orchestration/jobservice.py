@@ -3,6 +3,11 @@
 Every step commits on its own (intent, then sbatch, then job ids), so a crash at any point leaves the
 registry in a state the next command repairs (see submission.py). Each command first adopts orphaned
 intents and syncs, so it decides on fresh statuses.
+
+Writers wait up to $IOUSSL_DB_TIMEOUT for the registry's write lock; ``ioussl status`` waits only
+``STATUS_LOCK_WAIT_S`` and, when another process is writing, shows what is recorded and says that its
+ingest was skipped (:func:`sync_studies`). Folders that hold what jobs execute (run directories,
+``_submitit/``) are created without group or world write, whatever the umask.
 """
 
 from __future__ import annotations
@@ -12,23 +17,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
-
+from ioussl import runfiles
 from ioussl.errors import ConfigError, NotFound, SubmissionError
 from ioussl.orchestration import planning, slurm, submission
 from ioussl.orchestration.backends import Backend, Unit, backend_for_attempts, choose_backend, resolve_executor
-from ioussl.orchestration.registry import open_registry, repo
+from ioussl.orchestration.registry import opened, repo
 from ioussl.orchestration.registry.db import Registry
-from ioussl.orchestration.registry.models import Run, Study
+from ioussl.orchestration.registry.errors import RegistryBusy
+from ioussl.orchestration.registry.models import Run
 from ioussl.orchestration.report import order_groups
-from ioussl.orchestration.status import RunStatus, is_retryable
+from ioussl.orchestration.status import ACTIVE, DEFAULT_RETRY, RunStatus, is_retryable
 from ioussl.orchestration.submission import JobFactory, RunFilter, SubmitOutcome
-from ioussl.orchestration.sync import SyncOutcome, sync
+from ioussl.orchestration.sync import SyncOutcome, prefetch, sync
 
 S = RunStatus
-ACTIVE = (S.SUBMITTING, S.PENDING, S.RUNNING)
 LOCAL_POLL_S = 1.0
+STATUS_LOCK_WAIT_S = 2.0  # `ioussl status` waits this long for the write lock, then shows what is recorded
 
 
 class Backends(dict):
@@ -56,8 +60,7 @@ def submit(
     backend: Backend | None = None,
 ) -> SubmitOutcome:
     """Submit every planned run of the study (that the filter keeps) whose pretrain can still deliver."""
-    registry = open_registry(db, create=False)
-    try:
+    with opened(db) as registry:
         name, folder = _study_folder(registry, study)
         executor, fell_back = (backend.name, None) if backend else resolve_executor(executor)
         backend = backend or choose_backend(executor, folder)
@@ -72,21 +75,26 @@ def submit(
             _describe_dependencies(units, outcome)
             return outcome
         factory = factory or submission.default_job_factory()
-        if backend.name == "local":
+        if not backend.supports_dependencies:  # ioussl sequences pretrain -> fine-tunes itself
             _run_local(registry, name, backend, run_filter, max_parallel, factory, outcome)
         else:
             for unit in units:
                 submit_unit(registry, backend, unit, factory, outcome)
         return outcome
-    finally:
-        registry.dispose()
 
 
-def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitOutcome | None = None) -> SyncOutcome:
-    """Adopt or revert intents left by a killed submit, then sync: decisions then rest on fresh statuses."""
+def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitOutcome | None = None,
+            wait: float | None = None) -> SyncOutcome:
+    """Adopt or revert intents left by a killed submit, then sync: decisions then rest on fresh statuses.
+
+    ``wait``: seconds to wait for the write lock (default $IOUSSL_DB_TIMEOUT); RegistryBusy after that.
+    """
 
     def adopt_once() -> int:
-        with registry.session() as session:
+        with registry.session(write=False) as session:
+            if not repo.open_intents(session):
+                return 0  # the usual case: no interrupted submit, no need for the write lock
+        with registry.session(wait=wait) as session:
             adopted, reverted, young = submission.adopt_orphans(session, backends)
         if outcome is not None:
             outcome.adopted += adopted
@@ -94,8 +102,12 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
         return young
 
     submission.wait_for_young_intents(adopt_once)
-    with registry.session() as session:
-        return sync(session, study=study, backends=backends, folder=backends.folder)
+    with registry.session(write=False) as session:  # the scheduler is asked before the write lock is taken
+        answers = prefetch(session, study, backends, backends.folder)
+    if answers is None:
+        return SyncOutcome()  # no active run: nothing to write
+    with registry.session(wait=wait) as session:
+        return sync(session, study=study, backends=backends, folder=backends.folder, prefetched=answers)
 
 
 def _refuse_placeholders(registry: Registry, study: str, units: Sequence[Unit]) -> None:
@@ -112,37 +124,37 @@ def _refuse_placeholders(registry: Registry, study: str, units: Sequence[Unit]) 
 
 def _study_folder(registry: Registry, study: str | None) -> tuple[str, Path]:
     """The study to act on (the only one if not named) and its submitit folder."""
-    with registry.session() as session:
+    with registry.session(write=False) as session:
         row = submission.find_submit_study(session, study)
         return row.name, Path(row.runs_dir) / "_submitit"
 
 
-def sync_studies(db: str | None, study: str | None = None) -> list[SyncOutcome]:
-    """Adopt orphans, query the scheduler once per study, apply transitions and ingest run files."""
-    registry = open_registry(db, create=False)
-    try:
-        with registry.session() as session:
-            studies = [(s.name, s.runs_dir) for s in session.scalars(select(Study))
-                       if study is None or s.name == study]
-        return [prepare(registry, name, Backends(Path(runs_dir) / "_submitit")) for name, runs_dir in studies]
-    finally:
-        registry.dispose()
+def sync_studies(db: str | None, study: str | None = None,
+                 wait: float | None = STATUS_LOCK_WAIT_S) -> list[SyncOutcome]:
+    """Adopt orphans, query the scheduler once per study, apply transitions and ingest run files.
 
-
-def _study_runs(session, study: str) -> list[Run]:  # type: ignore[no-untyped-def]
-    query = (
-        select(Run)
-        .join(Study, Run.study_id == Study.id)
-        .where(Study.name == study)
-        .options(selectinload(Run.attempts), selectinload(Run.parent))
-    )
-    return list(session.scalars(query))
+    Read-mostly: when another process holds the write lock longer than ``wait`` seconds, the study's
+    outcome says so (``skipped``) and nothing is ingested; the caller shows what is recorded.
+    """
+    with opened(db) as registry:
+        with registry.session(write=False) as session:
+            if study is not None:
+                repo.find_study(session, study)
+            studies = [(s.name, s.runs_dir) for s in repo.list_studies(session, study)]
+        outcomes = []
+        for name, runs_dir in studies:
+            try:
+                outcomes.append(prepare(registry, name, Backends(Path(runs_dir) / "_submitit"), wait=wait))
+            except RegistryBusy:
+                outcomes.append(SyncOutcome(skipped=f"another ioussl is writing to the registry: ingest of study "
+                                                    f"{name} skipped, showing what is recorded"))
+        return outcomes
 
 
 def _plan(registry: Registry, study: str, run_filter: RunFilter, outcome: SubmitOutcome) -> list[Unit]:
     with registry.session() as session:
         wanted = {repo.get_run(session, run_id).id for run_id in run_filter.run_ids}
-        units = submission.plan_units(_study_runs(session, study), run_filter, wanted, outcome)
+        units = submission.plan_units(repo.study_runs(session, study), run_filter, wanted, outcome)
     outcome.units = units
     return units
 
@@ -166,16 +178,20 @@ def submit_unit(registry: Registry, backend: Backend, unit: Unit, factory: JobFa
         if not ready:
             outcome.skipped += [(run_id, "its pretrain has no job id yet") for run_id in unit.run_ids]
             return
-        submission.write_run_files(session.get(Run, run_id) for run_id in unit.run_ids)
+        runs = [repo.get_run(session, run_id) for run_id in unit.run_ids]
+        submission.check_job_strings(unit, runs, dependency)
+        runfiles.make_private_dir(Path(runs[0].study.runs_dir) / "_submitit")
+        submission.write_run_files(runs)
         calls = submission.job_calls(session, unit, factory)
-        submission.record_intent(session, unit, backend.name, dependency)
+        submission.record_intent(session, unit, backend.name, dependency, arrays=backend.supports_arrays)
     try:
-        job_ids = backend.submit(unit, calls, dependency)
+        with runfiles.private_dirs():  # submitit's folders and pickles, and the umask the job inherits
+            job_ids = backend.submit(unit, calls, dependency)
     except SubmissionError as exc:
         with registry.session() as session:
             submission.record_rejection(session, unit, str(exc))
         raise
-    outcome.sbatch_calls += 1 if backend.name == "slurm" else len(calls)
+    outcome.sbatch_calls += 1 if backend.supports_arrays else len(calls)
     outcome.dependencies[unit.job_name] = dependency
     with registry.session() as session:
         outcome.job_ids.update(submission.record_jobs(session, unit, job_ids))
@@ -199,8 +215,8 @@ def _run_local(
         with registry.session() as session:
             sync(session, study=study, backends=backends)
             wanted = {repo.get_run(session, run_id).id for run_id in run_filter.run_ids}
-            runs = _study_runs(session, study)
-            running = [r for r in runs if r.status in ACTIVE and r.attempts and r.attempts[-1].executor == "local"]
+            runs = repo.study_runs(session, study)
+            running = [r for r in runs if r.status in ACTIVE and r.attempts and r.attempts[-1].executor == backend.name]
             ready = [
                 r
                 for r in runs
@@ -234,15 +250,14 @@ def cancel(
     """Cancel planned and active runs (by run, interval or study): scancel first, then record."""
     if study is None and not run_ids and group is None:
         raise ConfigError("say what to cancel: --study, --run or --interval")
-    registry = open_registry(db, create=False)
-    try:
-        with registry.session() as session:
+    with opened(db) as registry:
+        with registry.session(write=False) as session:
             folder = _folder(session, study, run_ids)
         backends = Backends(folder, *([backend] if backend else []))
         if study is not None:
             prepare(registry, study, backends)
         with registry.session() as session:
-            runs = _select(session, study, run_ids, group, (S.PLANNED, *ACTIVE))
+            runs = repo.select_runs(session, study, run_ids, group, (S.PLANNED, *ACTIVE))
             if not runs:
                 raise NotFound(_nothing_to_cancel(session, study, run_ids, group))
             by_executor: dict[str, list[str]] = {}
@@ -259,17 +274,14 @@ def cancel(
                     run.attempts[-1].status = S.CANCELLED
                 outcome.cancelled.append(run.id)
         return outcome
-    finally:
-        registry.dispose()
 
 
 def _nothing_to_cancel(session, study: str | None, run_ids: Sequence[str], group: str | None) -> str:  # type: ignore[no-untyped-def]
     """Why a cancel matched no cancellable run, naming what does exist."""
-    matching = _select(session, study, run_ids, group, None)
+    matching = repo.select_runs(session, study, run_ids, group, None)
     where = f" in study {study!r}" if study else ""
     if group is not None and not matching:
-        query = select(Run.group).join(Study, Run.study_id == Study.id).distinct()
-        groups = session.scalars(query.where(Study.name == study) if study else query).all()
+        groups = repo.group_names(session, study)
         return f"no group {group!r}{where}; groups: {', '.join(map(repr, order_groups(groups, ()))) or 'none'}"
     states: dict[str, int] = {}
     for run in matching:
@@ -283,22 +295,21 @@ def retry(
     db: str | None,
     study: str | None = None,
     run_ids: Sequence[str] = (),
-    statuses: Sequence[RunStatus] = (S.FAILED, S.LOST, S.TIMEOUT),
+    statuses: Sequence[RunStatus] = DEFAULT_RETRY,
     executor: str = "auto",
     factory: JobFactory | None = None,
     backend: Backend | None = None,
 ) -> SubmitOutcome:
-    """New attempts for failed, lost or timed-out runs; blocked fine-tunes re-chain onto the new pretrain."""
-    registry = open_registry(db, create=False)
-    try:
+    """New attempts for failed, lost or timed-out runs (or any retryable --state, e.g. INVALID); blocked
+    fine-tunes re-chain onto the new pretrain. An INVALID run's rejected result.json is set aside first
+    (``result.json.rejected-<time>``), so its job computes a new one instead of returning the bad one."""
+    with opened(db) as registry:
         name, folder = _study_folder(registry, study)
         backends = Backends(folder, *([backend] if backend else []))
         prepare(registry, name, backends)
         with registry.session() as session:
-            chosen = _select(session, name, run_ids, None, tuple(statuses) if not run_ids else None)
+            chosen = repo.select_runs(session, name, run_ids, None, tuple(statuses) if not run_ids else None)
             retried = _reset_for_retry(session, chosen)
-    finally:
-        registry.dispose()
     if not retried:
         raise ConfigError(f"nothing to retry in study {name!r} (no run in {', '.join(map(str, statuses))})")
     return submit(
@@ -316,34 +327,15 @@ def _reset_for_retry(session, runs: list[Run]) -> list[str]:  # type: ignore[no-
     for run in runs:
         if not is_retryable(S(run.status)):
             continue
+        if run.status == S.INVALID:
+            submission.set_aside_result(run)
         repo.set_status(session, run, S.PLANNED, reason="retry requested")
         retried.append(run.id)
         if run.stage == "pretrain":
-            waiting = (S.BLOCKED, S.PLANNED)
-            children = session.scalars(select(Run).where(Run.parent_id == run.id, Run.status.in_(waiting)))
-            for child in children:
+            for child in repo.children_of(session, run.id, (S.BLOCKED, S.PLANNED)):
                 repo.set_status(session, child, S.PLANNED, reason=f"re-chained onto the retry of {run.id}")
                 retried.append(child.id)
     return retried
-
-
-def _select(
-    session,
-    study: str | None,
-    run_ids: Sequence[str],
-    group: str | None,  # type: ignore[no-untyped-def]
-    statuses: Sequence[RunStatus] | None,
-) -> list[Run]:
-    query = select(Run).join(Study, Run.study_id == Study.id).options(selectinload(Run.attempts))
-    if study is not None:
-        query = query.where(Study.name == study)
-    if run_ids:
-        query = query.where(Run.id.in_([repo.get_run(session, r).id for r in run_ids]))
-    if group is not None:
-        query = query.where(Run.group == group)
-    if statuses is not None:
-        query = query.where(Run.status.in_(list(statuses)))
-    return list(session.scalars(query))
 
 
 def _folder(session, study: str | None, run_ids: Sequence[str]) -> Path:  # type: ignore[no-untyped-def]

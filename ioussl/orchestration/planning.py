@@ -3,6 +3,11 @@
 The thesis grid: each interval x pretrain seed gives one pretrain; each pretrain x fine-tune seed gives one
 fine-tune whose parent is that pretrain; each baseline seed gives one fine-tune without a parent.
 Identity is the hash of (config, parent identity), so a second ``plan`` finds every run already there.
+
+Size: :func:`run_count` is the number of runs a study expands to, computed from its axes without
+expanding anything, and :func:`check_plan_size` refuses a study above the cap (default
+``DEFAULT_MAX_RUNS``) before a single config is built. A sweep multiplies the count; extend
+:func:`run_count` (one place) when a study gains axes.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from ioussl.orchestration import slurm
 from ioussl.orchestration.study import Interval, StudySpec
 
 BASELINE_GROUP = "no pretraining"
+DEFAULT_MAX_RUNS = 5000  # plan size cap: above it `plan grid` refuses unless --max-runs says otherwise
 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    key: str  # run id: short hash of (study, config hash)
+    key: str  # run id: short hash of (study, run hash)
     stage: str
     group: str
     interval: Interval | None
@@ -30,12 +36,37 @@ class PlannedRun:
     pretrain_seed: int | None
     parent_key: str | None
     config: RunConfig
-    config_hash: str
+    run_hash: str  # identity: config.run_hash(config, parent's run_hash), stored as runs.run_hash
     resources: dict[str, Any] = field(hash=False, compare=False)
+    point: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # sweep point; {} without
 
 
-def run_key(study: str, config_hash: str) -> str:
-    return hashlib.sha256(f"{study}\0{config_hash}".encode()).hexdigest()[:12]
+def run_key(study: str, run_hash: str) -> str:
+    return hashlib.sha256(f"{study}\0{run_hash}".encode()).hexdigest()[:12]
+
+
+def run_count(spec: StudySpec) -> int:
+    """How many runs ``expand_grid(spec)`` gives, by arithmetic on the study's axes (nothing is expanded).
+
+    Per interval: one pretrain per pretrain seed, each with one fine-tune per fine-tune seed; plus the
+    baseline's fine-tunes.
+    """
+    per_interval = len(spec.pretrain_seeds) * (1 + len(spec.finetune_seeds))
+    return len(spec.intervals) * per_interval + len(spec.baseline_seeds)
+
+
+def check_plan_size(spec: StudySpec, max_runs: int | None = None) -> int:
+    """The study's run count; ConfigError when it exceeds ``max_runs`` (default DEFAULT_MAX_RUNS)."""
+    limit = DEFAULT_MAX_RUNS if max_runs is None else max_runs
+    if limit < 1:
+        raise ConfigError(f"--max-runs must be at least 1, got {limit}")
+    total = run_count(spec)
+    if total > limit:
+        raise ConfigError(
+            f"study {spec.name!r} expands to {total:,} runs, more than the cap of {limit:,}; "
+            "shrink its seeds or intervals, or raise the cap with --max-runs"
+        )
+    return total
 
 
 def expand_grid(spec: StudySpec) -> list[PlannedRun]:
@@ -63,7 +94,7 @@ def _finetune_config(spec: StudySpec, seed: int) -> RunConfig:
 
 def _planned(spec: StudySpec, config: RunConfig, interval: Interval | None, parent: PlannedRun | None,
              pretrain_seed: int | None) -> PlannedRun:
-    digest = run_hash(config, parent.config_hash if parent else None)
+    digest = run_hash(config, parent.run_hash if parent else None)
     return PlannedRun(
         key=run_key(spec.name, digest),
         stage=config.stage,
@@ -73,7 +104,7 @@ def _planned(spec: StudySpec, config: RunConfig, interval: Interval | None, pare
         pretrain_seed=pretrain_seed,
         parent_key=parent.key if parent else None,
         config=config,
-        config_hash=digest,
+        run_hash=digest,
         resources=spec.resources[config.stage],
     )
 

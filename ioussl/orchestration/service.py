@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from sqlalchemy import select
 
 from ioussl.errors import DataError
 from ioussl.orchestration import planning
 from ioussl.orchestration.planning import PlannedRun
-from ioussl.orchestration.registry import open_registry, repo
+from ioussl.orchestration.registry import opened, repo, unit_of_work
 from ioussl.orchestration.registry.db import MissingRegistry
-from ioussl.orchestration.registry.models import Run, Study
+from ioussl.orchestration.registry.errors import AlreadyRecorded
 from ioussl.orchestration.report import Report, in_group_order, order_groups, study_group_order
 from ioussl.orchestration.status import RunStatus
 from ioussl.orchestration.study import StudySpec, load_study, spec_summary
@@ -31,30 +30,43 @@ class PlanOutcome:
 
 
 def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, check_data: bool = True,
-              base_dir: str | None = None) -> PlanOutcome:
-    """Validate the study, expand its grid, and add the runs not yet in the registry."""
+              base_dir: str | None = None, max_runs: int | None = None) -> PlanOutcome:
+    """Validate the study, refuse it above the size cap, expand its grid, add the runs not yet recorded.
+
+    Race-free: the runs are written under the registry's write lock, so planners running at once create
+    one study and no duplicate runs; should another process still have written a run first (a unique
+    constraint fires), the plan is read again and reports those runs as already planned.
+    """
     spec = load_study(study_file, base_dir=base_dir)
+    planning.check_plan_size(spec, max_runs)
     planned = planning.expand_grid(spec)
     warnings = (planning.check_data(spec) if check_data else []) + planning.placeholder_warnings(spec)
-    outcome = PlanOutcome(study=spec.name, dry_run=dry_run, warnings=warnings)
-    registry = _open_for_plan(db, dry_run)
-    try:
-        with registry.session() as session:
-            outcome = register_runs(session, spec, planned, outcome)
-            if dry_run:
-                session.rollback()
-    finally:
-        registry.dispose()
+    if dry_run:
+        return _dry_run(db, spec, planned, warnings)
+    with opened(db, create=True) as registry:
+        for last_try in (False, True):
+            outcome = PlanOutcome(study=spec.name, warnings=warnings)
+            try:
+                with registry.session() as session:
+                    return register_runs(session, spec, planned, outcome)
+            except AlreadyRecorded:
+                if last_try:
+                    raise
+    raise AssertionError("unreachable")
+
+
+def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warnings: list[str]) -> PlanOutcome:
+    """What a plan would add; nothing is written (and no registry is created)."""
+    outcome = PlanOutcome(study=spec.name, dry_run=True, warnings=warnings)
+    with ExitStack() as stack:
+        try:
+            registry = stack.enter_context(opened(db, create=False))
+        except MissingRegistry:  # against no registry: everything is new, and nothing is created
+            registry = stack.enter_context(opened("sqlite://", create=True))
+        with registry.session(write=False) as session:
+            register_runs(session, spec, planned, outcome)
+            session.rollback()
     return outcome
-
-
-def _open_for_plan(db: str | None, dry_run: bool):  # type: ignore[no-untyped-def]
-    if not dry_run:
-        return open_registry(db, create=True)
-    try:
-        return open_registry(db, create=False)
-    except MissingRegistry:  # a dry run against no registry: everything is new, and nothing is created
-        return open_registry("sqlite://", create=True)
 
 
 def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
@@ -64,9 +76,9 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
     )
     known = repo.existing_hashes(session, study)
     for run in planned:
-        if run.config_hash in known:
+        if run.run_hash in known:
             outcome.existing.append(run)
-            row = session.get(Run, known[run.config_hash])
+            row = repo.run_or_none(session, known[run.run_hash])
             # Resources are not part of a run's identity: a cluster profile edited after planning (say, the
             # account filled in) reaches every run that has not been submitted yet.
             if row is not None and row.status == RunStatus.PLANNED and row.resources != run.resources:
@@ -79,7 +91,7 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
             i_max=run.interval.i_max if run.interval else None,
             random_crop=bool(run.interval and run.interval.random_crop), seed=run.seed,
             pretrain_seed=run.pretrain_seed, parent_id=run.parent_key, config=run.config.to_json(),
-            config_hash=run.config_hash, resources=run.resources,
+            run_hash=run.run_hash, resources=run.resources, point=dict(run.point),
             run_dir=str(planning.run_dir_for(spec, run)),
         )
         session.flush()
@@ -89,16 +101,12 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
 
 def status_rows(db: str | None, study: str | None = None, stage: str | None = None,
                 statuses: list[RunStatus] | None = None, group: str | None = None) -> list[repo.RunRecord]:
-    registry = open_registry(db, create=False)
-    try:
-        with registry.session() as session:
-            if study is not None:
-                repo.find_study(session, study)
-            records = repo.list_runs(session, study=study, stage=stage, statuses=statuses, group=group)
-            orders = {row.name: study_group_order(row.spec) for row in session.scalars(select(Study))}
-            return in_group_order(records, orders)
-    finally:
-        registry.dispose()
+    with unit_of_work(db, write=False) as session:
+        if study is not None:
+            repo.find_study(session, study)
+        records = repo.list_runs(session, study=study, stage=stage, statuses=statuses, group=group)
+        orders = {row.name: study_group_order(row.spec) for row in repo.list_studies(session)}
+        return in_group_order(records, orders)
 
 
 @dataclass
@@ -113,16 +121,12 @@ def report_study(db: str | None, study: str | None, ddof: int = 0, plot_dir: Pat
     """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures."""
     from ioussl.orchestration.report import build_report
 
-    registry = open_registry(db, create=False)
-    try:
-        with registry.session() as session:
-            row = repo.find_study(session, study) if study else _only_study(session)
-            order = study_group_order(row.spec)
-            records = repo.list_runs(session, study=row.name)
-            footer = provenance_footer(session, records, registry.location)
-            curves = _collapse_curves(session, records, order) if plot_dir else {}
-    finally:
-        registry.dispose()
+    with opened(db) as registry, registry.session(write=False) as session:
+        row = repo.find_study(session, study) if study else repo.only_study(session, "report")
+        order = study_group_order(row.spec)
+        records = repo.list_runs(session, study=row.name)
+        footer = provenance_footer(session, records, registry.location)
+        curves = _collapse_curves(session, records, order) if plot_dir else {}
     report = build_report(records, row.name, ddof=ddof, group_order=order)
     report = dataclasses.replace(report, footer=footer)
     outcome = ReportOutcome(report)
@@ -185,18 +189,3 @@ def _no_collapse_reason(records: list[repo.RunRecord]) -> str:
         return (f"its {imported} pretrain(s) are imported results (ioussl import results), which carry no "
                 "per-epoch collapse series")
     return f"none of its {len(pretrains)} pretrain(s) has recorded a collapse value yet"
-
-
-def _only_study(session):  # type: ignore[no-untyped-def]
-    from sqlalchemy import select
-
-    from ioussl.errors import ConfigError, NotFound
-    from ioussl.orchestration.registry.models import Study
-
-    studies = session.scalars(select(Study).order_by(Study.name)).all()
-    if not studies:
-        raise NotFound("the registry has no study yet: plan one with ioussl plan grid STUDY.toml")
-    if len(studies) > 1:
-        names = ", ".join(s.name for s in studies)
-        raise ConfigError(f"the registry holds several studies; pick one with --study ({names})")
-    return studies[0]

@@ -9,12 +9,15 @@ The only state query per sync is one ``sacct`` over all active jobs, as submitit
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ioussl.errors import ConfigError
+from ioussl.orchestration import jobscript
 
 # sacct columns we read, in this order; --parsable2 separates them with "|" and no trailing "|".
 SACCT_FIELDS = ("JobID", "JobIDRaw", "JobName", "State", "ExitCode", "NodeList", "Reason", "Start", "End")
@@ -71,7 +74,8 @@ def resources_for_run(stored: Mapping[str, Any], where: str = "resources") -> Re
     """A run's stored resources (``{"slurm": profile, "gpus", ...}``, see study.py) as Resources.
 
     The stage's own settings win over the cluster profile; sbatch options from both ``additional`` tables
-    are merged, the stage's last. Raises ConfigError on a value of the wrong type or range.
+    are merged, the stage's last. Raises ConfigError on a value of the wrong type or range, and on any
+    string that could break the job script (``jobscript``): called at plan time and again at submit.
     """
     profile = dict(stored.get("slurm") or {})
     stage = {k: v for k, v in stored.items() if k != "slurm"}
@@ -83,15 +87,13 @@ def resources_for_run(stored: Mapping[str, Any], where: str = "resources") -> Re
         **_table(profile.get("additional"), f"{where}.slurm.additional"),
         **_table(stage.get("additional"), f"{where}.additional"),
     }
-    setup = profile.get("setup") or []
-    if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
-        raise ConfigError(f"{where}.slurm.setup: expected a list of shell lines, got {setup!r}")
+    setup = jobscript.check_setup(profile.get("setup") or [], f"{where}.slurm.setup")
     valid = {f.name for f in dataclasses.fields(Resources)}
     unknown = sorted(set(merged) - valid)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
     _check_types(merged, where)
-    return Resources(**merged, extra=extra, setup=tuple(setup))
+    return Resources(**merged, extra=extra, setup=setup)
 
 
 def _table(value: Any, where: str) -> dict[str, str]:
@@ -99,7 +101,12 @@ def _table(value: Any, where: str) -> dict[str, str]:
         return {}
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a table of sbatch options, got {value!r}")
-    return {str(k).lstrip("-"): str(v) for k, v in value.items()}
+    return {key: str(v) for key, v in jobscript.check_options(value, where).items()}
+
+
+# key -> smallest allowed value (and every integer fits a 32-bit column)
+_INT_MIN = {"gpus_per_node": 0, "nodes": 1, "cpus_per_task": 1, "time_min": 1, "signal_delay_s": 0,
+            "max_requeues": 0, "max_parallel": 1}
 
 
 def _check_types(merged: Mapping[str, Any], where: str) -> None:
@@ -107,14 +114,21 @@ def _check_types(merged: Mapping[str, Any], where: str) -> None:
         value = merged.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+        if value is not None and not _INT_MIN[key] <= value < 2**31:
+            raise ConfigError(f"{where}.{key}: expected an integer >= {_INT_MIN[key]}, got {value!r}")
     for key in _STR_KEYS:
-        if merged.get(key) is not None and not isinstance(merged[key], str):
-            raise ConfigError(f"{where}.{key}: expected a string, got {merged[key]!r}")
+        if merged.get(key) is not None:
+            jobscript.check_text(merged[key], f"{where}.{key}")
     mem = merged.get("mem_gb")
-    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0):
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or not _positive(mem)):
         raise ConfigError(f"{where}.mem_gb: expected a positive number, got {mem!r}")
-    if merged.get("time_min", 1) < 1 or merged.get("cpus_per_task", 1) < 1 or merged.get("gpus_per_node", 0) < 0:
-        raise ConfigError(f"{where}: time_min and cpus_per_task must be >= 1 and gpus_per_node >= 0")
+
+
+def _positive(value: float) -> bool:
+    try:
+        return math.isfinite(float(value)) and 0 < value <= 2**40
+    except OverflowError:
+        return False
 
 
 # Values a profile template leaves for the user to fill in: FILL-IN-YOUR-GRANT, <account>, CHANGEME, TODO.
@@ -182,6 +196,7 @@ def submitit_parameters(
         additional["kill-on-invalid-dep"] = "yes"
     if additional:
         params["additional_parameters"] = additional
+    jobscript.check_parameters(params)  # the script is built from these: the last gate before submitit
     return params
 
 
@@ -379,6 +394,6 @@ def render_sbatch(params: Mapping[str, Any], folder: str, python: str = "python"
     """The sbatch script submitit writes for these parameters (for the golden test and --dry-run -v)."""
     from submitit.slurm.slurm import _make_sbatch_string  # submitit's own renderer: what really runs
 
-    command = f"{python} -u -m submitit.core._submit {folder}"
+    command = f"{python} -u -m submitit.core._submit {shlex.quote(str(folder))}"  # as SlurmExecutor quotes it
     extra = {"map_count": array_size} if array_size else {}
     return _make_sbatch_string(command=command, folder=folder, **params, **extra)

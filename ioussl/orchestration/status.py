@@ -1,7 +1,9 @@
 """Run statuses and the one table of allowed transitions.
 
 Every status change in ioussl goes through :func:`check_transition`; COMPLETED is never rewritten, and the
-other end states (FAILED, TIMEOUT, CANCELLED, BLOCKED, LOST) change only by an explicit retry or re-chain.
+other end states (FAILED, TIMEOUT, CANCELLED, BLOCKED, LOST, INVALID) change only by an explicit retry or
+re-chain. This module is the one vocabulary of statuses: classify, sync, submission, the services and the
+renderers all use :class:`RunStatus` and the sets below.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class RunStatus(enum.StrEnum):
     CANCELLED = "CANCELLED"  # cancelled by a user
     BLOCKED = "BLOCKED"  # a fine-tune whose pretrain failed: waits for a retry of the pretrain
     LOST = "LOST"  # vanished from the scheduler without an exit marker after repeated misses
+    INVALID = "INVALID"  # the job's run files failed validation at ingest (status_reason: which file, why)
 
     def is_terminal(self) -> bool:
         """No scheduler news can change this status (only a user's retry can)."""
@@ -33,18 +36,25 @@ class RunStatus(enum.StrEnum):
 
 
 S = RunStatus
-_TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST})
+_TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST, S.INVALID})
 _ACTIVE = frozenset({S.SUBMITTING, S.PENDING, S.RUNNING})
-_RETRYABLE = frozenset({S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST})
+_RETRYABLE = frozenset({S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST, S.INVALID})
+
+ACTIVE = _ACTIVE  # the scheduler may still hold a job
+TERMINAL = _TERMINAL
+# A pretrain in one of these will never deliver the encoder its fine-tunes wait for.
+DEAD_PARENT = frozenset({S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST, S.INVALID})
+DEFAULT_RETRY = (S.FAILED, S.LOST, S.TIMEOUT)  # what `ioussl retry` picks when no --state is given
 
 # from -> allowed targets. Terminal states only move back to PLANNED/SUBMITTING (a user's retry or a
 # re-chain onto a resubmitted pretrain); COMPLETED moves nowhere.
 ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
     S.PLANNED: frozenset({S.SUBMITTING, S.CANCELLED, S.BLOCKED, S.COMPLETED}),
     S.SUBMITTING: frozenset({S.PLANNED, S.PENDING, S.RUNNING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED,
-                             S.BLOCKED, S.LOST}),
-    S.PENDING: frozenset({S.RUNNING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST}),
-    S.RUNNING: frozenset({S.PENDING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.LOST}),
+                             S.BLOCKED, S.LOST, S.INVALID}),
+    S.PENDING: frozenset({S.RUNNING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST,
+                          S.INVALID}),
+    S.RUNNING: frozenset({S.PENDING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.LOST, S.INVALID}),
     S.COMPLETED: frozenset(),
     **{status: frozenset({S.PLANNED, S.SUBMITTING}) for status in _RETRYABLE},
 }

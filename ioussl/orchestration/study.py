@@ -7,6 +7,7 @@ account, qos, ...) lives in a cluster profile that the study points to, so one s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ioussl.config import (
     validate_model,
 )
 from ioussl.errors import ConfigError
+from ioussl.orchestration import jobscript
 
 STUDY_SECTIONS = ("study", "data", "model", "runtime", "sampler", "pretrain", "finetune", "intervals",
                   "resources", "slurm")
@@ -33,6 +35,8 @@ INTERVAL_KEYS = ("name", "i_min", "i_max", "random_crop")
 RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additional")
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus_per_node", "exclude", "setup",
               "additional", "max_parallel")
+MAX_SEED = 2**32  # seeds lie in [0, 2**32): what numpy and torch accept
+MAX_LABEL = 64  # runs.group
 
 
 @dataclass(frozen=True)
@@ -98,16 +102,16 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
     where = str(path) if path else "study"
     _check_keys(raw, STUDY_SECTIONS, where)
     head = raw.get("study", {})
-    _check_keys(head, STUDY_KEYS, f"{where} [study]")
-    name = head.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{where}: [study] needs a non-empty name")
+    name, runs_dir = _name_and_runs_dir(head, where)
     pretrain_raw = dict(raw.get("pretrain", {}))
     finetune_raw = dict(raw.get("finetune", {}))
     pretrain_seeds = _seeds(pretrain_raw.pop("seeds", []), f"{where} [pretrain].seeds")
     finetune_seeds = _seeds(finetune_raw.pop("seeds", []), f"{where} [finetune].seeds")
     baseline_seeds = _seeds(finetune_raw.pop("baseline_seeds", []), f"{where} [finetune].baseline_seeds")
     data = from_dict(DataConfig, raw.get("data", {}), f"{where} [data]")
+    jobscript.check_path(data.store, f"{where} [data].store")
+    if data.split is not None:
+        jobscript.check_path(data.split, f"{where} [data].split")
     model = from_dict(ModelConfig, raw.get("model", {}), f"{where} [model]")
     validate_model(model, data.crop)
     intervals = _intervals(raw.get("intervals", []), where)
@@ -120,11 +124,11 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
     cluster = _cluster_profile(head.get("cluster"), base_dir, where)
     cluster.update(_checked(raw.get("slurm", {}), SLURM_KEYS, f"{where} [slurm]"))
     return StudySpec(
-        name=name.strip(),
+        name=name,
         description=str(head.get("description", "")),
         path=path,
         base_dir=base_dir,
-        runs_dir=str(head.get("runs_dir", f"runs/{name.strip()}")),
+        runs_dir=runs_dir,
         data=data,
         model=model,
         runtime=from_dict(RuntimeConfig, raw.get("runtime", {}), f"{where} [runtime]"),
@@ -138,6 +142,16 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
         resources=_resources(raw.get("resources", {}), cluster, where),
         raw=raw,
     )
+
+
+def _name_and_runs_dir(head: Any, where: str) -> tuple[str, str]:
+    """[study] name (an identifier) and runs_dir (a path fit for a job script)."""
+    _check_keys(head, STUDY_KEYS, f"{where} [study]")
+    name = head.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: [study] needs a non-empty name")
+    name = jobscript.check_study_name(name, where)
+    return name, jobscript.check_path(head.get("runs_dir", f"runs/{name}"), f"{where} [study].runs_dir")
 
 
 def _check_keys(table: Any, valid: tuple[str, ...], where: str) -> None:
@@ -155,8 +169,11 @@ def _checked(table: Any, valid: tuple[str, ...], where: str) -> dict[str, Any]:
 
 def _seeds(values: Any, where: str) -> tuple[int, ...]:
     if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"{where}: expected a list of integers, got {values!r}")
-    duplicates = sorted({v for v in values if values.count(v) > 1})
+        raise ConfigError(f"{where}: expected a list of integers, got {_short(values)}")
+    outside = [v for v in values if not 0 <= v < MAX_SEED]
+    if outside:
+        raise ConfigError(f"{where}: seeds must lie in [0, 2**32), got {outside[0]}")
+    duplicates = sorted(v for v, n in collections.Counter(values).items() if n > 1)
     if duplicates:
         raise ConfigError(f"{where}: duplicate seed(s) {', '.join(map(str, duplicates))}")
     return tuple(values)
@@ -181,9 +198,14 @@ def _intervals(items: Any, where: str) -> tuple[Interval, ...]:
             raise ConfigError(f"{where} interval {number}: {exc}") from None
         if random_crop and (i_min, i_max) != (0, 1):
             raise ConfigError(f"{where} interval {number}: random cropping means [0, 1], got [{i_min}, {i_max}]")
-        intervals.append(Interval(float(i_min), float(i_max), random_crop, table.get("name")))
+        label_name = table.get("name")
+        if label_name is not None:
+            jobscript.check_text(label_name, f"{where} interval {number}.name")
+            if not label_name.strip() or len(label_name) > MAX_LABEL:
+                raise ConfigError(f"{where} interval {number}: name must be 1-{MAX_LABEL} characters")
+        intervals.append(Interval(float(i_min), float(i_max), random_crop, label_name))
     labels = [interval.label for interval in intervals]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    repeated = sorted(label for label, n in collections.Counter(labels).items() if n > 1)
     if repeated:
         raise ConfigError(f"{where}: interval(s) listed twice: {', '.join(repeated)}")
     return tuple(intervals)
@@ -201,12 +223,21 @@ def _cluster_profile(reference: Any, base_dir: Path, where: str) -> dict[str, An
 
 
 def _resources(raw: Any, cluster: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Per-stage resources over the cluster profile, validated now (types, ranges, job-script safety)."""
+    from ioussl.orchestration.slurm import resources_for_run
+
     _check_keys(raw, ("pretrain", "finetune"), f"{where} [resources]")
     merged = {}
     for stage in ("pretrain", "finetune"):
         stage_resources = _checked(raw.get(stage, {}), RESOURCE_KEYS, f"{where} [resources.{stage}]")
         merged[stage] = {"slurm": dict(cluster), **stage_resources}
+        resources_for_run(merged[stage], where=f"{where} [resources.{stage}]")
     return merged
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def spec_summary(spec: StudySpec) -> dict[str, Any]:

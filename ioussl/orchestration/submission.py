@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ioussl import runfiles
 from ioussl.errors import ConfigError, SubmissionError
-from ioussl.orchestration import slurm
+from ioussl.orchestration import jobscript, slurm
 from ioussl.orchestration.backends import Backend, Unit
 from ioussl.orchestration.planning import job_config_json
 from ioussl.orchestration.registry import repo
@@ -97,12 +96,12 @@ def find_submit_study(session: Session, name: str | None) -> Study:
     if name is not None:
         study = repo.find_study(session, name)
     else:
-        studies = session.scalars(select(Study).order_by(Study.name)).all()
+        studies = repo.list_studies(session)
         if len(studies) != 1:
             known = ", ".join(s.name for s in studies) or "none: plan one with ioussl plan grid STUDY.toml"
             raise ConfigError(f"name the study to submit with --study (studies: {known})")
         study = studies[0]
-    if not session.scalar(select(Run.id).where(Run.study_id == study.id).limit(1)):
+    if not repo.study_has_runs(session, study):
         raise ConfigError(f"study {study.name!r} has no runs: plan it first (ioussl plan grid STUDY.toml)")
     return study
 
@@ -156,7 +155,7 @@ def dependency_for(session: Session, unit: Unit) -> tuple[str | None, bool]:
     """("afterok:<job>", ready): a fine-tune array waits for its pretrain's current job; none when done."""
     if unit.parent_id is None:
         return None, True
-    parent = session.get(Run, unit.parent_id)
+    parent = repo.run_or_none(session, unit.parent_id)
     if parent is None or parent.status == S.COMPLETED:
         return None, True
     attempt = parent.attempts[-1] if parent.attempts else None
@@ -165,21 +164,25 @@ def dependency_for(session: Session, unit: Unit) -> tuple[str | None, bool]:
     return None, False
 
 
-def record_intent(session: Session, unit: Unit, executor: str, dependency: str | None) -> None:
-    """Runs -> SUBMITTING with one attempt each (job name, array index, no job id yet). Before sbatch."""
-    array = len(unit.run_ids) > 1 and executor == "slurm"
+def record_intent(session: Session, unit: Unit, executor: str, dependency: str | None, *,
+                  arrays: bool = True) -> None:
+    """Runs -> SUBMITTING with one attempt each (job name, array index, no job id yet). Before sbatch.
+
+    ``arrays``: the backend submits a unit of several runs as one job array (SLURM), so each attempt
+    records its array index.
+    """
+    array = len(unit.run_ids) > 1 and arrays
     for index, run_id in enumerate(unit.run_ids):
-        run = session.get(Run, run_id)
+        run = repo.get_run(session, run_id)
         repo.set_status(session, run, S.SUBMITTING, reason="submitting")
-        session.add(
-            Attempt(
-                run_id=run_id,
-                executor=executor,
-                job_name=unit.job_name,
-                status=S.SUBMITTING,
-                array_index=index if array else None,
-                depends_on=dependency.split(":", 1)[1] if dependency else None,
-            )
+        repo.add_attempt(
+            session,
+            run_id=run_id,
+            executor=executor,
+            job_name=unit.job_name,
+            status=S.SUBMITTING,
+            array_index=index if array else None,
+            depends_on=dependency.split(":", 1)[1] if dependency else None,
         )
     session.flush()
 
@@ -188,7 +191,7 @@ def record_jobs(session: Session, unit: Unit, job_ids: Sequence[str]) -> dict[st
     """The intent's attempts get their job ids; the runs are PENDING until the next sync says more."""
     recorded = {}
     for run_id, job_id in zip(unit.run_ids, job_ids, strict=True):
-        run = session.get(Run, run_id)
+        run = repo.get_run(session, run_id)
         attempt = _open_intent(run)
         if attempt is None:
             continue
@@ -203,7 +206,7 @@ def record_jobs(session: Session, unit: Unit, job_ids: Sequence[str]) -> dict[st
 def record_rejection(session: Session, unit: Unit, message: str) -> None:
     """sbatch said no (bad partition, account, ...): the runs stay PLANNED, the attempt keeps the message."""
     for run_id in unit.run_ids:
-        run = session.get(Run, run_id)
+        run = repo.get_run(session, run_id)
         attempt = _open_intent(run)
         if attempt is not None:
             attempt.status = S.PLANNED
@@ -216,9 +219,32 @@ def _open_intent(run: Run) -> Attempt | None:
     return attempt if attempt is not None and attempt.job_id is None and attempt.status == S.SUBMITTING else None
 
 
-def write_run_files(runs: Iterable[Run]) -> None:
-    """The frozen config goes into each run directory before its job exists (the job reads only files)."""
+def check_job_strings(unit: Unit, runs: Sequence[Run], dependency: str | None) -> None:
+    """Every string that reaches the job script, checked again right before it is built (see jobscript)."""
+    jobscript.check_text(unit.job_name, "job name")
+    if dependency is not None:
+        jobscript.check_dependency(dependency)
     for run in runs:
+        jobscript.check_path(run.run_dir, f"run {run.id} run directory")
+        jobscript.check_path(run.study.runs_dir, f"study {run.study.name} runs_dir")
+
+
+def set_aside_result(run: Run) -> Path | None:
+    """Move an INVALID run's result.json out of the way (kept beside it) so a retry computes a new one."""
+    path = Path(run.run_dir) / runfiles.RESULT
+    if not path.is_file() or path.is_symlink():
+        return None
+    target = path.with_name(f"{runfiles.RESULT}.rejected-{utcnow():%Y%m%dT%H%M%S}")
+    os.replace(path, target)
+    return target
+
+
+def write_run_files(runs: Iterable[Run]) -> None:
+    """The frozen config goes into each run directory before its job exists (the job reads only files).
+
+    Run directories are created without group/world write (they hold what the job reads)."""
+    for run in runs:
+        runfiles.make_private_dir(Path(run.run_dir))
         path = Path(run.run_dir) / runfiles.CONFIG
         text = job_config_json(run.config, run.study.base_dir)
         if not path.exists() or path.read_text() != text:
@@ -228,7 +254,7 @@ def write_run_files(runs: Iterable[Run]) -> None:
 def job_calls(session: Session, unit: Unit, factory: JobFactory) -> list[Callable[[], Any]]:
     calls = []
     for run_id in unit.run_ids:
-        run = session.get(Run, run_id)
+        run = repo.get_run(session, run_id)
         encoder = str(Path(run.parent.run_dir) / ENCODER) if run.parent is not None else None
         calls.append(factory(str(Path(run.run_dir).resolve()), encoder))
     return calls
@@ -245,16 +271,12 @@ def adopt_orphans(
     Returns (adopted run ids, reverted run ids, intents still too young to judge).
     """
     now = now or utcnow()
-    intents = session.scalars(
-        select(Attempt)
-        .join(Run, Attempt.run_id == Run.id)
-        .where(Attempt.job_id.is_(None), Attempt.status == S.SUBMITTING, Run.status == S.SUBMITTING)
-    ).all()
+    intents = repo.open_intents(session)
     by_unit: dict[tuple[str, str], list[Attempt]] = {}
     for attempt in intents:
         by_unit.setdefault((attempt.executor, attempt.job_name or ""), []).append(attempt)
     adopted, reverted, young = [], [], 0
-    known = set(session.scalars(select(Attempt.job_id).where(Attempt.job_id.is_not(None))))
+    known = repo.known_job_ids(session)
     for (executor, name), attempts in by_unit.items():
         backend = backend_for(executor)
         named = backend.find_by_name([name]).get(name, []) if name else []

@@ -3,7 +3,8 @@
 ``ioussl status`` and ``ioussl submit`` call :func:`sync` inside their unit of work. One scheduler query
 per executor covers every active job (one ``sacct`` on SLURM); everything else is registry work and
 reading small files in run directories. Jobs never open the registry: what they report comes from the
-run directory, ingested here.
+run directory, ingested here. A run whose files fail validation becomes INVALID (the reason names the
+file); its neighbours are ingested all the same, each run in its own savepoint.
 """
 
 from __future__ import annotations
@@ -13,19 +14,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from ioussl.errors import IllegalTransition, SubmissionError
 from ioussl.orchestration import classify, ingest, slurm
 from ioussl.orchestration.backends import Backend, backend_for_attempts
 from ioussl.orchestration.classify import Change, Observation
 from ioussl.orchestration.registry import repo
-from ioussl.orchestration.registry.models import Attempt, Run, Study
-from ioussl.orchestration.status import RunStatus
+from ioussl.orchestration.registry.models import Attempt, Run
+from ioussl.orchestration.scheduler import QueryResult
+from ioussl.orchestration.status import ACTIVE, RunStatus
+from ioussl.runfiles import RunFileError
 
-ACTIVE = [RunStatus.SUBMITTING, RunStatus.PENDING, RunStatus.RUNNING]
-DEAD_PARENT = [RunStatus(s) for s in sorted(classify.DEAD_PARENT)]
+NODE_CHARS = 255  # attempts.node
 
 
 @dataclass
@@ -38,9 +40,13 @@ class SyncOutcome:
     transitions: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # run, old, new, why
     cancelled: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why this sync wrote nothing (the registry was busy), for the user
 
 
 BackendFactory = Callable[[str], Backend]
+
+
+Prefetched = dict[str, tuple[frozenset[str], QueryResult]]  # executor -> (job ids asked, the answer)
 
 
 def sync(
@@ -48,6 +54,7 @@ def sync(
     study: str | None = None,
     backends: Mapping[str, Backend] | None = None,
     folder: Path | None = None,
+    prefetched: Prefetched | None = None,
 ) -> SyncOutcome:
     """Bring the registry up to date with the scheduler and the run directories; never commits.
 
@@ -56,13 +63,15 @@ def sync(
         study: only this study's runs (by name); None syncs every study.
         backends: executor name -> backend; missing ones are built on demand (tests pass fakes).
         folder: where submitit keeps its job folders (only the local backend reads it).
+        prefetched: scheduler answers obtained before the write lock was taken (:func:`prefetch`); an
+            executor whose active jobs are not all in it is asked again here.
     """
     outcome = SyncOutcome()
     runs = fetch_active(session, study)
     outcome.checked = len(runs)
     if not runs:
         return outcome
-    answers = _query(runs, dict(backends or {}), folder or Path("."), outcome)
+    answers = _query(runs, dict(backends or {}), folder or Path("."), outcome, prefetched or {})
     observations = [_observe(run, answers) for run in runs]
     by_id = {run.id: run for run in runs}
     _release_forgotten(runs, observations, dict(backends or {}), folder or Path("."), outcome)
@@ -75,38 +84,52 @@ def sync(
 
 def fetch_active(session: Session, study: str | None = None) -> list[Run]:
     """Runs the scheduler may hold a job for, and fine-tunes waiting on a pretrain that died."""
-    parent = aliased(Run)
-    active = select(Run).where(Run.status.in_(ACTIVE))
-    orphaned = (
-        select(Run)
-        .join(parent, Run.parent_id == parent.id)
-        .where(Run.status.in_([RunStatus.PLANNED, *ACTIVE]), parent.status.in_(DEAD_PARENT))
-    )
-    if study is not None:
-        active = active.join(Study, Run.study_id == Study.id).where(Study.name == study)
-        orphaned = orphaned.join(Study, Run.study_id == Study.id).where(Study.name == study)
-    options = (selectinload(Run.attempts), selectinload(Run.parent))
-    runs = {run.id: run for run in session.scalars(active.options(*options))}
-    runs.update({run.id: run for run in session.scalars(orphaned.options(*options))})
-    return list(runs.values())
+    return repo.fetch_active(session, study)
 
 
 def _latest(run: Run) -> Attempt | None:
     return run.attempts[-1] if run.attempts else None
 
 
-def _query(runs: list[Run], backends: dict[str, Backend], folder: Path, outcome: SyncOutcome) -> dict:
-    """One query per executor; a failed query leaves its runs unobserved (no miss is counted)."""
+def prefetch(
+    session: Session, study: str | None, backends: Mapping[str, Backend], folder: Path | None = None
+) -> Prefetched | None:
+    """Ask the scheduler about the active jobs before taking the write lock (in a read-only unit of work),
+    so that the lock is held for registry work only, not for sacct. Failed queries are left out.
+    None when no run is active: there is nothing to sync, and no need for the write lock."""
+    runs = fetch_active(session, study)
+    if not runs:
+        return None
+    prefetched: Prefetched = {}
+    for executor, ids in _job_ids(runs).items():
+        backend = backends.get(executor) or backend_for_attempts(executor, folder or Path("."))
+        try:
+            prefetched[executor] = (frozenset(ids), backend.query(ids))
+        except SubmissionError:
+            continue  # asked again under the lock, where the failure is recorded
+    return prefetched
+
+
+def _job_ids(runs: list[Run]) -> dict[str, list[str]]:
+    """Executor -> job ids of the runs' current attempts."""
     job_ids: dict[str, list[str]] = {}
     for run in runs:
         attempt = _latest(run)
         if attempt is not None and attempt.job_id and run.status in ACTIVE:
             job_ids.setdefault(attempt.executor, []).append(attempt.job_id)
+    return job_ids
+
+
+def _query(
+    runs: list[Run], backends: dict[str, Backend], folder: Path, outcome: SyncOutcome, prefetched: Prefetched
+) -> dict:
+    """One query per executor; a failed query leaves its runs unobserved (no miss is counted)."""
     answers: dict[str, dict[str, slurm.JobInfo] | None] = {}
-    for executor, ids in job_ids.items():
+    for executor, ids in _job_ids(runs).items():
         backend = backends.get(executor) or backend_for_attempts(executor, folder)
         try:
-            result = backend.query(ids)
+            asked, early = prefetched.get(executor, (frozenset(), None))
+            result = early if early is not None and set(ids) <= asked else backend.query(ids)
         except SubmissionError as exc:
             outcome.errors.append(str(exc))
             answers[executor] = None
@@ -133,7 +156,7 @@ def _observe(run: Run, answers: dict) -> Observation | None:
         job_id=job_id,
         misses=attempt.misses if attempt else 0,
         info=slurm.lookup(jobs or {}, job_id) if job_id else None,
-        files=ingest.read_run_files(run.run_dir),
+        files=ingest.read_run_files(run.run_dir, run.study.runs_dir),
     )
 
 
@@ -149,9 +172,7 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
     new = RunStatus(change.status) if change.status else None
     reason = change.reason
     if change.ingest:
-        found = ingest.ingest(session, run)
-        if new == RunStatus.COMPLETED and not found:
-            new, reason = RunStatus.FAILED, "result.json vanished or is unreadable"
+        new, reason = _ingest(session, run, new, reason)
     if new is None:
         return
     old = RunStatus(run.status)
@@ -166,6 +187,23 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
         outcome.transitions.append((run.id, str(old), str(new), reason))
 
 
+def _ingest(
+    session: Session, run: Run, new: RunStatus | None, reason: str | None
+) -> tuple[RunStatus | None, str | None]:
+    """Ingest one run in its own savepoint: bad files make it INVALID and store nothing of it."""
+    try:
+        with session.begin_nested():
+            found = ingest.ingest(session, run)
+    except RunFileError as exc:
+        return RunStatus.INVALID, str(exc)
+    except SQLAlchemyError as exc:  # a value the database refused: the run's files are not stored
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+        return RunStatus.INVALID, f"run files could not be stored: {first}"
+    if new == RunStatus.COMPLETED and not found:
+        return RunStatus.FAILED, "result.json vanished"
+    return new, reason
+
+
 def _update_attempt(attempt: Attempt, change: Change) -> None:
     attempt.misses = change.misses
     if change.reason is not None:
@@ -176,7 +214,7 @@ def _update_attempt(attempt: Attempt, change: Change) -> None:
     attempt.scheduler_state = info.raw_state
     if info.exit_code is not None:
         attempt.exit_code = f"{info.exit_code}:{info.signal or 0}"
-    attempt.node = info.node or attempt.node
+    attempt.node = (info.node or attempt.node or "")[:NODE_CHARS] or None
     attempt.started_at = _utc(info.start) or attempt.started_at
     attempt.ended_at = _utc(info.end) or attempt.ended_at
 

@@ -21,6 +21,7 @@ from typing import Any
 import submitit
 
 from ioussl import runfiles
+from ioussl.config import RunConfig, config_hash, run_hash
 from ioussl.errors import TrainingError
 
 WORKLOAD = "workload.json"
@@ -55,12 +56,8 @@ class SyntheticJob(submitit.helpers.Checkpointable):
                 run_dir / runfiles.METRICS, {"epoch": step, "step": step, "loss": 1 / (step + 1)}
             )
             runfiles.atomic_write_json(run_dir / runfiles.CHECKPOINTS / "last.json", {"step": step})
-        result = {
-            "dsc": _score(config["seed"], config["stage"]),
-            "stage": config["stage"],
-            "resumed_from": start_step,
-            "starts": starts,
-        }
+        result = {**result_for(run_dir, config, spec["steps"], self.encoder_checkpoint),
+                  "resumed_from": start_step, "starts": starts}
         runfiles.atomic_write_json(run_dir / runfiles.RESULT, result)
         runfiles.record_event(run_dir, "finished")
         return result
@@ -69,6 +66,26 @@ class SyntheticJob(submitit.helpers.Checkpointable):
         """Called by submitit on USR2 (timeout or preemption): note it; progress is already on disk."""
         runfiles.record_event(Path(self.run_dir), "requeued", step=_last_step(Path(self.run_dir)))
         return super().checkpoint(*args, **kwargs)
+
+
+def result_for(run_dir: Path, config: dict[str, Any], steps: int, encoder: str | None = None) -> dict[str, Any]:
+    """A result.json that meets the v2 contract (resultcheck) for a synthetic run of ``steps`` steps."""
+    from ioussl.orchestration.entrypoint import parent_run_hash
+
+    cfg = RunConfig.from_dict(config)
+    checkpoint = run_dir / runfiles.CHECKPOINTS / "synthetic.json"
+    runfiles.atomic_write_json(checkpoint, {"seed": cfg.seed, "stage": cfg.stage})
+    result: dict[str, Any] = {
+        "stage": cfg.stage, "run_hash": run_hash(cfg, parent_run_hash(Path(encoder) if encoder else None)),
+        "config_hash": config_hash(cfg), "epochs": steps, "steps": steps, "checkpoint": str(checkpoint),
+        "checkpoint_sha256": runfiles.sha256_file(checkpoint), "finished_at": time.time(),
+        "provenance": {"host": "synthetic", "git_commit": None, "git_dirty": None},
+    }
+    score = _score(cfg.seed, cfg.stage)
+    if cfg.stage == "pretrain":
+        return {**result, "final_loss": 1 - score, "final_collapse": 0.5, "final_fallback_rate": 0.0,
+                "steps_per_epoch": 1}
+    return {**result, "dsc": score, "dsc_3d": None, "per_case": {}, "per_organ": {}, "best_epoch": max(0, steps - 1)}
 
 
 def make_job(run_dir: str, encoder_checkpoint: str | None) -> SyntheticJob:

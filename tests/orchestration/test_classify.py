@@ -157,3 +157,11 @@ def test_classify_all_blocks_children_on_the_sync_their_parent_fails():
     changes = {c.run_id: c for c in classify_all([child, parent])}
     assert changes[1].status == "FAILED"
     assert changes[2].status == "BLOCKED" and changes[2].cancel_job == "6_0"
+
+
+def test_untrustworthy_files_of_a_vanished_job_make_the_run_invalid():
+    from ioussl.orchestration.classify import Observation, RunFiles, classify
+
+    files = RunFiles(has_result=True, invalid="events.jsonl line 2: t 1e+300 is not a time")
+    change = classify(Observation(run_id="r1", status="RUNNING", job_id="7", info=None, files=files))
+    assert change.status == "INVALID" and change.reason.startswith("events.jsonl line 2")

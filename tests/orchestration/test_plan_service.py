@@ -74,3 +74,40 @@ def test_edited_cluster_profile_reaches_unsubmitted_runs(repo_root, db, tmp_path
     with registry.session() as session:
         accounts = {run.resources["slurm"].get("account") for run in session.scalars(select(Run))}
     assert accounts == {"grant-42"}
+
+
+@pytest.mark.parametrize("study", ["thesis.toml", "demo.toml", "tiny.toml"])
+def test_run_count_is_the_size_of_the_expansion(repo_root, study):
+    from ioussl.orchestration import planning
+    from ioussl.orchestration.study import load_study
+
+    spec = load_study(repo_root / "jobs" / study)
+    assert planning.run_count(spec) == len(planning.expand_grid(spec))
+
+
+def test_a_plan_above_the_cap_is_refused_before_expansion(repo_root, db, monkeypatch):
+    from ioussl.errors import ConfigError
+    from ioussl.orchestration import planning
+
+    def never(spec):  # type: ignore[no-untyped-def]
+        raise AssertionError("expanded a study above the cap")
+
+    monkeypatch.setattr(planning, "expand_grid", never)
+    with pytest.raises(ConfigError, match="expands to 34 runs, more than the cap of 33.*--max-runs"):
+        plan_grid(repo_root / "jobs" / "thesis.toml", db, check_data=False, max_runs=33)
+    assert not Path(db).exists()
+    monkeypatch.undo()
+    assert len(plan_grid(repo_root / "jobs" / "thesis.toml", db, check_data=False, max_runs=34).new) == 34
+
+
+def test_planned_runs_record_their_point_and_the_study_its_axes(repo_root, db):
+    registry = open_registry(db, create=True)
+    registry.dispose()
+    plan_grid(repo_root / "jobs" / "tiny.toml", db, check_data=False)
+    registry = open_registry(db, create=False)
+    with registry.session(write=False) as session:
+        runs = session.scalars(select(Run)).all()
+        assert {tuple(r.point.items()) for r in runs} == {()}
+        assert runs[0].study.axes == []
+        assert all(len(r.run_hash) == 64 for r in runs)
+    registry.dispose()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from registryfix import write_result
 
 from ioussl.orchestration.entrypoint import git_state
 from ioussl.orchestration.ingest import ingest
@@ -25,12 +26,10 @@ def test_ingested_result_records_provenance_and_the_report_names_the_commit(repo
     registry = open_registry(db, create=False)
     with registry.session() as session:
         run = next(r for r in session.query(Run) if r.stage == "finetune" and r.parent_id is None)
-        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run.run_dir) / "result.json").write_text(json.dumps({
-            "stage": "finetune", "dsc": 0.5, "dsc_3d": 0.4,
-            "provenance": {"git_commit": "abcdef1234567890", "git_dirty": True, "python": "3.11.7",
-                           "versions": {"torch": "2.13.0"}, "host": "node7", "device": {"device_name": "H100"}},
-        }))
+        write_result(run, dsc=0.5, dsc_3d=0.4, provenance={
+            "git_commit": "abcdef1234567890", "git_dirty": True, "python": "3.11.7",
+            "versions": {"torch": "2.13.0"}, "host": "node7", "device": {"device_name": "H100"},
+        })
         assert ingest(session, run)
         run_id = run.id
     with registry.session() as session:

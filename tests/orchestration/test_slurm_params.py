@@ -45,7 +45,7 @@ def test_stage_settings_override_the_cluster_profile():
     [
         ({"partitoin": "gpu"}, "unknown key.*partitoin; valid keys: account"),
         ({"time_min": "1h"}, "time_min: expected an integer"),
-        ({"cpus_per_task": 0}, "must be >= 1"),
+        ({"cpus_per_task": 0}, "cpus_per_task: expected an integer >= 1, got 0"),
         ({"additional": "--foo"}, "expected a table of sbatch options"),
         ({"mem_gb": -1}, "mem_gb: expected a positive number"),
         ({"slurm": {"partition": 7}}, "partition: expected a string"),

@@ -51,3 +51,15 @@ def test_terminal_states_only_go_back_by_retry():
 def test_every_status_has_a_row_and_active_is_not_terminal():
     assert set(ALLOWED) == set(RunStatus)
     assert not any(s.is_active() and s.is_terminal() for s in RunStatus)
+
+
+def test_invalid_is_terminal_retryable_and_reached_only_from_active_states():
+    assert S.INVALID.is_terminal() and is_retryable(S.INVALID)
+    for status in (S.SUBMITTING, S.PENDING, S.RUNNING):
+        check_transition(status, S.INVALID)
+    for status in (S.PLANNED, S.COMPLETED):
+        with pytest.raises(IllegalTransition):
+            check_transition(status, S.INVALID)
+    check_transition(S.INVALID, S.PLANNED)
+    with pytest.raises(IllegalTransition):
+        check_transition(S.INVALID, S.COMPLETED)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from registryfix import write_result
 from sqlalchemy import select
 
 from ioussl.errors import ConfigError, SubmissionError
@@ -33,6 +34,8 @@ class FakeCluster:
 
     name = "slurm"
     supports_dependencies = True
+    supports_arrays = True
+    runs_here = False
 
     def __init__(self) -> None:
         self.submits: list[tuple[tuple[str, ...], str | None, int]] = []
@@ -183,8 +186,9 @@ def test_sync_applies_states_blocks_children_and_ingests_results(thesis):
     cluster.set(pretrain.attempts[-1].job_id, "FAILED", exit_code=1)
     done = next(r for r in runs.values() if r.stage == "pretrain" and r.id != pretrain.id)
     cluster.set(done.attempts[-1].job_id, "COMPLETED")
-    Path(done.run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(done.run_dir) / "result.json").write_text(json.dumps({"dsc": 0.5}))
+    registry = open_registry(thesis, create=False)
+    with registry.session() as session:
+        write_result(session.get(Run, done.id), final_loss=0.5)
     (Path(done.run_dir) / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1.5}\n{"epoch": 1, "loss": 1.2}\n')
 
     registry = open_registry(thesis, create=False)
@@ -195,7 +199,7 @@ def test_sync_applies_states_blocks_children_and_ingests_results(thesis):
     assert runs[pretrain.id].status == "FAILED" and "exit code 1" in runs[pretrain.id].status_reason
     assert all(runs[c.id].status == "BLOCKED" for c in children)
     assert sorted(cluster.cancelled) == sorted(c.attempts[-1].job_id for c in children)
-    assert runs[done.id].status == "COMPLETED" and runs[done.id].result.dsc == 0.5
+    assert runs[done.id].status == "COMPLETED" and runs[done.id].result.payload["final_loss"] == 0.5
     with registry.session() as session:
         assert session.scalar(select(Metric.value).where(Metric.run_id == done.id, Metric.epoch == 1)) == 1.2
         again = sync(session, study="thesis", backends={"slurm": cluster})  # idempotent

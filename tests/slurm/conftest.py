@@ -1,11 +1,13 @@
 """SLURM integration tests: they need the local test cluster (scripts/slurm-local-up.sh).
 
 Checked once per session; without a cluster every test here is skipped with the reason, and
-scripts/run_tests.py says so plainly at the start of `make test`.
+scripts/run_tests.py says so plainly at the start of `make test`. Under $IOUSSL_REQUIRE_SERVICES=1
+(.ci/run) a missing cluster fails them instead.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -41,10 +43,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     if not _PROBLEM:
         _PROBLEM.append(_cluster_problem())
-    if _PROBLEM[0]:
+    if _PROBLEM[0] and not _required():
         skip = pytest.mark.skip(reason=f"SLURM test cluster not up ({_PROBLEM[0]}): run `make slurm-up`")
         for item in slurm_items:
             item.add_marker(skip)
+
+
+def _required() -> bool:
+    return os.environ.get("IOUSSL_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Services required ($IOUSSL_REQUIRE_SERVICES=1, as in .ci/run): a missing cluster fails the test."""
+    if item.get_closest_marker("slurm") and _PROBLEM and _PROBLEM[0] and _required():
+        pytest.fail(f"the SLURM test cluster is required but not up ({_PROBLEM[0]})", pytrace=False)
 
 
 @pytest.fixture

@@ -74,6 +74,12 @@ class StudyRig:
         }
 
     def plan(self, intervals: int = 1, pretrain_seeds: tuple[int, ...] = (1,), baseline: tuple[int, ...] = ()) -> None:
+        self.write_study(intervals, pretrain_seeds, baseline)
+        self.ioussl("plan", "grid", "study.toml", "--no-check-data")
+
+    def write_study(
+        self, intervals: int = 1, pretrain_seeds: tuple[int, ...] = (1,), baseline: tuple[int, ...] = ()
+    ) -> Path:
         blocks = "\n".join(
             f"[[intervals]]\ni_min = {json.loads(i)[0]}\ni_max = {json.loads(i)[1]}\n" for i in INTERVALS[:intervals]
         )
@@ -85,7 +91,7 @@ class StudyRig:
             intervals=blocks,
         )
         (self.root / "study.toml").write_text(text)
-        self.ioussl("plan", "grid", "study.toml", "--no-check-data")
+        return self.root / "study.toml"
 
     def ioussl(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 120

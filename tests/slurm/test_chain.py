@@ -32,7 +32,8 @@ def test_finetunes_are_held_by_the_dependency_and_start_after_the_pretrain(rig):
     assert f"ioussl-{pretrain['id']}" in jobs
 
     rows = rig.wait_for(all_status("COMPLETED"), timeout=60)
-    assert rows[pretrain["id"]]["dsc"] == pytest.approx(0.81)
+    assert rows[pretrain["id"]]["dsc"] is None  # a pretrain's result has a loss, not a DSC
+    assert sorted(rows[r["id"]]["dsc"] for r in finetunes) == pytest.approx([0.815, 0.825])
     assert {rows[r["id"]]["job_id"] for r in finetunes} == {f"{held[0][0].split('_')[0]}_{i}" for i in (0, 1)}
     pretrain_end = max(e["t"] for e in rig.events(pretrain) if e["event"] == "finished")
     starts = [e["t"] for r in finetunes for e in rig.events(r) if e["event"] == "started"]
@@ -44,8 +45,12 @@ def test_finetunes_are_held_by_the_dependency_and_start_after_the_pretrain(rig):
 
 
 def test_names_with_shell_metacharacters_are_never_run_by_a_shell(rig):
-    rig.name = "evil; touch PWNED1 $(touch PWNED2) `touch PWNED3`"
-    rig.runs_dir = "runs dir/$(touch PWNED4);x"
+    unique, rig.name = rig.name, "evil; touch PWNED1 $(touch PWNED2) `touch PWNED3`"
+    rig.write_study()
+    refused = rig.ioussl("plan", "grid", "study.toml", "--no-check-data", check=False)
+    assert refused.returncode == 1 and "[study] name must be 1-128 letters" in refused.stderr
+    rig.name = unique
+    rig.runs_dir = "runs dir/$(touch PWNED4);x `touch PWNED3`"
     rig.plan()
     for run in rig.runs():
         rig.set_workload(run, steps=1, step_s=0.05)

@@ -1,8 +1,9 @@
-"""The registry's tables (SQLAlchemy 2.0 typed models).
+"""The registry's tables (SQLAlchemy 2.0 typed models), schema version 2.
 
-A study holds runs; a run (pretrain or fine-tune) has a canonical config whose hash is its identity;
-every scheduler job of a run is an attempt that is never overwritten; a finished run has one result,
-metric series and provenance.
+A study holds runs; a run (pretrain or fine-tune) has a canonical config whose hash, with its parent's
+identity, is its identity (``run_hash``); every scheduler job of a run is an attempt that is never
+overwritten; a finished run has one result, metric series and provenance; alerts about runs and studies
+are queued as notifications. Changes to these tables ship as Alembic migrations (``migrations/``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import datetime as dt
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -21,12 +23,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ioussl.orchestration.status import RunStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # also kept in schema_info, so an ioussl of schema 1 refuses this registry
 
 
 def utcnow() -> dt.datetime:
@@ -53,6 +56,8 @@ class Study(Base):
     spec: Mapped[dict] = mapped_column(JSON)  # the parsed study file, for provenance
     runs_dir: Mapped[str] = mapped_column(Text)
     base_dir: Mapped[str] = mapped_column(Text, default=".")  # relative data paths in run configs start here
+    # Sweep axis names (dotted settings, file order); [] for a study without a [sweep].
+    axes: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     runs: Mapped[list[Run]] = relationship(back_populates="study", cascade="all, delete-orphan")
@@ -61,22 +66,24 @@ class Study(Base):
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        UniqueConstraint("study_id", "config_hash", name="uq_run_identity"),
+        UniqueConstraint("study_id", "run_hash", name="uq_run_identity"),
         Index("ix_runs_study_status", "study_id", "status"),
     )
 
-    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # short prefix of config_hash
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # short hash of (study, run_hash)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     stage: Mapped[str] = mapped_column(String(16))  # pretrain | finetune
     group: Mapped[str] = mapped_column(String(64))  # report row: "[0.3, 0.6]", "random crop [0, 1]", "no pretraining"
     i_min: Mapped[float | None] = mapped_column(Float)  # None for the no-pretraining baseline
     i_max: Mapped[float | None] = mapped_column(Float)
     random_crop: Mapped[bool] = mapped_column(Boolean, default=False)
-    seed: Mapped[int] = mapped_column(Integer)
-    pretrain_seed: Mapped[int | None] = mapped_column(Integer)  # the parent's seed, for fine-tunes
+    seed: Mapped[int] = mapped_column(BigInteger)  # [0, 2**32): wider than PostgreSQL's INTEGER
+    pretrain_seed: Mapped[int | None] = mapped_column(BigInteger)  # the parent's seed, for fine-tunes
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
     config: Mapped[str] = mapped_column(Text)  # canonical JSON of the RunConfig
-    config_hash: Mapped[str] = mapped_column(String(64))
+    run_hash: Mapped[str] = mapped_column(String(64))  # sha256 of config + parent identity (config.run_hash)
+    # The run's sweep point, dotted setting -> value ({} without a [sweep]); written at plan time.
+    point: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     resources: Mapped[dict] = mapped_column(JSON, default=dict)  # per-stage sbatch resources
     status: Mapped[RunStatus] = mapped_column(Enum(RunStatus, native_enum=False, length=16),
                                               default=RunStatus.PLANNED)
@@ -128,6 +135,11 @@ class Result(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     dsc: Mapped[float | None] = mapped_column(Float)  # the thesis' per-slice DSC (Table 4.2's number)
     dsc_3d: Mapped[float | None] = mapped_column(Float)  # FLARE per-case 3D DSC, organs only
+    test_dsc: Mapped[float | None] = mapped_column(Float)  # the same two on the held-out test cases
+    test_dsc_3d: Mapped[float | None] = mapped_column(Float)
+    flare_dsc: Mapped[float | None] = mapped_column(Float)  # FLARE 2022 evaluation: mean over organs, cases
+    flare_nsd: Mapped[float | None] = mapped_column(Float)
+    flare_part: Mapped[str | None] = mapped_column(String(8))  # "val" or "test": the cases FLARE scored
     per_case: Mapped[dict | None] = mapped_column(JSON)
     per_organ: Mapped[dict | None] = mapped_column(JSON)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
@@ -167,3 +179,21 @@ class Provenance(Base):
     host: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(255))
     recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Notification(Base):
+    """One alert to send (a run failed, a study completed), keyed so that it is queued exactly once."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("study_id", "key", name="uq_notification_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(160))  # "run:<run>:attempt:<attempt>:FAILED", "study:COMPLETED"
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -1,5 +1,9 @@
-"""Registry access. Functions take a Session and never commit (the caller's unit of work does);
-reads return frozen records, never ORM rows, so sessions do not leak into reports and renderers."""
+"""Registry access: every query ioussl makes lives here.
+
+Functions take a Session and never commit (the caller's unit of work does). Listings for reports and
+renderers return frozen records, not ORM rows, so sessions do not leak; the services that change runs get
+ORM rows (with their attempts loaded) to change in place.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, selectinload
 
-from ioussl.errors import NotFound
+from ioussl.errors import ConfigError, NotFound
 from ioussl.orchestration.registry.models import Attempt, Metric, Provenance, Result, Run, Study, utcnow
-from ioussl.orchestration.status import RunStatus, check_transition
+from ioussl.orchestration.status import ACTIVE, DEAD_PARENT, RunStatus, check_transition
+
+RESULT_COLUMNS = frozenset({
+    "dsc", "dsc_3d", "per_case", "per_organ", "best_epoch", "checkpoint_path", "checkpoint_sha256", "test_dsc",
+    "test_dsc_3d", "flare_dsc", "flare_nsd", "flare_part",
+})
 
 
 @dataclass(frozen=True)
@@ -56,15 +65,44 @@ def find_study(session: Session, name: str) -> Study:
     return study
 
 
+def list_studies(session: Session, name: str | None = None) -> list[Study]:
+    """Every study (or the one named), by name."""
+    query = select(Study).order_by(Study.name)
+    if name is not None:
+        query = query.where(Study.name == name)
+    return list(session.scalars(query))
+
+
+def only_study(session: Session, what: str = "report") -> Study:
+    """The registry's one study; an error naming them when there are several, or none."""
+    studies = list_studies(session)
+    if not studies:
+        raise NotFound("the registry has no study yet: plan one with ioussl plan grid STUDY.toml")
+    if len(studies) > 1:
+        names = ", ".join(s.name for s in studies)
+        raise ConfigError(f"the registry holds several studies; name the one to {what} with --study ({names})")
+    return studies[0]
+
+
+def study_has_runs(session: Session, study: Study) -> bool:
+    return session.scalar(select(Run.id).where(Run.study_id == study.id).limit(1)) is not None
+
+
 def get_or_create_study(session: Session, name: str, spec_path: str | None, spec: dict[str, Any],
-                        runs_dir: str, base_dir: str = ".") -> tuple[Study, bool]:
+                        runs_dir: str, base_dir: str = ".", axes: list[str] | None = None) -> tuple[Study, bool]:
     study = session.scalar(select(Study).where(Study.name == name))
     if study is not None:
         return study, False
-    study = Study(name=name, spec_path=spec_path, spec=spec, runs_dir=runs_dir, base_dir=base_dir)
+    study = Study(name=name, spec_path=spec_path, spec=spec, runs_dir=runs_dir, base_dir=base_dir,
+                  axes=list(axes or []))
     session.add(study)
     session.flush()
     return study, True
+
+
+def run_or_none(session: Session, run_id: str) -> Run | None:
+    """A run by its exact id."""
+    return session.get(Run, run_id)
 
 
 def get_run(session: Session, run_id: str) -> Run:
@@ -82,9 +120,85 @@ def get_run(session: Session, run_id: str) -> Run:
 
 
 def existing_hashes(session: Session, study: Study) -> dict[str, str]:
-    """config_hash -> run id for every run of the study."""
-    rows = session.execute(select(Run.config_hash, Run.id).where(Run.study_id == study.id))
-    return {config_hash: run_id for config_hash, run_id in rows}
+    """run_hash -> run id for every run of the study."""
+    rows = session.execute(select(Run.run_hash, Run.id).where(Run.study_id == study.id))
+    return {run_hash: run_id for run_hash, run_id in rows}
+
+
+def study_runs(session: Session, study: str) -> list[Run]:
+    """Every run of a study, with attempts and parent loaded (submission plans from these)."""
+    query = (
+        select(Run)
+        .join(Study, Run.study_id == Study.id)
+        .where(Study.name == study)
+        .options(selectinload(Run.attempts), selectinload(Run.parent))
+    )
+    return list(session.scalars(query))
+
+
+def select_runs(session: Session, study: str | None = None, run_ids: Sequence[str] = (), group: str | None = None,
+                statuses: Sequence[RunStatus] | None = None) -> list[Run]:
+    """Runs by study, id (or unique prefix), group and status, with their attempts (cancel, retry)."""
+    query = select(Run).join(Study, Run.study_id == Study.id).options(selectinload(Run.attempts))
+    if study is not None:
+        query = query.where(Study.name == study)
+    if run_ids:
+        query = query.where(Run.id.in_([get_run(session, r).id for r in run_ids]))
+    if group is not None:
+        query = query.where(Run.group == group)
+    if statuses is not None:
+        query = query.where(Run.status.in_(list(statuses)))
+    return list(session.scalars(query))
+
+
+def group_names(session: Session, study: str | None = None) -> list[str]:
+    """The distinct report groups of a study (of every study when none is named)."""
+    query = select(Run.group).join(Study, Run.study_id == Study.id).distinct()
+    if study is not None:
+        query = query.where(Study.name == study)
+    return list(session.scalars(query))
+
+
+def children_of(session: Session, run_id: str, statuses: Sequence[RunStatus]) -> list[Run]:
+    """The fine-tunes of a pretrain that are in one of ``statuses``."""
+    return list(session.scalars(select(Run).where(Run.parent_id == run_id, Run.status.in_(list(statuses)))))
+
+
+def fetch_active(session: Session, study: str | None = None) -> list[Run]:
+    """Runs the scheduler may hold a job for, and fine-tunes waiting on a pretrain that died (for sync)."""
+    parent = aliased(Run)
+    active = select(Run).where(Run.status.in_(list(ACTIVE)))
+    orphaned = (
+        select(Run)
+        .join(parent, Run.parent_id == parent.id)
+        .where(Run.status.in_([RunStatus.PLANNED, *ACTIVE]), parent.status.in_(list(DEAD_PARENT)))
+    )
+    if study is not None:
+        active = active.join(Study, Run.study_id == Study.id).where(Study.name == study)
+        orphaned = orphaned.join(Study, Run.study_id == Study.id).where(Study.name == study)
+    options = (selectinload(Run.attempts), selectinload(Run.parent), selectinload(Run.study))
+    runs = {run.id: run for run in session.scalars(active.options(*options))}
+    runs.update({run.id: run for run in session.scalars(orphaned.options(*options))})
+    return list(runs.values())
+
+
+def open_intents(session: Session) -> list[Attempt]:
+    """Attempts recorded before sbatch whose job id never arrived (a submit killed in between)."""
+    return list(session.scalars(
+        select(Attempt)
+        .join(Run, Attempt.run_id == Run.id)
+        .where(Attempt.job_id.is_(None), Attempt.status == RunStatus.SUBMITTING, Run.status == RunStatus.SUBMITTING)
+    ))
+
+
+def known_job_ids(session: Session) -> set[str]:
+    return set(session.scalars(select(Attempt.job_id).where(Attempt.job_id.is_not(None))))
+
+
+def add_attempt(session: Session, **fields: Any) -> Attempt:
+    attempt = Attempt(**fields)
+    session.add(attempt)
+    return attempt
 
 
 def add_run(session: Session, study: Study, **fields: Any) -> Run:
@@ -106,17 +220,19 @@ def set_status(session: Session, run: Run, new: RunStatus, reason: str | None = 
     return old != new
 
 
-def record_result(session: Session, run: Run, payload: dict[str, Any], *, imported: bool = False,
-                  source: str | None = None) -> Result:
-    """Store (or replace, for the same run) the result; the caller moves the status to COMPLETED."""
+def record_result(session: Session, run: Run, columns: dict[str, Any], payload: dict[str, Any], *,
+                  imported: bool = False, source: str | None = None) -> Result:
+    """Store (or replace, for the same run) the result; the caller moves the status to COMPLETED.
+
+    ``columns`` are the validated column values (resultcheck.check_result, or an import's checked CSV row);
+    ``payload`` is kept whole for provenance and never read back into a column.
+    """
+    unknown = set(columns) - RESULT_COLUMNS
+    if unknown:
+        raise ValueError(f"not result columns: {sorted(unknown)}")
     result = run.result or Result(run_id=run.id)
-    result.dsc = _float_or_none(payload.get("dsc"))
-    result.dsc_3d = _float_or_none(payload.get("dsc_3d"))
-    result.per_case = payload.get("per_case")
-    result.per_organ = payload.get("per_organ")
-    result.best_epoch = payload.get("best_epoch")
-    result.checkpoint_path = payload.get("checkpoint")
-    result.checkpoint_sha256 = payload.get("checkpoint_sha256")
+    for name in RESULT_COLUMNS:
+        setattr(result, name, columns.get(name))
     result.payload = payload
     result.imported = imported
     result.source = source
@@ -173,6 +289,11 @@ def result_commits(session: Session, run_ids: Sequence[str]) -> dict[str, int]:
     return counts
 
 
+def study_runs_dirs(session: Session) -> dict[str, str]:
+    """Study name -> runs directory, for every study (sync works study by study)."""
+    return {name: runs_dir for name, runs_dir in session.execute(select(Study.name, Study.runs_dir))}
+
+
 def list_runs(session: Session, study: str | None = None, stage: str | None = None,
               statuses: Sequence[RunStatus] | None = None, group: str | None = None) -> list[RunRecord]:
     """Every matching run with its latest attempt and result, in one query."""
@@ -194,7 +315,8 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         .outerjoin(latest, latest.c.run_id == Run.id)
         .outerjoin(last, last.id == latest.c.last_id)
         .outerjoin(Result, Result.run_id == Run.id)
-        .order_by(Study.name, Run.group, Run.stage.desc(), Run.pretrain_seed, Run.seed, Run.id)
+        # NULLS FIRST spelled out: SQLite and PostgreSQL order NULLs differently by default.
+        .order_by(Study.name, Run.group, Run.stage.desc(), Run.pretrain_seed.asc().nulls_first(), Run.seed, Run.id)
     )
     if study is not None:
         query = query.where(Study.name == study)
@@ -215,6 +337,3 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         for row in session.execute(query)
     ]
 
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
