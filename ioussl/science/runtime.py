@@ -68,15 +68,17 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
     if cfg.device == "cuda" and not has_cuda:
         raise ConfigError("runtime.device is 'cuda' but no CUDA device is available")
     device = torch.device("cuda" if cfg.device != "cpu" and has_cuda else "cpu")
-    dtype = _autocast_dtype(cfg.precision, amp, device)
+    dtype = autocast_dtype(cfg.precision, amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic
         torch.backends.cudnn.allow_tf32 = not cfg.deterministic
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # Set either way: the flag is process-wide, and a previous run in this process may have set it.
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    # The flag is process-wide and a previous run in this process may have set it; only call torch when it
+    # must change (the call imports torch._inductor: 1-2 s of every CPU job's start-up).
+    if torch.are_deterministic_algorithms_enabled() != cfg.deterministic:
+        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     if device.type == "cpu":
         # torch defaults to every core of the machine; jobs sharing a node (SLURM, or the local executor
         # running several at once) would oversubscribe it.
@@ -85,13 +87,16 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
     return Runtime(device=device, dtype=dtype, channels_last=channels_last)
 
 
-def _autocast_dtype(precision: str, amp: bool, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast type for a stage: None (fp32) on the CPU or without AMP; with ``auto``, bf16 only on a
+    GPU that computes it natively (Ampere and later), else fp16 with a gradient scaler, as the thesis ran
+    on its V100s (which emulate bf16 slowly: ``is_bf16_supported()`` alone says yes there)."""
     if precision == "fp32" or (precision == "auto" and not amp) or device.type != "cuda":
         # CPU autocast (bf16) is slower than fp32 on most CPUs, and the tiny profile must stay exact.
         return None
     if precision == "fp16":
         return torch.float16
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
+    if precision == "bf16" or torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float16
 

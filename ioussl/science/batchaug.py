@@ -1,0 +1,367 @@
+"""The thesis' augmentations as batched tensor operations on the training device (issue 12).
+
+The loader only cuts crops. Right after the transfer, every view (pretraining) or crop (fine-tuning) of a
+batch gets its own random parameters and the whole batch is transformed at once, on whatever device holds it.
+Parameter laws and functional forms are MONAI's, from the same ``AugmentSpec`` that ``transforms.py`` turns
+into the per-sample MONAI reference (``data.augment_on = "loader"``):
+
+* zoom ``RandZoom(keep_size=True, bilinear, constant padding)``: ``floor(side * z)`` pixels resampled like
+  ``F.interpolate``, then centre-cropped or zero-padded back (``ResizeWithPadOrCrop``); nearest for labels;
+* flips per axis and ``rot90`` by k in 1..3, folded with the zoom into one separable resampling (row and
+  column index maps, reversed per sample, and a per-sample transpose for odd k);
+* intensity scale ``v (1 + f)``, shift ``v + o``, Gaussian smoothing with MONAI's erf kernel (zero padding,
+  truncated at 4 sigma) and additive Gaussian noise whose std is itself uniform in [0, max].
+
+Randomness comes only from the ``torch.Generator`` passed in (``DeviceAugment`` seeds one per (run seed,
+epoch, step)), so a resumed run draws exactly what an uninterrupted one drew. Nothing here reads a device
+value back to the host: on a GPU, an operation that applies to some samples runs on all of them with neutral
+parameters (scale 1, identity kernel, noise std 0, which leave the values bit-for-bit unchanged); on the CPU,
+where compute is scarce and reading an index costs nothing, it runs on the selected samples only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+GEOMETRIC = ("zoom", "flip", "rot90")
+INTENSITY = ("scale", "shift", "smooth", "noise")
+TRUNCATED = 4.0  # MONAI GaussianFilter's default: the kernel spans 4 sigma on each side
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Probabilities, ranges and order of one augmentation pipeline (a probability of 0 turns an op off).
+
+    Attributes:
+        order: the operations in the reference order; geometric ones apply to image and label alike,
+            intensity ones to the image only.
+        zoom_range: zoom factor uniform in [low, high), one factor for both axes.
+        flip_prob: per spatial axis, independently.
+        rot90_prob: then k uniform in {1, 2, 3} quarter turns.
+        scale_range: f uniform in [-r, r): v -> v (1 + f).
+        shift_range: o uniform in [-r, r): v -> v + o.
+        sigma_range: smoothing sigma per axis, uniform in [low, high).
+        noise_std: the noise's std is uniform in [0, noise_std).
+    """
+
+    order: tuple[str, ...]
+    zoom_prob: float = 0.0
+    zoom_range: tuple[float, float] = (1.0, 1.0)
+    flip_prob: float = 0.0
+    rot90_prob: float = 0.0
+    scale_prob: float = 0.0
+    scale_range: float = 0.0
+    shift_prob: float = 0.0
+    shift_range: float = 0.0
+    smooth_prob: float = 0.0
+    sigma_range: tuple[float, float] = (0.25, 1.5)
+    noise_prob: float = 0.0
+    noise_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.order) - set(GEOMETRIC) - set(INTENSITY)
+        if unknown or len(set(self.order)) != len(self.order):
+            raise ValueError(f"augmentation order {self.order} has unknown or repeated operations")
+
+    @property
+    def max_tail(self) -> int:
+        """Half-width of the widest smoothing kernel (MONAI: int(max(4 sigma, 0.5) + 0.5))."""
+        return int(max(float(torch.tensor(self.sigma_range[1], dtype=torch.float32)) * TRUNCATED, 0.5) + 0.5)
+
+
+# Thesis-protocol.md §3 (pretraining views) and §4 (fine-tuning crops); transforms.py builds MONAI's from these.
+PRETRAIN_VIEW = AugmentSpec(
+    order=("zoom", "flip", "rot90", "scale", "shift", "smooth", "noise"),
+    zoom_prob=0.75, zoom_range=(0.8, 1.2), flip_prob=0.5, rot90_prob=0.5, scale_prob=0.75, scale_range=0.1,
+    shift_prob=0.75, shift_range=0.1, smooth_prob=0.25, noise_prob=0.25, noise_std=0.01,
+)  # fmt: skip
+FINETUNE = AugmentSpec(
+    order=("smooth", "scale", "shift", "noise", "flip", "rot90"),
+    flip_prob=0.25, rot90_prob=0.25, scale_prob=0.15, scale_range=0.1, shift_prob=0.15, shift_range=0.1,
+    smooth_prob=0.15, noise_prob=0.15, noise_std=0.01,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Per-sample parameters of a batch of N, on the batch's device; neutral where an op is not applied."""
+
+    zoom: Tensor  # [N] float64, 1 where not zoomed
+    flip: Tensor  # [N, 2] bool
+    rot90: Tensor  # [N] int64 in 0..3
+    scale: Tensor  # [N] float32 factor f (0 where not scaled)
+    shift: Tensor  # [N] float32 offset (0 where not shifted)
+    smooth: Tensor  # [N] bool
+    sigma: Tensor  # [N, 2] float32 (drawn for every sample, used where smooth)
+    noise: Tensor  # [N] bool
+    noise_std: Tensor  # [N] float32 (0 where no noise)
+
+    def __len__(self) -> int:
+        return int(self.zoom.shape[0])
+
+    def select(self, index: Tensor) -> AugmentParams:
+        return AugmentParams(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
+
+def draw_params(spec: AugmentSpec, n: int, generator: torch.Generator) -> AugmentParams:
+    """Draw every sample's parameters at once, each with the law of the matching MONAI transform."""
+    u = torch.rand((n, 15), generator=generator, device=generator.device, dtype=torch.float64)
+
+    def uniform(col: int, low: float, high: float) -> Tensor:
+        return low + (high - low) * u[:, col]
+
+    def applied(col: int, prob: float) -> Tensor:
+        return u[:, col] < prob  # MONAI: R.rand() < prob
+
+    zoom_on, scale_on, shift_on = applied(0, spec.zoom_prob), applied(6, spec.scale_prob), applied(8, spec.shift_prob)
+    noise_on = applied(13, spec.noise_prob)
+    k = torch.clamp(1 + torch.floor(3 * u[:, 5]), max=3).long()  # R.randint(3) + 1
+    r_scale, r_shift = spec.scale_range, spec.shift_range
+    return AugmentParams(
+        zoom=torch.where(zoom_on, uniform(1, *spec.zoom_range), 1.0),
+        flip=torch.stack([applied(2, spec.flip_prob), applied(3, spec.flip_prob)], dim=1),
+        rot90=torch.where(applied(4, spec.rot90_prob), k, 0),
+        scale=torch.where(scale_on, uniform(7, -r_scale, r_scale), 0.0).float(),
+        shift=torch.where(shift_on, uniform(9, -r_shift, r_shift), 0.0).float(),
+        smooth=applied(10, spec.smooth_prob),
+        sigma=torch.stack([uniform(11, *spec.sigma_range), uniform(12, *spec.sigma_range)], dim=1).float(),
+        noise=noise_on,
+        noise_std=torch.where(noise_on, uniform(14, 0.0, spec.noise_std), 0.0).float(),
+    )
+
+
+CPU_CHUNK = 32  # samples per pass on the CPU: ~1 MB per image tensor, so a chunk's temporaries stay in cache
+
+
+def augment(
+    spec: AugmentSpec,
+    image: Tensor,
+    generator: torch.Generator,
+    label: Tensor | None = None,
+    params: AugmentParams | None = None,
+    subset: bool | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Augment a batch ``[N, 1, H, W]`` (float32) and, geometrically only, its label.
+
+    Args:
+        spec: the pipeline (``PRETRAIN_VIEW`` for each SimSiam view, ``FINETUNE`` for crops and labels).
+        generator: the only source of randomness; on the batch's device.
+        params: parameters to apply instead of drawing them (tests compare with MONAI this way).
+        subset: run sample-selective ops on the selected samples only, ``CPU_CHUNK`` samples at a time
+            (default on the CPU), instead of on all samples at once with neutral parameters (no host
+            synchronisation: the default elsewhere).
+    """
+    if image.ndim != 4 or image.shape[1] != 1:
+        raise ValueError(f"expected a batch of single-channel images [N, 1, H, W], got {tuple(image.shape)}")
+    if label is not None and label.shape != image.shape:
+        raise ValueError(f"label shape {tuple(label.shape)} differs from image shape {tuple(image.shape)}")
+    n, _, h, w = image.shape
+    params = draw_params(spec, n, generator) if params is None else params
+    subset = image.device.type == "cpu" if subset is None else subset
+    maps = resample_maps(params, h, w, "bilinear")
+    label_maps = None if label is None else resample_maps(params, h, w, "nearest")
+    out = torch.empty((n, 1, h, w), dtype=torch.float32, device=image.device)
+    moved = None if label is None else torch.empty_like(label)
+    for part in _chunks(n, CPU_CHUNK if subset else n):
+        x, y = _pipeline(spec, image[part, 0].float(), None if label is None else label[part, 0],
+                         params.select(part), maps.select(part),
+                         None if label_maps is None else label_maps.select(part), generator, subset)  # fmt: skip
+        out[part, 0] = x
+        if moved is not None:
+            moved[part, 0] = y
+    return out, moved
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(begin, min(n, begin + size)) for begin in range(0, n, max(size, 1))]
+
+
+def _pipeline(spec, x, y, params, maps, label_maps, generator, subset):  # type: ignore[no-untyped-def]
+    """The stages of ``spec`` on ``[M, H, W]``; the input is never written (``owned`` says when x may be)."""
+    owned = False
+    for stage in _stages(spec.order):
+        if stage == "geometry":
+            x, owned = _apply_maps(x, maps), True
+            y = None if y is None else _apply_maps(y, label_maps)
+        elif stage == "scale_shift":
+            factor = (1.0 + params.scale.double()).float()[:, None, None]
+            shift = params.shift[:, None, None]
+            x = torch.addcmul(shift, x, factor, out=x) if owned else torch.addcmul(shift, x, factor)
+            owned = True
+        elif stage == "smooth":
+            x, owned = _selective(x, params.smooth, params.sigma, spec.max_tail, subset, owned), True
+        elif stage == "noise":
+            x, owned = _add_noise(x, params, generator, subset, owned), True
+    return x, y
+
+
+def _stages(order: tuple[str, ...]) -> list[str]:
+    """Merge neighbouring geometric ops into one resampling and a scale followed by a shift into one pass."""
+    stages: list[str] = []
+    for op in order:
+        if op in GEOMETRIC:
+            if not stages or stages[-1] != "geometry":
+                stages.append("geometry")
+        elif op == "shift" and stages and stages[-1] == "scale":
+            stages[-1] = "scale_shift"
+        else:
+            stages.append(op)
+    return ["scale_shift" if s in ("scale", "shift") else s for s in stages]
+
+
+def _selective(x: Tensor, chosen: Tensor, sigma: Tensor, max_tail: int, subset: bool, owned: bool) -> Tensor:
+    """Gaussian smoothing where ``chosen``: on those samples only (``subset``), or on all, then kept where
+    chosen (no data-dependent shapes, so no host synchronisation)."""
+    if not subset:
+        return torch.where(chosen[:, None, None], gaussian_smooth(x, sigma, max_tail), x)
+    index = chosen.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return x
+    out = x if owned else x.clone()
+    out[index] = gaussian_smooth(x[index], sigma[index], max_tail)
+    return out
+
+
+def _add_noise(x: Tensor, params: AugmentParams, generator: torch.Generator, subset: bool, owned: bool) -> Tensor:
+    if not subset:  # std 0 adds exactly zero to the samples without noise
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return torch.addcmul(x, noise, params.noise_std[:, None, None])
+    index = params.noise.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return x
+    noise = torch.randn((index.numel(), *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+    out = x if owned else x.clone()
+    out[index] = torch.addcmul(x[index], noise, params.noise_std[index][:, None, None])
+    return out
+
+
+def gaussian_kernels(sigma: Tensor, max_tail: int) -> Tensor:
+    """MONAI's erf Gaussian kernels (unnormalised, truncated at 4 sigma), one per sigma, zero-padded to
+    ``2 max_tail + 1`` taps: ``[M] -> [M, 2 max_tail + 1]``."""
+    sigma = sigma.float()
+    tail = torch.floor(torch.clamp(sigma.double() * TRUNCATED, min=0.5) + 0.5)
+    x = torch.arange(-max_tail, max_tail + 1, dtype=torch.float32, device=sigma.device)
+    t = (0.70710678 / sigma.abs())[:, None]
+    kernel = (0.5 * (torch.erf(t * (x + 0.5)) - torch.erf(t * (x - 0.5)))).clamp(min=0)
+    return torch.where(x.abs()[None, :] <= tail[:, None], kernel, 0.0)
+
+
+def gaussian_smooth(x: Tensor, sigma: Tensor, max_tail: int) -> Tensor:
+    """Separable smoothing of ``[M, H, W]`` with per-sample sigmas ``[M, 2]`` (rows, then columns), zero
+    padding: a depthwise convolution with one kernel per sample."""
+    m = x.shape[0]
+    rows = gaussian_kernels(sigma[:, 0], max_tail).view(m, 1, -1, 1)
+    cols = gaussian_kernels(sigma[:, 1], max_tail).view(m, 1, 1, -1)
+    out = F.conv2d(x[None], rows, padding=(max_tail, 0), groups=m)
+    return F.conv2d(out, cols, padding=(0, max_tail), groups=m)[0]
+
+
+@dataclass(frozen=True)
+class ResampleMaps:
+    """Zoom + flips + rot90 of a batch as separable maps: each output row (then column) is a weighted sum
+    of one or two source rows, ``index``/``weight`` ``[N, side, taps]``; then a transpose for odd k."""
+
+    rows: tuple[Tensor, Tensor]
+    cols: tuple[Tensor, Tensor]
+    transpose: Tensor  # [N] bool
+
+    def select(self, part: slice | Tensor) -> ResampleMaps:
+        return ResampleMaps((self.rows[0][part], self.rows[1][part]), (self.cols[0][part], self.cols[1][part]),
+                            self.transpose[part])  # fmt: skip
+
+
+def resample_maps(params: AugmentParams, h: int, w: int, mode: str) -> ResampleMaps:
+    """The maps of zoom, flips and rot90 of ``[N, H, W]`` images.
+
+    With ``G[a, b] = Z[A0(a), A1(b)]`` (Z the zoomed image, A_k the identity or a reversal), the flipped
+    and rotated result is G (k even) or its transpose (k odd): rot90 by k maps (i, j) to (j, W-1-i),
+    (H-1-i, W-1-j) or (H-1-j, i) for k = 1, 2, 3.
+    """
+    k = params.rot90
+    transpose = k % 2 == 1
+    if h != w and bool(transpose.any()):
+        raise ValueError(f"rot90 of a batch needs square images, got {h}x{w}")
+    reverse0 = params.flip[:, 0] ^ ((k == 2) | (k == 3))
+    reverse1 = params.flip[:, 1] ^ ((k == 1) | (k == 2))
+    return ResampleMaps(_axis_taps(h, params.zoom, reverse0, mode), _axis_taps(w, params.zoom, reverse1, mode),
+                        transpose)  # fmt: skip
+
+
+def resample(x: Tensor, params: AugmentParams, mode: str) -> Tensor:
+    """Zoom, flips and rot90 of ``[N, H, W]`` in one separable resampling."""
+    return _apply_maps(x, resample_maps(params, x.shape[1], x.shape[2], mode))
+
+
+def _apply_maps(x: Tensor, maps: ResampleMaps) -> Tensor:
+    rows = _gather_rows(x, *maps.rows)  # [N, H, W], rows resampled
+    cols = _gather_rows(rows.transpose(1, 2).contiguous(), *maps.cols)  # G transposed: [N, W, H]
+    # The odd-k samples want exactly that; the others its transpose (written over ``rows``, now unused).
+    out = rows if rows.shape == cols.shape else None
+    return torch.where(maps.transpose[:, None, None], cols, cols.transpose(1, 2), out=out)
+
+
+def _axis_taps(size: int, zoom: Tensor, reverse: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """Per sample and output index along one axis: the source indices and their weights ``[N, size, taps]``
+    as ``F.interpolate`` (align_corners False) computes them for a ``floor(size z)`` output, shifted by the
+    centred crop or pad back to ``size``; padding gets weight 0 (a zero, as MONAI's constant padding)."""
+    out = torch.floor(size * zoom.double()).long()  # [N]
+    shift = torch.where(out >= size, out // 2 - size // 2, -((size - out) // 2))
+    k = torch.arange(size, device=zoom.device)[None, :] + shift[:, None]  # index into the zoomed image
+    inside = ((k >= 0) & (k < out[:, None]))[..., None]
+    scale = (torch.tensor(float(size), device=zoom.device) / out.float())[:, None]  # float32, as torch
+    if mode == "nearest":
+        low = torch.clamp(torch.floor(k.float() * scale).long(), max=size - 1)
+        index, weight = low[..., None], torch.ones(low.shape + (1,), device=zoom.device)
+    elif mode == "bilinear":
+        src = torch.clamp(scale * (k.float() + 0.5) - 0.5, min=0.0)
+        low = torch.clamp(src.long(), max=size - 1)
+        lam = torch.clamp(src - low, 0.0, 1.0)
+        index = torch.stack([low, low + (low < size - 1).long()], dim=-1)
+        weight = torch.stack([1.0 - lam, lam], dim=-1)
+    else:
+        raise ValueError(f"resampling mode must be 'bilinear' or 'nearest', got {mode!r}")
+    index, weight = torch.where(inside, index, 0), torch.where(inside, weight, 0.0)
+    flip = reverse[:, None, None]
+    return torch.where(flip, index.flip(1), index), torch.where(flip, weight.flip(1), weight)
+
+
+def _gather_rows(x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    """``out[n, a] = sum_t weight[n, a, t] x[n, index[n, a, t]]``: one fused gather-and-weigh pass over
+    contiguous rows (``embedding_bag`` with per-row weights)."""
+    n, h, w = x.shape
+    rows = index + (torch.arange(n, device=x.device) * h)[:, None, None]
+    taps = index.shape[-1]
+    weights = weight.view(-1, taps).to(x.dtype)
+    out = F.embedding_bag(rows.view(-1, taps), x.reshape(n * h, w), per_sample_weights=weights, mode="sum")
+    return out.view(n, -1, w)
+
+
+class StepAugment:
+    """The augmentation of one training run: each step's draws come from a generator seeded by (run seed,
+    epoch, step), so they do not depend on what ran before (a resumed run repeats them exactly)."""
+
+    def __init__(self, spec: AugmentSpec, seed: int, device: torch.device) -> None:
+        self.spec, self.seed, self.device = spec, int(seed), torch.device(device)
+
+    def generator(self, epoch: int, step: int) -> torch.Generator:
+        from ioussl.science.trainingdata import derived_seed
+
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(derived_seed(self.seed, epoch, f"augment/{step}"))
+        return generator
+
+    def views(self, views: Tensor, epoch: int, step: int) -> Tensor:
+        """A SimSiam batch's views, both views of every pair stacked in one ``[2B, 1, H, W]`` batch: each
+        view gets its own draws."""
+        out, _ = augment(self.spec, views, self.generator(epoch, step))
+        return out
+
+    def crops(self, image: Tensor, label: Tensor, epoch: int, step: int) -> tuple[Tensor, Tensor]:
+        """Fine-tuning crops and their labels (geometry on both, intensity on the image)."""
+        image, moved = augment(self.spec, image, self.generator(epoch, step), label=label)
+        assert moved is not None
+        return image, moved
