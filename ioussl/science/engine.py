@@ -134,8 +134,9 @@ def train_one_epoch_simsiam(
 
 
 def _on(values: Any, like: Tensor) -> Tensor:
-    """A batch's per-pair numbers on the accumulator's device, as float64 (pinned: no wait)."""
-    return torch.as_tensor(values).to(like.device, dtype=torch.float64, non_blocking=True)
+    """A batch's per-pair numbers on the accumulator's device as float64: copied as they are (pinned by the
+    loader, so the copy does not wait), converted there."""
+    return torch.as_tensor(values).to(like.device, non_blocking=True).double()
 
 
 def train_one_epoch_seg(

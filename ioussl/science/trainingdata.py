@@ -138,7 +138,7 @@ def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     augment = StepAugment(PRETRAIN_VIEW, cfg.seed, runtime.device)
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
-        views = augment.views(dequantise_tensor(batch["views"].to(runtime.device, non_blocking=True)), epoch, step)
+        views = augment.views(dequantise_tensor(batch["views"], runtime.device), epoch, step)
         pairs = views.shape[0] // 2
         return runtime.to_device(views[:pairs]), runtime.to_device(views[pairs:])
 
