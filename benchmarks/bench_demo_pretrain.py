@@ -107,10 +107,12 @@ def main() -> int:
         wall, train = sum(r["wall_s"] for r in rows), sum(r["train_s"] for r in rows)
         median = statistics.median(r["wall_s"] for r in rows)
         summary[variant] = {"wall_s": wall, "train_s": train, "median_run_s": median}
-        print(f"  {variant:7s} {wall:7.1f} s in all, median {median:5.2f} s per run, of which training loops {train:6.1f} s")
+        print(f"  {variant:7s} {wall:7.1f} s in all, median {median:5.2f} s per run, "
+              f"of which training loops {train:6.1f} s")  # fmt: skip
     if "before" in summary:
         for variant in ("device", "loader"):
-            print(f"  before / {variant}: {summary['before']['wall_s'] / summary[variant]['wall_s']:.2f}x faster end to end")
+            ratio = summary["before"]["wall_s"] / summary[variant]["wall_s"]
+            print(f"  before / {variant}: {ratio:.2f}x faster end to end")
     if args.json:
         args.json.write_text(json.dumps({"load_average": load, "runs": len(configs), **summary}, indent=1) + "\n")
     return 0

@@ -75,10 +75,8 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
         torch.backends.cudnn.allow_tf32 = not cfg.deterministic
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # The flag is process-wide and a previous run in this process may have set it; only call torch when it
-    # must change (the call imports torch._inductor: 1-2 s of every CPU job's start-up).
-    if torch.are_deterministic_algorithms_enabled() != cfg.deterministic:
-        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    # Set either way: the flag is process-wide, and a previous run in this process may have set it.
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     if device.type == "cpu":
         # torch defaults to every core of the machine; jobs sharing a node (SLURM, or the local executor
         # running several at once) would oversubscribe it.

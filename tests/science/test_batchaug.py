@@ -174,7 +174,8 @@ def test_labels_move_with_the_image_and_keep_their_values():
     moved_image, _ = augment(FINETUNE, image, torch.Generator(), params=geometric_only)
     assert torch.equal(moved, torch.floor(moved_image * 13.99))  # same geometry, exactly
     for i in range(n):  # and exactly MONAI's flips and rotations of the label
-        ops = [Flip(a) for a in (0, 1) if params.flip[i, a]] + ([Rotate90(int(params.rot90[i]))] if params.rot90[i] else [])
+        ops = [Flip(a) for a in (0, 1) if params.flip[i, a]]
+        ops += [Rotate90(int(params.rot90[i]))] if params.rot90[i] else []
         assert torch.equal(moved[i], torch.as_tensor(Compose(ops)(label[i]) if ops else label[i]))
     changed = params.scale.ne(0) | params.shift.ne(0) | params.smooth
     assert not torch.equal(out[changed], moved_image[changed])  # intensity ops reached the image only
@@ -185,7 +186,8 @@ def test_nearest_zoom_for_labels_matches_monai(zoom):
     label = torch.floor(_images(1, side=64, seed=6)[0, 0] * 13.99)
     params = draw_params(PRETRAIN_VIEW, 1, torch.Generator().manual_seed(0))
     params = dataclasses.replace(params, zoom=torch.tensor([zoom], dtype=torch.float64),
-                                 flip=torch.zeros(1, 2, dtype=torch.bool), rot90=torch.zeros(1, dtype=torch.long))  # fmt: skip
+                                 flip=torch.zeros(1, 2, dtype=torch.bool),
+                                 rot90=torch.zeros(1, dtype=torch.long))  # fmt: skip
     expected = Zoom(zoom, mode="nearest", padding_mode="constant", keep_size=True)(label[None])[0]
     assert torch.equal(resample(label[None], params, "nearest")[0], torch.as_tensor(expected))
 
@@ -195,8 +197,9 @@ def test_noise_has_the_drawn_std_and_only_where_drawn(subset):
     n = 200
     image = _images(n, seed=7)
     params = draw_params(dataclasses.replace(PRETRAIN_VIEW, noise_prob=0.5), n, torch.Generator().manual_seed(8))
-    quiet = dataclasses.replace(params, zoom=torch.ones(n, dtype=torch.float64), flip=torch.zeros(n, 2, dtype=torch.bool),
-                                rot90=torch.zeros(n, dtype=torch.long), scale=torch.zeros(n), shift=torch.zeros(n),
+    quiet = dataclasses.replace(params, zoom=torch.ones(n, dtype=torch.float64),
+                                flip=torch.zeros(n, 2, dtype=torch.bool), rot90=torch.zeros(n, dtype=torch.long),
+                                scale=torch.zeros(n), shift=torch.zeros(n),
                                 smooth=torch.zeros(n, dtype=torch.bool))  # fmt: skip
     out, _ = augment(PRETRAIN_VIEW, image, torch.Generator().manual_seed(9), params=quiet, subset=subset)
     delta = (out - image).flatten(1).double()
@@ -259,3 +262,17 @@ def test_bad_batches_are_refused():
         augment(dataclasses.replace(PRETRAIN_VIEW, rot90_prob=1.0), torch.zeros(4, 1, 8, 6), gen)
     with pytest.raises(ValueError, match="unknown or repeated"):
         AugmentSpec(order=("zoom", "zoom"))
+
+
+def test_any_order_of_operations_applies_each_once():
+    """Scale and shift apart (a spec neither stage uses) must each apply once, where the order puts them."""
+    spec = AugmentSpec(order=("scale", "smooth", "shift", "flip"), scale_prob=1.0, scale_range=0.1,
+                       shift_prob=1.0, shift_range=0.1, smooth_prob=1.0, flip_prob=0.5)  # fmt: skip
+    image, params = _images(16, seed=14), draw_params(spec, 16, torch.Generator().manual_seed(15))
+    out, _ = augment(spec, image, torch.Generator(), params=params)
+    for i in range(16):
+        expected = Compose([ScaleIntensity(minv=None, maxv=None, factor=float(params.scale[i])),
+                            GaussianSmooth(sigma=tuple(params.sigma[i].tolist())),
+                            ShiftIntensity(float(params.shift[i])),
+                            *[Flip(a) for a in (0, 1) if params.flip[i, a]]])(image[i])  # fmt: skip
+        torch.testing.assert_close(out[i], torch.as_tensor(expected), atol=2e-5, rtol=0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ioussl.config import FinetuneConfig
 import pytest
 
+from ioussl.config import FinetuneConfig
 from ioussl.errors import TrainingError
 from ioussl.science.finetune import Selection, is_eval_epoch
 

@@ -67,7 +67,9 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint():
      (True, "fp16", torch.float16), (True, "fp32", None)],  # fmt: skip
     ids=["A100-auto", "V100-auto", "V100-forced-bf16", "fp16", "fp32"],
 )
-def test_auto_precision_uses_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native_bf16, precision, expected):
+def test_auto_precision_uses_bf16_only_where_the_gpu_computes_it_natively(
+    monkeypatch, native_bf16, precision, expected
+):
     asked = []
 
     def is_bf16_supported(including_emulation: bool = True) -> bool:  # a V100 emulates bf16: True by default

@@ -113,9 +113,13 @@ def test_an_epoch_reads_the_device_back_once_not_per_step(monkeypatch):
     real_augment = batchaug.augment
     monkeypatch.setattr(batchaug, "augment", lambda *a, **k: real_augment(*a, **{**k, "subset": False}))
     reads = []
-    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "nonzero", "numpy"):
+
+    def counted(name: str):  # type: ignore[no-untyped-def]
         real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _n=name, **k: (reads.append(_n), _real(self, *a, **k))[1])
+        return lambda self, *a, **k: (reads.append(name), real(self, *a, **k))[1]
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "nonzero", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
     counts = []
     for steps in (2, 5):
         reads.clear()
