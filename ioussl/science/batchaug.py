@@ -162,13 +162,15 @@ def augment(
     subset = image.device.type == "cpu" if subset is None else subset
     maps = resample_maps(params, h, w, "bilinear")
     label_maps = None if label is None else resample_maps(params, h, w, "nearest")
+    kernels = torch.stack([gaussian_kernels(params.sigma[:, axis], spec.max_tail) for axis in (0, 1)], dim=1)
     out = torch.empty((n, 1, h, w), dtype=torch.float32, device=image.device)
     moved = None if label is None else torch.empty_like(label)
     for part in _chunks(n, CPU_CHUNK if subset else n):
         dest = out[part, 0], None if moved is None else moved[part, 0]
+        y_maps = None if label_maps is None else label_maps.select(part)
         x, y = _pipeline(spec, image[part, 0].float(), None if label is None else label[part, 0],
-                         params.select(part), maps.select(part),
-                         None if label_maps is None else label_maps.select(part), generator, subset, dest)  # fmt: skip
+                         params.select(part), maps.select(part), y_maps, kernels[part], generator, subset,
+                         dest)  # fmt: skip
         if x.data_ptr() != dest[0].data_ptr():  # the stages ran elsewhere than in the output
             dest[0].copy_(x)
         if y is not None and dest[1] is not None and y.data_ptr() != dest[1].data_ptr():
@@ -180,20 +182,23 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(begin, min(n, begin + size)) for begin in range(0, n, max(size, 1))]
 
 
-def _pipeline(spec, x, y, params, maps, label_maps, generator, subset, dest):  # type: ignore[no-untyped-def]
+def _pipeline(spec, x, y, params, maps, label_maps, kernels, generator, subset, dest):  # type: ignore[no-untyped-def]
     """The stages of ``spec`` on ``[M, H, W]``; the input is never written (``owned`` says when x may be).
     The resampling writes into ``dest`` (the output's rows), and later stages work there in place."""
-    owned = False
-    for stage in _stages(spec.order):
+    owned, stages = False, _stages(spec.order)
+    for i, stage in enumerate(stages):
         if stage == "geometry":
-            x, owned = _apply_maps(x, maps, dest[0]), True
+            # A scale and shift right after it ride along in its second pass (they commute with a transpose).
+            affine = _affine_params(params, stages[i + 1]) if i + 1 < len(stages) else None
+            x, owned = _apply_maps(x, maps, dest[0], affine), True
             y = None if y is None else _apply_maps(y, label_maps, dest[1])
+            if affine is not None:
+                stages[i + 1] = "done"
         elif stage in ("scale", "shift", "scale_shift"):
-            factor = (1.0 + params.scale.double()).float() if "scale" in stage else torch.ones_like(params.scale)
-            shift = params.shift if "shift" in stage else torch.zeros_like(params.shift)
+            factor, shift = _affine_params(params, stage)  # type: ignore[misc]
             x, owned = _affine(x, factor, shift, owned), True
         elif stage == "smooth":
-            x, owned = _smooth_selected(x, params.smooth, params.sigma, spec.max_tail, subset, owned), True
+            x, owned = _smooth_selected(x, params.smooth, kernels, subset, owned), True
         elif stage == "noise":
             x, owned = _add_noise(x, params, generator, subset, owned), True
     return x, y
@@ -213,22 +218,30 @@ def _stages(order: tuple[str, ...]) -> list[str]:
     return stages
 
 
+def _affine_params(params: AugmentParams, stage: str) -> tuple[Tensor, Tensor] | None:
+    """Per-sample factor ``1 + f`` and offset ``o`` of a scale / shift stage (None for another stage)."""
+    if stage not in ("scale", "shift", "scale_shift"):
+        return None
+    factor = (1.0 + params.scale.double()).float() if "scale" in stage else torch.ones_like(params.scale)
+    return factor, params.shift if "shift" in stage else torch.zeros_like(params.shift)
+
+
 def _affine(x: Tensor, factor: Tensor, shift: Tensor, owned: bool) -> Tensor:
     """``x (1 + f) + o`` per sample (MONAI's ScaleIntensity then ShiftIntensity), in place when x is ours."""
     factor, shift = factor[:, None, None], shift[:, None, None]
     return torch.addcmul(shift, x, factor, out=x) if owned else torch.addcmul(shift, x, factor)
 
 
-def _smooth_selected(x: Tensor, chosen: Tensor, sigma: Tensor, max_tail: int, subset: bool, owned: bool) -> Tensor:
+def _smooth_selected(x: Tensor, chosen: Tensor, kernels: Tensor, subset: bool, owned: bool) -> Tensor:
     """Gaussian smoothing where ``chosen``: on those samples only (``subset``), or on all, then kept where
     chosen (no data-dependent shapes, so no host synchronisation)."""
     if not subset:
-        return torch.where(chosen[:, None, None], gaussian_smooth(x, sigma, max_tail), x)
+        return torch.where(chosen[:, None, None], gaussian_smooth(x, kernels), x)
     index = chosen.nonzero().squeeze(1)
     if index.numel() == 0:
         return x
     out = x if owned else x.clone()
-    out[index] = gaussian_smooth(x[index], sigma[index], max_tail)
+    out[index] = gaussian_smooth(x[index], kernels[index])
     return out
 
 
@@ -256,15 +269,12 @@ def gaussian_kernels(sigma: Tensor, max_tail: int) -> Tensor:
     return torch.where(x.abs()[None, :] <= tail[:, None], kernel, 0.0)
 
 
-def gaussian_smooth(x: Tensor, sigma: Tensor, max_tail: int) -> Tensor:
-    """Separable smoothing of ``[M, H, W]`` with per-sample sigmas ``[M, 2]`` (rows, then columns), zero
-    padding: a depthwise convolution with one kernel per sample."""
-    m = x.shape[0]
-    rows = gaussian_kernels(sigma[:, 0], max_tail).view(m, 1, -1, 1)
-    cols = gaussian_kernels(sigma[:, 1], max_tail).view(m, 1, 1, -1)
-    # Samples as channels, stored channels-last: the same sums (bit for bit) a third faster on a CPU.
-    out = F.conv2d(x[None], rows, padding=(max_tail, 0), groups=m)
-    return F.conv2d(out, cols, padding=(0, max_tail), groups=m)[0]
+def gaussian_smooth(x: Tensor, kernels: Tensor) -> Tensor:
+    """Separable smoothing of ``[M, H, W]`` with per-sample kernels ``[M, 2, taps]`` (``gaussian_kernels``
+    of each axis' sigma): rows, then columns, zero padding, as a depthwise convolution."""
+    m, tail = x.shape[0], (kernels.shape[-1] - 1) // 2
+    out = F.conv2d(x[None], kernels[:, 0].reshape(m, 1, -1, 1), padding=(tail, 0), groups=m)
+    return F.conv2d(out, kernels[:, 1].reshape(m, 1, 1, -1), padding=(0, tail), groups=m)[0]
 
 
 @dataclass(frozen=True)
@@ -294,8 +304,8 @@ def resample_maps(params: AugmentParams, h: int, w: int, mode: str) -> ResampleM
         raise ValueError(f"rot90 of a batch needs square images, got {h}x{w}")
     reverse0 = params.flip[:, 0] ^ ((k == 2) | (k == 3))
     reverse1 = params.flip[:, 1] ^ ((k == 1) | (k == 2))
-    return ResampleMaps(_axis_taps(h, params.zoom, reverse0, mode), _axis_taps(w, params.zoom, reverse1, mode),
-                        transpose)  # fmt: skip
+    taps = {size: _axis_taps(size, params.zoom, mode) for size in {h, w}}  # one zoom factor for both axes
+    return ResampleMaps(_reversed(taps[h], reverse0), _reversed(taps[w], reverse1), transpose)
 
 
 def resample(x: Tensor, params: AugmentParams, mode: str) -> Tensor:
@@ -303,14 +313,28 @@ def resample(x: Tensor, params: AugmentParams, mode: str) -> Tensor:
     return _apply_maps(x, resample_maps(params, x.shape[1], x.shape[2], mode))
 
 
-def _apply_maps(x: Tensor, maps: ResampleMaps, out: Tensor | None = None) -> Tensor:
-    rows = _gather_rows(x, *maps.rows)  # [N, H, W], rows resampled
-    cols = _gather_rows(rows.transpose(1, 2).contiguous(), *maps.cols)  # G transposed: [N, W, H]
+def _apply_maps(
+    x: Tensor, maps: ResampleMaps, out: Tensor | None = None, affine: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """Resample ``[N, H, W]``; with ``affine`` (factor, offset per sample) also ``v * factor + offset``."""
+    n, h, w = x.shape
+    rows = _gather_rows(x.reshape(n * h, w), n, *maps.rows)  # [N, H, W], rows resampled
+    # Transposed into a table with a spare row of ones: the offset's source row when affine is given.
+    table = torch.empty((n * w + 1, h), dtype=rows.dtype, device=rows.device)
+    table[: n * w].view(n, w, h).copy_(rows.transpose(1, 2))
+    table[n * w] = 1.0
+    cols = _gather_rows(table, n, *maps.cols, affine)  # G transposed: [N, W, H]
     # The odd-k samples want exactly that, the others its transpose.
     return torch.where(maps.transpose[:, None, None], cols, cols.transpose(1, 2), out=out)
 
 
-def _axis_taps(size: int, zoom: Tensor, reverse: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+def _reversed(taps: tuple[Tensor, Tensor], reverse: Tensor) -> tuple[Tensor, Tensor]:
+    """The taps of the samples with ``reverse`` read from the other end (a flip after the zoom)."""
+    flip = reverse[:, None, None]
+    return torch.where(flip, taps[0].flip(1), taps[0]), torch.where(flip, taps[1].flip(1), taps[1])
+
+
+def _axis_taps(size: int, zoom: Tensor, mode: str) -> tuple[Tensor, Tensor]:
     """Per sample and output index along one axis: the source indices and their weights ``[N, size, taps]``
     as ``F.interpolate`` (align_corners False) computes them for a ``floor(size z)`` output, shifted by the
     centred crop or pad back to ``size``; padding gets weight 0 (a zero, as MONAI's constant padding)."""
@@ -331,20 +355,28 @@ def _axis_taps(size: int, zoom: Tensor, reverse: Tensor, mode: str) -> tuple[Ten
         weight = torch.stack([1.0 - lam, lam], dim=-1)
     else:
         raise ValueError(f"resampling mode must be 'bilinear' or 'nearest', got {mode!r}")
-    index, weight = torch.where(inside, index, 0), torch.where(inside, weight, 0.0)
-    flip = reverse[:, None, None]
-    return torch.where(flip, index.flip(1), index), torch.where(flip, weight.flip(1), weight)
+    return torch.where(inside, index, 0), torch.where(inside, weight, 0.0)
 
 
-def _gather_rows(x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """``out[n, a] = sum_t weight[n, a, t] x[n, index[n, a, t]]``: one fused gather-and-weigh pass over
-    contiguous rows (``embedding_bag`` with per-row weights)."""
-    n, h, w = x.shape
-    rows = index + (torch.arange(n, device=x.device) * h)[:, None, None]
-    taps = index.shape[-1]
-    weights = weight.view(-1, taps).to(x.dtype)
-    out = F.embedding_bag(rows.view(-1, taps), x.reshape(n * h, w), per_sample_weights=weights, mode="sum")
-    return out.view(n, -1, w)
+def _gather_rows(
+    table: Tensor, n: int, index: Tensor, weight: Tensor, affine: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """``out[s, a] = sum_t weight[s, a, t] table[s h + index[s, a, t]]`` for n samples of h rows each: one
+    fused gather-and-weigh pass over contiguous rows (``embedding_bag`` with per-row weights).
+
+    With ``affine`` (factor f and offset o per sample) it is ``f out + o`` in the same pass: the weights
+    are scaled by f, and each output row adds o times the table's last row, which must be ones.
+    """
+    h = index.shape[1]
+    rows = index + (torch.arange(n, device=table.device) * h)[:, None, None]
+    weight = weight.to(table.dtype)
+    if affine is not None:
+        factor, offset = affine
+        rows = torch.cat([rows, torch.full_like(rows[..., :1], table.shape[0] - 1)], dim=-1)
+        weight = torch.cat([weight * factor[:, None, None], offset[:, None, None].expand(-1, h, 1)], dim=-1)
+    taps = rows.shape[-1]
+    out = F.embedding_bag(rows.view(-1, taps), table, per_sample_weights=weight.reshape(-1, taps), mode="sum")
+    return out.view(n, h, -1)
 
 
 class StepAugment:
