@@ -65,10 +65,7 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     seed_everything(cfg.seed)
     runtime = resolve_runtime(cfg.runtime, ft.amp)
     store = open_store(cfg)
-    parts = finetune_split(store, cfg)
-    train_ids = np.asarray(store.slice_ids(parts["train"]))
-    val_ids = subsample(np.asarray(store.slice_ids(parts["val"])), ft.max_val_slices)
-    steps = ft.steps_per_epoch or max(1, math.ceil(len(train_ids) / ft.batch_size))
+    parts, train_ids, val_ids, steps = training_slices(store, cfg)
     state, encoder = build_state(cfg, runtime, steps, encoder_checkpoint)
     point = ckpt.resume(state, cfg, run_dir, store.fingerprint)
     selection = Selection.from_checkpoint(point.payload, run_dir)
@@ -93,9 +90,21 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
         ckpt.save_last(state, cfg, run_dir, epoch, step, progress=selection.to_dict(), store=store.fingerprint)
         runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
     result = summarise_run(state, cfg, run_dir, store, parts, selection, encoder, steps)
-    progress.end(f"best DSC {result['dsc']:.4f} at epoch {result['best_epoch'] + 1}, {result['epochs']} epochs"
-                 + (" (early stopped)" if result["early_stopped"] else ""))  # fmt: skip
+    stopped = " (early stopped)" if result["early_stopped"] else ""
+    best = f"best DSC {result['dsc']:.4f} at epoch {result['best_epoch'] + 1}"
+    progress.end(f"{best}, {result['epochs']} epochs{stopped}")
     return {**result, "store_fingerprint": store.fingerprint, "device": runtime.describe()}
+
+
+def training_slices(store: Any, cfg: RunConfig) -> tuple[dict[str, list[str]], np.ndarray, np.ndarray, int]:
+    """The split's parts, the train and (subsampled) validation slice ids, and the steps per epoch."""
+    ft = cfg.finetune
+    assert ft is not None
+    parts = finetune_split(store, cfg)
+    train_ids = np.asarray(store.slice_ids(parts["train"]))
+    val_ids = subsample(np.asarray(store.slice_ids(parts["val"])), ft.max_val_slices)
+    steps = ft.steps_per_epoch or max(1, math.ceil(len(train_ids) / ft.batch_size))
+    return parts, train_ids, val_ids, steps
 
 
 def build_state(
