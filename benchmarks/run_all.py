@@ -1,4 +1,10 @@
-"""Run every benchmarks/bench_*.py in turn (each prints its own numbers); `make bench`."""
+"""Run every benchmarks/bench_*.py in turn (each prints its own numbers); `make bench`.
+
+CPU: bench_augment (device vs loader augmentation, loader pairs/s per worker), bench_demo_pretrain (the
+demo's pretrainings end to end, device vs loader mode; add --before DIR by hand to compare with older code),
+bench_loader, bench_registry, bench_sampler, bench_submit, bench_sync, bench_train_cpu. The bench_gpu_*
+scripts need CUDA and are run by hand on a GPU node (docs/training.md says how).
+"""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from ioussl.errors import ConfigError
 
 Stage = Literal["pretrain", "finetune"]
 SamplerMode = Literal["exact", "algorithm1"]
+AugmentOn = Literal["device", "loader"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class DataConfig:
     split: str | None = None  # JSON {"train": [...], "val": [...], "test": [...]}; None = every labelled case
     crop: int = 96  # square crop side for both stages
     num_workers: int | None = None  # None: sized from the CPUs SLURM allocated
+    # Where the view / crop augmentations run: "device" batched on the training device after the transfer
+    # (the loader only cuts crops); "loader" per sample with MONAI in the loader workers (the reference).
+    augment_on: AugmentOn = "device"
 
 
 @dataclass(frozen=True)

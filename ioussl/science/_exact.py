@@ -16,7 +16,9 @@ import functools
 
 import numpy as np
 
-from ioussl.science.sampler import _PROPOSAL_ROUNDS, _intersection_bounds, pair_exists
+from ioussl.science._geometry import _intersection_bounds, feasible
+
+_PROPOSAL_ROUNDS = (2, 8, 32)  # candidates per pending pair in each rejection round before the exact path
 
 _MAX_BOX1_DRAWS = 100_000  # a feasible image always has a valid box 1; this only guards a bug
 _EXACT_CHUNK_CELLS = 4_000_000  # grid cells per chunk in the exact path (memory bound)
@@ -28,15 +30,15 @@ def sample_exact(
     """See ``sampler.sample_crop_pairs``; shapes is [n, d], crop is [d]."""
     n, d = shapes.shape
     lo_i, hi_i = _intersection_bounds(tuple(crop.tolist()), i_min, i_max)
-    feasible = _feasible(shapes, crop, i_min, i_max)
+    possible = feasible(shapes, crop, i_min, i_max)
     starts1 = np.zeros((n, d), dtype=np.int64)
     starts2 = np.zeros((n, d), dtype=np.int64)
     span = shapes - crop + 1  # number of valid start positions per axis
-    if not feasible.all():  # no pair exists for these images: independent uniform crops, flagged
-        bad = ~feasible
+    if not possible.all():  # no pair exists for these images: independent uniform crops, flagged
+        bad = ~possible
         starts1[bad] = _uniform_starts(rng, span[bad])
         starts2[bad] = _uniform_starts(rng, span[bad])
-    pending = np.flatnonzero(feasible)
+    pending = np.flatnonzero(possible)
     reach = _proposal_reach(crop, lo_i)
     for _ in range(_MAX_BOX1_DRAWS):
         if pending.size == 0:
@@ -51,26 +53,7 @@ def sample_exact(
     offsets = np.abs(starts2 - starts1)
     inter = np.prod(np.maximum(crop - offsets, 0), axis=1).astype(np.float64)
     volume = float(np.prod(crop))
-    return starts1, starts2, inter / (2.0 * volume - inter), ~feasible
-
-
-def _feasible(shapes: np.ndarray, crop: np.ndarray, i_min: float, i_max: float) -> np.ndarray:
-    crop_t = tuple(crop.tolist())
-    if shapes.shape[0] == 0:
-        return np.zeros(0, dtype=bool)
-    if i_max >= 1.0:  # two identical crops (IoU 1) always exist
-        return np.ones(shapes.shape[0], dtype=bool)
-    # Feasibility only grows with the image along each axis: if the batch's componentwise smallest
-    # shape admits a pair, every shape does (the common case: one cached lookup).
-    if pair_exists(tuple(shapes.min(axis=0).tolist()), crop_t, i_min, i_max):
-        return np.ones(shapes.shape[0], dtype=bool)
-    if np.all(shapes == shapes[0]):
-        return np.zeros(shapes.shape[0], dtype=bool)
-    # One int64 key per shape: np.unique on 1-D keys is much faster than on rows.
-    keys = np.ravel_multi_index(shapes.T, shapes.max(axis=0) + 1)
-    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    answers = np.array([pair_exists(tuple(shapes[i].tolist()), crop_t, i_min, i_max) for i in first])
-    return answers[inverse.ravel()]
+    return starts1, starts2, inter / (2.0 * volume - inter), ~possible
 
 
 def _uniform_starts(rng: np.random.Generator, span: np.ndarray) -> np.ndarray:

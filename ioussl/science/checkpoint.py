@@ -4,20 +4,29 @@ Every file says what it is (format, kind, stage, architecture), which config pro
 JSON and its hash) and where training stood (epoch, step, RNG states, optimiser / scaler / schedule state),
 so a run resumes from ``last.pt`` and a fine-tune refuses an encoder of another architecture with a message
 that names the file. The thesis' checkpoints held bare weights only (thesis protocol notes §3, §7).
+
+Both stages resume the same way (``resume``, ``save_last``): restore weights, optimiser, scaler and RNG
+states from ``last.pt``, drop metrics lines of epochs after it, and note a ``resumed`` event.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ioussl import runfiles
 from ioussl.config import ModelConfig, RunConfig, config_hash
 from ioussl.errors import TrainingError
 from ioussl.runfiles import atomic_write
+
+if TYPE_CHECKING:
+    from ioussl.science.engine import StepState
 
 FORMAT = "ioussl-checkpoint/1"
 LAST = "last.pt"
@@ -95,6 +104,100 @@ def load_for_resume(path: Path, cfg: RunConfig) -> dict[str, Any]:
             f"this run {config_hash(cfg)[:12]}); use a fresh run directory"
         )
     return payload
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run continues: its first epoch to train, the global step, the kept metrics lines and the
+    restored checkpoint (empty when the run starts afresh)."""
+
+    epoch: int = 0
+    step: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.payload)
+
+
+def resume(state: StepState, cfg: RunConfig, run_dir: Path, store: str) -> ResumePoint:
+    """Restore ``last.pt`` into ``state`` if present, note a ``resumed`` event, and return where to go on.
+
+    Metrics lines past the checkpoint (written by an attempt that died before its next checkpoint) are
+    dropped, so the file always describes exactly the epochs the model has seen.
+
+    Raises:
+        TrainingError: ``last.pt`` is damaged, or belongs to another config or data store.
+    """
+    path = run_dir / runfiles.CHECKPOINTS / LAST
+    metrics = run_dir / runfiles.METRICS
+    if not path.exists():
+        if metrics.exists():  # an attempt that died before its first checkpoint: start the curve afresh
+            runfiles.atomic_write_text(metrics, "")
+        return ResumePoint()
+    payload = restore(state, path, cfg, store)
+    kept = truncate_metrics(metrics, payload["epoch"])
+    point = ResumePoint(payload["epoch"] + 1, payload["step"], kept, payload)
+    runfiles.record_event(run_dir, "resumed", epoch=point.epoch, step=point.step)
+    return point
+
+
+def restore(state: StepState, path: Path, cfg: RunConfig, store: str) -> dict[str, Any]:
+    """Load ``last.pt`` into model, optimiser, scaler and RNGs after checking config and data store."""
+    from ioussl.science.runtime import set_rng_state
+
+    payload = load_for_resume(path, cfg)
+    if payload.get("store") != store:
+        raise TrainingError(
+            f"checkpoint {path} was trained on data store fingerprint {payload.get('store')}, but "
+            f"{cfg.data.store} now has {store}: the store changed; use a fresh run directory"
+        )
+    _check_resume_fields(payload, path)
+    load_state(state.model, payload["model"], path)
+    try:
+        state.optimizer.load_state_dict(payload["optimizer"])
+        state.scaler.load_state_dict(payload["scaler"])
+        set_rng_state(payload["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise TrainingError(f"checkpoint {path} has a damaged training state ({_first_line(exc)})") from None
+    return payload
+
+
+def _check_resume_fields(payload: dict[str, Any], path: Path) -> None:
+    missing = [key for key in ("model", "optimizer", "scaler", "rng") if not isinstance(payload.get(key), dict)]
+    counters = [key for key in ("epoch", "step") if not _is_count(payload.get(key))]
+    if missing or counters:
+        raise TrainingError(f"checkpoint {path} lacks a valid {', '.join(missing + counters)}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def truncate_metrics(metrics: Path, last_epoch: int) -> list[dict[str, Any]]:
+    """Keep the metrics lines of epochs up to ``last_epoch`` (atomically) and return them."""
+    kept = [r for r in runfiles.read_jsonl(metrics) if _is_count(r.get("epoch")) and r["epoch"] <= last_epoch]
+    runfiles.atomic_write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    return kept
+
+
+def save_last(state: StepState, cfg: RunConfig, run_dir: Path, epoch: int, step: int, **extra: Any) -> None:
+    """Everything needed to continue after ``epoch``: weights, optimiser, scaler, schedule position, RNG."""
+    from ioussl.science.runtime import rng_state
+
+    payload = {
+        **describe(cfg, "last"),
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "scheduler": {"name": "cosine", "step": step},
+        "epoch": epoch,
+        "step": step,
+        "rng": rng_state(),
+        **extra,
+    }
+    save_atomic(payload, run_dir / runfiles.CHECKPOINTS / LAST)
 
 
 def check_architecture(payload: dict[str, Any], model: ModelConfig, path: Path) -> None:

@@ -122,6 +122,41 @@ class PretrainPairDataset(_Seeded):
         return items
 
 
+class PretrainCropBatches(PretrainPairDataset):
+    """The crops of ``PretrainPairDataset`` without augmentation, cut a whole batch at a time, as stored
+    (uint16): the augmentations run batched on the training device (``data.augment_on = "device"``).
+
+    ``__getitems__`` returns one collated batch ``{"views": uint16 [2B, 1, c, c] (every pair's first views,
+    then their second views), "iou": float64 [B], "fallback": bool [B], "slice": int64 [B]}``; use it with
+    ``make_pretrain_loader`` (which passes such batches on as they are). Dequantise with
+    ``store.dequantise_tensor`` after the transfer: half the bytes of float32 cross the bus.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "augment": False})
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:  # type: ignore[override]
+        slices = self.ids[np.asarray(indices, dtype=np.int64)]
+        crop = (self.crop, self.crop)
+        starts1, starts2, ious, fallback = sample_crop_pairs(
+            self.rng, self.store.shapes(slices), crop, self.i_min, self.i_max, len(slices), mode=self.mode
+        )
+        n = len(slices)
+        views = np.empty((2 * n, 1, *crop), dtype=np.uint16)
+        for k, idx in enumerate(slices.tolist()):
+            views[k, 0] = self.store.stored_region(idx, starts1[k], crop)
+            views[n + k, 0] = self.store.stored_region(idx, starts2[k], crop)
+        return {
+            "views": torch.from_numpy(views),
+            "iou": torch.from_numpy(ious),
+            "fallback": torch.from_numpy(fallback),
+            "slice": torch.from_numpy(slices),
+        }
+
+
 class FinetuneSliceDataset(_Seeded):
     """Labelled slices; each item is ``crops_per_slice`` crops {"image": [1, c, c], "label": [1, c, c]}.
 
@@ -250,8 +285,17 @@ def make_pretrain_loader(
     seed: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Shuffled, drop_last (floor(N / batch) steps per epoch, as the reference code)."""
-    return _loader(dataset, batch_size, True, True, num_workers, seed, pin_memory=pin_memory)
+    """Shuffled, drop_last (floor(N / batch) steps per epoch, as the reference code).
+
+    A ``PretrainCropBatches`` dataset hands over whole batches, which are passed on as they are.
+    """
+    collate = keep_batch if isinstance(dataset, PretrainCropBatches) else None
+    return _loader(dataset, batch_size, True, True, num_workers, seed, collate, pin_memory)
+
+
+def keep_batch(batch: Any) -> Any:
+    """The collate function of datasets whose ``__getitems__`` already returns a batch."""
+    return batch
 
 
 def make_finetune_loader(

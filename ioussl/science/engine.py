@@ -6,7 +6,7 @@ run a fixed number of steps and return plain numbers, so they run the same on a 
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -51,72 +51,127 @@ def cycle(loader: Iterable[Any]) -> Iterator[Any]:
             raise TrainingError("the data loader yields no batches (fewer samples than one batch?)")
 
 
-def _optimise(state: StepState, loss: Tensor, step: int) -> float:
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise TrainingError(f"non-finite loss {value} at step {step} (epoch {state.epoch}); stopping")
+Feed = Callable[[dict, int, int], tuple[Tensor, ...]]  # (batch, epoch, step) -> tensors on the device
+
+
+class EpochSums:
+    """What an epoch reports, accumulated on the training device: reading it back is the epoch's one host
+    synchronisation (a per-step ``float(loss)`` would stall the GPU queue every step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        zero = functools.partial(torch.zeros, (), dtype=torch.float64, device=device)
+        self.loss, self.fallbacks, self.iou, self.bad_value = zero(), zero(), zero(), zero()
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def add_loss(self, loss: Tensor, step: int) -> None:
+        value = loss.detach().double()
+        new_bad = ~torch.isfinite(value) & (self.first_bad < 0)
+        self.first_bad = torch.where(new_bad, step, self.first_bad)
+        self.bad_value = torch.where(new_bad, value, self.bad_value)
+        self.loss += value
+
+    def read(self, epoch: int) -> dict[str, float]:
+        """The sums as floats; a TrainingError naming the first step whose loss was not finite."""
+        values = torch.stack([self.loss, self.fallbacks, self.iou, self.bad_value,
+                              self.first_bad.double()]).tolist()  # fmt: skip
+        loss, fallbacks, iou, bad_value, first_bad = values
+        if first_bad >= 0:
+            raise TrainingError(f"non-finite loss {bad_value} at step {int(first_bad)} (epoch {epoch}); stopping")
+        return {"loss": loss, "fallbacks": fallbacks, "iou": iou}
+
+
+def _optimise(state: StepState, loss: Tensor) -> None:
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
-    state.scaler.step(state.optimizer)
+    state.scaler.step(state.optimizer)  # fused optimisers take the scaler's inf check without a sync
     state.scaler.update()
-    return value
 
 
-def train_one_epoch_simsiam(state: StepState, batches: Iterator[dict], start_step: int, steps: int) -> dict:
-    """``steps`` SimSiam updates; each view has its own forward pass (per-view BN statistics)."""
+def _default_feed(keys: tuple[str, ...], runtime: Runtime) -> Feed:
+    return lambda batch, epoch, step: tuple(runtime.to_device(batch[key]) for key in keys)
+
+
+def train_one_epoch_simsiam(
+    state: StepState, batches: Iterator[dict], start_step: int, steps: int, feed: Feed | None = None
+) -> dict:
+    """``steps`` SimSiam updates; each view has its own forward pass (per-view BN statistics).
+
+    Args:
+        feed: puts a batch's two views on the device, ready for the model (and augments them there when
+            ``data.augment_on`` is "device"); default: move ``view1`` and ``view2`` as they are.
+    """
     state.model.train()
-    meter, losses, fallbacks, pairs, iou_sum = CollapseMeter(), [], 0, 0, 0.0
+    feed = feed or _default_feed(("view1", "view2"), state.runtime)
+    meter, sums, pairs = CollapseMeter(), EpochSums(state.runtime.device), 0
     lr = state.schedule(start_step)
     began = time.perf_counter()
     for step in range(start_step, start_step + steps):
         batch = next(batches)
         lr = state.schedule(step)
         set_lr(state.optimizer, lr)
-        view1, view2 = state.runtime.to_device(batch["view1"]), state.runtime.to_device(batch["view2"])
+        view1, view2 = feed(batch, state.epoch, step)
         with state.runtime.autocast():
             z1, p1 = state.forward(view1)
             z2, p2 = state.forward(view2)
             loss = simsiam_loss(z1, p1, z2, p2)
-        losses.append(_optimise(state, loss, step))
+        _optimise(state, loss)
+        sums.add_loss(loss, step)
         meter.update(p1)
-        fallbacks += int(torch.as_tensor(batch["fallback"]).sum())
-        iou_sum += float(torch.as_tensor(batch["iou"], dtype=torch.float64).sum())
+        sums.fallbacks += _on(batch["fallback"], sums.loss).sum()
+        sums.iou += _on(batch["iou"], sums.loss).sum()
         pairs += view1.shape[0]
+    totals = sums.read(state.epoch)
     seconds = time.perf_counter() - began
     return {
-        "loss": float(np.mean(losses)),
+        "loss": totals["loss"] / steps,
         "lr": lr,
         "collapse": meter.value(),
-        "fallback_rate": fallbacks / max(1, pairs),
-        "mean_iou": iou_sum / max(1, pairs),
+        "fallback_rate": totals["fallbacks"] / max(1, pairs),
+        "mean_iou": totals["iou"] / max(1, pairs),
         "pairs_per_s": pairs / max(seconds, 1e-9),
         "seconds": seconds,
     }
 
 
+def _on(values: Any, like: Tensor) -> Tensor:
+    """A batch's per-pair numbers on the accumulator's device as float64: copied as they are (pinned by the
+    loader, so the copy does not wait), converted there."""
+    return torch.as_tensor(values).to(like.device, non_blocking=True).double()
+
+
 def train_one_epoch_seg(
-    state: StepState, batches: Iterator[dict], loss_fn: nn.Module, start_step: int, steps: int
+    state: StepState,
+    batches: Iterator[dict],
+    loss_fn: nn.Module,
+    start_step: int,
+    steps: int,
+    feed: Feed | None = None,
 ) -> dict:
-    """``steps`` segmentation updates with Dice + cross-entropy on batches of crops."""
+    """``steps`` segmentation updates with Dice + cross-entropy on batches of crops.
+
+    Args:
+        feed: puts a batch's ``image`` and ``label`` on the device (augmenting them there in device mode).
+    """
     state.model.train()
-    losses, crops = [], 0
+    feed = feed or _default_feed(("image", "label"), state.runtime)
+    sums, crops = EpochSums(state.runtime.device), 0
     lr = state.schedule(start_step)
     began = time.perf_counter()
     for step in range(start_step, start_step + steps):
         batch = next(batches)
         lr = state.schedule(step)
         set_lr(state.optimizer, lr)
-        image, label = state.runtime.to_device(batch["image"]), state.runtime.to_device(batch["label"])
+        image, label = feed(batch, state.epoch, step)
         with state.runtime.autocast():
             logits = state.forward(image)
-        loss = loss_fn(
-            logits.float(), label
-        )  # the loss in fp32: softmax and Dice ratios are precision-sensitive
-        losses.append(_optimise(state, loss, step))
+        loss = loss_fn(logits.float(), label)  # the loss in fp32: softmax and Dice ratios are precision-sensitive
+        _optimise(state, loss)
+        sums.add_loss(loss, step)
         crops += image.shape[0]
+    totals = sums.read(state.epoch)
     seconds = time.perf_counter() - began
     return {
-        "loss": float(np.mean(losses)),
+        "loss": totals["loss"] / steps,
         "lr": lr,
         "crops_per_s": crops / max(seconds, 1e-9),
         "seconds": seconds,

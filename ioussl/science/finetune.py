@@ -8,9 +8,10 @@ checkpoint's, reported both as the thesis' per-slice DSC and as FLARE 2022's per
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ioussl.science.losses import segmentation_loss
 from ioussl.science.metrics import FLARE_ORGANS, flare_case_dsc, summarise_cases
 from ioussl.science.models import build_swin_unetr
 from ioussl.science.optim import finetune_optimizer
-from ioussl.science.pretrain import restore, save_last, truncate_metrics
+from ioussl.science.progress import Progress
 from ioussl.science.runtime import (
     Runtime,
     compile_for_training,
@@ -37,6 +38,7 @@ from ioussl.science.runtime import (
 from ioussl.science.schedules import cosine_lr
 from ioussl.science.trainingdata import (
     derived_seed,
+    finetune_feed,
     finetune_loader,
     finetune_split,
     open_store,
@@ -63,30 +65,46 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     seed_everything(cfg.seed)
     runtime = resolve_runtime(cfg.runtime, ft.amp)
     store = open_store(cfg)
-    parts = finetune_split(store, cfg)
-    train_ids = np.asarray(store.slice_ids(parts["train"]))
-    val_ids = subsample(np.asarray(store.slice_ids(parts["val"])), ft.max_val_slices)
-    steps = ft.steps_per_epoch or max(1, math.ceil(len(train_ids) / ft.batch_size))
+    parts, train_ids, val_ids, steps = training_slices(store, cfg)
     state, encoder = build_state(cfg, runtime, steps, encoder_checkpoint)
-    epoch0, step, progress = resume(state, cfg, run_dir, store.fingerprint)
-    workers, loss_fn = loader_workers(cfg.data.num_workers), segmentation_loss()
+    point = ckpt.resume(state, cfg, run_dir, store.fingerprint)
+    selection = Selection.from_checkpoint(point.payload, run_dir)
+    progress = Progress("finetune", ft.epochs, steps, first_epoch=point.epoch)
+    progress.start(point.step, runtime.describe(), point.resumed)
+    workers, loss_fn, feed = loader_workers(cfg.data.num_workers), segmentation_loss(), finetune_feed(cfg, runtime)
     val = val_loader(store, val_ids, workers)
-    for epoch in range(epoch0, ft.epochs):
-        if progress["stopped"]:
+    for epoch in range(point.epoch, ft.epochs):
+        if selection.stopped:
             break
         state.epoch = epoch
         seed_everything(derived_seed(cfg.seed, epoch, "model"))
         batches = cycle(finetune_loader(store, train_ids, cfg, epoch, workers))
-        stats = train_one_epoch_seg(state, batches, loss_fn, step, steps)
-        step += steps
-        line = {"stage": "finetune", "epoch": epoch, "step": step, "time": time.time(), **stats}
+        stats = train_one_epoch_seg(state, batches, loss_fn, selection.step, steps, feed)
+        step = selection.step + steps
+        scores = {}
         if is_eval_epoch(epoch, ft):
-            line.update(validate_and_select(state, cfg, run_dir, val, progress, epoch, step))
-        progress.update(last_epoch=epoch, step=step)
-        save_last(state, cfg, run_dir, epoch, step, progress=progress, store=store.fingerprint)
+            scores = validate_and_select(state, cfg, run_dir, val, selection, epoch, step)
+        selection.last_epoch, selection.step = epoch, step
+        slices_per_s = stats["crops_per_s"] / ft.crops_per_slice
+        line = progress.line(epoch, step, slices_per_s, **stats, **scores, **selection.last_scores())
+        ckpt.save_last(state, cfg, run_dir, epoch, step, progress=selection.to_dict(), store=store.fingerprint)
         runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
-    result = summarise_run(state, cfg, run_dir, store, parts, progress, encoder, steps)
+    result = summarise_run(state, cfg, run_dir, store, parts, selection, encoder, steps)
+    stopped = " (early stopped)" if result["early_stopped"] else ""
+    best = f"best DSC {result['dsc']:.4f} at epoch {result['best_epoch'] + 1}"
+    progress.end(f"{best}, {result['epochs']} epochs{stopped}")
     return {**result, "store_fingerprint": store.fingerprint, "device": runtime.describe()}
+
+
+def training_slices(store: Any, cfg: RunConfig) -> tuple[dict[str, list[str]], np.ndarray, np.ndarray, int]:
+    """The split's parts, the train and (subsampled) validation slice ids, and the steps per epoch."""
+    ft = cfg.finetune
+    assert ft is not None
+    parts = finetune_split(store, cfg)
+    train_ids = np.asarray(store.slice_ids(parts["train"]))
+    val_ids = subsample(np.asarray(store.slice_ids(parts["val"])), ft.max_val_slices)
+    steps = ft.steps_per_epoch or max(1, math.ceil(len(train_ids) / ft.batch_size))
+    return parts, train_ids, val_ids, steps
 
 
 def build_state(
@@ -116,36 +134,67 @@ def is_eval_epoch(epoch: int, ft: FinetuneConfig) -> bool:
     return (epoch + 1) % ft.eval_every == 0
 
 
-def new_progress() -> dict[str, Any]:
-    return {
-        "best_dsc": 0.0, "best_epoch": None, "bad_evals": 0, "stopped": False, "best": None, "evals": 0,
-        "last_epoch": -1, "step": 0,
-    }  # fmt: skip
+@dataclass
+class Selection:
+    """Model selection across epochs (kept in ``last.pt`` so a resumed run selects as an uninterrupted one).
 
-
-def record_evaluation(progress: dict[str, Any], scores: dict[str, Any], epoch: int, patience: int) -> bool:
-    """Early stopping as the thesis' code: best starts at 0, a strict improvement resets the count of
-    evaluations without improvement, training stops when that count reaches ``patience``.
-
-    Returns:
-        Whether this evaluation is the new best.
+    Early stopping as the thesis' code: the best DSC starts at 0, a strict improvement resets the count of
+    evaluations without improvement, and training stops when that count reaches the patience.
     """
-    progress["evals"] += 1
-    if scores["dsc"] > progress["best_dsc"]:
-        progress.update(best_dsc=scores["dsc"], best_epoch=epoch, bad_evals=0, best=scores)
-        return True
-    progress["bad_evals"] += 1
-    progress["stopped"] = progress["bad_evals"] >= patience
-    return False
+
+    best_dsc: float = 0.0
+    best_epoch: int | None = None
+    bad_evals: int = 0
+    stopped: bool = False
+    best: dict[str, Any] | None = None  # the full scores of the best evaluation
+    evals: int = 0
+    last_epoch: int = -1
+    step: int = 0
+    last_val_dsc: float | None = None  # the latest evaluation's DSC and epoch, for a live status
+    last_val_epoch: int | None = None
+
+    def record(self, scores: dict[str, Any], epoch: int, patience: int) -> bool:
+        """Count one evaluation; return whether it is the new best."""
+        self.evals += 1
+        self.last_val_dsc, self.last_val_epoch = scores["dsc"], epoch
+        if scores["dsc"] > self.best_dsc:
+            self.best_dsc, self.best_epoch, self.bad_evals, self.best = scores["dsc"], epoch, 0, scores
+            return True
+        self.bad_evals += 1
+        self.stopped = self.bad_evals >= patience
+        return False
+
+    def last_scores(self) -> dict[str, Any]:
+        if self.last_val_dsc is None:
+            return {}
+        return {"last_val_dsc": self.last_val_dsc, "last_val_epoch": self.last_val_epoch}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any], run_dir: Path) -> Selection:
+        """The selection state of a resumed ``last.pt`` (fresh when ``payload`` is empty); checked, since it
+        is read back from disk."""
+        if not payload:
+            return cls()
+        raw = payload.get("progress")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(raw, dict) or not {"best_dsc", "bad_evals", "stopped", "step"} <= set(raw):
+            raise TrainingError(f"checkpoint {run_dir / runfiles.CHECKPOINTS / ckpt.LAST} lacks the selection progress")
+        selection = cls(**{k: v for k, v in raw.items() if k in names})
+        if selection.step != payload.get("step") or not isinstance(selection.best_dsc, int | float):
+            raise TrainingError(f"checkpoint {run_dir / runfiles.CHECKPOINTS / ckpt.LAST} has inconsistent progress")
+        return selection
 
 
 def validate_and_select(
-    state: StepState, cfg: RunConfig, run_dir: Path, val: Any, progress: dict[str, Any], epoch: int, step: int
+    state: StepState, cfg: RunConfig, run_dir: Path, val: Any, selection: Selection, epoch: int, step: int
 ) -> dict[str, Any]:
     """Score the validation slices, keep ``best.pt`` on strict improvement, count evaluations for patience."""
     assert cfg.finetune is not None
     scores = score(evaluate(state.model, val, state.runtime, window(cfg), cfg.model.out_channels))
-    if record_evaluation(progress, scores, epoch, cfg.finetune.patience):
+    if selection.record(scores, epoch, cfg.finetune.patience):
         payload = {
             **ckpt.describe(cfg, "best"),
             "model": state.model.state_dict(),
@@ -157,8 +206,8 @@ def validate_and_select(
     return {
         "val_dsc": scores["dsc"],
         "val_dsc_3d": scores["dsc_3d"],
-        "best_dsc": progress["best_dsc"],
-        "bad_evals": progress["bad_evals"],
+        "best_dsc": selection.best_dsc,
+        "bad_evals": selection.bad_evals,
     }
 
 
@@ -186,32 +235,19 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-def resume(state: StepState, cfg: RunConfig, run_dir: Path, store: str) -> tuple[int, int, dict[str, Any]]:
-    """Restore ``last.pt`` if present; return (first epoch to run, global step, selection progress)."""
-    path = run_dir / runfiles.CHECKPOINTS / ckpt.LAST
-    metrics = run_dir / runfiles.METRICS
-    if not path.exists():
-        if metrics.exists():
-            runfiles.atomic_write_text(metrics, "")
-        return 0, 0, new_progress()
-    payload = restore(state, path, cfg, store)
-    truncate_metrics(metrics, payload["epoch"])
-    return payload["epoch"] + 1, payload["step"], payload["progress"]
-
-
 def summarise_run(
     state: StepState,
     cfg: RunConfig,
     run_dir: Path,
     store: Any,
     parts: dict[str, list[str]],
-    progress: dict[str, Any],
+    selection: Selection,
     encoder: dict[str, Any] | None,
     steps: int,
 ) -> dict[str, Any]:
     """The result of the best checkpoint (and its test score when the split has a test part)."""
     best_path = run_dir / runfiles.CHECKPOINTS / ckpt.BEST
-    best = progress["best"]
+    best = selection.best
     if best is None or not best_path.exists():
         raise TrainingError(
             f"fine-tuning in {run_dir} never scored above DSC 0 on validation: no best checkpoint to report"
@@ -223,11 +259,11 @@ def summarise_run(
         "per_case": best["per_case"],
         "per_organ": best["per_organ"],
         "val_slices": best["slices"],
-        "best_epoch": progress["best_epoch"],
-        "epochs": progress["last_epoch"] + 1,
-        "steps": progress["step"],
+        "best_epoch": selection.best_epoch,
+        "epochs": selection.last_epoch + 1,
+        "steps": selection.step,
         "steps_per_epoch": steps,
-        "early_stopped": progress["stopped"],
+        "early_stopped": selection.stopped,
         "checkpoint": str(best_path),
         "checkpoint_sha256": runfiles.sha256_file(best_path),
         "encoder": encoder,

@@ -26,21 +26,22 @@ class CollapseMeter:
     """
 
     def __init__(self) -> None:
-        self.total = 0.0
+        self.total: Tensor | None = None  # on the outputs' device: no host synchronisation per update
         self.count = 0
         self.dim = 0
 
     def update(self, p: Tensor) -> None:
         """Add one batch of predictor outputs ``[N, d]``."""
         unit = F.normalize(p.detach().float(), dim=1)
-        self.total += float(unit.std(dim=0).mean())
+        spread = unit.std(dim=0).mean().double()
+        self.total = spread if self.total is None else self.total + spread
         self.count += 1
         self.dim = p.shape[1]
 
     def value(self) -> float:
-        if self.count == 0:
+        if self.total is None:
             return float("nan")
-        return collapse_coefficient(self.total / self.count, self.dim)
+        return collapse_coefficient(float(self.total) / self.count, self.dim)
 
 
 def collapse_coefficient(mean_std: float, dim: int) -> float:

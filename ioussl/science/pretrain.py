@@ -1,15 +1,13 @@
 """SimSiam pretraining of the 2D Swin UNETR encoder on IoU-constrained positives (thesis §4.4, Table 4.1).
 
 ``run_pretrain(cfg, run_dir)`` is the whole job: it resumes from ``checkpoints/last.pt`` when present, writes
-one ``metrics.jsonl`` line per epoch, and exports the encoder for fine-tuning. It imports nothing from the
-orchestration layer, so it runs the same in a test, on a laptop and in a SLURM job.
+one ``metrics.jsonl`` line and one stdout line per epoch, and exports the encoder for fine-tuning. It imports
+nothing from the orchestration layer, so it runs the same in a test, on a laptop and in a SLURM job.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +15,21 @@ import torch
 
 from ioussl import runfiles
 from ioussl.config import RunConfig
-from ioussl.errors import ConfigError, DataError, TrainingError
+from ioussl.errors import ConfigError, DataError
 from ioussl.science import checkpoint as ckpt
 from ioussl.science.engine import StepState, cycle, train_one_epoch_simsiam
 from ioussl.science.models import SimSiam
 from ioussl.science.optim import pretrain_optimizer
-from ioussl.science.runtime import (
-    Runtime,
-    compile_for_training,
-    loader_workers,
-    resolve_runtime,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from ioussl.science.progress import Progress
+from ioussl.science.runtime import Runtime, compile_for_training, loader_workers, resolve_runtime, seed_everything
 from ioussl.science.schedules import cosine_lr
-from ioussl.science.trainingdata import derived_seed, open_store, pretrain_loader, pretrain_slice_ids
+from ioussl.science.trainingdata import (
+    derived_seed,
+    open_store,
+    pretrain_feed,
+    pretrain_loader,
+    pretrain_slice_ids,
+)
 
 
 def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -54,20 +51,24 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     ids = pretrain_slice_ids(store, cfg)
     steps = steps_per_epoch(len(ids), cfg)
     state = build_state(cfg, runtime, steps)
-    epoch0, step, last = resume(state, cfg, run_dir, store.fingerprint)
-    workers = loader_workers(cfg.data.num_workers)
-    for epoch in range(epoch0, cfg.pretrain.epochs):
+    point = ckpt.resume(state, cfg, run_dir, store.fingerprint)
+    step, last = point.step, (point.metrics[-1] if point.metrics else {})
+    progress = Progress("pretrain", cfg.pretrain.epochs, steps, first_epoch=point.epoch)
+    progress.start(step, runtime.describe(), point.resumed)
+    workers, feed = loader_workers(cfg.data.num_workers), pretrain_feed(cfg, runtime)
+    for epoch in range(point.epoch, cfg.pretrain.epochs):
         state.epoch = epoch
         seed_everything(derived_seed(cfg.seed, epoch, "model"))  # drop path: same draws after a resume
         batches = cycle(pretrain_loader(store, ids, cfg, epoch, workers))
-        stats = train_one_epoch_simsiam(state, batches, step, steps)
+        stats = train_one_epoch_simsiam(state, batches, step, steps, feed)
         step += steps
-        last = {"stage": "pretrain", "epoch": epoch, "step": step, "time": time.time(), **stats}
-        save_last(state, cfg, run_dir, epoch, step, store=store.fingerprint)
+        last = progress.line(epoch, step, stats["pairs_per_s"], **stats)
+        ckpt.save_last(state, cfg, run_dir, epoch, step, store=store.fingerprint)
         runfiles.append_jsonl(run_dir / runfiles.METRICS, last)
     if not last:
         raise DataError("pretraining ran no epoch (pretrain.epochs is 0)")
     summary = export_encoder(state.model, cfg, run_dir, last, steps)
+    progress.end(f"{summary['epochs']} epochs, {summary['steps']:,} steps, final loss {summary['final_loss']:.4f}")
     return {**summary, "store_fingerprint": store.fingerprint, "device": runtime.describe()}
 
 
@@ -98,61 +99,6 @@ def steps_per_epoch(num_slices: int, cfg: RunConfig) -> int:
             f"{cfg.pretrain.batch_size}"
         )
     return steps
-
-
-def resume(state: StepState, cfg: RunConfig, run_dir: Path, store: str) -> tuple[int, int, dict[str, Any]]:
-    """Restore ``last.pt`` if present; return (first epoch to run, global step, last metrics line).
-
-    Metrics lines past the checkpoint (written by an attempt that died before its next checkpoint) are
-    dropped, so the file always describes exactly the epochs the model has seen.
-    """
-    path = run_dir / runfiles.CHECKPOINTS / ckpt.LAST
-    metrics = run_dir / runfiles.METRICS
-    if not path.exists():
-        if metrics.exists():  # an attempt that died before its first checkpoint: start the curve afresh
-            runfiles.atomic_write_text(metrics, "")
-        return 0, 0, {}
-    payload = restore(state, path, cfg, store)
-    kept = truncate_metrics(metrics, payload["epoch"])
-    return payload["epoch"] + 1, payload["step"], (kept[-1] if kept else {})
-
-
-def restore(state: StepState, path: Path, cfg: RunConfig, store: str) -> dict[str, Any]:
-    """Load ``last.pt`` into model, optimiser, scaler and RNGs after checking config and data store."""
-    payload = ckpt.load_for_resume(path, cfg)
-    if payload.get("store") != store:
-        raise TrainingError(
-            f"checkpoint {path} was trained on data store fingerprint {payload.get('store')}, but "
-            f"{cfg.data.store} now has {store}: the store changed; use a fresh run directory"
-        )
-    ckpt.load_state(state.model, payload["model"], path)
-    state.optimizer.load_state_dict(payload["optimizer"])
-    state.scaler.load_state_dict(payload["scaler"])
-    set_rng_state(payload["rng"])
-    return payload
-
-
-def truncate_metrics(metrics: Path, last_epoch: int) -> list[dict[str, Any]]:
-    """Keep the metrics lines of epochs up to ``last_epoch`` (atomically) and return them."""
-    kept = [r for r in runfiles.read_jsonl(metrics) if r.get("epoch", -1) <= last_epoch]
-    runfiles.atomic_write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    return kept
-
-
-def save_last(state: StepState, cfg: RunConfig, run_dir: Path, epoch: int, step: int, **extra: Any) -> None:
-    """Everything needed to continue after ``epoch``: weights, optimiser, scaler, schedule position, RNG."""
-    payload = {
-        **ckpt.describe(cfg, "last"),
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scaler": state.scaler.state_dict(),
-        "scheduler": {"name": "cosine", "step": step},
-        "epoch": epoch,
-        "step": step,
-        "rng": rng_state(),
-        **extra,
-    }
-    ckpt.save_atomic(payload, run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
 
 
 def export_encoder(model: SimSiam, cfg: RunConfig, run_dir: Path, last: dict[str, Any], steps: int) -> dict:

@@ -68,7 +68,7 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
     if cfg.device == "cuda" and not has_cuda:
         raise ConfigError("runtime.device is 'cuda' but no CUDA device is available")
     device = torch.device("cuda" if cfg.device != "cpu" and has_cuda else "cpu")
-    dtype = _autocast_dtype(cfg.precision, amp, device)
+    dtype = autocast_dtype(cfg.precision, amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic
@@ -85,13 +85,16 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
     return Runtime(device=device, dtype=dtype, channels_last=channels_last)
 
 
-def _autocast_dtype(precision: str, amp: bool, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast type for a stage: None (fp32) on the CPU or without AMP; with ``auto``, bf16 only on a
+    GPU that computes it natively (Ampere and later), else fp16 with a gradient scaler, as the thesis ran
+    on its V100s (which emulate bf16 slowly: ``is_bf16_supported()`` alone says yes there)."""
     if precision == "fp32" or (precision == "auto" and not amp) or device.type != "cuda":
         # CPU autocast (bf16) is slower than fp32 on most CPUs, and the tiny profile must stay exact.
         return None
     if precision == "fp16":
         return torch.float16
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
+    if precision == "bf16" or torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float16
 

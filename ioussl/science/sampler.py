@@ -20,17 +20,30 @@ r2 draws of box 1) including its fallback to the last rejected pair, for compari
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from ioussl.errors import ConfigError, DataError
+from ioussl.errors import ConfigError
+from ioussl.science._algorithm1 import sample_algorithm1
+from ioussl.science._exact import sample_exact
+from ioussl.science._geometry import (
+    _as_shape,
+    _check_fits,
+    achievable_iou_range,
+    box_iou,
+    feasible,
+    pair_exists,
+)
+
+__all__ = [
+    "CropPair", "achievable_iou_range", "box_iou", "check_interval_feasible", "feasible_mask", "pair_exists",
+    "sample_crop_pair", "sample_crop_pairs",
+]  # fmt: skip
 
 Mode = Literal["exact", "algorithm1"]
-_PROPOSAL_ROUNDS = (2, 8, 32)  # candidates per pending pair in each rejection round before the exact path
 
 
 @dataclass(frozen=True)
@@ -41,88 +54,6 @@ class CropPair:
     box2: np.ndarray
     iou: float
     fallback: bool
-
-
-def box_iou(start1: Sequence[int], start2: Sequence[int], crop_shape: Sequence[int]) -> float:
-    """IoU of two equal-shape boxes given their start corners (touching boxes give 0, as the thesis)."""
-    offsets = np.abs(np.asarray(start2, dtype=np.int64) - np.asarray(start1, dtype=np.int64))
-    return float(_iou_from_offsets(offsets[None], np.asarray(crop_shape, dtype=np.int64))[0])
-
-
-def _iou_from_offsets(abs_offsets: np.ndarray, crop: np.ndarray) -> np.ndarray:
-    """IoU for [..., d] absolute offsets; the one formula every acceptance test uses (float64)."""
-    inter = np.prod(np.maximum(crop - abs_offsets, 0), axis=-1).astype(np.float64)
-    volume = float(np.prod(crop))
-    return inter / (2.0 * volume - inter)
-
-
-def _iou_from_intersection(inter: np.ndarray, volume: int) -> np.ndarray:
-    inter = np.asarray(inter, dtype=np.float64)
-    return inter / (2.0 * float(volume) - inter)
-
-
-def _as_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
-    out = tuple(int(s) for s in shape)
-    if not out or any(s <= 0 for s in out):
-        raise ConfigError(f"{name} must be positive integers, got {tuple(shape)}")
-    return out
-
-
-def _check_fits(image_shape: tuple[int, ...], crop_shape: tuple[int, ...]) -> None:
-    if len(image_shape) != len(crop_shape):
-        raise ConfigError(f"crop {crop_shape} and image {image_shape} have different numbers of axes")
-    if any(c > s for c, s in zip(crop_shape, image_shape, strict=True)):
-        raise DataError(f"image of shape {image_shape} is smaller than the crop {crop_shape}")
-
-
-@functools.lru_cache(maxsize=64)
-def _intersection_bounds(crop_shape: tuple[int, ...], i_min: float, i_max: float) -> tuple[int, int]:
-    """Smallest and largest integer intersection I whose IoU (same float formula) lies in [i_min, i_max]."""
-    volume = int(np.prod(crop_shape))
-    ious = _iou_from_intersection(np.arange(volume + 1), volume)  # increasing in I
-    ok = np.flatnonzero((ious >= i_min) & (ious <= i_max))
-    if ok.size == 0:
-        return 1, 0  # empty
-    return int(ok[0]), int(ok[-1])
-
-
-def _achievable_overlaps(side: int, crop: int) -> np.ndarray:
-    """Per-axis overlaps two crops of one image can have: c - |o| for |o| <= side - c, 0 if side >= 2c."""
-    max_offset = side - crop
-    overlaps = np.arange(max(crop - max_offset, 1), crop + 1)
-    if max_offset >= crop:
-        overlaps = np.concatenate([[0], overlaps])
-    return overlaps
-
-
-@functools.lru_cache(maxsize=4096)
-def achievable_iou_range(image_shape: tuple[int, ...], crop_shape: tuple[int, ...]) -> tuple[float, float]:
-    """Smallest and largest IoU any two crops of this image can have (the largest is always 1).
-
-    The set of achievable IoUs has gaps; use :func:`pair_exists` for an exact feasibility answer.
-    """
-    image_shape, crop_shape = tuple(image_shape), tuple(crop_shape)
-    _check_fits(image_shape, crop_shape)
-    smallest = 1
-    for side, crop in zip(image_shape, crop_shape, strict=True):
-        smallest *= int(_achievable_overlaps(side, crop).min())
-    volume = int(np.prod(crop_shape))
-    return float(_iou_from_intersection(smallest, volume)), 1.0
-
-
-@functools.lru_cache(maxsize=4096)
-def pair_exists(
-    image_shape: tuple[int, ...], crop_shape: tuple[int, ...], i_min: float, i_max: float
-) -> bool:
-    """Whether at least one pair of crops of this image has IoU in [i_min, i_max] (exact)."""
-    _check_fits(image_shape, crop_shape)
-    lo, hi = _intersection_bounds(crop_shape, float(i_min), float(i_max))
-    if lo > hi:
-        return False
-    products = np.array([1], dtype=np.int64)
-    for side, crop in zip(image_shape, crop_shape, strict=True):
-        products = np.unique(np.multiply.outer(products, _achievable_overlaps(side, crop)).ravel())
-    return bool(np.any((products >= lo) & (products <= hi)))
 
 
 def check_interval_feasible(
@@ -155,14 +86,12 @@ def feasible_mask(
     A study should be rejected when no slice qualifies (``check_interval_feasible`` on the largest shape
     says why) and may warn when only some do: the others give flagged fallback pairs.
     """
-    from ioussl.science._exact import _feasible
-
     shapes = np.asarray(image_shapes, dtype=np.int64).reshape(-1, len(crop_shape))
     crop = np.asarray(_as_shape(crop_shape, "crop shape"), dtype=np.int64)
     too_small = np.any(shapes < crop, axis=1)
     if np.any(too_small):
         _check_fits(tuple(shapes[np.argmax(too_small)].tolist()), tuple(crop.tolist()))
-    return _feasible(shapes, crop, float(i_min), float(i_max))
+    return feasible(shapes, crop, float(i_min), float(i_max))
 
 
 def sample_crop_pair(
@@ -213,12 +142,8 @@ def sample_crop_pairs(
     if np.any(too_small):
         _check_fits(tuple(shapes[np.argmax(too_small)].tolist()), tuple(crop.tolist()))
     if mode == "exact":
-        from ioussl.science._exact import sample_exact
-
         return sample_exact(rng, shapes, crop, float(i_min), float(i_max))
     if mode == "algorithm1":
-        from ioussl.science._algorithm1 import sample_algorithm1
-
         return sample_algorithm1(rng, shapes, crop, float(i_min), float(i_max), r1, r2)
     raise ConfigError(f"sampler mode must be 'exact' or 'algorithm1', got {mode!r}")
 

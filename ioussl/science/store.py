@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,9 +123,13 @@ class SliceStore:
 
     def image_region(self, idx: int, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
         """A crop of a slice as float32, read straight from the memory map (only the rows needed)."""
+        return _dequantise(self.stored_region(idx, start, size))
+
+    def stored_region(self, idx: int, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """A crop of a slice as stored (uint16, a view of the memory map): ``dequantise`` gives the values."""
         pos, z = int(self._case_of[idx]), int(self._z[idx])
         (y, x), (h, w) = start, size
-        return _dequantise(self._image_array(pos)[z, y : y + h, x : x + w])
+        return self._image_array(pos)[z, y : y + h, x : x + w]
 
     def label(self, idx: int) -> np.ndarray:
         """The slice's labels as uint8 (H, W); DataError for a slice of an unlabelled case."""
@@ -183,6 +188,30 @@ def quantise(image: np.ndarray) -> np.ndarray:
 
 def _dequantise(stored: np.ndarray) -> np.ndarray:
     return np.multiply(stored, np.float32(1.0 / IMAGE_SCALE), dtype=np.float32)
+
+
+def dequantise_tensor(stored: Any, device: Any = None) -> Any:
+    """``_dequantise`` for a torch tensor of stored values, moved to ``device`` first (default: where it is);
+    the same float32 product, so the same bits as the loader's NumPy conversion.
+
+    A uint16 tensor crosses to a GPU as int16 (the same bits; pinned memory stays pinned) and is widened
+    there with int16/int32 kernels: GPUs have few uint16 ones.
+    """
+    import torch
+
+    device = stored.device if device is None else torch.device(device)
+    if stored.dtype == torch.uint16 and device.type != "cpu":
+        stored = widen_uint16(stored.view(torch.int16).to(device, non_blocking=True))
+    else:
+        stored = stored.to(device, non_blocking=True)
+    return stored.float() * float(np.float32(1.0 / IMAGE_SCALE))
+
+
+def widen_uint16(bits: Any) -> Any:
+    """int16 (or uint16) tensor holding stored uint16 bits -> int32 values, with int16/int32 kernels only."""
+    import torch
+
+    return bits.view(torch.int16).to(torch.int32) & 0xFFFF
 
 
 def organ_bitmasks(label: np.ndarray) -> np.ndarray:

@@ -7,11 +7,13 @@ epoch k draws the same samples whether the run went straight through or was resu
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ioussl.config import RunConfig
@@ -89,31 +91,76 @@ def check_classes(store: Any, cfg: RunConfig) -> None:
 
 
 def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
-    """Pairs of views cut by the IoU sampler; incomplete last batches are dropped, as in the reference."""
-    from ioussl.science.datasets import PretrainPairDataset, make_pretrain_loader
+    """Pairs of views cut by the IoU sampler; incomplete last batches are dropped, as in the reference.
+
+    With ``data.augment_on = "device"`` the loader only cuts the crops (whole batches, uint16) and
+    ``pretrain_feed`` augments them on the device; with "loader" each view is augmented here by MONAI.
+    """
+    from ioussl.science.datasets import PretrainCropBatches, PretrainPairDataset, make_pretrain_loader
 
     assert cfg.sampler is not None and cfg.pretrain is not None
     sampler = cfg.sampler
-    dataset = PretrainPairDataset(
+    device_mode = cfg.data.augment_on == "device"
+    dataset = (PretrainCropBatches if device_mode else PretrainPairDataset)(
         store, ids, cfg.data.crop, sampler.i_min, sampler.i_max, random_crop=sampler.random_crop,
-        mode=sampler.mode, augment=True, seed=derived_seed(cfg.seed, epoch, "pairs"),
+        mode=sampler.mode, augment=not device_mode, seed=derived_seed(cfg.seed, epoch, "pairs"),
     )  # fmt: skip
     order = derived_seed(cfg.seed, epoch, "order")
     return make_pretrain_loader(dataset, cfg.pretrain.batch_size, workers, order, torch.cuda.is_available())
 
 
 def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
-    """Batches of ``batch_size`` slices x ``crops_per_slice`` crops (pos/neg-balanced centres)."""
+    """Batches of ``batch_size`` slices x ``crops_per_slice`` crops (pos/neg-balanced centres); augmented
+    here in "loader" mode, by ``finetune_feed`` on the device in "device" mode."""
     from ioussl.science.datasets import FinetuneSliceDataset, make_finetune_loader
 
     assert cfg.finetune is not None
     ft = cfg.finetune
     dataset = FinetuneSliceDataset(
         store, ids, cfg.data.crop, crops_per_slice=ft.crops_per_slice, pos=ft.pos, neg=ft.neg,
-        augment=True, seed=derived_seed(cfg.seed, epoch, "crops"),
+        augment=cfg.data.augment_on == "loader", seed=derived_seed(cfg.seed, epoch, "crops"),
     )  # fmt: skip
     order = derived_seed(cfg.seed, epoch, "order")
     return make_finetune_loader(dataset, ft.batch_size, workers, order, torch.cuda.is_available())
+
+
+def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tuple[Tensor, Tensor]]:
+    """(batch, epoch, step) -> both views on the device, ready for the model.
+
+    Device mode: transfer the stored crops, dequantise and augment them there (each view its own draws,
+    seeded by run seed, epoch and step); loader mode: the views are already augmented.
+    """
+    if cfg.data.augment_on == "loader":
+        return lambda batch, epoch, step: (runtime.to_device(batch["view1"]), runtime.to_device(batch["view2"]))
+    from ioussl.science.batchaug import PRETRAIN_VIEW, StepAugment
+    from ioussl.science.store import dequantise_tensor
+
+    augment = StepAugment(PRETRAIN_VIEW, cfg.seed, runtime.device)
+
+    def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
+        views = augment.views(dequantise_tensor(batch["views"], runtime.device), epoch, step)
+        pairs = views.shape[0] // 2
+        return runtime.to_device(views[:pairs]), runtime.to_device(views[pairs:])
+
+    return feed
+
+
+def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tuple[Tensor, Tensor]]:
+    """(batch, epoch, step) -> crops and labels on the device; augmented there in device mode (geometry on
+    both, nearest for labels; intensity on the image only)."""
+    if cfg.data.augment_on == "loader":
+        return lambda batch, epoch, step: (runtime.to_device(batch["image"]), runtime.to_device(batch["label"]))
+    from ioussl.science.batchaug import FINETUNE, StepAugment
+
+    augment = StepAugment(FINETUNE, cfg.seed, runtime.device)
+
+    def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
+        image = batch["image"].to(runtime.device, non_blocking=True)
+        label = batch["label"].to(runtime.device, non_blocking=True)
+        image, label = augment.crops(image, label, epoch, step)
+        return runtime.to_device(image), runtime.to_device(label)
+
+    return feed
 
 
 def val_loader(store: Any, ids: np.ndarray, workers: int) -> DataLoader:

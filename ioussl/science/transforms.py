@@ -29,11 +29,11 @@ from monai.transforms import (
     RandShiftIntensity,
     RandShiftIntensityd,
     RandZoom,
+    RandZoomd,
 )
 
+from ioussl.science.batchaug import FINETUNE, PRETRAIN_VIEW, AugmentSpec
 from ioussl.science.sampler import CropPair, sample_crop_pair
-
-SMOOTH_SIGMA = (0.25, 1.5)
 
 
 class RandIoUCropPaird(Randomizable, MapTransform):
@@ -101,25 +101,37 @@ def _crop_shape(crop_size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
 
 def pretrain_view_augment(spatial_dims: int = 2) -> Compose:
     """One view's augmentations for SimSiam, in the reference order (protocol §3): apply per view."""
-    flips = [RandFlip(prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
-    return Compose(
-        [
-            RandZoom(
-                prob=0.75,
-                min_zoom=0.8,
-                max_zoom=1.2,
-                mode="bilinear",
-                padding_mode="constant",
-                keep_size=True,
-            ),
-            *flips,
-            RandRotate90(prob=0.5, max_k=3),
-            RandScaleIntensity(factors=0.1, prob=0.75),
-            RandShiftIntensity(offsets=0.1, prob=0.75),
-            RandGaussianSmooth(sigma_x=SMOOTH_SIGMA, sigma_y=SMOOTH_SIGMA, sigma_z=SMOOTH_SIGMA, prob=0.25),
-            RandGaussianNoise(prob=0.25, mean=0.0, std=0.01),
-        ]
-    )
+    return Compose(monai_transforms(PRETRAIN_VIEW, spatial_dims=spatial_dims))
+
+
+def monai_transforms(spec: AugmentSpec, keys: Sequence[str] | None = None, spatial_dims: int = 2) -> list:
+    """The MONAI transforms of an augmentation spec, in its order: array transforms, or dictionary ones on
+    ``keys`` (intensity ops on the first key only). The per-sample reference of ``batchaug``."""
+    image_keys = None if keys is None else [keys[0]]
+    sigma = {"sigma_x": spec.sigma_range, "sigma_y": spec.sigma_range}
+    if spatial_dims == 3 or keys is None:  # the array transform draws a z sigma too (unused in 2D)
+        sigma["sigma_z"] = spec.sigma_range
+    makers = {
+        "zoom": lambda: [_pick(RandZoom, RandZoomd, keys)(
+            prob=spec.zoom_prob, min_zoom=spec.zoom_range[0], max_zoom=spec.zoom_range[1], mode="bilinear",
+            padding_mode="constant", keep_size=True)],
+        "flip": lambda: [_pick(RandFlip, RandFlipd, keys)(prob=spec.flip_prob, spatial_axis=axis)
+                         for axis in range(spatial_dims)],
+        "rot90": lambda: [_pick(RandRotate90, RandRotate90d, keys)(prob=spec.rot90_prob, max_k=3)],
+        "scale": lambda: [_pick(RandScaleIntensity, RandScaleIntensityd, image_keys)(
+            factors=spec.scale_range, prob=spec.scale_prob)],
+        "shift": lambda: [_pick(RandShiftIntensity, RandShiftIntensityd, image_keys)(
+            offsets=spec.shift_range, prob=spec.shift_prob)],
+        "smooth": lambda: [_pick(RandGaussianSmooth, RandGaussianSmoothd, image_keys)(
+            **sigma, prob=spec.smooth_prob)],
+        "noise": lambda: [_pick(RandGaussianNoise, RandGaussianNoised, image_keys)(
+            prob=spec.noise_prob, mean=0.0, std=spec.noise_std)],
+    }  # fmt: skip
+    return [transform for op in spec.order for transform in makers[op]()]
+
+
+def _pick(array_cls: type, dict_cls: type, keys: Sequence[str] | None):  # type: ignore[no-untyped-def]
+    return array_cls if keys is None else lambda **kwargs: dict_cls(list(keys), **kwargs)
 
 
 def finetune_crop(
@@ -139,15 +151,4 @@ def finetune_crop(
 
 def finetune_augment() -> Compose:
     """The fine-tuning augmentations after cropping, in the reference code's order (protocol §4)."""
-    keys = ["image", "label"]
-    return Compose(
-        [
-            RandGaussianSmoothd("image", sigma_x=SMOOTH_SIGMA, sigma_y=SMOOTH_SIGMA, prob=0.15),
-            RandScaleIntensityd("image", factors=0.1, prob=0.15),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.15),
-            RandGaussianNoised("image", prob=0.15, mean=0.0, std=0.01),
-            RandFlipd(keys, prob=0.25, spatial_axis=0),
-            RandFlipd(keys, prob=0.25, spatial_axis=1),
-            RandRotate90d(keys, prob=0.25, max_k=3),
-        ]
-    )
+    return Compose(monai_transforms(FINETUNE, keys=("image", "label")))

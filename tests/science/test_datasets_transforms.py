@@ -146,3 +146,30 @@ def test_augmentations_without_metatensor_bookkeeping_give_identical_items(synth
     monkeypatch.setattr(datasets, "_plain_tensors", contextlib.nullcontext)
     tracked = items()
     assert len(fast) == len(tracked) and all(torch.equal(a, b) for a, b in zip(fast, tracked, strict=True))
+
+
+def test_crop_batches_are_the_item_crops_as_stored(synth_store):
+    from ioussl.science.datasets import PretrainCropBatches
+    from ioussl.science.store import dequantise_tensor, widen_uint16
+
+    ids = synth_store.slice_ids(synth_store.unlabelled_cases())
+    items = PretrainPairDataset(synth_store, ids, 96, 0.3, 0.6, augment=False, seed=5).__getitems__(range(12))
+    batch = PretrainCropBatches(synth_store, ids, 96, 0.3, 0.6, seed=5).__getitems__(range(12))
+    assert batch["views"].dtype == torch.uint16 and batch["views"].shape == (24, 1, 96, 96)
+    views = dequantise_tensor(batch["views"])  # the same float32 product as the loader's NumPy conversion
+    every = torch.arange(65536, dtype=torch.int32)
+    assert torch.equal(widen_uint16(every.to(torch.uint16)), every)  # the GPU's way to widen stored values
+    assert torch.equal(views[:12], torch.stack([i["view1"] for i in items]))
+    assert torch.equal(views[12:], torch.stack([i["view2"] for i in items]))
+    assert batch["iou"].tolist() == [i["iou"] for i in items]
+    assert batch["fallback"].tolist() == [i["fallback"] for i in items]
+
+
+def test_crop_batch_loader_passes_whole_batches_and_is_reproducible(synth_store):
+    from ioussl.science.datasets import PretrainCropBatches
+
+    ids = synth_store.slice_ids(synth_store.unlabelled_cases())
+    make = lambda: make_pretrain_loader(PretrainCropBatches(synth_store, ids, 96, 0.3, 0.6, seed=2), 4, 1, 7)  # noqa: E731
+    a, b = next(iter(make())), next(iter(make()))
+    assert a["views"].shape == (8, 1, 96, 96) and a["fallback"].shape == (4,)
+    assert torch.equal(a["views"], b["views"]) and torch.equal(a["slice"], b["slice"])

@@ -59,3 +59,32 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint():
     buffer.seek(0)
     set_rng_state(torch.load(buffer, weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+@pytest.mark.parametrize(
+    ("native_bf16", "precision", "expected"),
+    [(True, "auto", torch.bfloat16), (False, "auto", torch.float16), (False, "bf16", torch.bfloat16),
+     (True, "fp16", torch.float16), (True, "fp32", None)],  # fmt: skip
+    ids=["A100-auto", "V100-auto", "V100-forced-bf16", "fp16", "fp32"],
+)
+def test_auto_precision_uses_bf16_only_where_the_gpu_computes_it_natively(
+    monkeypatch, native_bf16, precision, expected
+):
+    asked = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:  # a V100 emulates bf16: True by default
+        asked.append(including_emulation)
+        return native_bf16 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        runtime = resolve_runtime(RuntimeConfig(precision=precision), amp=True)
+        assert runtime.device.type == "cuda" and runtime.dtype is expected
+        assert runtime.needs_scaler is (expected is torch.float16)  # fp16 trains with a GradScaler, as the thesis
+        assert asked in ([False], [])  # asked about native support only, or not at all
+        assert resolve_runtime(RuntimeConfig(), amp=False).dtype is None  # no AMP asked: fp32
+    finally:  # resolve_runtime sets these process-wide for CUDA
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = flags[:2]
+        torch.backends.cuda.matmul.allow_tf32 = flags[2]

@@ -90,3 +90,40 @@ def test_collapse_near_one_when_outputs_barely_vary():
     meter.update(shared + 0.05 * torch.randn(256, 2048))  # every sample maps near one direction
     assert 0.9 < meter.value() < 1.0
     assert math.isnan(CollapseMeter().value())
+
+
+def test_an_epoch_reads_the_device_back_once_not_per_step(monkeypatch):
+    """Loss, collapse and fallbacks accumulate on the device: host reads must not grow with the steps (on a
+    GPU each read waits for the whole queue). Counted with the batched augmentations as a GPU runs them."""
+    import itertools
+
+    from ioussl import profiles
+    from ioussl.science import batchaug
+    from ioussl.science.engine import StepState, train_one_epoch_simsiam
+    from ioussl.science.optim import pretrain_optimizer
+    from ioussl.science.runtime import resolve_runtime
+    from ioussl.science.trainingdata import pretrain_feed
+
+    cfg = profiles.tiny("pretrain")
+    runtime = resolve_runtime(cfg.runtime, amp=False)
+    model = SimSiam(cfg.model, PretrainConfig(proj_dim=64, pred_hidden_dim=16))
+    state = StepState(model, pretrain_optimizer(model, cfg.pretrain), runtime.grad_scaler(), runtime, lambda s: 0.01)
+    batch = {"views": torch.randint(0, 65535, (8, 1, 64, 64), dtype=torch.int32).to(torch.uint16),
+             "fallback": torch.tensor([False, True, False, False]), "iou": torch.full((4,), 0.5, dtype=torch.float64)}
+    real_augment = batchaug.augment
+    monkeypatch.setattr(batchaug, "augment", lambda *a, **k: real_augment(*a, **{**k, "subset": False}))
+    reads = []
+
+    def counted(name: str):  # type: ignore[no-untyped-def]
+        real = getattr(torch.Tensor, name)
+        return lambda self, *a, **k: (reads.append(name), real(self, *a, **k))[1]
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "nonzero", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    counts = []
+    for steps in (2, 5):
+        reads.clear()
+        stats = train_one_epoch_simsiam(state, itertools.repeat(batch), 0, steps, pretrain_feed(cfg, runtime))
+        counts.append(len(reads))
+    assert counts[0] == counts[1], reads
+    assert stats["fallback_rate"] == 0.25 and stats["mean_iou"] == 0.5 and math.isfinite(stats["loss"])

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from ioussl import profiles, runfiles
 from ioussl.config import RunConfig
@@ -126,42 +127,98 @@ def _interrupt_on_call(monkeypatch, module, name: str, call: int) -> None:
     monkeypatch.setattr(module, name, flaky)
 
 
-def _curve(run_dir: Path) -> list[tuple[int, int, float]]:
-    return [(r["epoch"], r["step"], r["loss"]) for r in runfiles.read_jsonl(run_dir / runfiles.METRICS)]
+TIMING = {"time", "elapsed_s", "items_per_s", "pairs_per_s", "crops_per_s", "seconds"}
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    """The metrics lines without their timings: everything else must repeat bit for bit."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in runfiles.read_jsonl(run_dir / runfiles.METRICS)]
+
+
+def _assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            _assert_same_tensors(a[key], b[key])
+        elif hasattr(a[key], "dtype"):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return list(runfiles.read_jsonl(run_dir / runfiles.EVENTS))
+
+
+def _with_augment_on(cfg: RunConfig, where: str) -> RunConfig:
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, augment_on=where))
 
 
 @pytest.mark.slow
-def test_interrupted_pretraining_resumes_to_the_same_curve(synthetic, tmp_path, monkeypatch):
-    cfg = profiles.tiny("pretrain", store=synthetic["store"])
+@pytest.mark.parametrize("augment_on", ["device", "loader"])
+def test_interrupted_pretraining_resumes_bit_for_bit(synthetic, tmp_path, monkeypatch, augment_on):
+    cfg = _with_augment_on(profiles.tiny("pretrain", store=synthetic["store"]), augment_on)
     straight = run_pretrain(cfg, tmp_path / "straight")
     with monkeypatch.context() as patch:
         _interrupt_on_call(patch, pretrain, "train_one_epoch_simsiam", call=2)
         with pytest.raises(Interrupted):
             run_pretrain(cfg, tmp_path / "resumed")
     assert len(_curve(tmp_path / "resumed")) == 1  # epoch 0 finished and checkpointed
+    assert not any(e["event"] == "resumed" for e in _events(tmp_path / "resumed"))
     resumed = run_pretrain(cfg, tmp_path / "resumed")
-    assert resumed["steps"] == straight["steps"]
-    a, b = _curve(tmp_path / "straight"), _curve(tmp_path / "resumed")
-    assert [x[:2] for x in a] == [x[:2] for x in b]
-    assert [x[2] for x in a] == pytest.approx([x[2] for x in b], rel=1e-4, abs=1e-6)
+    assert [e for e in _events(tmp_path / "resumed") if e["event"] == "resumed"][0]["epoch"] == 1
+    assert resumed["steps"] == straight["steps"] and resumed["final_loss"] == straight["final_loss"]
+    assert _curve(tmp_path / "straight") == _curve(tmp_path / "resumed")
+    for name in (ckpt.LAST, ckpt.ENCODER):
+        a, b = (ckpt.load(tmp_path / run / runfiles.CHECKPOINTS / name) for run in ("straight", "resumed"))
+        _assert_same_tensors(a["model"], b["model"])
+    a, b = (ckpt.load(tmp_path / run / runfiles.CHECKPOINTS / ckpt.LAST) for run in ("straight", "resumed"))
+    _assert_same_tensors(a["optimizer"]["state"], b["optimizer"]["state"])
 
 
 @pytest.mark.slow
-def test_interrupted_finetuning_resumes_to_the_same_curve(synthetic, tmp_path, monkeypatch):
+def test_interrupted_finetuning_resumes_bit_for_bit(synthetic, tmp_path, monkeypatch):
     from ioussl.science import finetune
 
     cfg = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
+    assert cfg.data.augment_on == "device"
     straight = run_finetune(cfg, tmp_path / "straight")
     with monkeypatch.context() as patch:
         _interrupt_on_call(patch, finetune, "train_one_epoch_seg", call=3)
         with pytest.raises(Interrupted):
             run_finetune(cfg, tmp_path / "resumed")
     resumed = run_finetune(cfg, tmp_path / "resumed")
-    assert (resumed["steps"], resumed["best_epoch"]) == (straight["steps"], straight["best_epoch"])
-    a, b = _curve(tmp_path / "straight"), _curve(tmp_path / "resumed")
-    assert [x[:2] for x in a] == [x[:2] for x in b]
-    assert [x[2] for x in a] == pytest.approx([x[2] for x in b], rel=1e-4, abs=1e-6)
-    assert resumed["dsc"] == pytest.approx(straight["dsc"], abs=1e-4)
+    assert (resumed["steps"], resumed["best_epoch"], resumed["dsc"]) == (
+        straight["steps"], straight["best_epoch"], straight["dsc"])  # fmt: skip
+    assert resumed["per_case"] == straight["per_case"]
+    assert _curve(tmp_path / "straight") == _curve(tmp_path / "resumed")
+    for name in (ckpt.LAST, ckpt.BEST):
+        a, b = (ckpt.load(tmp_path / run / runfiles.CHECKPOINTS / name) for run in ("straight", "resumed"))
+        _assert_same_tensors(a["model"], b["model"])
+
+
+def test_metrics_lines_carry_what_a_live_status_needs(synthetic, tmp_path, capsys):
+    pre = profiles.tiny("pretrain", store=synthetic["store"])
+    run_pretrain(pre, tmp_path / "pre")
+    lines = list(runfiles.read_jsonl(tmp_path / "pre" / runfiles.METRICS))
+    status = {"epoch", "epochs", "step", "steps_total", "time", "elapsed_s", "items_per_s", "loss"}
+    kept = {"stage", "lr", "collapse", "fallback_rate", "mean_iou", "pairs_per_s", "seconds"}
+    assert all(status | kept <= set(r) for r in lines)
+    assert [(r["epoch"], r["epochs"], r["step"], r["steps_total"]) for r in lines] == [(0, 2, 3, 6), (1, 2, 6, 6)]
+    assert lines[0]["elapsed_s"] <= lines[1]["elapsed_s"] and lines[1]["items_per_s"] == lines[1]["pairs_per_s"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[ioussl pretrain] starting 2 epochs x 3 steps on cpu")
+    assert [line.split(" step ")[0] for line in out[1:3]] == [f"[ioussl pretrain] epoch {e}/2" for e in (1, 2)]
+    assert out[3].startswith("[ioussl pretrain] done: 2 epochs, 6 steps, final loss")
+    ft = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
+    run_finetune(ft, tmp_path / "ft")
+    lines = list(runfiles.read_jsonl(tmp_path / "ft" / runfiles.METRICS))
+    kept = {"stage", "lr", "crops_per_s", "seconds", "val_dsc", "val_dsc_3d", "best_dsc", "bad_evals"}
+    assert all(status | kept | {"last_val_dsc", "last_val_epoch"} <= set(r) for r in lines)
+    assert all(r["last_val_dsc"] == r["val_dsc"] and r["last_val_epoch"] == r["epoch"] for r in lines)
+    crops_per_slice = ft.finetune.crops_per_slice
+    assert all(r["items_per_s"] == pytest.approx(r["crops_per_s"] / crops_per_slice) for r in lines)
+    assert "val DSC" in capsys.readouterr().out
 
 
 def test_non_finite_loss_stops_naming_the_step(synthetic, tmp_path, monkeypatch):
@@ -203,6 +260,13 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_fails_clearly(synthetic, 
     ckpt.save_atomic({**ckpt.describe(cfg, "last"), "store": "0123456789abcdef"}, last)
     with pytest.raises(TrainingError, match="store changed"):
         run_pretrain(cfg, tmp_path)
+    from ioussl.science.store import SliceStore
+
+    store = SliceStore(synthetic["store"]).fingerprint
+    ckpt.save_atomic({**ckpt.describe(cfg, "last"), "store": store, "epoch": "0", "model": {}}, last)
+    with pytest.raises(TrainingError, match=r"lacks a valid optimizer, scaler, rng, epoch, step"):
+        run_pretrain(cfg, tmp_path)
+    assert not (tmp_path / runfiles.EVENTS).exists()  # nothing resumed
 
 
 def test_compile_switch_trains_through_the_compiled_module_and_keeps_plain_checkpoints(
