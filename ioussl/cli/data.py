@@ -27,8 +27,16 @@ def preprocess(
     out: Annotated[Path, typer.Argument(help="Store directory (created; rerun to resume).")],
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     min_size: Annotated[int, typer.Option(help="Pad X and Y to at least this (the crop side).")] = 96,
+    allow_non_ct: Annotated[
+        bool,
+        typer.Option(
+            "--allow-non-ct",
+            help="Preprocess images that fail the check for CT in Hounsfield units (recorded in the store).",
+        ),
+    ] = False,
 ) -> None:
-    """Normalise CT volumes (RAS, 1x1x2.5 mm, [-500, 500] HU -> [0, 1], foreground crop, pad) into a store."""
+    """Check each image is CT in HU, then normalise it (RAS, 1x1x2.5 mm, [-500, 500] HU -> [0, 1], foreground
+    crop, pad) into a store that also keeps the original labels and grids for FLARE's evaluation."""
     from rich.progress import Progress
 
     from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
@@ -38,7 +46,7 @@ def preprocess(
         report = preprocess_dataset(
             input_dir,
             out,
-            PreprocessSettings(min_size=min_size),
+            PreprocessSettings(min_size=min_size, allow_non_ct=allow_non_ct),
             workers=workers,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )

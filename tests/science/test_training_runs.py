@@ -87,6 +87,20 @@ def _check_finetune_result(result: dict) -> None:
     best = max(r["val_dsc"] for r in lines)
     assert result["dsc"] == pytest.approx(best)  # the run's score is the best checkpoint's
     assert lines[0]["lr"] < lines[1]["lr"]  # still warming up in epoch 0
+    _check_flare_section(result)
+
+
+def _check_flare_section(result: dict) -> None:
+    """FLARE 2022's scores of the best checkpoint: on the test cases when the split has them, else val."""
+    flare = result["flare"]
+    part = "test" if "test" in result else "val"
+    assert flare["part"] == part
+    assert set(flare["per_case"]) == set(result[part]["per_case"] if part == "test" else result["per_case"])
+    assert 0.0 <= flare["dsc"] <= 1.0 and 0.0 <= flare["nsd"] <= 1.0
+    assert set(flare["per_organ"]) == set(result["per_organ"])
+    for organs in flare["per_case"].values():
+        assert all(v is None or 0.0 <= v <= 1.0 for scores in organs.values() for v in scores.values())
+    json.dumps(flare, allow_nan=False)
 
 
 @pytest.mark.slow
