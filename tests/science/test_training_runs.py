@@ -219,14 +219,18 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_fails_clearly(synthetic, 
         run_pretrain(cfg, tmp_path)
 
 
-def test_compile_switch_trains_through_the_compiled_module_and_keeps_plain_checkpoints(
+def test_compile_switch_plumbing_trains_through_the_wrapper_and_keeps_plain_checkpoints(
     synthetic, tmp_path, monkeypatch
 ):
+    """The loops' side of ``runtime.compile = true``: every training forward goes through the wrapper
+    torch.compile returns, evaluation and checkpoints use the plain model. The wrapper is a stand-in here
+    (compiling the SwinUNETR takes minutes on a CPU); test_compile.py compiles a tiny model for real and
+    makes the compiler fail to show the eager fallback."""
     import torch
 
     calls = []
 
-    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper (real compile: minutes on CPU)
+    class Compiled(torch.nn.Module):  # the shape of torch.compile's OptimizedModule, counting calls
         def __init__(self, module):
             super().__init__()
             self._orig_mod = module
