@@ -166,17 +166,18 @@ def finetune_flare(
     window: Mapping[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     """``{"flare": section}`` for a fine-tuned run's best checkpoint, on the test cases if the split has
-    them, else on the validation cases; ``{"flare_skipped": reason}`` when the store cannot be scored so
-    (a format 1 store), which leaves the thesis' numbers of the run intact.
+    them, else on the validation cases; ``{"flare_skipped": reason}`` when the store cannot be scored so (a
+    format 1 store without grid records, a damaged label copy), which leaves the thesis' numbers intact.
     """
     from ioussl.science import checkpoint as ckpt
 
     part = "test" if parts.get("test") else "val"
     try:
-        for case in parts[part]:
+        for case in parts[part]:  # before any prediction: a format 1 store is known at once
             store.source_grid(case)
+        ckpt.load_state(model, ckpt.load(best_path)["model"], best_path)
+        section = evaluate_flare(store, parts[part], part, model_predictor(model, store, runtime, window))
     except DataError as exc:
         print(f"FLARE evaluation skipped: {exc}", file=sys.stderr)
         return {"flare_skipped": str(exc)}
-    ckpt.load_state(model, ckpt.load(best_path)["model"], best_path)
-    return {"flare": evaluate_flare(store, parts[part], part, model_predictor(model, store, runtime, window))}
+    return {"flare": section}

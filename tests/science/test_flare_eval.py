@@ -166,3 +166,14 @@ def test_a_changed_label_copy_is_refused(synth_store, tmp_path):
     copy.write_bytes(copy.read_bytes()[:-10])
     with pytest.raises(DataError, match="checksum differs"):
         SliceStore(root).source_label(entry["case"])
+    # a fine-tune's result then says why FLARE's scores are missing; its own numbers are not lost
+    import torch
+
+    from ioussl.config import ModelConfig
+    from ioussl.science.models import build_swin_unetr
+
+    model = build_swin_unetr(ModelConfig(feature_size=12), 0.0)
+    torch.save({"model": model.state_dict()}, tmp_path / "best.pt")
+    parts = {"train": [], "val": [], "test": [entry["case"]]}
+    out = finetune_flare(model, None, SliceStore(root), parts, tmp_path / "best.pt", {})
+    assert list(out) == ["flare_skipped"] and "checksum differs" in out["flare_skipped"]
