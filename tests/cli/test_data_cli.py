@@ -65,7 +65,7 @@ def test_bad_input_is_one_line_error(tmp_path):
         (("data", "preprocess", tmp_path / "empty", tmp_path / "s"), "no cases found"),
         (("data", "preprocess", tmp_path / "nope", tmp_path / "s"), "input folder does not exist"),
         (("analyze", "pairs", tmp_path / "empty"), "not a slice store"),
-        (("data", "split", tmp_path / "x.json"), "give --store"),
+        (("data", "split", tmp_path / "x.json"), "give either --store"),
         (("data", "synth", tmp_path / "o", "--cases", 0, "--unlabelled", 0), "at least one case"),
     ]:
         result = _invoke(*args)
