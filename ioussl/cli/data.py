@@ -26,8 +26,16 @@ def preprocess(
     out: Annotated[Path, typer.Argument(help="Store directory (created; rerun to resume).")],
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     min_size: Annotated[int, typer.Option(help="Pad X and Y to at least this (the crop side).")] = 96,
+    allow_non_ct: Annotated[
+        bool,
+        typer.Option(
+            "--allow-non-ct",
+            help="Preprocess images that fail the check for CT in Hounsfield units (recorded in the store).",
+        ),
+    ] = False,
 ) -> None:
-    """Normalise CT volumes (RAS, 1x1x2.5 mm, [-500, 500] HU -> [0, 1], foreground crop, pad) into a store."""
+    """Check each image is CT in HU, then normalise it (RAS, 1x1x2.5 mm, [-500, 500] HU -> [0, 1], foreground
+    crop, pad) into a store that also keeps the original labels and grids for FLARE's evaluation."""
     from rich.progress import Progress
 
     from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
@@ -37,7 +45,7 @@ def preprocess(
         report = preprocess_dataset(
             input_dir,
             out,
-            PreprocessSettings(min_size=min_size),
+            PreprocessSettings(min_size=min_size, allow_non_ct=allow_non_ct),
             workers=workers,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
@@ -72,6 +80,10 @@ def synth(
 def split(
     out: Annotated[Path, typer.Argument(help="Split JSON to write.")],
     store: Annotated[Path | None, typer.Option(help="Store whose labelled cases are split.")] = None,
+    cases: Annotated[
+        Path | None,
+        typer.Option(help="Split these cases instead, no store needed: a split JSON (parts pooled) or one id a line."),
+    ] = None,
     train: Annotated[int, typer.Option(help="Training cases.")] = 15,
     val: Annotated[int, typer.Option(help="Validation (model selection) cases.")] = 35,
     test: Annotated[int, typer.Option(help="Test (reporting) cases; 0 = none.")] = 0,
@@ -80,18 +92,23 @@ def split(
         bool, typer.Option("--thesis", help="Write the thesis' fixed FLARE22 15/35 split.")
     ] = False,
 ) -> None:
-    """Write a seeded train/val(/test) split of a store's labelled cases, or the thesis' split."""
-    from ioussl.science.splits import THESIS_SPLIT, check_split_cases, make_split, split_to_json
+    """Write a seeded train/val(/test) split of a store's labelled cases or of a list of cases, or the thesis' split."""
+    from ioussl.science.splits import THESIS_SPLIT, check_split_cases, make_split, read_case_list, split_to_json
 
     if thesis:
         result, comment = THESIS_SPLIT, "FLARE2022 custom 15/35 split of the thesis"
         if store is not None:
             check_split_cases(result, _open_store(store).labelled_cases(), where="thesis split")
     else:
-        if store is None:
-            raise DataError("give --store to split its labelled cases, or --thesis")
-        result = make_split(_open_store(store).labelled_cases(), train, val, test, seed)
-        comment = f"seeded split (seed {seed}) of the labelled cases of {store.name}"
+        if (store is None) == (cases is None):
+            raise DataError("give either --store (split its labelled cases) or --cases (split a list), or --thesis")
+        if store is not None:
+            pool, source = _open_store(store).labelled_cases(), f"the labelled cases of {store.name}"
+        else:
+            pool = read_case_list(cases)
+            source = f"the {len(pool)} cases of {cases.name}"
+        result = make_split(pool, train, val, test, seed)
+        comment = f"seeded split (seed {seed}) of {source}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(split_to_json(result, comment))
     typer.echo(", ".join(f"{part} {len(cases)}" for part, cases in result.items()) + f" -> {out}")

@@ -61,15 +61,22 @@ def register(app: typer.Typer) -> None:
         profile: Profile = None,
         store: Store = None,
         seed: Seed = None,
-        split: Annotated[str | None, typer.Option("--split", help="Split JSON (train/val[/test]).")] = None,
+        split: Annotated[str | None, typer.Option("--split", help="Split JSON: train, val, optional test.")] = None,
         encoder: Annotated[Path | None, typer.Option("--encoder", help="Pretrained encoder.pt.")] = None,
     ) -> None:
-        """Swin UNETR fine-tuning for 13 organs; reports the thesis' DSC and FLARE's 3D DSC."""
+        """Swin UNETR fine-tuning for 13 organs; reports the thesis' per-slice DSC, a 3D DSC on the
+        preprocessed grid, and FLARE 2022's DSC and NSD on the original image grid."""
         cfg = _config("finetune", config, profile, store=store, seed=seed, split=split)
         result = _run(cfg, run_dir, encoder)
+        flare = result.get("flare")
+        flare_text = (
+            f"FLARE 2022 ({flare['part']}) DSC {flare['dsc']:.4f} NSD {flare['nsd']:.4f}"
+            if isinstance(flare, dict) else f"FLARE 2022 skipped: {result.get('flare_skipped', 'no section')}"
+        )  # fmt: skip
         typer.echo(
             f"finetune done: best epoch {result['best_epoch']}, DSC (thesis, per slice) {result['dsc']:.4f}, "
-            f"DSC (FLARE, 3D per organ) {result['dsc_3d']:.4f}; checkpoint {result['checkpoint']}"
+            f"3D DSC on the preprocessed grid {result['dsc_3d']:.4f}, {flare_text}; "
+            f"checkpoint {result['checkpoint']}"
         )
 
     app.add_typer(run_app, name="run")

@@ -180,7 +180,7 @@ def train_one_epoch_seg(
 
 @dataclass
 class Evaluation:
-    """Per-slice thesis DSCs and per-case, per-class voxel counts for the FLARE 3D DSC."""
+    """Per-slice thesis DSCs and per-case, per-class voxel counts for the 3D DSC on the preprocessed grid."""
 
     slice_scores: list[float] = field(default_factory=list)
     counts: dict[str, np.ndarray] = field(default_factory=dict)  # case -> [3, classes]: inter, pred, truth

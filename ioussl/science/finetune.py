@@ -3,7 +3,9 @@
 ``run_finetune(cfg, run_dir, encoder_checkpoint)`` is the whole job: optional encoder transfer, DiceCE +
 AdamW with warm-up and cosine decay, validation on the thesis' schedule with early stopping on evaluations,
 ``best.pt`` on every strict improvement and ``last.pt`` every epoch for resume. The run's score is the best
-checkpoint's, reported both as the thesis' per-slice DSC and as FLARE 2022's per-case 3D DSC per organ.
+checkpoint's: the thesis' per-slice DSC (``dsc``, Table 4.2's number) and a 3D DSC on the preprocessed grid
+(``dsc_3d``) on the validation cases, the same on the test cases when the split has them (``test``), and
+FLARE 2022's DSC and NSD on the original image grid (``flare``, ``flare_eval.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from ioussl.config import FinetuneConfig, RunConfig
 from ioussl.errors import ConfigError, TrainingError
 from ioussl.science import checkpoint as ckpt
 from ioussl.science.engine import Evaluation, StepState, cycle, evaluate, train_one_epoch_seg
+from ioussl.science.flare_eval import finetune_flare
 from ioussl.science.losses import segmentation_loss
-from ioussl.science.metrics import FLARE_ORGANS, flare_case_dsc, summarise_cases
+from ioussl.science.metrics import FLARE_ORGANS, preprocessed_case_dsc, summarise_cases
 from ioussl.science.models import build_swin_unetr
 from ioussl.science.optim import finetune_optimizer
 from ioussl.science.progress import Progress
@@ -221,9 +224,9 @@ def window(cfg: RunConfig) -> dict[str, Any]:
 
 
 def score(evaluation: Evaluation) -> dict[str, Any]:
-    """Both DSC definitions from one evaluation pass."""
+    """The thesis' per-slice DSC and the 3D DSC on the preprocessed grid, from one evaluation pass."""
     per_case = {
-        case: flare_case_dsc(counts, FLARE_ORGANS) for case, counts in sorted(evaluation.counts.items())
+        case: preprocessed_case_dsc(counts, FLARE_ORGANS) for case, counts in sorted(evaluation.counts.items())
     }
     per_organ, dsc_3d = summarise_cases(per_case)
     return {
@@ -270,6 +273,7 @@ def summarise_run(
     }
     if "test" in parts:
         result["test"] = score_test(state, cfg, store, parts["test"], best_path)
+    result.update(finetune_flare(state.model, state.runtime, store, parts, best_path, window(cfg)))
     return result
 
 

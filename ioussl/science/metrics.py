@@ -1,10 +1,12 @@
-"""Metrics: SimSiam's collapse coefficient and both Dice definitions (thesis and FLARE 2022).
+"""Metrics: SimSiam's collapse coefficient, the thesis' per-slice DSC and a 3D DSC on the preprocessed grid.
 
 The thesis scores each validation slice on its own (thesis protocol notes §4): argmax, one-hot over 14
 classes, MONAI ``DiceMetric(include_background=True, ignore_empty=True)``, slice score = mean over the
-classes present in the ground truth (background included), run score = mean over slices. FLARE 2022
-instead scores each case in 3D per organ, background excluded; an organ absent from both ground truth and
-prediction scores 1, absent from the ground truth but predicted scores 0 (the challenge's evaluation rule).
+classes present in the ground truth (background included), run score = mean over slices. ``dsc_3d`` is a
+3D DSC per case and organ on the preprocessed grid (resampled to 1 x 1 x 2.5 mm, foreground-cropped, the
+evaluated slices only), background excluded, an organ absent from both ground truth and prediction scoring
+1 and one only predicted 0. It borrows FLARE 2022's empty-organ rule but is not FLARE's evaluation, which
+scores the original image grid with organ-specific rules and NSD: that is ``flare_eval.py``.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def slice_dsc(logits: Tensor, label: Tensor, num_classes: int) -> Tensor:
     return torch.nanmean(per_class.float(), dim=1)
 
 
-def flare_case_dsc(counts: np.ndarray, organs: Mapping[int, str]) -> dict[str, float]:
-    """FLARE 2022 3D DSC of one case per organ, background excluded.
+def preprocessed_case_dsc(counts: np.ndarray, organs: Mapping[int, str]) -> dict[str, float]:
+    """3D DSC of one case per organ on the preprocessed grid (``dsc_3d``), background excluded.
 
     Args:
         counts: ``[3, classes]`` voxel counts summed over the case's slices: |P∩T|, |P|, |T| per class.

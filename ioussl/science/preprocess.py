@@ -1,17 +1,21 @@
 """FLARE-layout NIfTI volumes -> slice store, with the thesis' normalisation (thesis protocol notes §1).
 
-Per volume: orientation RAS, spacing (1, 1, 2.5) mm (bilinear image, nearest label), clip to [-500, 500] HU
+Each image is first checked to be plausible CT in Hounsfield units (``ctcheck``; ``allow_non_ct`` skips
+that). Per volume: orientation RAS, spacing (1, 1, 2.5) mm (bilinear image, nearest label), clip to [-500, 500] HU
 and scale to [0, 1], crop to the foreground (voxels > 0 after scaling, i.e. HU > -500), pad X and Y
 symmetrically with 0 to at least 96. The image is quantised to uint16 and written with its label as
 (Z, X, Y) arrays; each written file is re-read and checked (shape, dtype, sha256) before the case is marked
 done, so an interrupted run resumes by skipping finished cases. A bad volume fails alone: the others go on
-and the failures are returned, each naming its file.
+and the failures are returned, each naming its file. Each labelled case also keeps a verified copy of its
+original label file and the record of its grid (``grid.describe_grid``), so predictions can be scored on
+the original image grid as FLARE 2022 does.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -21,12 +25,15 @@ import numpy as np
 
 from ioussl.errors import DataError
 from ioussl.runfiles import atomic_write_text, sha256_file
+from ioussl.science.ctcheck import check_ct, ct_statistics
+from ioussl.science.grid import describe_grid
 from ioussl.science.store import (
     N_CLASSES,
     case_array_path,
     case_meta_path,
     organ_bitmasks,
     quantise,
+    source_label_path,
     write_index,
 )
 
@@ -41,6 +48,7 @@ class PreprocessSettings:
     hu_min: float = -500.0
     hu_max: float = 500.0
     min_size: int = 96  # X and Y are padded to at least this (the crop side)
+    allow_non_ct: bool = False  # skip the check that each image is plausible CT in HU (ctcheck.py)
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,14 @@ def normalise_volume(
     image: np.ndarray, affine: np.ndarray, label: np.ndarray | None, settings: PreprocessSettings
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The thesis' MONAI pipeline on one volume; returns (Z, X, Y) image in [0, 1] and label (uint8)."""
+    image_out, label_out, _ = normalise_with_grid(image, affine, label, settings)
+    return image_out, label_out
+
+
+def normalise_with_grid(
+    image: np.ndarray, affine: np.ndarray, label: np.ndarray | None, settings: PreprocessSettings
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """``normalise_volume`` plus the record of the grid it produced (``grid.describe_grid``)."""
     import torch
     from monai.data import MetaTensor
     from monai.transforms import (
@@ -169,9 +185,10 @@ def normalise_volume(
     )
     with torch.no_grad():
         out = pipeline(data)
+    grid = describe_grid(affine, image.shape, out["image"])
     image_out = out["image"][0].permute(2, 0, 1).numpy()  # (X, Y, Z) -> (Z, X, Y)
     label_out = None if label is None else np.rint(out["label"][0].permute(2, 0, 1).numpy()).astype(np.uint8)
-    return image_out, label_out
+    return image_out, label_out, grid
 
 
 def _save_verified(path: Path, array: np.ndarray) -> tuple[str, int]:
@@ -189,6 +206,23 @@ def _save_verified(path: Path, array: np.ndarray) -> tuple[str, int]:
     return digest, path.stat().st_size
 
 
+def _copy_verified(source: Path, dest: Path) -> tuple[str, int]:
+    """Copy a file atomically (fsynced, renamed into place); return (sha256, bytes) of the copy."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    with open(source, "rb") as reader, open(tmp, "wb") as writer:
+        shutil.copyfileobj(reader, writer)
+        writer.flush()
+        os.fsync(writer.fileno())
+    os.replace(tmp, dest)
+    return sha256_file(dest), dest.stat().st_size
+
+
+def _checked_ct(image: np.ndarray, source: CaseSource, settings: PreprocessSettings) -> dict:
+    """The CT statistics (NaN as None, for JSON); refuses a non-CT image unless ``allow_non_ct``."""
+    stats = ct_statistics(image) if settings.allow_non_ct else check_ct(image, source.image)
+    return {k: (v if np.isfinite(v) else None) for k, v in stats.items()}
+
+
 def preprocess_case(source: CaseSource, out_root: Path, settings: PreprocessSettings) -> dict:
     """Normalise one case, write its arrays and then its meta.json (the done marker); return the meta."""
     image, affine = _read_nifti(source.image)
@@ -196,13 +230,15 @@ def preprocess_case(source: CaseSource, out_root: Path, settings: PreprocessSett
     if source.label is not None:
         label, label_affine = _read_nifti(source.label)
         _check_label(source, image, affine, label, label_affine)
+    ct = _checked_ct(image, source, settings)
     if not (image > settings.hu_min).any():
         raise DataError(f"{source.image}: no voxel above {settings.hu_min} HU (empty foreground)")
-    volume, labels = normalise_volume(image, affine, label, settings)
+    volume, labels, grid = normalise_with_grid(image, affine, label, settings)
     if volume.shape[0] == 0 or min(volume.shape[1:]) < settings.min_size:
         raise DataError(f"{source.image}: volume {volume.shape} is smaller than the crop {settings.min_size}")
-    meta = {"case": source.case, "labelled": labels is not None, "shape": list(volume.shape)}
+    meta = {"case": source.case, "labelled": labels is not None, "shape": list(volume.shape), "ct": ct}
     meta["source_image"] = source.image.name
+    meta["grid"] = grid
     meta["image_sha256"], meta["image_bytes"] = _save_verified(
         case_array_path(out_root, source.case, "image"), quantise(volume)
     )
@@ -211,6 +247,9 @@ def preprocess_case(source: CaseSource, out_root: Path, settings: PreprocessSett
         meta["label_sha256"], meta["label_bytes"] = _save_verified(
             case_array_path(out_root, source.case, "label"), labels
         )
+        copy = source_label_path(out_root, source.case, source.label.name)
+        meta["source_label_copy"] = copy.name
+        meta["source_label_sha256"], meta["source_label_bytes"] = _copy_verified(source.label, copy)
     meta["organs"] = organ_bitmasks(labels).tolist() if labels is not None else [0] * volume.shape[0]
     atomic_write_text(case_meta_path(out_root, source.case), json.dumps(meta) + "\n")
     return meta
@@ -239,10 +278,15 @@ def finished_meta(out_root: Path, case: str) -> dict | None:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    kinds = ["image"] + (["label"] if meta.get("labelled") else [])
-    for kind in kinds:
-        array = case_array_path(out_root, case, kind)
-        if not array.is_file() or array.stat().st_size != meta.get(f"{kind}_bytes"):
+    if "grid" not in meta:  # made by an older ioussl (store format 1): redo it to record its grid
+        return None
+    files = [(case_array_path(out_root, case, "image"), meta.get("image_bytes"))]
+    if meta.get("labelled"):
+        files.append((case_array_path(out_root, case, "label"), meta.get("label_bytes")))
+        copy = out_root / "cases" / str(meta.get("source_label_copy"))
+        files.append((copy, meta.get("source_label_bytes")))
+    for path, size in files:
+        if not path.is_file() or path.stat().st_size != size:
             return None
     return meta
 
@@ -251,7 +295,7 @@ def _check_settings(out_root: Path, settings: PreprocessSettings) -> None:
     path = out_root / "settings.json"
     wanted = json.loads(json.dumps(asdict(settings)))
     if path.is_file():
-        existing = json.loads(path.read_text())
+        existing = {"allow_non_ct": False, **json.loads(path.read_text())}  # stores made before the CT check
         if existing != wanted:
             raise DataError(f"{path}: store was made with other settings {existing}; use a new output folder")
     else:

@@ -60,6 +60,32 @@ def load_split(path: str | Path) -> dict[str, list[str]]:
     return validate_split(raw, where=str(path))
 
 
+def read_case_list(path: str | Path) -> list[str]:
+    """Case ids to split: a split JSON (all its parts pooled) or a text file with one id per line ('#' comments).
+
+    Raises:
+        DataError: the file is missing or unreadable, lists no case, lists one twice, or an id has spaces.
+    """
+    path = Path(path)
+    if path.suffix == ".json":
+        return sorted(case for cases in load_split(path).values() for case in cases)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the case list ({exc.strerror or exc})") from None
+    cases = [line.split("#", 1)[0].strip() for line in lines]
+    cases = [case for case in cases if case]
+    if not cases:
+        raise DataError(f"{path}: lists no case (one case id per line)")
+    bad = next((case for case in cases if len(case.split()) != 1), None)
+    if bad is not None:
+        raise DataError(f"{path}: {bad!r} is not a case id (one id per line, no spaces)")
+    twice = sorted({case for case in cases if cases.count(case) > 1})
+    if twice:
+        raise DataError(f"{path}: case {twice[0]!r} is listed more than once")
+    return sorted(cases)
+
+
 def check_split_cases(split: dict[str, list[str]], available: Iterable[str], where: str = "split") -> None:
     """Raise DataError naming the cases of the split that the store does not hold."""
     missing = sorted(set().union(*split.values()) - set(available))

@@ -1,12 +1,17 @@
 """The preprocessed slice store: one memory-mapped array per volume plus a per-slice index.
 
-Layout of a store directory (format version 1)::
+Layout of a store directory (format version 2)::
 
     store.json             format, dtype, quantisation, spacing, HU window, per-case entries
     index.npz              per slice: case (int32 position in store.json cases), z, h, w, organs (uint16 bits)
     cases/<case>.image.npy uint16 (Z, H, W); value v in [0, 1] stored as round(v * 65535)
     cases/<case>.label.npy uint8 (Z, H, W), 0..13 (labelled cases only)
+    cases/<case>.source_label.nii.gz   the original label file, copied byte for byte (labelled cases only)
     cases/<case>.meta.json written last, atomically: the case is done (resume skips it)
+
+Format 2 adds, per case, ``grid`` (what preprocessing did: ``grid.describe_grid``), ``ct`` (the CT
+plausibility statistics) and the copy of the original label, which FLARE 2022's evaluation on the original
+image grid needs. Format 1 stores still train and score the thesis' DSC; FLARE's scores refuse them.
 
 H is the RAS X axis and W the Y axis, as the reference code's PNGs (thesis protocol notes §1). Z is first so
 a slice is one contiguous block: random access reads one page run, never a per-slice file.
@@ -24,7 +29,8 @@ import numpy as np
 
 from ioussl.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1 lacks the grid records: training works, FLARE evaluation refuses it
 IMAGE_DTYPE = "uint16"
 IMAGE_SCALE = 65535  # stored = round(v * 65535): 16-bit, rounded (the thesis' PNGs truncate to 8 bits)
 LABEL_DTYPE = "uint8"
@@ -55,8 +61,11 @@ class SliceStore:
                 self._organs = index["organs"].astype(np.int64)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise DataError(f"{self.root}: unreadable store ({exc})") from None
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{manifest}: format version {self.meta.get('format_version')!r}, expected 1")
+        if self.meta.get("format_version") not in READABLE_VERSIONS:
+            raise DataError(
+                f"{manifest}: format version {self.meta.get('format_version')!r}, expected one of "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
+            )
         self.cases: list[str] = [entry["case"] for entry in self.meta["cases"]]
         self._entries = {entry["case"]: entry for entry in self.meta["cases"]}
         self._case_pos = {case: i for i, case in enumerate(self.cases)}
@@ -136,6 +145,36 @@ class SliceStore:
         pos, z = int(self._case_of[idx]), int(self._z[idx])
         return np.asarray(self._label_array(pos)[z])
 
+    def source_grid(self, case: str) -> dict:
+        """What preprocessing did to a case (``grid.describe_grid``), to map predictions back.
+
+        Raises:
+            DataError: the store predates the record (format 1) or the case has none.
+        """
+        grid = self._entry(case).get("grid")
+        if not isinstance(grid, dict):
+            raise DataError(
+                f"{self.root}: case {case} has no original-grid record (store format "
+                f"{self.meta.get('format_version')}); FLARE's evaluation needs one: re-run "
+                f"`ioussl data preprocess` into a new folder"
+            )
+        return grid
+
+    def source_label(self, case: str) -> tuple[np.ndarray, tuple[float, ...]]:
+        """The original label volume as uint8 (array order as stored in the file) and its header spacing.
+
+        Raises:
+            DataError: no copy (unlabelled case, or a format 1 store), or the copy fails its checksum.
+        """
+        entry = self._entry(case)
+        name = entry.get("source_label_copy")
+        if not entry["labelled"] or not isinstance(name, str):
+            raise DataError(
+                f"{self.root}: case {case} has no copy of its original label; FLARE's evaluation needs one "
+                f"(labelled cases of stores made by `ioussl data preprocess`, format 2)"
+            )
+        return _read_label_copy(self.root / "cases" / name, entry.get("source_label_sha256"))
+
     def volume(self, case: str) -> tuple[np.ndarray, np.ndarray | None]:
         """A whole case: image (Z, H, W) float32 and label (Z, H, W) uint8 or None if unlabelled."""
         pos = self._position(case)
@@ -179,6 +218,34 @@ def case_array_path(root: Path, case: str, kind: str) -> Path:
 
 def case_meta_path(root: Path, case: str) -> Path:
     return Path(root) / "cases" / f"{case}.meta.json"
+
+
+def source_label_path(root: Path, case: str, original_name: str) -> Path:
+    """Where the copy of a case's original label file goes (keeping its .nii or .nii.gz suffix)."""
+    suffix = ".nii.gz" if original_name.endswith(".nii.gz") else ".nii"
+    return Path(root) / "cases" / f"{case}.source_label{suffix}"
+
+
+def _read_label_copy(path: Path, sha256: object) -> tuple[np.ndarray, tuple[float, ...]]:
+    import nibabel as nib
+
+    from ioussl.runfiles import sha256_file
+
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the original label copy ({exc})") from None
+    if digest != sha256:
+        raise DataError(f"{path}: checksum differs from store.json (changed or corrupt copy)")
+    try:
+        img = nib.load(str(path))
+        label = np.asarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path}: cannot read the original label copy ({type(exc).__name__}: {exc})") from None
+    if label.ndim != 3:
+        raise DataError(f"{path}: expected a 3D label volume, got shape {label.shape}")
+    spacing = tuple(float(v) for v in img.header.get_zooms()[:3])
+    return np.rint(label).astype(np.uint8), spacing
 
 
 def quantise(image: np.ndarray) -> np.ndarray:

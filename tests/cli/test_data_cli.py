@@ -65,7 +65,7 @@ def test_bad_input_is_one_line_error(tmp_path):
         (("data", "preprocess", tmp_path / "empty", tmp_path / "s"), "no cases found"),
         (("data", "preprocess", tmp_path / "nope", tmp_path / "s"), "input folder does not exist"),
         (("analyze", "pairs", tmp_path / "empty"), "not a slice store"),
-        (("data", "split", tmp_path / "x.json"), "give --store"),
+        (("data", "split", tmp_path / "x.json"), "give either --store"),
         (("data", "synth", tmp_path / "o", "--cases", 0, "--unlabelled", 0), "at least one case"),
     ]:
         result = _invoke(*args)
@@ -80,3 +80,42 @@ def test_thesis_split_written(tmp_path):
     assert _invoke("data", "split", out, "--thesis").exit_code == 0
     body = json.loads(out.read_text())
     assert len(body["train"]) == 15 and len(body["val"]) == 35
+
+
+def test_split_a_list_of_cases_without_a_store(tmp_path):
+    listing = tmp_path / "cases.txt"
+    listing.write_text("# the labelled cases\n" + "\n".join(f"CASE_{i:02d}" for i in range(10)) + "\n\n")
+    out = tmp_path / "split.json"
+    result = _invoke("data", "split", out, "--cases", listing, "--train", 4, "--val", 3, "--test", 3, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    split = json.loads(out.read_text())
+    assert split["_comment"] == "seeded split (seed 1) of the 10 cases of cases.txt"
+    parts = [split[p] for p in ("train", "val", "test")]
+    assert [len(p) for p in parts] == [4, 3, 3] and sorted(sum(parts, [])) == [f"CASE_{i:02d}" for i in range(10)]
+    shuffled = tmp_path / "shuffled.txt"
+    shuffled.write_text("\n".join(f"CASE_{i:02d}" for i in reversed(range(10))))
+    again = tmp_path / "again.json"
+    _invoke("data", "split", again, "--cases", shuffled, "--train", 4, "--val", 3, "--test", 3, "--seed", 1)
+    assert {k: v for k, v in json.loads(again.read_text()).items() if k != "_comment"} == {
+        k: v for k, v in split.items() if k != "_comment"
+    }  # the listing's order does not matter
+
+
+def test_split_rejects_bad_case_lists_in_one_line(tmp_path):
+    twice, spaced = tmp_path / "twice.txt", tmp_path / "spaced.txt"
+    twice.write_text("A\nB\nA\n")
+    spaced.write_text("A\nB C\n")
+    two = tmp_path / "two.txt"
+    two.write_text("A\nB\n")
+    store = tmp_path / "store"
+    for args, message in [
+        (["--cases", twice], "twice.txt: case 'A' is listed more than once"),
+        (["--cases", spaced], "spaced.txt: 'B C' is not a case id"),
+        (["--cases", tmp_path / "none.txt"], "none.txt: cannot read the case list"),
+        (["--cases", twice, "--store", store], "give either --store"),
+        ([], "give either --store"),
+        (["--cases", two, "--train", 2, "--val", 2], "cannot split 2 cases into train 2 + val 2 + test 0"),
+    ]:
+        result = _invoke("data", "split", tmp_path / "out.json", *args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output

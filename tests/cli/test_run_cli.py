@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -53,9 +53,12 @@ def test_run_pretrain_then_finetune_writes_the_job_files(store, tmp_path):
     args = ["run", "finetune", "--profile", "tiny", "--run-dir", str(ft), "--store", store["store"]]
     out = runner.invoke(app, [*args, "--split", store["split"], "--encoder", str(encoder)])
     assert out.exit_code == 0, out.output
-    assert "DSC (thesis, per slice)" in out.output
+    assert "DSC (thesis, per slice)" in out.output and "3D DSC on the preprocessed grid" in out.output
     result = json.loads((ft / runfiles.RESULT).read_text())
     assert 0.0 <= result["dsc"] <= 1.0 and (ft / "checkpoints" / "best.pt").is_file()
+    flare = result["flare"]
+    assert flare["part"] == "val" and set(flare["per_case"]) == {"SYN_Tr_0002"}
+    assert f"FLARE 2022 (val) DSC {flare['dsc']:.4f} NSD {flare['nsd']:.4f}" in out.output
 
     again = runner.invoke(app, [*args, "--split", store["split"], "--encoder", str(encoder)])
     assert again.exit_code == 0 and json.loads((ft / runfiles.RESULT).read_text()) == result
@@ -101,7 +104,13 @@ def test_a_run_dir_with_another_config_is_refused(store, tmp_path):
     assert out.exit_code == 1 and "already holds another config" in out.output
 
 
-def test_help_lists_both_commands():
+def test_help_lists_both_commands_and_names_the_metrics_honestly():
     out = runner.invoke(app, ["run", "--help"])
-    assert out.exit_code == 0 and "pretrain" in out.output and "finetune" in out.output
-    assert Path(__file__).exists()
+    assert out.exit_code == 0
+    for command in ("pretrain", "finetune"):  # listed as commands, each with its one-line description
+        assert re.search(rf"^\W*{command}\s+\w", out.output, flags=re.MULTILINE), out.output
+    finetune = runner.invoke(app, ["run", "finetune", "--help"])
+    assert finetune.exit_code == 0, finetune.output
+    text = " ".join(finetune.output.split())  # rich wraps the description to the terminal's width
+    assert "3D DSC on the preprocessed grid" in text and "FLARE 2022's DSC and NSD" in text
+    assert "FLARE's 3D DSC" not in text

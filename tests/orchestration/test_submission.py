@@ -16,7 +16,7 @@ import pytest
 from registryfix import write_result
 from sqlalchemy import select
 
-from ioussl.errors import ConfigError, SubmissionError
+from ioussl.errors import ConfigError, NotFound, SubmissionError
 from ioussl.orchestration import jobservice, submission
 from ioussl.orchestration.registry import open_registry
 from ioussl.orchestration.registry.models import Attempt, Metric, Result, Run
@@ -279,7 +279,7 @@ def test_bad_input_is_one_clear_error(thesis, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(SubmissionError, match="sbatch is not on PATH"):
         jobservice.submit(thesis, "thesis", executor="slurm", factory=make_job)
-    with pytest.raises(Exception, match="unknown study 'nope'"):
+    with pytest.raises(NotFound, match="^unknown study 'nope'; known studies: thesis$"):
         jobservice.submit(thesis, "nope", factory=make_job)
 
 

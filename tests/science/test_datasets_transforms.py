@@ -16,7 +16,7 @@ from ioussl.science.datasets import (
     make_pretrain_loader,
     make_val_loader,
 )
-from ioussl.science.sampler import box_iou, pair_exists
+from ioussl.science.sampler import box_iou, pair_exists, sample_crop_pairs
 from ioussl.science.transforms import RandIoUCropPaird, pretrain_view_augment
 
 
@@ -66,14 +66,31 @@ def test_pretrain_dataset_items_and_reproducible_loader(synth_store):
     assert not torch.equal(other["view1"], batches[0]["view1"])
 
 
-def test_pretrain_dataset_views_are_the_sampled_crops(synth_store):
+def test_pretrain_dataset_views_are_the_sampled_crops(synth_store, monkeypatch):
+    # Record the boxes the sampler hands the dataset, then check each view is the crop at its box.
+    from ioussl.science import datasets
+
+    drawn = []
+
+    def recording(*args, **kwargs):
+        out = sample_crop_pairs(*args, **kwargs)
+        drawn.append(out)
+        return out
+
+    monkeypatch.setattr(datasets, "sample_crop_pairs", recording)
     ids = synth_store.slice_ids()[:20]
     ds = PretrainPairDataset(synth_store, ids, 96, 0.6, 1.0, augment=False, seed=0)
     items = ds.__getitems__(list(range(20)))
-    for item in items:
-        assert 0.6 <= item["iou"] <= 1.0
-        v1, v2 = item["view1"][0].numpy(), item["view2"][0].numpy()
-        assert float(np.mean(v1 == v2)) < 1.0 or item["iou"] == 1.0
+    assert len(drawn) == 1  # one vectorised draw for the whole batch
+    starts1, starts2, ious, fallback = drawn[0]
+    for k, item in enumerate(items):
+        assert item["slice"] == int(ids[k]) and item["fallback"] == bool(fallback[k])
+        for view, start in (("view1", starts1[k]), ("view2", starts2[k])):
+            expected = synth_store.image_region(int(ids[k]), start, (96, 96))
+            np.testing.assert_array_equal(item[view][0].numpy(), expected)
+        assert item["iou"] == ious[k] == box_iou(starts1[k], starts2[k], (96, 96))
+        assert 0.6 <= item["iou"] <= 1.0 and not item["fallback"]
+    assert any(tuple(a) != tuple(b) for a, b in zip(starts1, starts2, strict=True))  # not all identical boxes
 
 
 def test_pretrain_fallback_is_visible(synth_store):

@@ -1,4 +1,5 @@
-"""Both Dice definitions: the thesis' per-slice DSC and FLARE 2022's per-case 3D DSC per organ."""
+"""The thesis' per-slice DSC and the per-case 3D DSC on the preprocessed grid (``dsc_3d``); FLARE 2022's own
+evaluation on the original grid is tested in test_flare_eval.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from ioussl.science.engine import Evaluation
-from ioussl.science.metrics import FLARE_ORGANS, flare_case_dsc, slice_dsc, summarise_cases
+from ioussl.science.metrics import FLARE_ORGANS, preprocessed_case_dsc, slice_dsc, summarise_cases
 
 
 def _logits(pred: torch.Tensor, classes: int = 14) -> torch.Tensor:
@@ -29,14 +30,14 @@ def test_organ_free_slice_scores_its_background_only():
     assert slice_dsc(_logits(torch.zeros(1, 8, 8, dtype=torch.long)), label, 14).item() == 1.0
 
 
-def test_flare_3d_dsc_from_slice_counts_equals_the_stacked_volume():
+def test_preprocessed_3d_dsc_from_slice_counts_equals_the_stacked_volume():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 4, (5, 16, 16))
     pred = np.where(rng.random((5, 16, 16)) < 0.7, truth, rng.integers(0, 5, (5, 16, 16)))
     evaluation = Evaluation()
     for z in range(5):  # slice by slice, as validation runs
         evaluation.add_counts("c1", torch.from_numpy(pred[z]), torch.from_numpy(truth[z]), 14)
-    scores = flare_case_dsc(evaluation.counts["c1"], FLARE_ORGANS)
+    scores = preprocessed_case_dsc(evaluation.counts["c1"], FLARE_ORGANS)
     for index, organ in FLARE_ORGANS.items():
         p, t = pred == index, truth == index
         if t.sum() == 0:
@@ -44,7 +45,7 @@ def test_flare_3d_dsc_from_slice_counts_equals_the_stacked_volume():
         else:
             expected = 2 * (p & t).sum() / (p.sum() + t.sum())
         assert scores[organ] == pytest.approx(expected), organ
-    assert scores["pancreas"] == 0.0  # class 4 predicted but absent: FLARE counts it as 0
+    assert scores["pancreas"] == 0.0  # class 4 predicted but absent: counted as 0 (FLARE's empty-organ rule)
     assert scores["liver"] < 1.0 and scores["esophagus"] == 1.0
 
 

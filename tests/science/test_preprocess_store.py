@@ -166,7 +166,38 @@ def test_settings_change_refuses_to_mix_stores(synth_dir, tmp_path):
     preprocess_dataset(synth_dir, tmp_path)
     with pytest.raises(DataError, match="other settings"):
         preprocess_dataset(synth_dir, tmp_path, PreprocessSettings(min_size=128))
-    assert json.loads((tmp_path / "store.json").read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "store.json").read_text())["format_version"] == 2
+
+
+def test_a_format_1_store_folder_is_brought_up_to_format_2_on_resume(synth_dir, synth_store, tmp_path):
+    # Stores made before the CT check and grid records: no allow_non_ct setting, no grid, no label copy.
+    shutil.copytree(synth_store.root, tmp_path / "store")
+    settings = json.loads((tmp_path / "store" / "settings.json").read_text())
+    settings.pop("allow_non_ct")
+    (tmp_path / "store" / "settings.json").write_text(json.dumps(settings))
+    for meta_path in (tmp_path / "store" / "cases").glob("*.meta.json"):
+        meta = json.loads(meta_path.read_text())
+        meta.pop("grid")
+        meta_path.write_text(json.dumps(meta))
+    (tmp_path / "store" / "cases" / "SYN_Tr_0001.source_label.nii.gz").unlink()
+    report = preprocess_dataset(synth_dir, tmp_path / "store")
+    assert sorted(report.done) == sorted(synth_store.cases) and report.failed == []
+    assert SliceStore(tmp_path / "store").fingerprint == synth_store.fingerprint
+
+
+def test_the_store_keeps_each_labelled_case_original_label_and_grid(synth_dir, synth_store):
+    for case in synth_store.labelled_cases():
+        label, spacing = synth_store.source_label(case)
+        original = nib.load(str(synth_dir / "labels" / f"{case}.nii.gz"))
+        np.testing.assert_array_equal(label, np.asarray(original.dataobj))
+        assert spacing == pytest.approx(original.header.get_zooms())
+        grid = synth_store.source_grid(case)
+        assert grid["source_shape"] == list(original.shape)
+        assert grid["shape"] == list(np.transpose(synth_store.volume(case)[1], (1, 2, 0)).shape)
+        assert all(s >= 0 and e <= r for s, e, r in zip(grid["crop_start"], grid["crop_end"],
+                                                        grid["resampled_shape"], strict=True))  # fmt: skip
+    with pytest.raises(DataError, match="no copy of its original label"):
+        synth_store.source_label(synth_store.unlabelled_cases()[0])
 
 
 def test_reference_imgs_naming_and_stray_files(synth_dir, tmp_path):

@@ -88,6 +88,20 @@ def _check_finetune_result(result: dict) -> None:
     best = max(r["val_dsc"] for r in lines)
     assert result["dsc"] == pytest.approx(best)  # the run's score is the best checkpoint's
     assert lines[0]["lr"] < lines[1]["lr"]  # still warming up in epoch 0
+    _check_flare_section(result)
+
+
+def _check_flare_section(result: dict) -> None:
+    """FLARE 2022's scores of the best checkpoint: on the test cases when the split has them, else val."""
+    flare = result["flare"]
+    part = "test" if "test" in result else "val"
+    assert flare["part"] == part
+    assert set(flare["per_case"]) == set(result[part]["per_case"] if part == "test" else result["per_case"])
+    assert 0.0 <= flare["dsc"] <= 1.0 and 0.0 <= flare["nsd"] <= 1.0
+    assert set(flare["per_organ"]) == set(result["per_organ"])
+    for organs in flare["per_case"].values():
+        assert all(v is None or 0.0 <= v <= 1.0 for scores in organs.values() for v in scores.values())
+    json.dumps(flare, allow_nan=False)
 
 
 @pytest.mark.slow
@@ -269,14 +283,18 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_fails_clearly(synthetic, 
     assert not (tmp_path / runfiles.EVENTS).exists()  # nothing resumed
 
 
-def test_compile_switch_trains_through_the_compiled_module_and_keeps_plain_checkpoints(
+def test_compile_switch_plumbing_trains_through_the_wrapper_and_keeps_plain_checkpoints(
     synthetic, tmp_path, monkeypatch
 ):
+    """The loops' side of ``runtime.compile = true``: every training forward goes through the wrapper
+    torch.compile returns, evaluation and checkpoints use the plain model. The wrapper is a stand-in here
+    (compiling the SwinUNETR takes minutes on a CPU); test_compile.py compiles a tiny model for real and
+    makes the compiler fail to show the eager fallback."""
     import torch
 
     calls = []
 
-    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper (real compile: minutes on CPU)
+    class Compiled(torch.nn.Module):  # the shape of torch.compile's OptimizedModule, counting calls
         def __init__(self, module):
             super().__init__()
             self._orig_mod = module

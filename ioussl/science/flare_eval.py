@@ -1,0 +1,183 @@
+"""FLARE 2022's evaluation as its organisers' code defines it: DSC and NSD per organ on the original grid.
+
+Source: github.com/JunMa11/FLARE, ``FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py`` and ``SurfaceDice.py``
+(commit be3eb6f, 2022-06-21, the version published during the challenge; docs/training.md lists every rule
+and what a 2024 revision changed). Per case and organ (labels 1..13), on the ground truth's own voxel grid
+with the spacing of its header:
+
+- organ absent from the ground truth and the prediction: DSC 1, NSD 1; only in the prediction: 0, 0;
+- aorta (5), inferior vena cava (6) and oesophagus (10): both masks are first cut to the ground truth's
+  slices along the head-foot axis, from its first labelled slice up to, but excluding, its last one (the
+  organisers slice ``z_lower:z_upper``); an organ on a single slice then leaves nothing to score (NaN there,
+  null here, left out of the means);
+- DSC = 2|P∩G| / (|P| + |G|); NSD = the share of both surfaces within the organ's tolerance (mm) of the other,
+  surfaces measured in surface elements (DeepMind's surface-distance, which MONAI's
+  ``compute_surface_dice(use_subvoxels=True)`` reproduces to 1e-7: tested against the organisers' file).
+
+Predictions are made on the preprocessed grid and mapped back with ``grid.to_source_grid``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ioussl.errors import DataError
+from ioussl.science.grid import slice_axis, to_source_grid
+from ioussl.science.metrics import FLARE_ORGANS
+
+TOLERANCE_MM: dict[int, float] = {
+    1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0, 5: 2.0, 6: 2.0, 7: 2.0, 8: 2.0, 9: 2.0, 10: 3.0, 11: 5.0, 12: 7.0, 13: 3.0,
+}  # fmt: skip
+SLICE_RANGE_ORGANS = frozenset({5, 6, 10})  # aorta, inferior vena cava, oesophagus
+PREDICT_BATCH = 8  # slices per sliding-window call
+
+Scores = dict[str, float | None]
+
+
+def _bounding_slices(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """The box around a mask's voxels plus ``margin``, clipped to the array (surfaces are unchanged by it)."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        where = np.flatnonzero(mask.any(axis=others))
+        box.append(slice(max(0, where[0] - margin), where[-1] + 1 + margin))
+    return tuple(box)
+
+
+def organ_scores(
+    truth: np.ndarray, pred: np.ndarray, organ: int, spacing: Sequence[float], head_foot_axis: int
+) -> Scores:
+    """FLARE 2022's DSC and NSD of one organ in one case (see the module docstring for the rules)."""
+    from monai.metrics import compute_dice, compute_surface_dice
+
+    gt, pr = truth == organ, pred == organ
+    if not gt.any():
+        score = 1.0 if not pr.any() else 0.0
+        return {"dsc": score, "nsd": score}
+    if organ in SLICE_RANGE_ORGANS:
+        others = tuple(a for a in range(3) if a != head_foot_axis)
+        labelled = np.flatnonzero(gt.any(axis=others))
+        keep = [slice(None)] * 3
+        keep[head_foot_axis] = slice(labelled[0], labelled[-1])  # the organisers' exclusive upper bound
+        gt, pr = gt[tuple(keep)], pr[tuple(keep)]
+        if not gt.any():
+            return {"dsc": None, "nsd": None}  # one labelled slice: nothing left to score
+    if not pr.any():
+        return {"dsc": 0.0, "nsd": 0.0}
+    box = _bounding_slices(gt | pr)
+    y, y_pred = (torch.from_numpy(np.ascontiguousarray(m[box]))[None, None] for m in (gt, pr))
+    dsc = float(compute_dice(y_pred.float(), y.float(), include_background=True)[0, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns about empty masks, which are handled above
+        nsd = compute_surface_dice(
+            y_pred, y, [TOLERANCE_MM[organ]], include_background=True,
+            spacing=[float(s) for s in spacing], use_subvoxels=True,
+        )  # fmt: skip
+    return {"dsc": dsc, "nsd": float(nsd[0, 0])}
+
+
+def case_scores(
+    truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float], head_foot_axis: int
+) -> dict[str, Scores]:
+    """All 13 organs of one case; ``truth`` and ``pred`` are label volumes on the same (original) grid."""
+    if truth.shape != pred.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from the ground truth's {truth.shape}")
+    return {name: organ_scores(truth, pred, organ, spacing, head_foot_axis) for organ, name in FLARE_ORGANS.items()}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def summarise(per_case: Mapping[str, Mapping[str, Scores]]) -> tuple[dict[str, Scores], float, float]:
+    """Per organ the mean over cases; overall the mean over organs of those (nulls left out)."""
+    organs = list(FLARE_ORGANS.values())
+    per_organ = {
+        organ: {m: _mean([c[organ][m] for c in per_case.values() if organ in c]) for m in ("dsc", "nsd")}
+        for organ in organs
+    }
+    overall = [_mean([per_organ[o][m] for o in organs]) for m in ("dsc", "nsd")]
+    if overall[0] is None or overall[1] is None:
+        raise DataError("no organ could be scored in any case")
+    return per_organ, overall[0], overall[1]
+
+
+def evaluate_flare(
+    store: Any, cases: Sequence[str], part: str, predict: Callable[[str], np.ndarray]
+) -> dict[str, Any]:
+    """The ``flare`` section of result.json: FLARE 2022's scores of ``predict`` on ``cases``.
+
+    Args:
+        store: the slice store (format 2: grid records and copies of the original labels).
+        cases: labelled cases to score.
+        part: "val" or "test", which part of the split ``cases`` are.
+        predict: case -> predicted labels (Z, H, W) on the store's preprocessed grid.
+
+    Raises:
+        DataError: the store cannot map back (format 1), a label copy is missing or corrupt, or no case.
+    """
+    if not cases:
+        raise DataError("FLARE evaluation needs at least one case")
+    per_case = {}
+    for case in sorted(cases):
+        grid = store.source_grid(case)
+        truth, spacing = store.source_label(case)
+        pred = to_source_grid(predict(case), grid)
+        per_case[case] = case_scores(truth, pred, spacing, slice_axis(grid))
+    per_organ, dsc, nsd = summarise(per_case)
+    return {"part": part, "dsc": dsc, "nsd": nsd, "per_organ": per_organ, "per_case": per_case}
+
+
+def model_predictor(
+    model: torch.nn.Module, store: Any, runtime: Any, window: Mapping[str, Any]
+) -> Callable[[str], np.ndarray]:
+    """case -> argmax labels (Z, H, W) of ``model`` over all the case's slices (sliding window, as in validation)."""
+    from monai.inferers import sliding_window_inference
+
+    from ioussl.science.runtime import eval_mode
+
+    def predict(case: str) -> np.ndarray:
+        image, _ = store.volume(case)
+        out = np.zeros(image.shape, dtype=np.uint8)
+        with eval_mode(model):
+            for start in range(0, image.shape[0], PREDICT_BATCH):
+                chunk = np.ascontiguousarray(image[start : start + PREDICT_BATCH])
+                batch = runtime.to_device(torch.from_numpy(chunk)[:, None])
+                with runtime.autocast():
+                    logits = sliding_window_inference(
+                        batch, (window["roi"],) * 2, window["sw_batch_size"], model, overlap=window["overlap"]
+                    )
+                out[start : start + batch.shape[0]] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return out
+
+    return predict
+
+
+def finetune_flare(
+    model: torch.nn.Module, runtime: Any, store: Any, parts: Mapping[str, list[str]], best_path: Path,
+    window: Mapping[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """``{"flare": section}`` for a fine-tuned run's best checkpoint, on the test cases if the split has
+    them, else on the validation cases; ``{"flare_skipped": reason}`` when the store cannot be scored so (a
+    format 1 store without grid records, a damaged label copy), which leaves the thesis' numbers intact.
+    """
+    from ioussl.science import checkpoint as ckpt
+
+    part = "test" if parts.get("test") else "val"
+    try:
+        for case in parts[part]:  # before any prediction: a format 1 store is known at once
+            store.source_grid(case)
+        ckpt.load_state(model, ckpt.load(best_path)["model"], best_path)
+        section = evaluate_flare(store, parts[part], part, model_predictor(model, store, runtime, window))
+    except DataError as exc:
+        print(f"FLARE evaluation skipped: {exc}", file=sys.stderr)
+        return {"flare_skipped": str(exc)}
+    return {"flare": section}
