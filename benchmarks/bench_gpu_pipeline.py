@@ -39,7 +39,7 @@ from ioussl import profiles, runfiles  # noqa: E402
 
 V100_PAIRS_PER_S = 443.0
 TARGET = 5 * V100_PAIRS_PER_S  # 2,215 pairs/s
-HU_MIN, HU_MAX = -500.0, 500.0  # preprocessing's window (thesis-protocol.md §1)
+HU_MIN, HU_MAX = -500.0, 500.0  # preprocessing's window (thesis protocol notes §1)
 
 
 def _write_case(args: tuple[Path, str, int, tuple[int, int, int]]) -> dict:

@@ -134,7 +134,7 @@ class Result(Base):
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     dsc: Mapped[float | None] = mapped_column(Float)  # the thesis' per-slice DSC (Table 4.2's number)
-    dsc_3d: Mapped[float | None] = mapped_column(Float)  # 3D DSC on the preprocessed grid (validation cases), organs only
+    dsc_3d: Mapped[float | None] = mapped_column(Float)  # 3D DSC on the preprocessed grid, validation cases
     test_dsc: Mapped[float | None] = mapped_column(Float)  # the same two on the held-out test cases
     test_dsc_3d: Mapped[float | None] = mapped_column(Float)
     flare_dsc: Mapped[float | None] = mapped_column(Float)  # FLARE 2022 evaluation: mean over organs, cases
