@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         profile: Profile = None,
         store: Store = None,
         seed: Seed = None,
-        split: Annotated[str | None, typer.Option("--split", help="Split JSON: train, val, optional test.")] = None,
+        split: Annotated[str | None, typer.Option("--split", help="Split JSON (train/val[/test]).")] = None,
         encoder: Annotated[Path | None, typer.Option("--encoder", help="Pretrained encoder.pt.")] = None,
     ) -> None:
         """Swin UNETR fine-tuning for 13 organs; reports the thesis' per-slice DSC, a 3D DSC on the
