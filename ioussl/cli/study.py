@@ -81,7 +81,7 @@ def report(
     study: StudyOption = None,
     table: Annotated[
         bool, typer.Option("--table/--no-table", help="Print Table 4.2: mean ± std DSC per group (--no-table: "
-                                                      "only write the figures of --plot).")
+                                                      "only write the figures of --plot or the --html file).")
     ] = True,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = ReportFormat.terminal,
     ddof: Annotated[

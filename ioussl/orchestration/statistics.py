@@ -42,22 +42,22 @@ def paired_t_pvalue(values: Sequence[float], matched: Sequence[float]) -> float 
 
     None with fewer than 2 pairs or when every difference is the same (t is undefined without spread).
     """
-    from scipy import stats
-
     if len(values) != len(matched):
         raise ValueError(f"paired test: {len(values)} values against {len(matched)} matched ones")
     differences = [a - b for a, b in zip(values, matched, strict=True)]
     if len(differences) < 2 or _no_spread(differences):
         return None
+    from scipy import stats  # here, not at the top: only a report with results pays for the import
+
     return float(stats.ttest_rel(values, matched).pvalue)
 
 
 def welch_t_pvalue(values: Sequence[float], baseline: Sequence[float]) -> float | None:
     """Two-sided Welch t-test (unpaired, unequal variances); None below 2 values a side or without spread."""
-    from scipy import stats
-
     if len(values) < 2 or len(baseline) < 2 or (_no_spread(values) and _no_spread(baseline)):
         return None
+    from scipy import stats
+
     with warnings.catch_warnings():  # one side without spread is a valid input, not a loss of precision
         warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
         return float(stats.ttest_ind(values, baseline, equal_var=False).pvalue)
