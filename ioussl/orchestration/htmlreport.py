@@ -52,6 +52,7 @@ class CurveSpec:
     unit_range: bool  # the values are scores in [0, 1]
 
 
+ORGAN_TITLE = "DSC per organ"  # the one figure that spans the page (a column per organ)
 CURVES = (
     CurveSpec("collapse", "pretrain", "collapse", "collapse coefficient  (0: spread out, 1: collapsed)",
               "Representation collapse during pretraining", True),
@@ -126,7 +127,7 @@ def _figures(inputs: HtmlInputs) -> tuple[list[str], list[str]]:
         ("DSC per group", "Each fine-tune's DSC (dots), the group mean ± std (bar), the baseline's mean (dashed).",
          (lambda: plots.dsc_figure(inputs.report)) if any(r.values for r in inputs.report.rows) else None,
          "no fine-tune has a DSC yet"),
-        ("DSC per organ", _organ_caption(inputs.report),
+        (ORGAN_TITLE, _organ_caption(inputs.report),
          (lambda: plots.organ_figure(inputs.organs, "DSC per organ (mean over runs)")) if inputs.organs else None,
          "no result records a per-organ DSC (imported results carry none)"),
     ]
@@ -144,7 +145,8 @@ def _figures(inputs: HtmlInputs) -> tuple[list[str], list[str]]:
             skipped.append(f"figure {title!r} left out: {why}")
             continue
         png = plots.png_bytes(build())
-        figures.append(f"<figure><img alt='{_e(title)}' src='data:image/png;base64,"
+        wide = " class='wide'" if title == ORGAN_TITLE else ""
+        figures.append(f"<figure{wide}><img alt='{_e(title)}' src='data:image/png;base64,"
                        f"{base64.b64encode(png).decode('ascii')}'><figcaption><b>{_e(title)}.</b> "
                        f"{_e(caption)}</figcaption></figure>")
     return figures, skipped
@@ -300,10 +302,12 @@ table.report tr.baseline td { background: #fff8e6; }
 td.significant { font-weight: 700; color: #0b7a3b; }
 tbody tr:hover td { background: #eef3fb; }
 ul.legend { margin: 8px 0 0; padding-left: 18px; color: var(--muted); font-size: 12.5px; }
-#figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 14px 18px; }
+#figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 14px 18px;
+           grid-auto-flow: dense; }
 #figures h2, #figures ul.notes { grid-column: 1 / -1; }
 figure { margin: 0; padding: 10px; border: 1px solid var(--line); border-radius: 8px; background: #fff; }
 figure img { width: 100%; height: auto; display: block; }
+figure.wide { grid-column: 1 / -1; }
 figcaption { margin-top: 6px; font-size: 12.5px; color: var(--muted); }
 ul.notes { margin: 0; padding-left: 18px; font-size: 12.5px; color: var(--muted); }
 table.runs { font-size: 12.5px; }

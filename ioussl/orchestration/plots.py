@@ -164,15 +164,15 @@ def organ_figure(scores: Mapping[str, Mapping[str, float | None]], title: str): 
     if not groups or not organs:
         raise DataError("no per-organ DSC recorded: nothing to draw")
     grid = np.array([[_or_nan(scores[g].get(o)) for o in organs] for g in groups], dtype=float)
-    fig = _figure(max(6.5, 0.62 * len(organs) + 2.6), max(2.6, 0.42 * len(groups) + 1.9))
+    fig = _figure(max(6.5, 0.8 * len(organs) + 2.4), max(2.6, 0.38 * len(groups) + 1.9))
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     for (row, column), value in np.ndenumerate(grid):
         if math.isfinite(value):
-            ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+            ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8,
                     color="black" if value > 0.6 else "white")
-    ax.set_xticks(range(len(organs)), [o.replace("_", " ") for o in organs], rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(groups)), groups, fontsize=8)
+    ax.set_xticks(range(len(organs)), [o.replace("_", " ") for o in organs], rotation=30, ha="right", fontsize=9)
+    ax.set_yticks(range(len(groups)), groups, fontsize=9)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="DSC")
     return fig

@@ -211,3 +211,16 @@ def test_the_browser_check_catches_what_it_is_there_to_catch(browser_ready, tmp_
     assert [image["width"] for image in page.images] == [0, 0]
     assert "console: boom" in page.errors and any("missing.png" in e for e in page.errors)
     assert page.external == ["missing.png"]
+
+
+def test_status_json_carries_each_runs_held_out_and_flare_scores(full_db):
+    result = CliRunner().invoke(app, ["status", "--db", full_db, "--json", "--no-sync"])
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
+    finetunes = [row for row in rows.values() if row["stage"] == "finetune" and row["status"] == "COMPLETED"]
+    assert len(finetunes) == 23
+    for row in finetunes:
+        assert 0.8 < row["test_dsc"] < row["dsc"] and row["flare_part"] == "test"
+        assert row["flare_nsd"] == pytest.approx(row["flare_dsc"] - 0.05)
+    pretrain = next(row for row in rows.values() if row["stage"] == "pretrain")
+    assert (pretrain["test_dsc"], pretrain["flare_dsc"], pretrain["flare_part"]) == (None, None, None)
