@@ -129,7 +129,7 @@ def _figures(inputs: HtmlInputs) -> tuple[list[str], list[str]]:
          "no fine-tune has a DSC yet"),
         (ORGAN_TITLE, _organ_caption(inputs.report),
          (lambda: plots.organ_figure(inputs.organs, "DSC per organ (mean over runs)")) if inputs.organs else None,
-         "no result records a per-organ DSC (imported results carry none)"),
+         "no fine-tune result records a per-organ DSC yet (imported results never do)"),
     ]
     for spec in CURVES:
         curves = inputs.curves.get(spec.key) or {}

@@ -141,8 +141,8 @@ def test_an_imported_registry_says_which_figures_it_lacks(repo_root, tmp_path):
     copy.write_bytes((repo_root / "registry.db.example").read_bytes())
     result = _report(str(copy), "--html", str(tmp_path / "r.html"), "--no-table")
     assert result.exit_code == 0, result.output
-    assert ("HTML report: figure 'DSC per organ' left out: no result records a per-organ DSC (imported results "
-            "carry none)") in result.stderr.splitlines()
+    assert ("HTML report: figure 'DSC per organ' left out: no fine-tune result records a per-organ DSC yet "
+            "(imported results never do)") in result.stderr.splitlines()
     text = (tmp_path / "r.html").read_text()
     assert text.count("<img ") == 1 and "no pretrain run recorded a per-epoch &#x27;collapse&#x27; series" in text
 
