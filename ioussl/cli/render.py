@@ -111,7 +111,8 @@ def status_json(records: Sequence[RunRecord]) -> None:
             "random_crop": r.random_crop, "pretrain_seed": r.pretrain_seed, "seed": r.seed, "parent": r.parent_id,
             "status": r.status.value, "reason": r.status_reason, "job_id": r.job_id, "attempts": r.attempts,
             "elapsed_s": r.elapsed_s, "dsc": r.dsc, "dsc_3d": r.dsc_3d, "imported": r.imported,
-            "run_dir": r.run_dir,
+            "run_dir": r.run_dir, "test_dsc": r.test_dsc, "flare_dsc": r.flare_dsc, "flare_nsd": r.flare_nsd,
+            "flare_part": r.flare_part,
         }
         for r in records
     ]
@@ -133,22 +134,22 @@ def report_table(report: Report, fmt: str) -> None:
         text = {"markdown": fmt_report.to_markdown, "csv": fmt_report.to_csv, "latex": fmt_report.to_latex}[fmt]
         print(text(report), end="")
         return
-    # Two narrow tables read better in an 80-column terminal than one wide one.
-    cells = [fmt_report.row_cells(row, report.max_values) for row in report.rows]
-    head = fmt_report.header(report.max_values)
-    split = len(head) - 2
-    main = Table(title=f"{report.study}: DSC per group (std ddof={report.ddof})")
-    for name in head[:split]:
-        main.add_column(name, no_wrap=True)
-    for row in cells:
-        main.add_row(*map(escape, row[:split]))
-    console.print(main)
-    stats = Table(title="statistics")
-    for name in (head[0], head[split - 2], *head[split:]):
-        stats.add_column(name, no_wrap=True)
-    for row in cells:
-        stats.add_row(*map(escape, (row[0], row[split - 2], *row[split:])))
-    console.print(stats)
+    # Narrow tables read better in an 80-column terminal than one wide one: the DSCs, their statistics
+    # against the baseline, and (where recorded) the other scores of the same runs.
+    head, cells = fmt_report.table(report)
+    values = head[: head.index("n") + 1]
+    stats = ["group", "Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm"]
+    others = ["group", "cases", *fmt_report.optional_columns(report)]
+    titles = [f"{report.study}: DSC per group (std ddof={report.ddof})", "statistics", "other scores"]
+    for title, names in zip(titles, (values, stats, others), strict=True):
+        if names is others and len(others) == 2:
+            continue
+        part = Table(title=title)
+        for name in names:
+            part.add_column(name, no_wrap=True)
+        for row in cells:
+            part.add_row(*(escape(row[head.index(name)]) for name in names))
+        console.print(part)
     for line in fmt_report.footer_lines(report):
         console.print(line, markup=False)
 

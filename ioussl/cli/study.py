@@ -81,7 +81,7 @@ def report(
     study: StudyOption = None,
     table: Annotated[
         bool, typer.Option("--table/--no-table", help="Print Table 4.2: mean ± std DSC per group (--no-table: "
-                                                      "only write the figures of --plot).")
+                                                      "only write the figures of --plot or the --html file).")
     ] = True,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = ReportFormat.terminal,
     ddof: Annotated[
@@ -94,18 +94,25 @@ def report(
     ] = None,
     pairs: Annotated[
         Path | None, typer.Option("--pairs", metavar="<json>",
-                                  help="Pair analysis (ioussl analyze pairs --json) to plot; needs --plot.")
+                                  help="Pair analysis (ioussl analyze pairs --json) to plot; needs --plot or --html.")
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", metavar="<file>",
+                     help="Also write the whole report as one self-contained HTML file (tables, statistics, "
+                          "figures, every run, provenance; opens without network)."),
     ] = None,
 ) -> None:
-    """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline."""
+    """Mean ± std DSC per group, each run's DSC, n, the difference to the no-pretraining baseline and its tests."""
     from ioussl.cli import render
     from ioussl.orchestration.service import report_study
 
-    if pairs is not None and plot is None:
-        raise ConfigError("--pairs is plotted into the --plot folder: give --plot DIR too")
-    if not table and plot is None:
-        raise ConfigError("--no-table without --plot DIR leaves nothing to report")
-    render.report(report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs), fmt, table=table)
+    if pairs is not None and plot is None and html is None:
+        raise ConfigError("--pairs is plotted into the --plot folder or the --html report: give one of them too")
+    if not table and plot is None and html is None:
+        raise ConfigError("--no-table without --plot DIR or --html FILE leaves nothing to report")
+    outcome = report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, html_path=html)
+    render.report(outcome, fmt, table=table)
 
 
 @import_app.command("results")

@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ioussl.errors import DataError
+from ioussl.errors import ConfigError, DataError
 from ioussl.orchestration import planning
 from ioussl.orchestration.planning import PlannedRun
 from ioussl.orchestration.registry import opened, repo, unit_of_work
@@ -117,29 +117,45 @@ class ReportOutcome:
 
 
 def report_study(db: str | None, study: str | None, ddof: int = 0, plot_dir: Path | None = None,
-                 pairs_json: Path | None = None) -> ReportOutcome:
-    """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures."""
+                 pairs_json: Path | None = None, html_path: Path | None = None) -> ReportOutcome:
+    """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures
+    (PNG files into ``plot_dir``) and a self-contained HTML report (``html_path``)."""
     from ioussl.orchestration.report import build_report
 
+    if html_path is not None:
+        check_html_path(html_path)
     with opened(db) as registry, registry.session(write=False) as session:
         row = repo.find_study(session, study) if study else repo.only_study(session, "report")
         order = study_group_order(row.spec)
         records = repo.list_runs(session, study=row.name)
         footer = provenance_footer(session, records, registry.location)
-        curves = _collapse_curves(session, records, order) if plot_dir else {}
+        curves = _metric_curves(session, records, order, "pretrain", "collapse") if plot_dir else {}
+        html_series = _html_series(session, records, order) if html_path else {}
+        per_organ = repo.result_per_organ(session, [r.id for r in records if r.stage == "finetune"]) \
+            if html_path else {}
     report = build_report(records, row.name, ddof=ddof, group_order=order)
     report = dataclasses.replace(report, footer=footer)
     outcome = ReportOutcome(report)
     if plot_dir:
         _write_plots(outcome, curves, records, plot_dir, pairs_json)
+    if html_path:
+        _write_html(outcome, in_group_order(records, {row.name: order}), html_series, per_organ, html_path,
+                    pairs_json)
     return outcome
+
+
+def check_html_path(path: Path) -> None:
+    """Refuse, before any work, an HTML path whose folder does not exist or that names a folder."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write the HTML report {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"cannot write the HTML report {path}: it is a folder; give a file name")
 
 
 def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
     """Which code produced the numbers, and a fingerprint of the registry rows they come from."""
     fingerprint = hashlib.sha256(
-        "\n".join(f"{r.id}:{r.status.value}:{r.dsc!r}:{r.dsc_3d!r}" for r in sorted(records, key=lambda r: r.id))
-        .encode()
+        "\n".join(_fingerprinted(r) for r in sorted(records, key=lambda r: r.id)).encode()
     ).hexdigest()[:16]
     commits = repo.result_commits(session, [r.id for r in records])
     code = ", ".join(f"{commit} ({n} run(s))" for commit, n in sorted(commits.items())) or "none recorded"
@@ -151,17 +167,50 @@ def provenance_footer(session, records: list[repo.RunRecord], location: str) -> 
     return tuple(lines)
 
 
+def _fingerprinted(record: repo.RunRecord) -> str:
+    """A run's line of the fingerprint; held-out and FLARE scores join it only where recorded (so a registry
+    without them keeps the fingerprint it always had)."""
+    line = f"{record.id}:{record.status.value}:{record.dsc!r}:{record.dsc_3d!r}"
+    later = (record.test_dsc, record.flare_dsc, record.flare_nsd, record.flare_part)
+    return line if all(value is None for value in later) else line + ":" + ":".join(map(repr, later))
+
+
 Curves = dict[str, list[list[tuple[int, float]]]]  # group -> one (epoch, value) series per pretrain
 
 
-def _collapse_curves(session, records: list[repo.RunRecord], order: list[str]) -> Curves:  # type: ignore[no-untyped-def]
-    pretrains = [r for r in records if r.stage == "pretrain"]
-    series = repo.metric_series(session, [r.id for r in pretrains], "collapse")
+def _metric_curves(session, records: list[repo.RunRecord], order: list[str], stage: str,  # type: ignore[no-untyped-def]
+                   metric: str) -> Curves:
+    """Group -> one per-epoch series of ``metric`` per run of ``stage`` that recorded it, in group order."""
+    runs = [r for r in records if r.stage == stage]
+    series = repo.metric_series(session, [r.id for r in runs], metric)
     curves: Curves = {}
-    for record in pretrains:
+    for record in runs:
         if record.id in series:
             curves.setdefault(record.group, []).append(series[record.id])
     return {group: curves[group] for group in order_groups(curves, order)}
+
+
+def _html_series(session, records: list[repo.RunRecord], order: list[str]) -> dict[str, Curves]:  # type: ignore[no-untyped-def]
+    from ioussl.orchestration.htmlreport import CURVES
+
+    return {spec.key: _metric_curves(session, records, order, spec.stage, spec.metric) for spec in CURVES}
+
+
+def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: dict[str, Curves],
+                per_organ: dict, path: Path, pairs_json: Path | None) -> None:
+    import datetime as dt
+
+    from ioussl import __version__
+    from ioussl.orchestration import htmlreport, plots
+
+    written = f"written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by ioussl {__version__}"
+    inputs = htmlreport.HtmlInputs(
+        report=outcome.report, runs=records, curves=series,
+        organs=htmlreport.organ_means(outcome.report, per_organ),
+        pairs=plots.read_pairs(pairs_json) if pairs_json is not None else None, written=written,
+    )
+    outcome.skipped += [f"HTML report: {line}" for line in htmlreport.write_html(inputs, path)]
+    outcome.plots.append(path)
 
 
 def _write_plots(outcome: ReportOutcome, curves: Curves, records: list[repo.RunRecord], plot_dir: Path,

@@ -47,6 +47,11 @@ class RunRecord:
     ended_at: dt.datetime | None
     dsc: float | None
     dsc_3d: float | None
+    # Held-out test cases' per-slice DSC and FLARE 2022's evaluation (None where not recorded).
+    test_dsc: float | None = None
+    flare_dsc: float | None = None
+    flare_nsd: float | None = None
+    flare_part: str | None = None  # "val" or "test": the cases FLARE scored
 
     @property
     def elapsed_s(self) -> float | None:
@@ -277,6 +282,16 @@ def metric_series(session: Session, run_ids: Sequence[str], name: str) -> dict[s
     return series
 
 
+def result_per_organ(session: Session, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Run id -> {"val": per_organ, "test": the test part's per_organ}: the recorded per-organ DSC dicts."""
+    rows = session.execute(select(Result.run_id, Result.per_organ, Result.payload).where(Result.run_id.in_(run_ids)))
+    found: dict[str, dict[str, Any]] = {}
+    for run_id, per_organ, payload in rows:
+        test = payload.get("test") if isinstance(payload, dict) else None
+        found[run_id] = {"val": per_organ, "test": test.get("per_organ") if isinstance(test, dict) else None}
+    return found
+
+
 def result_commits(session: Session, run_ids: Sequence[str]) -> dict[str, int]:
     """Short git commit (with '-dirty') -> number of runs whose result that code produced."""
     rows = session.execute(
@@ -310,6 +325,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
             Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
             Run.pretrain_seed, Run.parent_id, Run.status, Run.status_reason, Run.run_dir, Run.imported,
             last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d,
+            Result.test_dsc, Result.flare_dsc, Result.flare_nsd, Result.flare_part,
         )
         .join(Study, Run.study_id == Study.id)
         .outerjoin(latest, latest.c.run_id == Run.id)
@@ -332,7 +348,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
             random_crop=bool(row[6]), seed=row[7], pretrain_seed=row[8], parent_id=row[9],
             status=RunStatus(row[10]), status_reason=row[11], run_dir=row[12], imported=bool(row[13]),
             job_id=row[14], attempts=row[15] or 0, started_at=row[16], ended_at=row[17], dsc=row[18],
-            dsc_3d=row[19],
+            dsc_3d=row[19], test_dsc=row[20], flare_dsc=row[21], flare_nsd=row[22], flare_part=row[23],
         )
         for row in session.execute(query)
     ]
