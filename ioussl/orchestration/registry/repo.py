@@ -182,6 +182,23 @@ def fetch_active(session: Session, study: str | None = None) -> list[Run]:
     return list(runs.values())
 
 
+def waiting_for_submit(session: Session, study: str | None = None, group: str | None = None) -> list[str]:
+    """Fine-tunes still PLANNED although their pretrain COMPLETED: nothing chained them (say, a local
+    submit was interrupted), so only ``ioussl submit`` will start them."""
+    parent = aliased(Run)
+    query = (
+        select(Run.id)
+        .join(parent, Run.parent_id == parent.id)
+        .where(Run.status == RunStatus.PLANNED, parent.status == RunStatus.COMPLETED)
+        .order_by(Run.id)
+    )
+    if study is not None:
+        query = query.join(Study, Run.study_id == Study.id).where(Study.name == study)
+    if group is not None:
+        query = query.where(Run.group == group)
+    return list(session.scalars(query))
+
+
 def open_intents(session: Session) -> list[Attempt]:
     """Attempts recorded before sbatch whose job id never arrived (a submit killed in between)."""
     return list(session.scalars(
