@@ -13,7 +13,7 @@ ingest was skipped (:func:`sync_studies`). Folders that hold what jobs execute (
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from ioussl.orchestration.submission import JobFactory, RunFilter, SubmitOutcome
 from ioussl.orchestration.sync import SyncOutcome, prefetch, sync
 
 S = RunStatus
+Progress = Callable[[list[repo.RunRecord]], None]
 LOCAL_POLL_S = 1.0
 STATUS_LOCK_WAIT_S = 2.0  # `ioussl status` waits this long for the write lock, then shows what is recorded
 
@@ -58,8 +59,12 @@ def submit(
     max_parallel: int | None = None,
     factory: JobFactory | None = None,
     backend: Backend | None = None,
+    progress: Progress | None = None,
 ) -> SubmitOutcome:
-    """Submit every planned run of the study (that the filter keeps) whose pretrain can still deliver."""
+    """Submit every planned run of the study (that the filter keeps) whose pretrain can still deliver.
+
+    ``progress``: called with the study's runs on every round of the local executor's loop (a progress bar).
+    """
     with opened(db) as registry:
         name, folder = _study_folder(registry, study)
         executor, fell_back = (backend.name, None) if backend else resolve_executor(executor)
@@ -76,7 +81,7 @@ def submit(
             return outcome
         factory = factory or submission.default_job_factory()
         if not backend.supports_dependencies:  # ioussl sequences pretrain -> fine-tunes itself
-            _run_local(registry, name, backend, run_filter, max_parallel, factory, outcome)
+            _run_local(registry, name, backend, run_filter, max_parallel, factory, outcome, progress)
         else:
             for unit in units:
                 submit_unit(registry, backend, unit, factory, outcome)
@@ -206,6 +211,7 @@ def _run_local(
     max_parallel: int | None,
     factory: JobFactory,
     outcome: SubmitOutcome,
+    progress: Progress | None = None,
 ) -> None:
     """The embedded scheduler: start ready runs up to --max-parallel, a fine-tune only once its pretrain
     completed, until nothing is running or startable (blocked fine-tunes are marked by the sync)."""
@@ -227,6 +233,9 @@ def _run_local(
             # Pretrains first: each one unlocks fine-tunes, so the slots stay busy to the end.
             ready.sort(key=lambda r: (r.stage != "pretrain", r.created_at, r.id))
             units = [submission.unit_for([r], None) for r in ready[: max(0, limit - len(running))]]
+        if progress is not None:
+            with registry.session(write=False) as session:
+                progress(repo.list_runs(session, study=study))
         if not running and not ready:
             return
         for unit in units:
@@ -299,6 +308,7 @@ def retry(
     executor: str = "auto",
     factory: JobFactory | None = None,
     backend: Backend | None = None,
+    progress: Progress | None = None,
 ) -> SubmitOutcome:
     """New attempts for failed, lost or timed-out runs (or any retryable --state, e.g. INVALID); blocked
     fine-tunes re-chain onto the new pretrain. An INVALID run's rejected result.json is set aside first
@@ -319,6 +329,7 @@ def retry(
         run_filter=RunFilter(run_ids=tuple(retried)),
         factory=factory,
         backend=backend,
+        progress=progress,
     )
 
 
