@@ -175,6 +175,8 @@ def render_submit(outcome: SubmitOutcome) -> None:
             console.print("      sbatch " + " ".join(slurm.sbatch_flags(params, array)), soft_wrap=True, markup=False)
     for run_id, why in outcome.skipped:
         console.print(f"skipped {run_id}: {why}", markup=False)
+    for message in dict.fromkeys(outcome.warnings):
+        typer.echo(f"warning: {message}", err=True)
     console.print(
         f"study {outcome.study}: {verb} {runs} run(s) in {len(outcome.units)} job(s) "
         f"({outcome.executor}); {outcome.sbatch_calls} sbatch call(s); "

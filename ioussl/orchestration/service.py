@@ -70,10 +70,13 @@ def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warning
 
 
 def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
-    study, _ = repo.get_or_create_study(
-        session, spec.name, str(spec.path) if spec.path else None, spec_summary(spec),
+    summary = spec_summary(spec)
+    study, created = repo.get_or_create_study(
+        session, spec.name, str(spec.path) if spec.path else None, summary,
         str(spec.resolve(spec.runs_dir)), str(spec.base_dir),
     )
+    if not created and (study.spec or {}).get("notify") != summary["notify"]:
+        study.spec = {**(study.spec or {}), "notify": summary["notify"]}  # a webhook added to the profile later
     known = repo.existing_hashes(session, study)
     for run in planned:
         if run.run_hash in known:
