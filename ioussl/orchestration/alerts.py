@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from http.client import HTTPException
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -209,23 +206,25 @@ def _record(registry: Registry, outcomes: list[tuple[Delivery, str | None]],
     return warnings
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A webhook answers, it does not redirect: a 3xx is a failure (urllib would resend the POST as a GET)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        return None
-
-
 def post_json(url: str, payload: dict[str, Any], timeout: float = TIMEOUT_S) -> str | None:
     """POST ``payload`` as JSON; None when the server answered 2xx, else why not in one line (never raises
-    for anything the network or the server does; the URL is not repeated, it often holds a token)."""
+    for anything the network or the server does; the URL is not repeated, it often holds a token).
+    A redirect is a failure: a webhook answers, and urllib would resend the POST as a GET."""
+    import urllib.error
+    import urllib.request  # here, not at the top: it imports ssl, which `ioussl status` need not load
+    from http.client import HTTPException
+
     from ioussl import __version__
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+            return None
 
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
                                      headers={"Content-Type": "application/json",
                                               "User-Agent": f"ioussl/{__version__}"})
     try:
-        with urllib.request.build_opener(_NoRedirect).open(request, timeout=timeout) as response:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=timeout) as response:
             response.read(4096)
             status = response.status
     except urllib.error.HTTPError as exc:
