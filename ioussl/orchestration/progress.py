@@ -10,8 +10,9 @@ are read (``ingest.check_run_dir``, ``runfiles.read_regular_range``), and every 
 checked (integers in range, finite numbers, a DSC in [0, 1]). A run whose line fails gets no live columns
 and one line saying why; its status is untouched (ingest decides validity when the job ends).
 
-The ETA is the remaining steps over the step rate of the current attempt (the lines of one attempt share
-``time - elapsed_s``), less the time since the last line, at most one epoch's worth of it.
+The ETA is the remaining steps over the step rate of the current attempt's last ``RATE_LINES`` epochs (the
+lines of one attempt share ``time - elapsed_s``), less the time since the last line, at most one epoch's
+worth of it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ioussl.orchestration.status import ACTIVE, RunStatus
 from ioussl.runfiles import RunFileError
 
 TAIL_BYTES = 64 << 10  # ~200 epoch lines: enough to see the current attempt's rate
+RATE_LINES = 20  # the ETA uses the step rate over (at most) the last 20 epochs of the current attempt
 SAME_ATTEMPT_S = 5.0  # lines whose attempt start (time - elapsed_s) differ by more belong to another attempt
 
 
@@ -131,14 +133,13 @@ def read_progress(run_dir: Path, runs_dir: str | None, stage: str, now: float) -
 
 
 def _complete_lines(data: bytes, offset: int, size: int) -> list[dict[str, Any]]:
-    """The whole JSON lines of a tail (a partial first line, a torn last one and blank lines dropped)."""
+    """The last ``RATE_LINES`` whole JSON lines of a tail (a partial first line, a torn last one and blank
+    lines dropped)."""
     pieces = data.decode("utf-8", errors="replace").split("\n")[:-1]  # the last piece has no newline
     if offset > 0 and pieces:
         pieces = pieces[1:]  # the tail began mid-line
     lines = []
-    for piece in pieces:
-        if not piece.strip():
-            continue
+    for piece in [p for p in pieces if p.strip()][-RATE_LINES:]:
         try:
             value = json.loads(piece)
         except (ValueError, RecursionError):

@@ -131,3 +131,13 @@ def test_files_that_are_not_regular_are_never_opened(tmp_path):
         read_progress(runs / "escape", str(runs), "pretrain", T0)
     with pytest.raises(RunFileError, match="resolves outside the study's runs directory"):
         read_progress(runs / ".." / "outside", str(runs), "pretrain", T0)
+
+
+def test_the_rate_is_that_of_the_last_epochs(tmp_path):
+    slow = [line(e, epochs=40, epoch_s=60.0) for e in range(10)]  # one attempt: 60 s an epoch, then 30 s
+    fast = []
+    for e in range(10, 30):
+        elapsed = 600.0 + (e - 9) * 30.0
+        fast.append({**line(e, epochs=40), "time": T0 + elapsed, "elapsed_s": elapsed})
+    found = read_progress(write(tmp_path / "r", [*slow, *fast]), None, "pretrain", fast[-1]["time"])
+    assert found.eta_s == pytest.approx(10 * 30.0)  # 10 epochs left at the recent 30 s, not the mean 39 s
