@@ -168,8 +168,13 @@ def test_watch_ends_when_every_run_has_ended(study):
     assert "every run has ended (3 run(s))" in result.output and "3 completed" in result.output
 
 
-def test_watch_stops_when_nothing_can_move_without_submit(study):
+def test_watch_stops_when_nothing_can_move_without_submit(study, monkeypatch):
+    from ioussl.cli import study as study_cli
+
+    monkeypatch.setattr(study_cli, "WATCH_IDLE_S", 1.5)
+    started = time.monotonic()
     result = invoke("status", "--db", study, "--no-sync", "--watch", "1")
+    assert time.monotonic() - started >= 1.5
     assert result.exit_code == 1
     assert "stopped watching: nothing is queued or running, and 3 planned run(s) wait for `ioussl submit`" \
         in result.stderr
