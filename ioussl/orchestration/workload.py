@@ -73,7 +73,7 @@ def progress_line(step: int, steps: int, began: float, step_s: float, stage: Any
     """The metrics line of one synthetic step, with the keys training writes (science/progress.py), one
     step per epoch: what a live ``ioussl status`` reads."""
     now = time.time()
-    return {"stage": stage, "epoch": step, "epochs": steps, "step": step, "steps_total": steps, "time": now,
+    return {"stage": stage, "epoch": step, "epochs": steps, "step": step + 1, "steps_total": steps, "time": now,
             "elapsed_s": now - began, "items_per_s": 1 / max(step_s, 1e-3), "loss": 1 / (step + 1)}
 
 
