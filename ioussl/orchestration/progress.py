@@ -28,7 +28,7 @@ from typing import Any
 from ioussl import runfiles
 from ioussl.orchestration import ingest, resultcheck
 from ioussl.orchestration.registry import repo, unit_of_work
-from ioussl.orchestration.report import in_group_order, study_group_order
+from ioussl.orchestration.service import status_records
 from ioussl.orchestration.status import ACTIVE, RunStatus
 from ioussl.runfiles import RunFileError
 
@@ -82,17 +82,14 @@ def status_view(db: str | None, study: str | None = None, stage: str | None = No
                 now: float | None = None) -> StatusView:
     """The registry's runs (in report group order) and the live progress of those running (from files)."""
     with unit_of_work(db, write=False) as session:
-        if study is not None:
-            repo.find_study(session, study)
-        records = repo.list_runs(session, study=study, stage=stage, group=group)
-        orders = {row.name: study_group_order(row.spec) for row in repo.list_studies(session)}
+        records = status_records(session, study=study, stage=stage, group=group)  # --state applies below
         runs_dirs = repo.study_runs_dirs(session)
         waiting = repo.waiting_for_submit(session, study=study, group=group) if stage != "pretrain" else []
     view = StatusView(records=[], waiting=waiting, total=len(records))
     view.unfinished = sum(not r.status.is_terminal() for r in records)
     view.active = sum(r.status in ACTIVE for r in records)
     wanted = set(statuses or ())
-    view.records = in_group_order([r for r in records if not wanted or r.status in wanted], orders)
+    view.records = [r for r in records if not wanted or r.status in wanted]
     view.live, view.problems = live_progress(view.records, runs_dirs, time.time() if now is None else now)
     return view
 
