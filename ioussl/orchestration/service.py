@@ -70,10 +70,13 @@ def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warning
 
 
 def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
-    study, _ = repo.get_or_create_study(
-        session, spec.name, str(spec.path) if spec.path else None, spec_summary(spec),
+    summary = spec_summary(spec)
+    study, created = repo.get_or_create_study(
+        session, spec.name, str(spec.path) if spec.path else None, summary,
         str(spec.resolve(spec.runs_dir)), str(spec.base_dir),
     )
+    if not created and (study.spec or {}).get("notify") != summary["notify"]:
+        study.spec = {**(study.spec or {}), "notify": summary["notify"]}  # a webhook added to the profile later
     known = repo.existing_hashes(session, study)
     for run in planned:
         if run.run_hash in known:
@@ -102,11 +105,17 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
 def status_rows(db: str | None, study: str | None = None, stage: str | None = None,
                 statuses: list[RunStatus] | None = None, group: str | None = None) -> list[repo.RunRecord]:
     with unit_of_work(db, write=False) as session:
-        if study is not None:
-            repo.find_study(session, study)
-        records = repo.list_runs(session, study=study, stage=stage, statuses=statuses, group=group)
-        orders = {row.name: study_group_order(row.spec) for row in repo.list_studies(session)}
-        return in_group_order(records, orders)
+        return status_records(session, study, stage, statuses, group)
+
+
+def status_records(session, study: str | None = None, stage: str | None = None,  # type: ignore[no-untyped-def]
+                   statuses: list[RunStatus] | None = None, group: str | None = None) -> list[repo.RunRecord]:
+    """The runs ``status`` lists, in report group order (inside the caller's unit of work)."""
+    if study is not None:
+        repo.find_study(session, study)
+    records = repo.list_runs(session, study=study, stage=stage, statuses=statuses, group=group)
+    orders = {row.name: study_group_order(row.spec) for row in repo.list_studies(session)}
+    return in_group_order(records, orders)
 
 
 @dataclass

@@ -43,6 +43,11 @@ def test_finetunes_are_held_by_the_dependency_and_start_after_the_pretrain(rig):
     pretrain_end = max(e["t"] for e in rig.events(pretrain) if e["event"] == "finished")
     starts = [e["t"] for r in finetunes for e in rig.events(r) if e["event"] == "started"]
     assert min(starts) >= pretrain_end
+    task = rows[finetunes[1]["id"]]["job_id"]  # an array task: submitit's files live under <job>_<index>/
+    logs = rig.ioussl("logs", finetunes[1]["id"]).stdout
+    assert f"attempt 1: slurm job {task}" in logs and f"/_submitit/{task}/{task}_0_log.out ---" in logs
+    assert "submitit INFO" in logs and "Job completed successfully" in logs and "  finished  " in logs
+    assert f"/_submitit/{task}/{task}_0_log.err" in logs
     print(
         f"pretrain end -> fine-tune start: {min(starts) - pretrain_end:.2f} s (first), "
         f"{max(starts) - pretrain_end:.2f} s (last)"

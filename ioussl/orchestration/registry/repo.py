@@ -16,7 +16,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from ioussl.errors import ConfigError, NotFound
-from ioussl.orchestration.registry.models import Attempt, Metric, Provenance, Result, Run, Study, utcnow
+from ioussl.orchestration.registry.models import (
+    Attempt,
+    Metric,
+    Notification,
+    Provenance,
+    Result,
+    Run,
+    Study,
+    utcnow,
+)
 from ioussl.orchestration.status import ACTIVE, DEAD_PARENT, RunStatus, check_transition
 
 RESULT_COLUMNS = frozenset({
@@ -187,6 +196,23 @@ def fetch_active(session: Session, study: str | None = None) -> list[Run]:
     return list(runs.values())
 
 
+def waiting_for_submit(session: Session, study: str | None = None, group: str | None = None) -> list[str]:
+    """Fine-tunes still PLANNED although their pretrain COMPLETED: nothing chained them (say, a local
+    submit was interrupted), so only ``ioussl submit`` will start them."""
+    parent = aliased(Run)
+    query = (
+        select(Run.id)
+        .join(parent, Run.parent_id == parent.id)
+        .where(Run.status == RunStatus.PLANNED, parent.status == RunStatus.COMPLETED)
+        .order_by(Run.id)
+    )
+    if study is not None:
+        query = query.join(Study, Run.study_id == Study.id).where(Study.name == study)
+    if group is not None:
+        query = query.where(Run.group == group)
+    return list(session.scalars(query))
+
+
 def open_intents(session: Session) -> list[Attempt]:
     """Attempts recorded before sbatch whose job id never arrived (a submit killed in between)."""
     return list(session.scalars(
@@ -302,6 +328,47 @@ def result_commits(session: Session, run_ids: Sequence[str]) -> dict[str, int]:
         key = f"{(commit or 'unknown')[:10]}{'-dirty' if dirty else ''}"
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def study_status_counts(session: Session, study_id: int) -> dict[RunStatus, int]:
+    """How many runs of the study are in each status."""
+    rows = session.execute(select(Run.status, func.count()).where(Run.study_id == study_id).group_by(Run.status))
+    return {RunStatus(status): n for status, n in rows}
+
+
+def notification_keys(session: Session, study_id: int, keys: Iterable[str]) -> set[str]:
+    """Which of ``keys`` the study has already queued (each event is queued once)."""
+    wanted = list(set(keys))
+    if not wanted:
+        return set()
+    query = select(Notification.key).where(Notification.study_id == study_id, Notification.key.in_(wanted))
+    return set(session.scalars(query))
+
+
+def add_notification(session: Session, **fields: Any) -> Notification:
+    row = Notification(**fields)
+    session.add(row)
+    return row
+
+
+def unsent_notifications(session: Session, study_id: int, *, claimed_before: dt.datetime, fresh_only: bool,
+                         limit: int) -> list[Notification]:
+    """Notifications to send, oldest first: never claimed, or claimed before ``claimed_before`` by a sync
+    that never said how delivery went (it was killed); ``fresh_only``: only those never tried."""
+    unconfirmed = (Notification.tries == 0) & Notification.sent_at.is_not(None) & (
+        Notification.sent_at < claimed_before)
+    query = select(Notification).where(Notification.study_id == study_id,
+                                       Notification.sent_at.is_(None) | unconfirmed)
+    if fresh_only:
+        query = query.where(Notification.tries == 0)
+    return list(session.scalars(query.order_by(Notification.id).limit(limit)))
+
+
+def has_unsent_notifications(session: Session, study: str) -> bool:
+    """Whether the study has a notification not delivered yet (checked before any write lock is taken)."""
+    query = (select(Notification.id).join(Study, Notification.study_id == Study.id)
+             .where(Study.name == study, Notification.sent_at.is_(None) | (Notification.tries == 0)).limit(1))
+    return session.scalar(query) is not None
 
 
 def study_runs_dirs(session: Session) -> dict[str, str]:
