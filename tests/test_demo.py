@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -26,10 +27,31 @@ def _study(root: Path) -> Path:
     return path
 
 
-def _demo(root: Path, *extra: str, env: dict[str, str] | None = None, executor: str = "local") -> subprocess.Popen[str]:
+@dataclasses.dataclass
+class Demo:
+    process: subprocess.Popen[str]
+    out: Path
+    err: Path
+
+
+def _demo(root: Path, *extra: str, env: dict[str, str] | None = None, executor: str = "local") -> Demo:
+    """`ioussl demo` in the background, its output in files under root (see :func:`_finish`).
+
+    Not pipes: the local executor's job controllers inherit the demo's stdout and stderr and may outlive an
+    interrupted demo, so reading a pipe to its end would wait for them, not for the demo.
+    """
     args = [sys.executable, "-m", "ioussl", "demo", "--study", str(_study(root)), "--executor", executor, *extra]
-    return subprocess.Popen(args, cwd=root, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    count = len(list(root.glob("demo-*.out")))
+    out_path, err_path = root / f"demo-{count}.out", root / f"demo-{count}.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        process = subprocess.Popen(args, cwd=root, env=env or _env(), stdout=out, stderr=err, text=True)
+    return Demo(process, out_path, err_path)
+
+
+def _finish(demo: Demo, timeout: float) -> tuple[str, str]:
+    """Wait for the demo process itself to end; its stdout and stderr."""
+    demo.process.wait(timeout=timeout)
+    return demo.out.read_text(), demo.err.read_text()
 
 
 def _no_controller(folder: Path) -> Path:
@@ -54,8 +76,8 @@ def _statuses(root: Path) -> list[dict]:
 
 def test_demo_runs_then_reuses_everything(tmp_path):
     first = _demo(tmp_path)
-    out, err = first.communicate(timeout=900)
-    assert first.returncode == 0, out + err
+    out, err = _finish(first, 900)
+    assert first.process.returncode == 0, out + err
     assert "no pretraining" in out and "[0.3, 0.6]" in out  # the report's rows
     rows = _statuses(tmp_path)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"COMPLETED"}
@@ -64,8 +86,8 @@ def test_demo_runs_then_reuses_everything(tmp_path):
     began = time.monotonic()
     # `auto` with the SLURM client on PATH but no controller (the fake scontrol says DOWN): runs here, says so
     second = _demo(tmp_path, executor="auto", env={**_env(), "PATH": str(_no_controller(tmp_path / "bin"))})
-    out, err = second.communicate(timeout=300)
-    assert second.returncode == 0, out + err
+    out, err = _finish(second, 300)
+    assert second.process.returncode == 0, out + err
     assert "reusing" in out and "0 new run(s), 3 already planned" in out
     assert "the SLURM controller does not answer" in out and "running on this machine" in out
     assert {r["id"]: (Path(r["run_dir"]) / "result.json").stat().st_mtime for r in _statuses(tmp_path)} == results
@@ -76,17 +98,17 @@ def test_interrupted_demo_resumes(tmp_path):
     first = _demo(tmp_path)
     deadline = time.monotonic() + 600
     while not any(r["status"] == "COMPLETED" for r in _statuses(tmp_path)):
-        assert first.poll() is None and time.monotonic() < deadline, "the demo ended before any run completed"
+        assert first.process.poll() is None and time.monotonic() < deadline, "the demo ended before any run completed"
         time.sleep(1)
-    first.send_signal(signal.SIGINT)
-    out, err = first.communicate(timeout=120)
-    assert first.returncode == 130 and "run `ioussl demo` (or `make demo`) again to resume" in err
+    first.process.send_signal(signal.SIGINT)
+    out, err = _finish(first, 120)
+    assert first.process.returncode == 130 and "run `ioussl demo` (or `make demo`) again to resume" in err
     assert "Traceback" not in err
     done_before = {r["id"] for r in _statuses(tmp_path) if r["status"] == "COMPLETED"}
 
     again = _demo(tmp_path)
-    out, err = again.communicate(timeout=900)
-    assert again.returncode == 0, out + err
+    out, err = _finish(again, 900)
+    assert again.process.returncode == 0, out + err
     rows = _statuses(tmp_path)
     assert {r["status"] for r in rows} == {"COMPLETED"}
     assert all(r["attempts"] == 1 for r in rows if r["id"] in done_before)  # finished work was not redone

@@ -77,9 +77,8 @@ def _fitted_range(values: Sequence[float]) -> tuple[float, float]:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return 0.0, 1.0
-    low, high = min(finite), max(finite)
-    margin = max(0.08 * (high - low), 0.01)
-    return max(low - margin, min(low, 0.0)), min(high + margin, max(high, 1.0))
+    low, high = _padded_range(finite)
+    return max(low, min(min(finite), 0.0)), min(high, max(max(finite), 1.0))
 
 
 def _padded_range(values: Sequence[float]) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from studyfiles import tiny_study
 from typer.testing import CliRunner
 
 from ioussl.cli import app
@@ -26,29 +27,7 @@ from ioussl.orchestration.status import RunStatus as S
 runner = CliRunner()
 FACTORY = "ioussl.orchestration.workload:make_job"
 
-STUDY = """
-[study]
-name = "watched"
-runs_dir = "runs"
-[data]
-store = "store"
-crop = 64
-[model]
-feature_size = 12
-[pretrain]
-seeds = [1]
-[finetune]
-seeds = [1, 2]
-[[intervals]]
-i_min = 0.3
-i_max = 0.6
-[resources.pretrain]
-gpus = 0
-time_min = 5
-[resources.finetune]
-gpus = 0
-time_min = 5
-"""
+STUDY = tiny_study("watched")
 
 
 def invoke(*args: str, **kwargs):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from registryfix import dump, write_result
 from sqlalchemy import select
+from studyfiles import tiny_study
 from typer.testing import CliRunner
 
 from ioussl.errors import ConfigError
@@ -26,30 +27,7 @@ from ioussl.orchestration.scheduler import QueryResult
 from ioussl.orchestration.service import plan_grid
 from ioussl.orchestration.slurm import JobInfo
 
-STUDY = """
-[study]
-name = "alerting"
-runs_dir = "runs"
-cluster = "site.toml"
-[data]
-store = "store"
-crop = 64
-[model]
-feature_size = 12
-[pretrain]
-seeds = [1, 2]
-[finetune]
-seeds = [1]
-[[intervals]]
-i_min = 0.3
-i_max = 0.6
-[resources.pretrain]
-gpus = 0
-time_min = 5
-[resources.finetune]
-gpus = 0
-time_min = 5
-"""
+STUDY = tiny_study("alerting", pretrain_seeds=(1, 2), finetune_seeds=(1,), cluster="site.toml")
 
 
 class Hook:
@@ -219,7 +197,7 @@ def test_one_post_per_event_across_syncs_and_delivery_after_the_server_comes_bac
 
 
 def test_a_completed_study_is_one_alert(registry_db, tmp_path, hook):
-    _plan(tmp_path, registry_db, hook.url, STUDY.replace("seeds = [1, 2]", "seeds = [1]"))
+    _plan(tmp_path, registry_db, hook.url, tiny_study("alerting", finetune_seeds=(1,), cluster="site.toml"))
     cluster = FakeCluster()
     jobservice.submit(registry_db, "alerting", backend=cluster, factory=lambda run_dir, encoder: ("job", run_dir))
     runs, _ = _rows(registry_db)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from registryfix import write_result
 from sqlalchemy import select
+from studyfiles import tiny_study
 
 from ioussl.errors import ConfigError, NotFound, SubmissionError
 from ioussl.orchestration import jobservice, submission
@@ -283,29 +284,7 @@ def test_bad_input_is_one_clear_error(thesis, tmp_path, monkeypatch):
         jobservice.submit(thesis, "nope", factory=make_job)
 
 
-LOCAL_STUDY = """
-[study]
-name = "local"
-runs_dir = "runs"
-[data]
-store = "store"
-crop = 64
-[model]
-feature_size = 12
-[pretrain]
-seeds = [1]
-[finetune]
-seeds = [1, 2]
-[[intervals]]
-i_min = 0.3
-i_max = 0.6
-[resources.pretrain]
-gpus = 0
-time_min = 5
-[resources.finetune]
-gpus = 0
-time_min = 5
-"""
+LOCAL_STUDY = tiny_study("local")
 
 
 def test_local_executor_starts_fine_tunes_only_after_their_pretrain(tmp_path):

@@ -19,7 +19,8 @@ def test_finetunes_are_held_by_the_dependency_and_start_after_the_pretrain(rig):
     rig.plan()
     pretrain, *finetunes = rig.runs()
     assert pretrain["stage"] == "pretrain" and len(finetunes) == 2
-    rig.set_workload(pretrain, steps=8, step_s=0.25)
+    # long enough (20 s) that the array is still held when squeue is read, on a loaded machine too
+    rig.set_workload(pretrain, steps=20, step_s=1.0)
     for run in finetunes:
         rig.set_workload(run, steps=1, step_s=0.05)
 
@@ -36,7 +37,7 @@ def test_finetunes_are_held_by_the_dependency_and_start_after_the_pretrain(rig):
     assert len(held) == 2 and all(state == "PENDING" for _, _, state, _ in held)
     assert all(dependencies[job_id].startswith(f"afterok:{pretrain_job}") for job_id, *_ in held), dependencies
 
-    rows = rig.wait_for(all_status("COMPLETED"), timeout=60)
+    rows = rig.wait_for(all_status("COMPLETED"), timeout=180)
     assert rows[pretrain["id"]]["dsc"] is None  # a pretrain's result has a loss, not a DSC
     assert sorted(rows[r["id"]]["dsc"] for r in finetunes) == pytest.approx([0.815, 0.825])
     assert {rows[r["id"]]["job_id"] for r in finetunes} == {f"{held[0][0].split('_')[0]}_{i}" for i in (0, 1)}

@@ -95,13 +95,15 @@ def test_scaled_down_study_runs_through_slurm_and_reports_its_own_results(tmp_pa
             started = min(e["t"] for e in _events(Path(run["run_dir"])) if e["event"] == "started")
             assert started >= finished
 
-    # every DSC in the report is the one the job wrote into its own result.json
-    report = json.loads(_report_json(tmp_path, env))
+    # every DSC in the report is the one the job wrote into its own result.json: the split has a test
+    # part, so each group is scored on the held-out test case, not on the case that selected the epoch
+    report, cases = _report_json(tmp_path, env)
+    assert set(cases.values()) == {"test"}
     by_group: dict[str, list[float]] = {}
     for run in sorted(finetunes, key=lambda r: (r["pretrain_seed"] or 0, r["seed"], r["id"])):
         result = json.loads((Path(run["run_dir"]) / "result.json").read_text())
-        assert 0.0 <= result["dsc"] <= 1.0
-        by_group.setdefault(run["group"], []).append(result["dsc"])
+        assert 0.0 <= result["dsc"] <= 1.0 and 0.0 <= result["test"]["dsc"] <= 1.0
+        by_group.setdefault(run["group"], []).append(result["test"]["dsc"])
     assert set(report) == set(by_group)
     for group, values in by_group.items():
         assert report[group] == pytest.approx(values, abs=5e-7)
@@ -111,11 +113,12 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
 
 
-def _report_json(root: Path, env: dict[str, str]) -> str:
-    """group -> the per-run DSC values of the CSV report, as JSON."""
+def _report_json(root: Path, env: dict[str, str]) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """group -> the per-run DSC values of the CSV report, and group -> the cases they were scored on."""
     import csv
     import io
 
     text = _ioussl(root, env, "report", "--study", "e2e", "--format", "csv")
-    rows = csv.DictReader(io.StringIO(text))
-    return json.dumps({row["group"]: [float(v) for v in row["values"].split()] for row in rows})
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return ({row["group"]: [float(v) for v in row["values"].split()] for row in rows},
+            {row["group"]: row["cases"] for row in rows})
