@@ -12,12 +12,16 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ioussl.errors import ConfigError
 from ioussl.runfiles import atomic_write_text
+
+if TYPE_CHECKING:
+    from ioussl.orchestration.registry.repo import RunRecord
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STUDY = REPO / "jobs" / "demo.toml"
@@ -95,7 +99,6 @@ def _split(store: Path, split: Path, settings: DemoSettings, say: Say) -> None:
 
 
 def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None):  # type: ignore[no-untyped-def]
-    from ioussl.orchestration import jobservice
     from ioussl.orchestration.service import plan_grid, report_study, status_rows
 
     outcome = plan_grid(settings.study_file, db)
@@ -108,27 +111,50 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
         settings = replace(settings, executor=executor)
         say(f"    {why_local}: running on this machine with the local executor" if why_local else
             "    the SLURM controller answers: submitting to it")
-    worker = _Submitter(lambda: jobservice.submit(db, name, executor=settings.executor,
-                                                  max_parallel=settings.max_parallel))
-    worker.start()
-    while worker.is_alive():
-        if progress is not None:
-            progress(status_rows(db, study=name))
-        worker.join(timeout=2.0)
-    if worker.error is not None:
-        raise worker.error
-    if settings.executor != "local":  # SLURM runs the chain by itself: sync until every run has ended
-        _wait_for_scheduler(db, name, progress)
+    startable = None
+    while True:  # jobs of an interrupted demo may still run: wait for them, then start what they unlocked
+        _submit(db, name, settings, progress)
+        _wait_while_active(db, name, progress)
+        previous, startable = startable, _startable(status_rows(db, study=name))
+        if not startable or startable == previous:
+            break
     retried = _retry_lost(db, name, settings, say)
-    if retried and settings.executor != "local":
-        _wait_for_scheduler(db, name, progress)
+    if retried:
+        _submit(db, name, settings, progress)
+        _wait_while_active(db, name, progress)
     if progress is not None:
         progress(status_rows(db, study=name))
     say(f"5/5 runs finished{f' ({retried} retried after an interruption)' if retried else ''}; report:")
     return report_study(db, name)
 
 
-def _wait_for_scheduler(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:  # type: ignore[type-arg]
+def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | None) -> None:  # type: ignore[type-arg]
+    """Submit the study's planned runs; the local executor blocks until they end, drawing progress meanwhile."""
+    from ioussl.orchestration import jobservice
+    from ioussl.orchestration.service import status_rows
+
+    worker = _Submitter(lambda: jobservice.submit(db, study, executor=settings.executor,
+                                                  max_parallel=settings.max_parallel))
+    worker.start()
+    while worker.is_alive():
+        if progress is not None:
+            progress(status_rows(db, study=study))
+        worker.join(timeout=2.0)
+    if worker.error is not None:
+        raise worker.error
+
+
+def _startable(records: Sequence[RunRecord]) -> frozenset[str]:
+    """Planned runs that could start now: no pretrain, or a completed one."""
+    from ioussl.orchestration.status import RunStatus
+
+    done = {r.id for r in records if r.status == RunStatus.COMPLETED}
+    return frozenset(r.id for r in records
+                     if r.status == RunStatus.PLANNED and (r.parent_id is None or r.parent_id in done))
+
+
+def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:  # type: ignore[type-arg]
+    """Sync until no run of the study is queued or running (SLURM's chain, or local jobs of an earlier demo)."""
     from ioussl.orchestration import jobservice
     from ioussl.orchestration.service import status_rows
 
@@ -137,7 +163,7 @@ def _wait_for_scheduler(db: str, study: str, progress: Callable | None, poll_s: 
         records = status_rows(db, study=study)
         if progress is not None:
             progress(records)
-        if all(record.status.is_terminal() for record in records):
+        if not any(record.status.is_active() for record in records):
             return
         time.sleep(poll_s)
 
