@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ioussl.orchestration.sweep import format_value, point_text
+
 if TYPE_CHECKING:
     from ioussl.orchestration.importing import ImportOutcome
     from ioussl.orchestration.registry.repo import RunRecord
@@ -40,14 +42,50 @@ def plan_outcome(outcome: PlanOutcome) -> None:
         + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)"
            if outcome.resources_updated else "")
     )
+    _plan_size(outcome)
     for warning in outcome.warnings:
         console.print(f"warning: {warning}", markup=False, soft_wrap=True)
-    if outcome.new:
-        table = Table("run", "stage", "group", "pretrain seed", "seed", "parent")
+    if len(outcome.new) > SUMMARY_ABOVE:
+        _plan_per_axis_value(outcome)
+    elif outcome.new:
+        table = Table("run", "stage", "group", "pretrain seed", "seed", "parent", *(["point"] if outcome.axes else []))
         for run in outcome.new:
+            point = [escape(point_text(run.point)) if run.point else "-"] if outcome.axes else []
             table.add_row(run.key, run.stage, escape(run.group), _opt(run.pretrain_seed), str(run.seed),
-                          run.parent_key or "-")
+                          run.parent_key or "-", *point)
         console.print(table)
+
+
+def _plan_size(outcome: PlanOutcome) -> None:
+    """The sweep's axes, the study's runs per stage, and the GPU-hours its new runs request."""
+    for name, values in outcome.axes.items():
+        shown = ", ".join(format_value(v) for v in values)
+        console.print(f"axis {name} ({len(values)}): {shown}", markup=False, soft_wrap=True)
+    total = outcome.counts(outcome.new + outcome.existing)
+    new = outcome.counts(outcome.new)
+    console.print(
+        f"runs per stage: {total['pretrain']:,} pretrain, {total['finetune']:,} finetune "
+        f"({sum(total.values()):,} in the study); GPU-hours requested by the {len(outcome.new):,} new: "
+        f"{outcome.gpu_hours(outcome.new):,.1f} (pretrain {new['pretrain'] * outcome.gpu_hours_per_run.get('pretrain', 0):,.1f}, "
+        f"finetune {new['finetune'] * outcome.gpu_hours_per_run.get('finetune', 0):,.1f})",
+        markup=False, soft_wrap=True,
+    )
+
+
+def _plan_per_axis_value(outcome: PlanOutcome) -> None:
+    """New runs per interval and per axis value (a list of thousands of runs reads worse than this)."""
+    counts: dict[str, dict[str, dict[str, int]]] = {"interval": {}}
+    counts.update({axis: {format_value(v): {"pretrain": 0, "finetune": 0} for v in values}
+                   for axis, values in outcome.axes.items()})
+    for run in outcome.new:
+        for axis, value in [("interval", run.group), *((k, format_value(v)) for k, v in run.point.items())]:
+            counts[axis].setdefault(value, {"pretrain": 0, "finetune": 0})[run.stage] += 1
+    table = Table("axis", "value", "pretrain", "finetune", title=f"{len(outcome.new):,} new runs per axis value")
+    for axis, values in counts.items():
+        for value, row in values.items():
+            table.add_row(escape(axis), escape(value), str(row["pretrain"]), str(row["finetune"]))
+        table.add_section()
+    console.print(table)
 
 
 SUMMARY_ABOVE = 400  # rows; past this a per-group summary reads better (and renders 30x faster) than a list

@@ -27,6 +27,16 @@ class PlanOutcome:
     resources_updated: int = 0
     dry_run: bool = False
     warnings: list[str] = field(default_factory=list)
+    axes: dict[str, list[object]] = field(default_factory=dict)  # swept setting -> its values (file order)
+    gpu_hours_per_run: dict[str, float] = field(default_factory=dict)  # stage -> GPU-hours one run requests
+
+    def counts(self, runs: list[PlannedRun]) -> dict[str, int]:
+        """Runs per stage (pretrain, finetune) among ``runs``."""
+        return {stage: sum(run.stage == stage for run in runs) for stage in ("pretrain", "finetune")}
+
+    def gpu_hours(self, runs: list[PlannedRun]) -> float:
+        """GPU-hours ``runs`` request: each stage's time limit x GPUs."""
+        return sum(n * self.gpu_hours_per_run.get(stage, 0.0) for stage, n in self.counts(runs).items())
 
 
 def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, check_data: bool = True,
@@ -45,7 +55,7 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
         return _dry_run(db, spec, planned, warnings)
     with opened(db, create=True) as registry:
         for last_try in (False, True):
-            outcome = PlanOutcome(study=spec.name, warnings=warnings)
+            outcome = _outcome(spec, warnings)
             try:
                 with registry.session() as session:
                     return register_runs(session, spec, planned, outcome)
@@ -57,7 +67,7 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
 
 def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warnings: list[str]) -> PlanOutcome:
     """What a plan would add; nothing is written (and no registry is created)."""
-    outcome = PlanOutcome(study=spec.name, dry_run=True, warnings=warnings)
+    outcome = dataclasses.replace(_outcome(spec, warnings), dry_run=True)
     with ExitStack() as stack:
         try:
             registry = stack.enter_context(opened(db, create=False))
@@ -69,34 +79,46 @@ def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warning
     return outcome
 
 
+def _outcome(spec: StudySpec, warnings: list[str]) -> PlanOutcome:
+    from ioussl.orchestration.slurm import resources_for_run
+
+    hours = {stage: resources_for_run(stored, where=f"[resources.{stage}]").gpu_hours()
+             for stage, stored in spec.resources.items()}
+    return PlanOutcome(study=spec.name, warnings=warnings, axes=spec.sweep.values(), gpu_hours_per_run=hours)
+
+
 def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
+    """Record the study (and its sweep axes) and insert its runs not yet recorded, in one statement.
+
+    Resources are not part of a run's identity: a cluster profile edited after planning (say, the account
+    filled in) reaches every run that has not been submitted yet.
+    """
     study, _ = repo.get_or_create_study(
         session, spec.name, str(spec.path) if spec.path else None, spec_summary(spec),
-        str(spec.resolve(spec.runs_dir)), str(spec.base_dir),
+        str(spec.resolve(spec.runs_dir)), str(spec.base_dir), axes=list(spec.sweep.names),
     )
+    repo.add_axes(study, spec.sweep.names)
     known = repo.existing_hashes(session, study)
-    for run in planned:
-        if run.run_hash in known:
-            outcome.existing.append(run)
-            row = repo.run_or_none(session, known[run.run_hash])
-            # Resources are not part of a run's identity: a cluster profile edited after planning (say, the
-            # account filled in) reaches every run that has not been submitted yet.
-            if row is not None and row.status == RunStatus.PLANNED and row.resources != run.resources:
-                row.resources = run.resources
-                outcome.resources_updated += 1
-            continue
-        repo.add_run(
-            session, study, id=run.key, stage=run.stage, group=run.group,
-            i_min=run.interval.i_min if run.interval else None,
-            i_max=run.interval.i_max if run.interval else None,
-            random_crop=bool(run.interval and run.interval.random_crop), seed=run.seed,
-            pretrain_seed=run.pretrain_seed, parent_id=run.parent_key, config=run.config.to_json(),
-            run_hash=run.run_hash, resources=run.resources, point=dict(run.point),
-            run_dir=str(planning.run_dir_for(spec, run)),
-        )
-        session.flush()
-        outcome.new.append(run)
+    outcome.existing = [run for run in planned if run.run_hash in known]
+    outcome.new = [run for run in planned if run.run_hash not in known]
+    unsubmitted = repo.unsubmitted_resources(session, study) if outcome.existing else {}
+    stale = {known[run.run_hash]: run.resources for run in outcome.existing
+             if known[run.run_hash] in unsubmitted and unsubmitted[known[run.run_hash]] != run.resources}
+    repo.set_resources(session, stale)
+    outcome.resources_updated = len(stale)
+    repo.add_runs(session, study, [_run_row(spec, run) for run in outcome.new])
     return outcome
+
+
+def _run_row(spec: StudySpec, run: PlannedRun) -> dict[str, object]:
+    return {
+        "id": run.key, "stage": run.stage, "group": run.group,
+        "i_min": run.interval.i_min if run.interval else None, "i_max": run.interval.i_max if run.interval else None,
+        "random_crop": bool(run.interval and run.interval.random_crop), "seed": run.seed,
+        "pretrain_seed": run.pretrain_seed, "parent_id": run.parent_key, "config": run.config.to_json(),
+        "run_hash": run.run_hash, "resources": run.resources, "point": dict(run.point),
+        "run_dir": str(planning.run_dir_for(spec, run)),
+    }
 
 
 def status_rows(db: str | None, study: str | None = None, stage: str | None = None,

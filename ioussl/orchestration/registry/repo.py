@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from ioussl.errors import ConfigError, NotFound
@@ -98,6 +98,13 @@ def get_or_create_study(session: Session, name: str, spec_path: str | None, spec
     session.add(study)
     session.flush()
     return study, True
+
+
+def add_axes(study: Study, names: Sequence[str]) -> None:
+    """A study planned again with more sweep axes keeps its old ones and appends the new (file order)."""
+    new = [name for name in names if name not in (study.axes or [])]
+    if new:
+        study.axes = [*(study.axes or []), *new]
 
 
 def run_or_none(session: Session, run_id: str) -> Run | None:
@@ -205,6 +212,30 @@ def add_run(session: Session, study: Study, **fields: Any) -> Run:
     run = Run(study_id=study.id, status=RunStatus.PLANNED, **fields)
     session.add(run)
     return run
+
+
+def add_runs(session: Session, study: Study, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert planned runs in one executemany (a pretrain listed before its fine-tunes); a run recorded
+    meanwhile by another process raises the unique constraint (AlreadyRecorded) and nothing is written."""
+    if rows:
+        now = utcnow()
+        session.execute(insert(Run), [{"study_id": study.id, "status": RunStatus.PLANNED, "created_at": now,
+                                       "updated_at": now, "imported": False, **row} for row in rows])
+
+
+def unsubmitted_resources(session: Session, study: Study) -> dict[str, dict[str, Any]]:
+    """Run id -> stored resources of the study's PLANNED runs (which a re-plan may still update)."""
+    rows = session.execute(select(Run.id, Run.resources).where(Run.study_id == study.id,
+                                                              Run.status == RunStatus.PLANNED))
+    return {run_id: resources for run_id, resources in rows}
+
+
+def set_resources(session: Session, resources: dict[str, dict[str, Any]]) -> None:
+    """New resources for unsubmitted runs, by run id (one executemany)."""
+    if resources:
+        now = utcnow()
+        session.execute(update(Run), [{"id": run_id, "resources": value, "updated_at": now}
+                                      for run_id, value in resources.items()])
 
 
 def set_status(session: Session, run: Run, new: RunStatus, reason: str | None = None) -> bool:
