@@ -139,7 +139,33 @@ def status_summary(records: Sequence[RunRecord]) -> None:
         cells = [str(row.get(s, "")) for s in states]
         table.add_row(escape(study), escape(group), stage, *cells, str(sum(row.values())))
     console.print(table)
+    if any(record.point for record in records):
+        status_per_axis_value(records)
     console.print("list every run with --all, or narrow with --study, --stage, --state or --interval")
+
+
+def status_per_axis_value(records: Sequence[RunRecord]) -> None:
+    """A sweep's runs per (study, swept setting, value) and state: which corner of a sweep lags or fails."""
+    from ioussl.orchestration.grouping import hashable, natural_order
+
+    counts: dict[tuple[str, str], dict[object, dict[str, int]]] = {}
+    for record in records:
+        state = record.status.value
+        for axis, value in record.point.items():
+            row = counts.setdefault((record.study, axis), {}).setdefault(hashable(value), {})
+            row[state] = row.get(state, 0) + 1
+    # Axes as the study file lists them: a fine-tune of a pretrain has every axis, in file order.
+    order = {axis: i for i, axis in enumerate(max(records, key=lambda r: len(r.point)).point)}
+    states = [s for s in STATUS_STYLE if any(s in row for values in counts.values() for row in values.values())]
+    table = Table("study", "axis", "value", *states, "total", title="runs per swept value")
+    for study, axis in sorted(counts, key=lambda k: (k[0], order.get(k[1], len(order)), k[1])):
+        values = counts[(study, axis)]
+        for value in sorted(values, key=natural_order):
+            row = values[value]
+            table.add_row(escape(study), escape(axis), escape(format_value(value)),
+                          *[str(row.get(s, "")) for s in states], str(sum(row.values())))
+        table.add_section()
+    console.print(table)
 
 
 def status_json(records: Sequence[RunRecord]) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ioussl.cli.options import (
+    ByOption,
     DbOption,
     DryRunOption,
     GroupOption,
@@ -15,6 +16,7 @@ from ioussl.cli.options import (
     ReportFormat,
     StageOption,
     StateOption,
+    StudiesOption,
     StudyOption,
     command_group,
 )
@@ -78,7 +80,8 @@ def status(
 
 def report(
     db: DbOption = None,
-    study: StudyOption = None,
+    study: StudiesOption = None,
+    by: ByOption = None,
     table: Annotated[
         bool, typer.Option("--table/--no-table", help="Print Table 4.2: mean ± std DSC per group (--no-table: "
                                                       "only write the figures of --plot).")
@@ -97,7 +100,11 @@ def report(
                                   help="Pair analysis (ioussl analyze pairs --json) to plot; needs --plot.")
     ] = None,
 ) -> None:
-    """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline."""
+    """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline.
+
+    Groups are the IoU intervals (Table 4.2), or any axes of a sweep with --by; several --study give
+    their rows side by side.
+    """
     from ioussl.cli import render
     from ioussl.orchestration.service import report_study
 
@@ -105,7 +112,7 @@ def report(
         raise ConfigError("--pairs is plotted into the --plot folder: give --plot DIR too")
     if not table and plot is None:
         raise ConfigError("--no-table without --plot DIR leaves nothing to report")
-    render.report(report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs), fmt, table=table)
+    render.report(report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, by=by), fmt, table=table)
 
 
 @import_app.command("results")

@@ -2,6 +2,8 @@
 
 The thesis reports the population std (ddof=0) of the four DSCs of a group (thesis protocol notes §8);
 ``ddof=1`` gives the sample std. A group with fewer results than planned runs is marked ``n/N``.
+Groups are the IoU intervals by default (the thesis table); ``by`` groups by any axes of a sweep, and
+records of several studies give rows side by side (``grouping.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ioussl.orchestration import grouping
+from ioussl.orchestration.grouping import INTERVAL, GroupKey, StudyOrder
 from ioussl.orchestration.planning import BASELINE_GROUP
 from ioussl.orchestration.registry.repo import RunRecord
 from ioussl.orchestration.study import Interval
@@ -35,6 +39,8 @@ class GroupRow:
     delta: float | None  # mean minus the baseline's mean
     paired_delta: float | None  # mean over matched fine-tune seeds of (group - baseline)
     paired_n: int
+    axes: Mapping[str, Any] = field(default_factory=dict)  # the group's value on each --by axis (None: unset)
+    study: str = ""
 
     @property
     def n(self) -> int:
@@ -53,24 +59,40 @@ class Report:
     left_out: tuple[str, ...]  # "run <id> (<group>): <why>"
     max_values: int
     footer: tuple[str, ...] = ()  # provenance: code versions, registry fingerprint
+    by: tuple[str, ...] = (INTERVAL,)  # the axes rows are grouped by
+    studies: tuple[str, ...] = ()  # several: rows side by side, labelled with their study
 
 
-def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0,
-                 group_order: Sequence[str] = ()) -> Report:
-    """Group fine-tunes, compute mean/std/CI and the difference to the no-pretraining baseline."""
+def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_order: Sequence[str] = (), *,
+                 by: Sequence[str] = (INTERVAL,), orders: Mapping[str, StudyOrder] | None = None) -> Report:
+    """Group fine-tunes, compute mean/std/CI and the difference to the no-pretraining baseline.
+
+    Args:
+        records: the runs of one study, or of every study in ``orders``.
+        study: the report's title (the study's name, or several names).
+        group_order: the study's interval labels in file order (when ``orders`` is not given).
+        by: the axes to group by (``grouping.resolve_by``); the default is the thesis table.
+        orders: study name -> its row order; several studies give rows side by side, labelled with it.
+    """
+    orders = orders or {study: StudyOrder(tuple(group_order))}
     finetunes = [r for r in records if r.stage == "finetune"]
-    groups: dict[str, list[RunRecord]] = {}
+    groups: dict[GroupKey, list[RunRecord]] = {}
     for record in finetunes:
-        groups.setdefault(record.group, []).append(record)
-    order = order_groups(groups, group_order)
+        groups.setdefault(grouping.key_of(record, by), []).append(record)
     left_out = tuple(
         f"run {r.id} ({r.group}): {r.status.value.lower()}{' - ' + r.status_reason if r.status_reason else ''}"
         for r in finetunes if r.dsc is None
     )
-    baseline = groups.get(BASELINE_GROUP, [])
-    base_mean = _mean([r.dsc for r in baseline if r.dsc is not None])
-    rows = tuple(_row(name, groups[name], ddof, base_mean, baseline) for name in order)
-    return Report(study, ddof, rows, left_out, max((row.planned for row in rows), default=0))
+    several = len(orders) > 1
+    rows = []
+    for key in grouping.sort_keys(groups, orders):
+        base_key = grouping.baseline_of(key, groups)
+        baseline = groups[base_key] if base_key is not None else []
+        base_mean = _mean([r.dsc for r in baseline if r.dsc is not None])
+        row = _row(key.label(several), groups[key], ddof, base_mean, baseline)
+        rows.append(replace(row, axes=key.axes(), study=key.study))
+    return Report(study, ddof, tuple(rows), left_out, max((row.planned for row in rows), default=0),
+                  by=tuple(by), studies=tuple(orders))
 
 
 def study_group_order(spec: Mapping[str, Any]) -> list[str]:
@@ -115,9 +137,12 @@ def _row(name: str, runs: list[RunRecord], ddof: int, base_mean: float | None,
 
 
 def _paired(done: list[RunRecord], baseline: list[RunRecord]) -> list[float]:
-    """Differences to the baseline fine-tune with the same fine-tune seed (same data order and init)."""
-    by_seed = {r.seed: r.dsc for r in baseline if r.dsc is not None}
-    return [float(r.dsc) - float(by_seed[r.seed]) for r in done if r.seed in by_seed and r.dsc is not None]
+    """Differences to the baseline fine-tune with the same fine-tune seed (same data order and init) and, in a
+    sweep, the same value of each setting the baseline's runs have (their fine-tuning settings)."""
+    settings = sorted({name for r in baseline for name in r.point})
+    by_seed = {grouping.pair_key(r, settings): r.dsc for r in baseline if r.dsc is not None}
+    pairs = [(r.dsc, by_seed.get(grouping.pair_key(r, settings))) for r in done if r.dsc is not None]
+    return [float(dsc) - float(base) for dsc, base in pairs if base is not None]
 
 
 def _mean(values: Sequence[float]) -> float | None:

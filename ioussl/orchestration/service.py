@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioussl.errors import DataError
-from ioussl.orchestration import planning
+from ioussl.orchestration import grouping, planning
+from ioussl.orchestration.grouping import StudyOrder
 from ioussl.orchestration.planning import PlannedRun
 from ioussl.orchestration.registry import opened, repo, unit_of_work
 from ioussl.orchestration.registry.db import MissingRegistry
@@ -138,18 +140,25 @@ class ReportOutcome:
     skipped: list[str] = field(default_factory=list)  # one line per figure not drawn, and why
 
 
-def report_study(db: str | None, study: str | None, ddof: int = 0, plot_dir: Path | None = None,
-                 pairs_json: Path | None = None) -> ReportOutcome:
-    """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures."""
+def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 0, plot_dir: Path | None = None,
+                 pairs_json: Path | None = None, by: str | Sequence[str] | None = None) -> ReportOutcome:
+    """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures.
+
+    ``study`` may name several studies: their rows side by side. ``by`` groups by any of their axes
+    (``grouping.resolve_by``; default: each swept setting, then the interval, which for a study without a
+    sweep is the thesis table).
+    """
     from ioussl.orchestration.report import build_report
 
+    names = [study] if isinstance(study, str) else list(dict.fromkeys(study or []))
     with opened(db) as registry, registry.session(write=False) as session:
-        row = repo.find_study(session, study) if study else repo.only_study(session, "report")
-        order = study_group_order(row.spec)
-        records = repo.list_runs(session, study=row.name)
+        studies = [repo.find_study(session, name) for name in names] or [repo.only_study(session, "report")]
+        axes = grouping.resolve_by(by, {row.name: list(row.axes or []) for row in studies})
+        orders = {row.name: StudyOrder.of(row.spec, study_group_order(row.spec)) for row in studies}
+        records = [record for row in studies for record in repo.list_runs(session, study=row.name)]
         footer = provenance_footer(session, records, registry.location)
-        curves = _collapse_curves(session, records, order) if plot_dir else {}
-    report = build_report(records, row.name, ddof=ddof, group_order=order)
+        curves = _collapse_curves(session, records, orders) if plot_dir else {}
+    report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders)
     report = dataclasses.replace(report, footer=footer)
     outcome = ReportOutcome(report)
     if plot_dir:
@@ -176,13 +185,16 @@ def provenance_footer(session, records: list[repo.RunRecord], location: str) -> 
 Curves = dict[str, list[list[tuple[int, float]]]]  # group -> one (epoch, value) series per pretrain
 
 
-def _collapse_curves(session, records: list[repo.RunRecord], order: list[str]) -> Curves:  # type: ignore[no-untyped-def]
+def _collapse_curves(session, records: list[repo.RunRecord], orders: dict[str, StudyOrder]) -> Curves:  # type: ignore[no-untyped-def]
     pretrains = [r for r in records if r.stage == "pretrain"]
     series = repo.metric_series(session, [r.id for r in pretrains], "collapse")
+    several = len(orders) > 1
     curves: Curves = {}
     for record in pretrains:
         if record.id in series:
-            curves.setdefault(record.group, []).append(series[record.id])
+            curves.setdefault(f"{record.study}: {record.group}" if several else record.group, []).append(
+                series[record.id])
+    order = [f"{study}: {group}" if several else group for study, o in orders.items() for group in o.groups]
     return {group: curves[group] for group in order_groups(curves, order)}
 
 

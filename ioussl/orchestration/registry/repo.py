@@ -8,8 +8,8 @@ ORM rows (with their attempts loaded) to change in place.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -47,6 +47,7 @@ class RunRecord:
     ended_at: dt.datetime | None
     dsc: float | None
     dsc_3d: float | None
+    point: Mapping[str, Any] = field(default_factory=dict)  # runs.point: the swept settings reaching this run
 
     @property
     def elapsed_s(self) -> float | None:
@@ -340,7 +341,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         select(
             Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
             Run.pretrain_seed, Run.parent_id, Run.status, Run.status_reason, Run.run_dir, Run.imported,
-            last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d,
+            last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d, Run.point,
         )
         .join(Study, Run.study_id == Study.id)
         .outerjoin(latest, latest.c.run_id == Run.id)
@@ -363,7 +364,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
             random_crop=bool(row[6]), seed=row[7], pretrain_seed=row[8], parent_id=row[9],
             status=RunStatus(row[10]), status_reason=row[11], run_dir=row[12], imported=bool(row[13]),
             job_id=row[14], attempts=row[15] or 0, started_at=row[16], ended_at=row[17], dsc=row[18],
-            dsc_3d=row[19],
+            dsc_3d=row[19], point=row[20] or {},
         )
         for row in session.execute(query)
     ]
