@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Text, cast, func, insert, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from ioussl.errors import ConfigError, NotFound
@@ -369,3 +369,72 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         for row in session.execute(query)
     ]
 
+
+
+# ---- exports (ioussl export, ioussl.api): plain columns, one query each, no ORM objects ----
+
+EXPORT_RUN_COLUMNS = (
+    "run_id", "study", "stage", "interval", "i_min", "i_max", "random_crop", "seed", "pretrain_seed", "parent",
+    "point", "status", "status_reason", "imported", "resources", "attempts", "job_id", "run_dir", "dsc", "dsc_3d",
+    "test_dsc", "test_dsc_3d", "flare_dsc", "flare_nsd", "flare_part", "per_organ", "best_epoch",
+    "checkpoint_path", "checkpoint_sha256",
+)
+
+
+def export_runs(session: Session, studies: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Every run of ``studies`` with its result, latest job and attempt count: EXPORT_RUN_COLUMNS per row.
+
+    ``resources`` comes as its JSON text (runs of one stage share it: the caller parses each text once).
+    """
+    latest = (
+        select(Attempt.run_id, func.max(Attempt.id).label("last_id"), func.count(Attempt.id).label("n"))
+        .group_by(Attempt.run_id)
+        .subquery()
+    )
+    last = aliased(Attempt)
+    query = (
+        select(
+            Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
+            Run.pretrain_seed, Run.parent_id, Run.point, Run.status, Run.status_reason, Run.imported,
+            cast(Run.resources, Text), latest.c.n, last.job_id, Run.run_dir, Result.dsc, Result.dsc_3d,
+            Result.test_dsc, Result.test_dsc_3d, Result.flare_dsc, Result.flare_nsd, Result.flare_part,
+            Result.per_organ, Result.best_epoch, Result.checkpoint_path, Result.checkpoint_sha256,
+        )
+        .join(Study, Run.study_id == Study.id)
+        .outerjoin(latest, latest.c.run_id == Run.id)
+        .outerjoin(last, last.id == latest.c.last_id)
+        .outerjoin(Result, Result.run_id == Run.id)
+        .where(Study.name.in_(list(studies)))
+        .order_by(Study.name, Run.group, Run.stage.desc(), Run.pretrain_seed.asc().nulls_first(), Run.seed, Run.id)
+    )
+    return [tuple(row) for row in session.execute(query)]
+
+
+def attempt_spans(session: Session, studies: Sequence[str]) -> list[tuple[str, dt.datetime, dt.datetime | None]]:
+    """(run id, started, ended or None) of every attempt of ``studies`` that started (GPU time used)."""
+    query = (
+        select(Attempt.run_id, Attempt.started_at, Attempt.ended_at)
+        .join(Run, Attempt.run_id == Run.id)
+        .join(Study, Run.study_id == Study.id)
+        .where(Study.name.in_(list(studies)), Attempt.started_at.is_not(None))
+    )
+    return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+
+def export_metrics(session: Session, studies: Sequence[str], run_ids: Sequence[str] = (),
+                   names: Sequence[str] = (), stage: str | None = None) -> list[tuple[Any, ...]]:
+    """Metric points (run id, name, epoch, step, value) of ``studies``, by run, name and epoch."""
+    query = (
+        select(Metric.run_id, Metric.name, Metric.epoch, Metric.step, Metric.value)
+        .join(Run, Metric.run_id == Run.id)
+        .join(Study, Run.study_id == Study.id)
+        .where(Study.name.in_(list(studies)))
+        .order_by(Metric.run_id, Metric.name, Metric.epoch)
+    )
+    if run_ids:
+        query = query.where(Metric.run_id.in_(list(run_ids)))
+    if names:
+        query = query.where(Metric.name.in_(list(names)))
+    if stage is not None:
+        query = query.where(Run.stage == stage)
+    return [tuple(row) for row in session.execute(query)]
