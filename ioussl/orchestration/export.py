@@ -9,6 +9,7 @@ Metrics: the per-epoch series in long form, one row per (run, metric, epoch). Re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -207,14 +208,25 @@ def write_frame(frame: pd.DataFrame, output: str | Path | None, fmt: str) -> Pat
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        tmp.unlink(missing_ok=True)  # left only when writing failed
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # there only when writing failed
     return path
 
 
 def _text(frame: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return frame.to_csv(index=False)
-    return frame.to_json(orient="records", lines=True) + ("\n" if len(frame) else "")
+    # The standard library's JSON, not pandas': floats keep every digit (pandas rounds to 10 by default).
+    cells = frame.astype(object).where(frame.notna(), None)
+    return "".join(json.dumps(dict(zip(cells.columns, row, strict=True)), default=_plain, allow_nan=False) + "\n"
+                   for row in cells.itertuples(index=False))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (and arrays: a report's lists) as Python values, for json.dumps."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {value!r}")
 
 
 def _need_pyarrow() -> None:
