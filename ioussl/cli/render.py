@@ -62,12 +62,11 @@ def _plan_size(outcome: PlanOutcome) -> None:
         shown = ", ".join(format_value(v) for v in values)
         console.print(f"axis {name} ({len(values)}): {shown}", markup=False, soft_wrap=True)
     total = outcome.counts(outcome.new + outcome.existing)
-    new = outcome.counts(outcome.new)
+    hours = {stage: n * outcome.gpu_hours_per_run.get(stage, 0.0) for stage, n in outcome.counts(outcome.new).items()}
     console.print(
         f"runs per stage: {total['pretrain']:,} pretrain, {total['finetune']:,} finetune "
         f"({sum(total.values()):,} in the study); GPU-hours requested by the {len(outcome.new):,} new: "
-        f"{outcome.gpu_hours(outcome.new):,.1f} (pretrain {new['pretrain'] * outcome.gpu_hours_per_run.get('pretrain', 0):,.1f}, "
-        f"finetune {new['finetune'] * outcome.gpu_hours_per_run.get('finetune', 0):,.1f})",
+        f"{sum(hours.values()):,.1f} (pretrain {hours['pretrain']:,.1f}, finetune {hours['finetune']:,.1f})",
         markup=False, soft_wrap=True,
     )
 
@@ -200,6 +199,12 @@ def report_table(report: Report, fmt: str) -> None:
     # Two narrow tables read better in an 80-column terminal than one wide one.
     cells = [fmt_report.row_cells(row, report.max_values) for row in report.rows]
     head = fmt_report.header(report.max_values)
+    if len(cells) > SUMMARY_ABOVE:  # a large sweep's rows: plain columns (rich takes seconds for thousands)
+        print(f"{report.study}: DSC per group (std ddof={report.ddof}), {len(cells)} groups")
+        print(plain_columns(head, cells), end="")
+        for line in fmt_report.footer_lines(report):
+            print(line)
+        return
     split = len(head) - 2
     main = Table(title=f"{report.study}: DSC per group (std ddof={report.ddof})")
     for name in head[:split]:
@@ -215,6 +220,14 @@ def report_table(report: Report, fmt: str) -> None:
     console.print(stats)
     for line in fmt_report.footer_lines(report):
         console.print(line, markup=False)
+
+
+def plain_columns(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned text columns, two spaces apart: a table of thousands of rows in milliseconds."""
+    widths = [max(len(cell) for cell in column) for column in zip(head, *rows, strict=True)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in (head, *rows)]
+    return "\n".join(lines) + "\n"
 
 
 def import_outcome(outcome: ImportOutcome) -> None:

@@ -45,29 +45,28 @@ def runs_frame(db: str | None, study: str | Sequence[str] | None = None) -> pd.D
         studies, axes = _studies(session, study)
         rows = _in_group_order(session, studies, repo.export_runs(session, studies))
         hours = _hours_used(repo.attempt_spans(session, studies))
-    columns: dict[str, list[Any]] = {name: [] for name in (*RUN_HEAD, *axes, *RUN_STATE, *RUN_SCORES)}
-    organs: dict[str, list[Any]] = {}
-    tail: dict[str, list[Any]] = {name: [] for name in RUN_TAIL}
-    gpus_of: dict[str | None, int] = {}
-    for index, raw in enumerate(rows):
-        row = dict(zip(repo.EXPORT_RUN_COLUMNS, raw, strict=True))
-        row["status"] = str(row["status"].value)
-        if row["resources"] not in gpus_of:
-            gpus_of[row["resources"]] = _gpus(row["resources"])
-        row["gpu_hours"] = hours.get(row["run_id"], 0.0) * gpus_of[row["resources"]]
-        row["attempts"] = row["attempts"] or 0
-        point = row["point"] or {}
-        for name in (*RUN_HEAD, *RUN_STATE, *RUN_SCORES):
-            columns[name].append(row.get(name))
-        for name in axes:
-            columns[name].append(_cell(point.get(name)))
-        for organ, value in (row["per_organ"] or {}).items():
-            organs.setdefault(f"dsc_{organ}", [None] * index).append(value)
-        for values in organs.values():
-            values += [None] * (index + 1 - len(values))
-        for name in RUN_TAIL:
-            tail[name].append(row[name])
-    return _frame({**columns, **organs, **tail})
+    # Column by column (10,000 runs: a transpose and a few list comprehensions, not a dict per row).
+    raw = dict(zip(repo.EXPORT_RUN_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else \
+        {name: () for name in repo.EXPORT_RUN_COLUMNS}
+    gpus = {text: _gpus(text) for text in set(raw["resources"])}
+    points = [point or {} for point in raw["point"]]
+    per_organ = [organs or {} for organs in raw["per_organ"]]
+    derived = {
+        "status": [status.value for status in raw["status"]],
+        "attempts": [n or 0 for n in raw["attempts"]],
+        "gpu_hours": [hours.get(run_id, 0.0) * gpus[text] for run_id, text in zip(raw["run_id"], raw["resources"],
+                                                                                    strict=True)],
+    }
+    columns: dict[str, Sequence[Any]] = {name: derived.get(name, raw.get(name, ())) for name in (*RUN_HEAD, *RUN_STATE,
+                                                                                               *RUN_SCORES)}
+    for name in axes:
+        columns[name] = [_cell(point.get(name)) for point in points]
+    organs = dict.fromkeys(organ for scores in per_organ for organ in scores)
+    for organ in organs:
+        columns[f"dsc_{organ}"] = [scores.get(organ) for scores in per_organ]
+    columns.update({name: raw[name] for name in RUN_TAIL})
+    ordered = [*RUN_HEAD, *axes, *RUN_STATE, *RUN_SCORES, *(f"dsc_{o}" for o in organs), *RUN_TAIL]
+    return _frame({name: list(columns[name]) for name in ordered})
 
 
 def metrics_frame(db: str | None, study: str | Sequence[str] | None = None, runs: Sequence[str] = (),
@@ -158,16 +157,19 @@ def _cell(value: Any) -> Any:
 
 
 def _frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """A DataFrame whose integer columns stay integers beside missing values (``Int64``), and flags ``boolean``."""
     import pandas as pd
 
-    frame = pd.DataFrame(columns)
-    for name in frame.columns:
-        values = [v for v in columns[name] if v is not None]
-        if name in INTEGER_COLUMNS or (values and all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
-            frame[name] = frame[name].astype("Int64")  # integers stay integers beside missing values
-        elif values and all(isinstance(v, bool) for v in values):
-            frame[name] = frame[name].astype("boolean")
-    return frame
+    typed: dict[str, Any] = {}
+    for name, values in columns.items():
+        kinds = {type(v) for v in values if v is not None}
+        if name in INTEGER_COLUMNS or (kinds and kinds <= {int}):
+            typed[name] = pd.array(values, dtype="Int64")
+        elif kinds == {bool}:
+            typed[name] = pd.array(values, dtype="boolean")
+        else:
+            typed[name] = values
+    return pd.DataFrame(typed)
 
 
 def format_for(output: str | Path | None, fmt: str | None) -> str:

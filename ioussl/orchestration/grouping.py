@@ -130,18 +130,31 @@ def natural_order(value: Value) -> tuple[int, Any]:
     return (1, value) if isinstance(value, str) else (2, repr(value))
 
 
-def baseline_of(key: GroupKey, keys: Iterable[GroupKey]) -> GroupKey | None:
-    """The baseline row a row is compared with: same study, and the same value on every axis the baseline
-    has (its pretraining settings are none)."""
-    if key.baseline:
+class Baselines:
+    """Finds the baseline row a row is compared with: same study, and the same value on every axis the
+    baseline has (its pretraining settings are none). Indexed once: a sweep's report has thousands of rows."""
+
+    def __init__(self, keys: Iterable[GroupKey]) -> None:
+        self._index: dict[tuple[str, frozenset[str], tuple[tuple[str, Value], ...]], GroupKey] = {}
+        self._unset: dict[str, set[frozenset[str]]] = {}  # study -> the sets of axes its baselines lack
+        for key in keys:
+            if key.baseline:
+                unset = frozenset(axis for axis, value in key.values if value is None)
+                self._unset.setdefault(key.study, set()).add(unset)
+                self._index[(key.study, unset, self._shared(key, unset))] = key
+
+    def of(self, key: GroupKey) -> GroupKey | None:
+        if key.baseline:
+            return None
+        for unset in self._unset.get(key.study, ()):
+            found = self._index.get((key.study, unset, self._shared(key, unset)))
+            if found is not None:
+                return found
         return None
-    values = dict(key.values)
-    for other in keys:
-        if other.baseline and other.study == key.study and all(
-            axis == INTERVAL or value is None or value == values.get(axis) for axis, value in other.values
-        ):
-            return other
-    return None
+
+    @staticmethod
+    def _shared(key: GroupKey, unset: frozenset[str]) -> tuple[tuple[str, Value], ...]:
+        return tuple((axis, value) for axis, value in key.values if axis != INTERVAL and axis not in unset)
 
 
 def pair_key(record: RunRecord, settings: Iterable[str]) -> tuple[Any, ...]:

@@ -198,7 +198,7 @@ def _data_variants(spec: StudySpec) -> dict[tuple[DataConfig, bool], bool]:
 
 
 def _data_point(spec: StudySpec, data: DataConfig) -> Point:
-    return {f"data.{name}": getattr(data, name) for name in vars(data) if getattr(data, name) != getattr(spec.data, name)}
+    return {f"data.{name}": value for name, value in vars(data).items() if value != getattr(spec.data, name)}
 
 
 def _check_paths(spec: StudySpec, data: DataConfig) -> None:

@@ -85,8 +85,9 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_
     )
     several = len(orders) > 1
     rows = []
+    baselines = grouping.Baselines(groups)
     for key in grouping.sort_keys(groups, orders):
-        base_key = grouping.baseline_of(key, groups)
+        base_key = baselines.of(key)
         baseline = groups[base_key] if base_key is not None else []
         base_mean = _mean([r.dsc for r in baseline if r.dsc is not None])
         row = _row(key.label(several), groups[key], ddof, base_mean, baseline)

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
+
 from ioussl.errors import ConfigError
 from ioussl.orchestration.importing import import_results
 from ioussl.orchestration.registry import open_registry, repo
@@ -91,7 +92,8 @@ def test_the_default_for_a_sweep_is_every_axis_then_the_interval(db, tmp_path):
     assert report.by == ("pretrain.base_lr", "data.crop", "interval")
     groups = [row.group for row in report.rows]
     assert groups[:4] == ["data.crop=64, no pretraining", "data.crop=96, no pretraining",
-                          "pretrain.base_lr=0.05, data.crop=64, [0.3, 0.6]", "pretrain.base_lr=0.05, data.crop=64, [0, 0]"]
+                          "pretrain.base_lr=0.05, data.crop=64, [0.3, 0.6]",
+                          "pretrain.base_lr=0.05, data.crop=64, [0, 0]"]
     assert len(groups) == 2 + 2 * 2 * 2  # baselines per crop; learning rates x crops x intervals
     assert all(row.n == 4 for row in report.rows if "no pretraining" not in row.group)
     lr = [row.axes["pretrain.base_lr"] for row in report.rows[2:]]

@@ -105,7 +105,8 @@ def test_run_count_is_the_size_of_every_expansion(tmp_path):
         '[sweep]\n"data.crop" = [64, 96, 128]\n',
         '[sweep]\n"finetune.epochs" = [3, 4]\n"model.feature_size" = [12, 24]\n',
         '[sweep]\n[[sweep.zip]]\n"pretrain.epochs" = [5, 6, 7]\n"finetune.epochs" = [8, 8, 9]\n',
-        '[sweep]\n"runtime.precision" = ["fp32", "bf16"]\n[[sweep.zip]]\n"sampler.r1" = [1, 2]\n"sampler.r2" = [3, 4]\n',
+        '[sweep]\n"runtime.precision" = ["fp32", "bf16"]\n'
+        '[[sweep.zip]]\n"sampler.r1" = [1, 2]\n"sampler.r2" = [3, 4]\n',
         '[sweep.pretrain]\nbase_lr = [0.1, 0.2]\n[sweep.finetune]\nbase_lr = [0.3]\n',  # nested tables
     ]
     for text in sweeps:

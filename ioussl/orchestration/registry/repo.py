@@ -8,6 +8,7 @@ ORM rows (with their attempts loaded) to change in place.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -341,7 +342,8 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         select(
             Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
             Run.pretrain_seed, Run.parent_id, Run.status, Run.status_reason, Run.run_dir, Run.imported,
-            last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d, Run.point,
+            last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d,
+            cast(Run.point, Text),
         )
         .join(Study, Run.study_id == Study.id)
         .outerjoin(latest, latest.c.run_id == Run.id)
@@ -358,16 +360,33 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         query = query.where(Run.status.in_(list(statuses)))
     if group is not None:
         query = query.where(Run.group == group)
+    points = JsonTexts()
     return [
         RunRecord(
             id=row[0], study=row[1], stage=row[2], group=row[3], i_min=row[4], i_max=row[5],
             random_crop=bool(row[6]), seed=row[7], pretrain_seed=row[8], parent_id=row[9],
             status=RunStatus(row[10]), status_reason=row[11], run_dir=row[12], imported=bool(row[13]),
             job_id=row[14], attempts=row[15] or 0, started_at=row[16], ended_at=row[17], dsc=row[18],
-            dsc_3d=row[19], point=row[20] or {},
+            dsc_3d=row[19], point=points.load(row[20]),
         )
-        for row in session.execute(query)
+        for row in session.connection().execute(query)  # Core: no ORM row processing for 10,000 rows
     ]
+
+
+class JsonTexts:
+    """JSON columns read as text and decoded once per distinct text (the runs of a sweep share few points).
+
+    The decoded values are shared between rows: callers treat them as read-only.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str | None, Any] = {}
+
+    def load(self, text: str | None, default: Any = None) -> Any:
+        if text not in self._seen:
+            self._seen[text] = json.loads(text) if text is not None else None
+        value = self._seen[text]
+        return ({} if default is None else default) if value is None else value
 
 
 
@@ -384,7 +403,8 @@ EXPORT_RUN_COLUMNS = (
 def export_runs(session: Session, studies: Sequence[str]) -> list[tuple[Any, ...]]:
     """Every run of ``studies`` with its result, latest job and attempt count: EXPORT_RUN_COLUMNS per row.
 
-    ``resources`` comes as its JSON text (runs of one stage share it: the caller parses each text once).
+    ``point`` and ``per_organ`` come decoded (``{}`` when absent); ``resources`` as its JSON text (runs of one
+    stage share it: the caller parses each text once).
     """
     latest = (
         select(Attempt.run_id, func.max(Attempt.id).label("last_id"), func.count(Attempt.id).label("n"))
@@ -395,10 +415,10 @@ def export_runs(session: Session, studies: Sequence[str]) -> list[tuple[Any, ...
     query = (
         select(
             Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
-            Run.pretrain_seed, Run.parent_id, Run.point, Run.status, Run.status_reason, Run.imported,
+            Run.pretrain_seed, Run.parent_id, cast(Run.point, Text), Run.status, Run.status_reason, Run.imported,
             cast(Run.resources, Text), latest.c.n, last.job_id, Run.run_dir, Result.dsc, Result.dsc_3d,
             Result.test_dsc, Result.test_dsc_3d, Result.flare_dsc, Result.flare_nsd, Result.flare_part,
-            Result.per_organ, Result.best_epoch, Result.checkpoint_path, Result.checkpoint_sha256,
+            cast(Result.per_organ, Text), Result.best_epoch, Result.checkpoint_path, Result.checkpoint_sha256,
         )
         .join(Study, Run.study_id == Study.id)
         .outerjoin(latest, latest.c.run_id == Run.id)
@@ -407,7 +427,14 @@ def export_runs(session: Session, studies: Sequence[str]) -> list[tuple[Any, ...
         .where(Study.name.in_(list(studies)))
         .order_by(Study.name, Run.group, Run.stage.desc(), Run.pretrain_seed.asc().nulls_first(), Run.seed, Run.id)
     )
-    return [tuple(row) for row in session.execute(query)]
+    texts = JsonTexts()
+    point, organs = EXPORT_RUN_COLUMNS.index("point"), EXPORT_RUN_COLUMNS.index("per_organ")
+    rows = []
+    for row in session.connection().execute(query):
+        cells = list(row)
+        cells[point], cells[organs] = texts.load(cells[point]), texts.load(cells[organs])
+        rows.append(tuple(cells))
+    return rows
 
 
 def attempt_spans(session: Session, studies: Sequence[str]) -> list[tuple[str, dt.datetime, dt.datetime | None]]:
