@@ -101,6 +101,47 @@ def read_regular(path: Path, limit: int) -> bytes | None:
     Raises:
         RunFileError: ``path`` is a directory, FIFO, device, socket or symbolic link, or larger than ``limit``.
     """
+    fd = _open_regular(path, limit)
+    if fd is None:
+        return None
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise RunFileError(path.name, f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise RunFileError(path.name, f"is larger than {limit >> 20} MiB")
+    return data
+
+
+def read_regular_range(path: Path, start: int, limit: int) -> tuple[bytes, int, int] | None:
+    """Up to ``limit`` bytes of a regular file from byte ``start`` (negative: that many bytes before its end),
+    the offset they begin at, and the file's size; None when nothing is there. For files that grow while a
+    job runs (logs, metrics.jsonl): no size cap, and only regular files are opened, as :func:`read_regular`.
+
+    Raises:
+        RunFileError: ``path`` is not a regular file, or cannot be read.
+    """
+    fd = _open_regular(path, None)
+    if fd is None:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        offset = min(max(0, size + start if start < 0 else start), size)
+        os.lseek(fd, offset, os.SEEK_SET)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(max(0, limit))
+    except OSError as exc:
+        raise RunFileError(path.name, f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    return data, offset, size
+
+
+def _open_regular(path: Path, limit: int | None) -> int | None:
+    """A read-only descriptor of ``path`` if it is a regular file (checked before and after opening)."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -117,22 +158,17 @@ def read_regular(path: Path, limit: int) -> bytes | None:
         raise RunFileError(path.name, f"cannot be opened ({exc.strerror or exc})") from None
     try:
         _check_regular(path, os.fstat(fd), limit)  # the entry may have been swapped since lstat
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise RunFileError(path.name, f"cannot be read ({exc.strerror or exc})") from None
-    finally:
+    except BaseException:
         os.close(fd)
-    if len(data) > limit:
-        raise RunFileError(path.name, f"is larger than {limit >> 20} MiB")
-    return data
+        raise
+    return fd
 
 
-def _check_regular(path: Path, info: os.stat_result, limit: int) -> None:
+def _check_regular(path: Path, info: os.stat_result, limit: int | None) -> None:
     if not stat.S_ISREG(info.st_mode):
         kind = _kind(info.st_mode)
         raise RunFileError(path.name, f"is a {kind}, not a regular file (not opened)")
-    if info.st_size > limit:
+    if limit is not None and info.st_size > limit:
         raise RunFileError(path.name, f"is larger than {limit >> 20} MiB ({info.st_size} bytes)")
 
 

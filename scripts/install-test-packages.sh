@@ -2,10 +2,11 @@
 # System packages the test suite needs beyond Python (Debian/Ubuntu, apt). Idempotent: installs only what is
 # missing, so CI may call it on every run. Without root it uses sudo where that works without a password.
 #   pdflatex (texlive-latex-base): tests/orchestration/test_latex.py compiles the report's LaTeX table.
+#   chromium (Debian's chromium): tests/orchestration/test_htmlreport.py renders the HTML report headless.
 set -euo pipefail
 
 # command -> package that provides it
-declare -A NEEDED=([pdflatex]=texlive-latex-base)
+declare -A NEEDED=([pdflatex]=texlive-latex-base [chromium]=chromium)
 
 missing=()
 for command in "${!NEEDED[@]}"; do

@@ -18,7 +18,11 @@ from ioussl.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ioussl.cli.render import RunProgress
     from ioussl.orchestration.jobservice import CancelOutcome
+    from ioussl.orchestration.registry.repo import RunRecord
     from ioussl.orchestration.submission import SubmitOutcome
     from ioussl.orchestration.sync import SyncOutcome
 
@@ -45,10 +49,11 @@ def submit(
     from ioussl.orchestration.submission import RunFilter
 
     run_filter = RunFilter(stage=_stage(stage), group=group, run_ids=tuple(run or ()))
-    outcome = run_submit(
-        db, study, executor=executor.value, dry_run=dry_run, run_filter=run_filter, max_parallel=max_parallel
-    )
-    render_submit(outcome)
+    concrete = _resolve(executor)
+    with LocalProgress() as bar:
+        outcome = run_submit(db, study, executor=concrete, dry_run=dry_run, run_filter=run_filter,
+                             max_parallel=max_parallel, progress=bar.update)
+    render_submit(outcome)  # the executor was resolved above: no fallback line again
 
 
 def retry(
@@ -64,7 +69,10 @@ def retry(
     from ioussl.orchestration.status import DEFAULT_RETRY
 
     statuses = _states(state) or list(DEFAULT_RETRY)
-    render_submit(run_retry(db, study, tuple(run or ()), statuses, executor=executor.value))
+    concrete = _resolve(executor)
+    with LocalProgress() as bar:
+        outcome = run_retry(db, study, tuple(run or ()), statuses, executor=concrete, progress=bar.update)
+    render_submit(outcome)  # the executor was resolved above: no fallback line again
 
 
 def cancel(
@@ -74,6 +82,43 @@ def cancel(
     from ioussl.orchestration.jobservice import cancel as run_cancel
 
     render_cancel(run_cancel(db, study, tuple(run or ()), group))
+
+
+def _resolve(executor: Executor) -> str:
+    """The concrete executor, saying first (before any progress bar) why ``auto`` runs on this machine."""
+    from ioussl.cli.render import console
+    from ioussl.orchestration.backends import resolve_executor
+
+    concrete, fell_back = resolve_executor(executor.value)
+    if fell_back:
+        console.print(_fell_back_line(fell_back), markup=False)
+    return concrete
+
+
+def _fell_back_line(why: str) -> str:
+    return f"{why}: running on this machine with the local executor (--executor local)"
+
+
+class LocalProgress:
+    """The demo's progress bar over a study's runs, shown once the local executor's loop reports (SLURM
+    submits return at once and show none)."""
+
+    def __init__(self) -> None:
+        self._bar: RunProgress | None = None
+
+    def __enter__(self) -> LocalProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, records: Sequence[RunRecord]) -> None:
+        if self._bar is None:
+            from ioussl.cli.render import RunProgress
+
+            self._bar = RunProgress().__enter__()
+        self._bar.update(records)
 
 
 def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
@@ -95,8 +140,7 @@ def render_submit(outcome: SubmitOutcome) -> None:
 
     verb = "would submit" if outcome.dry_run else "submitted"
     if outcome.fell_back:
-        console.print(f"{outcome.fell_back}: running on this machine with the local executor (--executor local)",
-                      markup=False)
+        console.print(_fell_back_line(outcome.fell_back), markup=False)
     runs = sum(len(u.run_ids) for u in outcome.units)
     for run_id in outcome.adopted:
         console.print(f"adopted the job of run {run_id} (an earlier submit was interrupted)")
@@ -131,6 +175,8 @@ def render_submit(outcome: SubmitOutcome) -> None:
             console.print("      sbatch " + " ".join(slurm.sbatch_flags(params, array)), soft_wrap=True, markup=False)
     for run_id, why in outcome.skipped:
         console.print(f"skipped {run_id}: {why}", markup=False)
+    for message in dict.fromkeys(outcome.warnings):
+        typer.echo(f"warning: {message}", err=True)
     console.print(
         f"study {outcome.study}: {verb} {runs} run(s) in {len(outcome.units)} job(s) "
         f"({outcome.executor}); {outcome.sbatch_calls} sbatch call(s); "

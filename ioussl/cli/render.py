@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -15,6 +15,7 @@ from ioussl.orchestration.sweep import format_value, point_text
 
 if TYPE_CHECKING:
     from ioussl.orchestration.importing import ImportOutcome
+    from ioussl.orchestration.progress import LiveProgress, StatusView
     from ioussl.orchestration.registry.repo import RunRecord
     from ioussl.orchestration.report import Report
     from ioussl.orchestration.service import PlanOutcome, ReportOutcome
@@ -90,15 +91,22 @@ def _plan_per_axis_value(outcome: PlanOutcome) -> None:
 SUMMARY_ABOVE = 400  # rows; past this a per-group summary reads better (and renders 30x faster) than a list
 
 
-def status_table(records: Sequence[RunRecord], show_all: bool = False) -> None:
+def status_table(records: Sequence[RunRecord], show_all: bool = False,
+                 live: Mapping[str, LiveProgress] | None = None) -> None:
+    """One row per run, grouped; running runs with ``live`` progress get epoch, step, loss or validation DSC,
+    throughput and ETA columns."""
     if not records:
         console.print("no runs match")
         return
     if len(records) > SUMMARY_ABOVE and not show_all:
         status_summary(records)
+        if live:
+            running_table(records, live)
         return
+    live = live or {}
+    extra = LIVE_COLUMNS if any(r.id in live for r in records) else ()
     table = Table(title="runs")
-    for name in ("run", "stage", "pre seed", "seed", "state", "job", "tries", "elapsed", "DSC"):
+    for name in ("run", "stage", "pre seed", "seed", "state", "job", "tries", "elapsed", *extra, "DSC"):
         table.add_column(name, no_wrap=True)
     group = None
     for record in records:
@@ -106,12 +114,14 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False) -> None:
             if group is not None:
                 table.add_section()
             group = record.group
-            table.add_row(f"[bold]{escape(group)}[/]", "", "", "", "", "", "", "", "")
+            table.add_row(f"[bold]{escape(group)}[/]", *[""] * (len(table.columns) - 1))
         style = STATUS_STYLE.get(record.status.value, "")
+        progress = live.get(record.id)
         table.add_row(
             record.id, record.stage, _opt(record.pretrain_seed), str(record.seed),
             f"[{style}]{record.status.value}[/]" + ("*" if record.imported else ""),
-            record.job_id or "-", str(record.attempts), _elapsed(record.elapsed_s),
+            record.job_id or "-", str(record.attempts), _run_elapsed(record, progress),
+            *(_live_cells(progress) if extra else ()),
             "-" if record.dsc is None else f"{record.dsc:.3f}",
         )
     console.print(table)
@@ -124,6 +134,55 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False) -> None:
         console.print(f"run {record.id} INVALID: {record.status_reason}", markup=False, soft_wrap=True)
     if any(record.imported for record in records):
         console.print("* imported: the result was obtained outside ioussl (see ioussl status --json)")
+
+
+LIVE_COLUMNS = ("epoch", "step", "loss|val DSC", "speed", "ETA")
+RUNNING_SHOWN = 50  # rows of the running table under a summary
+
+
+def running_table(records: Sequence[RunRecord], live: Mapping[str, LiveProgress]) -> None:
+    """The running runs of a large registry, with their live columns (the summary has no rows for them)."""
+    running = [r for r in records if r.id in live]
+    table = Table("run", "study", "group", "stage", "elapsed", *LIVE_COLUMNS,
+                  title=f"running: {len(running)} with live progress")
+    for record in running[:RUNNING_SHOWN]:
+        progress = live[record.id]
+        table.add_row(record.id, escape(record.study), escape(record.group), record.stage,
+                      _run_elapsed(record, progress), *_live_cells(progress))
+    console.print(table)
+    if len(running) > RUNNING_SHOWN:
+        console.print(f"... and {len(running) - RUNNING_SHOWN} more (narrow with --study or --interval)")
+
+
+def status_view(view: StatusView, show_all: bool = False) -> None:
+    """The status table, then what needs a user: fine-tunes nobody submitted, running runs without progress."""
+    status_table(view.records, show_all=show_all, live=view.live)
+    if view.waiting:
+        shown = ", ".join(view.waiting[:8]) + (" ..." if len(view.waiting) > 8 else "")
+        console.print(f"{len(view.waiting)} fine-tune(s) wait for `ioussl submit`: their pretrain completed but "
+                      f"nothing submitted them ({shown}); a `submit --executor local` still running starts "
+                      "them as slots free", markup=False, soft_wrap=True)
+    for line in view.problems[:20]:
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def _live_cells(progress: LiveProgress | None) -> tuple[str, ...]:
+    if progress is None:
+        return ("",) * len(LIVE_COLUMNS)
+    if progress.stage == "pretrain":
+        value = "-" if progress.loss is None else f"loss {progress.loss:.4f}"
+    else:
+        value = "-" if progress.val_dsc is None else f"val {progress.val_dsc:.3f}"
+    speed = "-" if progress.items_per_s is None else f"{progress.items_per_s:,.1f} {progress.unit}"
+    return (f"{progress.epoch}/{progress.epochs}", f"{progress.step:,}/{progress.steps_total:,}", value, speed,
+            "-" if progress.eta_s is None else _elapsed(progress.eta_s))
+
+
+def _run_elapsed(record: RunRecord, progress: LiveProgress | None) -> str:
+    """The attempt's time so far: the scheduler's start, else (not reported yet) the job's own clock."""
+    if record.elapsed_s is None and progress is not None:
+        return _elapsed(progress.elapsed_s)
+    return _elapsed(record.elapsed_s)
 
 
 def status_summary(records: Sequence[RunRecord]) -> None:
@@ -167,14 +226,18 @@ def status_per_axis_value(records: Sequence[RunRecord]) -> None:
     console.print(table)
 
 
-def status_json(records: Sequence[RunRecord]) -> None:
+def status_json(records: Sequence[RunRecord], live: Mapping[str, LiveProgress] | None = None,
+                waiting: Sequence[str] = ()) -> None:
+    live, waiting = live or {}, set(waiting)
     rows = [
         {
             "id": r.id, "study": r.study, "stage": r.stage, "group": r.group, "i_min": r.i_min, "i_max": r.i_max,
             "random_crop": r.random_crop, "pretrain_seed": r.pretrain_seed, "seed": r.seed, "parent": r.parent_id,
             "status": r.status.value, "reason": r.status_reason, "job_id": r.job_id, "attempts": r.attempts,
             "elapsed_s": r.elapsed_s, "dsc": r.dsc, "dsc_3d": r.dsc_3d, "imported": r.imported,
-            "run_dir": r.run_dir,
+            "run_dir": r.run_dir, "test_dsc": r.test_dsc, "flare_dsc": r.flare_dsc, "flare_nsd": r.flare_nsd,
+            "flare_part": r.flare_part,
+            "progress": live[r.id].to_json() if r.id in live else None, "waits_for_submit": r.id in waiting,
         }
         for r in records
     ]
@@ -196,28 +259,28 @@ def report_table(report: Report, fmt: str) -> None:
         text = {"markdown": fmt_report.to_markdown, "csv": fmt_report.to_csv, "latex": fmt_report.to_latex}[fmt]
         print(text(report), end="")
         return
-    # Two narrow tables read better in an 80-column terminal than one wide one.
-    cells = [fmt_report.row_cells(row, report.max_values) for row in report.rows]
-    head = fmt_report.header(report.max_values)
+    # Narrow tables read better in an 80-column terminal than one wide one: the DSCs, their statistics
+    # against the baseline, and (where recorded) the other scores of the same runs.
+    head, cells = fmt_report.table(report)
     if len(cells) > SUMMARY_ABOVE:  # a large sweep's rows: plain columns (rich takes seconds for thousands)
         print(f"{report.study}: DSC per group (std ddof={report.ddof}), {len(cells)} groups")
         print(plain_columns(head, cells), end="")
         for line in fmt_report.footer_lines(report):
             print(line)
         return
-    split = len(head) - 2
-    main = Table(title=f"{report.study}: DSC per group (std ddof={report.ddof})")
-    for name in head[:split]:
-        main.add_column(name, no_wrap=True)
-    for row in cells:
-        main.add_row(*map(escape, row[:split]))
-    console.print(main)
-    stats = Table(title="statistics")
-    for name in (head[0], head[split - 2], *head[split:]):
-        stats.add_column(name, no_wrap=True)
-    for row in cells:
-        stats.add_row(*map(escape, (row[0], row[split - 2], *row[split:])))
-    console.print(stats)
+    values = head[: head.index("n") + 1]
+    stats = ["group", "Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm"]
+    others = ["group", "cases", *fmt_report.optional_columns(report)]
+    titles = [f"{report.study}: DSC per group (std ddof={report.ddof})", "statistics", "other scores"]
+    for title, names in zip(titles, (values, stats, others), strict=True):
+        if names is others and len(others) == 2:
+            continue
+        part = Table(title=title)
+        for name in names:
+            part.add_column(name, no_wrap=True)
+        for row in cells:
+            part.add_row(*(escape(row[head.index(name)]) for name in names))
+        console.print(part)
     for line in fmt_report.footer_lines(report):
         console.print(line, markup=False)
 
@@ -281,3 +344,46 @@ class RunProgress:
         if self._task is None:
             self._task = self._bar.add_task("runs", total=len(records))
         self._bar.update(self._task, completed=done, total=len(records), description=f"runs ({detail})")
+
+
+class StatusLive:
+    """``status --watch``: each refresh redraws the same lines of the terminal (rich Live), not a new copy."""
+
+    def __init__(self) -> None:
+        from rich.live import Live
+
+        self._live = Live(console=console, auto_refresh=False, transient=False)
+
+    def __enter__(self) -> StatusLive:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()
+
+    def show(self, heading: str, draw: Callable[[], None]) -> None:
+        """Replace what is shown by ``heading`` and whatever ``draw`` prints (any renderer of this module)."""
+        from rich.console import Group
+        from rich.text import Text
+
+        self._live.update(Group(Text(heading, style="dim"), _captured(draw)), refresh=True)
+
+
+def _captured(draw: Callable[[], None]):  # type: ignore[no-untyped-def]
+    """What ``draw`` prints to this module's console, as styled text: the renderers print, and a Live
+    display needs one renderable (the module console is swapped for a recording one while they draw)."""
+    import io
+
+    from rich.text import Text
+
+    global console
+    shown = console
+    console = Console(file=io.StringIO(), width=shown.width, color_system=shown.color_system,
+                      force_terminal=shown.is_terminal, highlight=False)
+    try:
+        draw()
+        text = Text.from_ansi(console.file.getvalue())  # type: ignore[attr-defined]
+        text.rstrip()
+        return text
+    finally:
+        console = shown

@@ -58,24 +58,75 @@ def status(
         bool, typer.Option("--sync/--no-sync", help="Ask SLURM first (one sacct per study); ingest run files.")
     ] = True,
     watch: Annotated[
-        float | None, typer.Option("--watch", min=1, help="Refresh every this many seconds until Ctrl-C.")
+        float | None,
+        typer.Option("--watch", min=1, metavar="<seconds>",
+                     help="Redraw every this many seconds, in place, until every run has ended (Ctrl-C stops)."),
     ] = None,
 ) -> None:
-    """Show the registry's runs grouped by interval: stage, seeds, state, job id, elapsed, DSC."""
+    """Show the registry's runs grouped by interval: stage, seeds, state, job id, elapsed, DSC; running runs
+    add epoch, step, loss or validation DSC, speed and ETA from their run files."""
+    from ioussl.cli import render
+    from ioussl.cli.jobs import sync_for_status
+    from ioussl.orchestration.progress import status_view
+
+    def fetch():  # type: ignore[no-untyped-def]
+        if sync:
+            sync_for_status(db, study)
+        return status_view(db, study=study, stage=_stage(stage), statuses=_states(state), group=group)
+
+    if watch is not None:
+        if as_json:
+            raise ConfigError("--watch redraws a table; for scripts, call status --json at your own pace")
+        _watch(fetch, watch, show_all)
+        return
+    view = fetch()
+    if as_json:
+        render.status_json(view.records, view.live, view.waiting)
+    else:
+        render.status_view(view, show_all=show_all)
+
+
+WATCH_IDLE_S = 30.0  # --watch stops when nothing was queued or running for this long (and runs remain planned)
+
+
+def _watch(fetch, interval: float, show_all: bool) -> None:  # type: ignore[no-untyped-def]
+    """Redraw until every run in view has ended; stop (exit 1) when nothing can move without a user."""
+    import functools
     import time
 
     from ioussl.cli import render
-    from ioussl.cli.jobs import sync_for_status
-    from ioussl.orchestration.service import status_rows
+    from ioussl.errors import NotFound
 
-    while True:
-        if sync:
-            sync_for_status(db, study)
-        records = status_rows(db, study=study, stage=_stage(stage), statuses=_states(state), group=group)
-        render.status_json(records) if as_json else render.status_table(records, show_all=show_all)
-        if watch is None:
-            return
-        time.sleep(watch)
+    view = fetch()
+    if view.total == 0:
+        raise NotFound("nothing to watch: no runs match (an empty registry, or a study without runs: "
+                       "plan one with ioussl plan grid STUDY.toml)")
+    idle_since: float | None = None
+    try:
+        with render.StatusLive() as live:
+            while True:
+                live.show(_watch_heading(view, interval), functools.partial(render.status_view, view, show_all))
+                idle_since = None if view.active else (idle_since or time.monotonic())
+                # Idle for a while, not at one glance: a local submit may be about to start the next run.
+                if view.unfinished == 0 or (idle_since and time.monotonic() - idle_since >= WATCH_IDLE_S):
+                    break
+                time.sleep(interval)
+                view = fetch()
+    except KeyboardInterrupt:
+        return
+    if view.unfinished:
+        typer.echo(f"stopped watching: nothing is queued or running, and {view.unfinished} planned run(s) wait "
+                   "for `ioussl submit`", err=True)
+        raise typer.Exit(1)
+    render.console.print(f"every run has ended ({view.total} run(s))")
+
+
+def _watch_heading(view, interval: float) -> str:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    now = dt.datetime.now().strftime("%H:%M:%S")
+    return (f"{now}: {view.active} active, {view.unfinished} not ended of {view.total} run(s); "
+            f"redrawn every {interval:g} s until every run has ended (Ctrl-C stops)")
 
 
 def report(
@@ -84,7 +135,7 @@ def report(
     by: ByOption = None,
     table: Annotated[
         bool, typer.Option("--table/--no-table", help="Print Table 4.2: mean ± std DSC per group (--no-table: "
-                                                      "only write the figures of --plot).")
+                                                      "only write the figures of --plot or the --html file).")
     ] = True,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = ReportFormat.terminal,
     ddof: Annotated[
@@ -97,10 +148,16 @@ def report(
     ] = None,
     pairs: Annotated[
         Path | None, typer.Option("--pairs", metavar="<json>",
-                                  help="Pair analysis (ioussl analyze pairs --json) to plot; needs --plot.")
+                                  help="Pair analysis (ioussl analyze pairs --json) to plot; needs --plot or --html.")
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", metavar="<file>",
+                     help="Also write the whole report as one self-contained HTML file (tables, statistics, "
+                          "figures, every run, provenance; opens without network)."),
     ] = None,
 ) -> None:
-    """Mean ± std DSC per group, each run's DSC, n, and the difference to the no-pretraining baseline.
+    """Mean ± std DSC per group, each run's DSC, n, the difference to the no-pretraining baseline and its tests.
 
     Groups are the IoU intervals (Table 4.2), or any axes of a sweep with --by; several --study give
     their rows side by side.
@@ -108,11 +165,12 @@ def report(
     from ioussl.cli import render
     from ioussl.orchestration.service import report_study
 
-    if pairs is not None and plot is None:
-        raise ConfigError("--pairs is plotted into the --plot folder: give --plot DIR too")
-    if not table and plot is None:
-        raise ConfigError("--no-table without --plot DIR leaves nothing to report")
-    render.report(report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, by=by), fmt, table=table)
+    if pairs is not None and plot is None and html is None:
+        raise ConfigError("--pairs is plotted into the --plot folder or the --html report: give one of them too")
+    if not table and plot is None and html is None:
+        raise ConfigError("--no-table without --plot DIR or --html FILE leaves nothing to report")
+    outcome = report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, html_path=html, by=by)
+    render.report(outcome, fmt, table=table)
 
 
 @import_app.command("results")

@@ -13,13 +13,13 @@ ingest was skipped (:func:`sync_studies`). Folders that hold what jobs execute (
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioussl import runfiles
 from ioussl.errors import ConfigError, NotFound, SubmissionError
-from ioussl.orchestration import planning, slurm, submission
+from ioussl.orchestration import alerts, planning, slurm, submission
 from ioussl.orchestration.backends import Backend, Unit, backend_for_attempts, choose_backend, resolve_executor
 from ioussl.orchestration.registry import opened, repo
 from ioussl.orchestration.registry.db import Registry
@@ -31,7 +31,9 @@ from ioussl.orchestration.submission import JobFactory, RunFilter, SubmitOutcome
 from ioussl.orchestration.sync import SyncOutcome, prefetch, sync
 
 S = RunStatus
+Progress = Callable[[list[repo.RunRecord]], None]
 LOCAL_POLL_S = 1.0
+ALERT_RETRY_S = 60.0  # the local loop retries failed webhook deliveries this often (new alerts go at once)
 STATUS_LOCK_WAIT_S = 2.0  # `ioussl status` waits this long for the write lock, then shows what is recorded
 
 
@@ -58,8 +60,12 @@ def submit(
     max_parallel: int | None = None,
     factory: JobFactory | None = None,
     backend: Backend | None = None,
+    progress: Progress | None = None,
 ) -> SubmitOutcome:
-    """Submit every planned run of the study (that the filter keeps) whose pretrain can still deliver."""
+    """Submit every planned run of the study (that the filter keeps) whose pretrain can still deliver.
+
+    ``progress``: called with the study's runs on every round of the local executor's loop (a progress bar).
+    """
     with opened(db) as registry:
         name, folder = _study_folder(registry, study)
         executor, fell_back = (backend.name, None) if backend else resolve_executor(executor)
@@ -76,7 +82,7 @@ def submit(
             return outcome
         factory = factory or submission.default_job_factory()
         if not backend.supports_dependencies:  # ioussl sequences pretrain -> fine-tunes itself
-            _run_local(registry, name, backend, run_filter, max_parallel, factory, outcome)
+            _run_local(registry, name, backend, run_filter, max_parallel, factory, outcome, progress)
         else:
             for unit in units:
                 submit_unit(registry, backend, unit, factory, outcome)
@@ -104,10 +110,34 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
     submission.wait_for_young_intents(adopt_once)
     with registry.session(write=False) as session:  # the scheduler is asked before the write lock is taken
         answers = prefetch(session, study, backends, backends.folder)
-    if answers is None:
-        return SyncOutcome()  # no active run: nothing to write
+        alerts_due = answers is None and repo.has_unsent_notifications(session, study)
+    if answers is None:  # no active run: nothing to write, unless alerts wait for a retry
+        outcome = SyncOutcome()
+        if alerts_due:
+            outcome.errors += _retry_alerts(registry, study, wait)
+        return outcome
     with registry.session(wait=wait) as session:
-        return sync(session, study=study, backends=backends, folder=backends.folder, prefetched=answers)
+        outcome = sync(session, study=study, backends=backends, folder=backends.folder, prefetched=answers)
+        deliveries = _alerts_after(session, study, outcome)
+    outcome.errors += alerts.send(registry, deliveries)  # after the commit: no lock held while POSTing
+    return outcome
+
+
+def _alerts_after(session, study: str, outcome: SyncOutcome, retry: bool = True) -> list[alerts.Delivery]:  # type: ignore[no-untyped-def]
+    """Inside the sync's unit of work: queue this sync's alerts, claim what to send (``retry``: also those
+    whose delivery failed before)."""
+    queued = alerts.queue(session, study, outcome.transitions)
+    return alerts.claim(session, study, fresh_only=not retry) if queued or retry else []
+
+
+def _retry_alerts(registry: Registry, study: str, wait: float | None) -> list[str]:
+    """Send alerts that an earlier sync could not deliver (a study with nothing active to sync)."""
+    try:
+        with registry.session(wait=wait) as session:
+            deliveries = alerts.claim(session, study)
+    except RegistryBusy:
+        return []  # another process writes; the next sync tries
+    return alerts.send(registry, deliveries)
 
 
 def _refuse_placeholders(registry: Registry, study: str, units: Sequence[Unit]) -> None:
@@ -206,14 +236,18 @@ def _run_local(
     max_parallel: int | None,
     factory: JobFactory,
     outcome: SubmitOutcome,
+    progress: Progress | None = None,
 ) -> None:
     """The embedded scheduler: start ready runs up to --max-parallel, a fine-tune only once its pretrain
     completed, until nothing is running or startable (blocked fine-tunes are marked by the sync)."""
     limit = max(1, max_parallel or 1)
     backends = Backends(Path("."), backend)
+    alerts_tried = time.monotonic()
     while True:
         with registry.session() as session:
-            sync(session, study=study, backends=backends)
+            synced = sync(session, study=study, backends=backends)
+            retry = time.monotonic() - alerts_tried >= ALERT_RETRY_S  # not every second while a webhook is down
+            deliveries = _alerts_after(session, study, synced, retry=retry)
             wanted = {repo.get_run(session, run_id).id for run_id in run_filter.run_ids}
             runs = repo.study_runs(session, study)
             running = [r for r in runs if r.status in ACTIVE and r.attempts and r.attempts[-1].executor == backend.name]
@@ -227,6 +261,12 @@ def _run_local(
             # Pretrains first: each one unlocks fine-tunes, so the slots stay busy to the end.
             ready.sort(key=lambda r: (r.stage != "pretrain", r.created_at, r.id))
             units = [submission.unit_for([r], None) for r in ready[: max(0, limit - len(running))]]
+        if deliveries:
+            outcome.warnings = alerts.send(registry, deliveries)  # how the latest try went
+            alerts_tried = time.monotonic()
+        if progress is not None:
+            with registry.session(write=False) as session:
+                progress(repo.list_runs(session, study=study))
         if not running and not ready:
             return
         for unit in units:
@@ -299,6 +339,7 @@ def retry(
     executor: str = "auto",
     factory: JobFactory | None = None,
     backend: Backend | None = None,
+    progress: Progress | None = None,
 ) -> SubmitOutcome:
     """New attempts for failed, lost or timed-out runs (or any retryable --state, e.g. INVALID); blocked
     fine-tunes re-chain onto the new pretrain. An INVALID run's rejected result.json is set aside first
@@ -319,6 +360,7 @@ def retry(
         run_filter=RunFilter(run_ids=tuple(retried)),
         factory=factory,
         backend=backend,
+        progress=progress,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ioussl.errors import DataError
 from ioussl.orchestration.planning import BASELINE_GROUP
-from ioussl.orchestration.report import Report
+from ioussl.orchestration.report import HELD_OUT, Report
 
 
 def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
@@ -36,6 +36,19 @@ def collapse_figure(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]])
     Epochs are counted from 1 on integer ticks; the y-range is fitted to the data (collapse curves of one
     study usually lie within a few hundredths of each other, which a fixed 0-1 range flattens into one band).
     """
+    return curves_figure(curves, ylabel="collapse coefficient  (0: spread out, 1: collapsed)",
+                         title="Representation collapse during pretraining (thin: runs, thick: group mean)",
+                         legend_title="IoU interval")
+
+
+def curves_figure(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], ylabel: str, title: str,
+                  unit_range: bool = True, legend_title: str = "group"):  # type: ignore[no-untyped-def]
+    """Per-epoch series of runs (thin) and their group means (thick), one colour per group.
+
+    Args:
+        curves: group -> one [(epoch counted from 0, value)] series per run.
+        unit_range: the values are scores in [0, 1]: the fitted y-range stays within it where the data does.
+    """
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure(7, 4.5)
@@ -45,12 +58,12 @@ def collapse_figure(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]])
             ax.plot([e + 1 for e, _ in points], [v for _, v in points], color=colour, alpha=0.35, lw=0.8)
         mean = _mean_curve(runs)
         ax.plot([e + 1 for e, _ in mean], [v for _, v in mean], color=colour, lw=2.2, label=group)
-    ax.set(xlabel="epoch", ylabel="collapse coefficient  (0: spread out, 1: collapsed)",
-           title="Representation collapse during pretraining (thin: runs, thick: group mean)")
-    ax.set_ylim(*_fitted_range([v for runs in curves.values() for points in runs for _, v in points]))
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    values = [v for runs in curves.values() for points in runs for _, v in points]
+    ax.set_ylim(*(_fitted_range(values) if unit_range else _padded_range(values)))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="IoU interval", title_fontsize=8)
+    ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
     return fig
 
 
@@ -67,6 +80,16 @@ def _fitted_range(values: Sequence[float]) -> tuple[float, float]:
     low, high = min(finite), max(finite)
     margin = max(0.08 * (high - low), 0.01)
     return max(low - margin, min(low, 0.0)), min(high + margin, max(high, 1.0))
+
+
+def _padded_range(values: Sequence[float]) -> tuple[float, float]:
+    """The data's range with an 8% margin either side (at least 0.01), for unbounded values such as losses."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    low, high = min(finite), max(finite)
+    margin = max(0.08 * (high - low), 0.01)
+    return low - margin, high + margin
 
 
 def _mean_curve(runs: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, float]]:
@@ -90,12 +113,16 @@ def dsc_figure(report: Report):  # type: ignore[no-untyped-def]
                    label="one fine-tune" if x == 0 else None)
         ax.errorbar([x], [row.mean], yerr=[row.std or 0.0], fmt="_", color="black", markersize=22, capsize=6,
                     zorder=4, label="mean ± std" if x == 0 else None)
-    baseline = next((row for row in rows if row.group == BASELINE_GROUP), None)
+    baselines = [row for row in rows if row.baseline]  # several (a sweep, studies side by side): no one line
+    baseline = baselines[0] if len(baselines) == 1 else None
     if baseline is not None and baseline.mean is not None:
         ax.axhline(baseline.mean, color="tab:red", ls="--", lw=1, zorder=2,
                    label=f"{BASELINE_GROUP} (mean {baseline.mean:.3f})")
     ax.set_xticks(range(len(rows)), [row.group for row in rows], rotation=20, ha="right", fontsize=8)
-    ax.set(xlabel="pretraining (IoU interval of the positive pairs)", ylabel="DSC (per slice, thesis definition)",
+    cases = {row.cases for row in rows}
+    where = ("held-out test cases" if cases == {HELD_OUT} else "selection cases" if HELD_OUT not in cases
+             else "see the cases column")
+    ax.set(xlabel="pretraining (IoU interval of the positive pairs)", ylabel=f"DSC (per slice, {where})",
            title=f"{report.study}: DSC per group (mean ± std, ddof={report.ddof})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
@@ -107,7 +134,7 @@ def plot_dsc(report: Report, path: Path) -> Path:
     return _save(dsc_figure(report), path)
 
 
-def plot_pairs(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+def pairs_figure(rows: Sequence[Mapping[str, Any]]):  # type: ignore[no-untyped-def]
     """Share of sampled pairs that have an organ in common, per IoU interval (thesis Fig. 3.2)."""
     labels = [f"[{r['i_min']:g}, {r['i_max']:g}]" for r in rows]
     fig = _figure(6, 4)
@@ -117,7 +144,53 @@ def plot_pairs(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     ax.set(xlabel="IoU interval", ylabel="pairs sharing >= 1 organ", ylim=(0, 1),
            title="Pair semantics per IoU interval")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
+
+
+def plot_pairs(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Write :func:`pairs_figure` as a PNG."""
+    return _save(pairs_figure(rows), path)
+
+
+def organ_figure(scores: Mapping[str, Mapping[str, float | None]], title: str):  # type: ignore[no-untyped-def]
+    """A heat map: one row per group, one column per organ, each cell a DSC in [0, 1] written on it.
+
+    Args:
+        scores: group -> organ -> DSC (None: no run of the group scored that organ; drawn blank).
+    """
+    import numpy as np
+
+    groups = list(scores)
+    organs = list(dict.fromkeys(organ for row in scores.values() for organ in row))
+    if not groups or not organs:
+        raise DataError("no per-organ DSC recorded: nothing to draw")
+    grid = np.array([[_or_nan(scores[g].get(o)) for o in organs] for g in groups], dtype=float)
+    fig = _figure(max(6.5, 0.8 * len(organs) + 2.4), max(2.6, 0.38 * len(groups) + 1.9))
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    for (row, column), value in np.ndenumerate(grid):
+        if math.isfinite(value):
+            ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > 0.6 else "white")
+    ax.set_xticks(range(len(organs)), [o.replace("_", " ") for o in organs], rotation=30, ha="right", fontsize=9)
+    ax.set_yticks(range(len(groups)), groups, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="DSC")
+    return fig
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def png_bytes(fig) -> bytes:  # type: ignore[no-untyped-def]
+    """The figure as PNG bytes (laid out tightly), for embedding."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
 
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:

@@ -4,27 +4,32 @@ The thesis reports the population std (ddof=0) of the four DSCs of a group (thes
 ``ddof=1`` gives the sample std. A group with fewer results than planned runs is marked ``n/N``.
 Groups are the IoU intervals by default (the thesis table); ``by`` groups by any axes of a sweep, and
 records of several studies give rows side by side (``grouping.py``).
+
+A group's number is the per-slice DSC on held-out test cases (``test_dsc``) when its runs recorded one (a
+split with a test part), else on the validation cases, which also selected the checkpoint ("selection
+cases"). Tests against the baseline and Holm's correction come from :mod:`ioussl.orchestration.statistics`;
+with several studies, each study is its own family for Holm's correction.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ioussl.orchestration import grouping
+from ioussl.orchestration import grouping, statistics
 from ioussl.orchestration.grouping import INTERVAL, GroupKey, StudyOrder
 from ioussl.orchestration.planning import BASELINE_GROUP
 from ioussl.orchestration.registry.repo import RunRecord
 from ioussl.orchestration.study import Interval
 
-# Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96 is within 4%).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-        20: 2.086, 25: 2.060, 30: 2.042}
+# Where a group's number comes from: the cases that selected the checkpoint, or held-out test cases.
+SELECTION, HELD_OUT = "val", "test"
+CASES_LABEL = {SELECTION: "selection", HELD_OUT: "held-out test"}
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,19 @@ class GroupRow:
     delta: float | None  # mean minus the baseline's mean
     paired_delta: float | None  # mean over matched fine-tune seeds of (group - baseline)
     paired_n: int
+    cases: str = SELECTION  # SELECTION: `dsc` on the validation cases; HELD_OUT: `test_dsc`
+    p_paired: float | None = None  # two-sided paired t-test against the baseline, matched fine-tune seeds
+    p_paired_holm: float | None = None  # Holm-adjusted over the report's settings (of the same study)
+    p_welch: float | None = None  # two-sided Welch t-test against every baseline run (unpaired)
+    p_welch_holm: float | None = None
+    selection_mean: float | None = None  # mean `dsc` (validation cases) of the same runs
+    flare_dsc: float | None = None  # FLARE 2022 evaluation, mean over the runs that recorded it
+    flare_nsd: float | None = None
+    flare_n: int = 0
+    flare_part: str | None = None  # "val", "test" or "val+test": the cases FLARE scored
     axes: Mapping[str, Any] = field(default_factory=dict)  # the group's value on each --by axis (None: unset)
     study: str = ""
+    baseline: bool = False  # fine-tunes without a pretrain (the no-pretraining row)
 
     @property
     def n(self) -> int:
@@ -76,24 +92,54 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_
     """
     orders = orders or {study: StudyOrder(tuple(group_order))}
     finetunes = [r for r in records if r.stage == "finetune"]
+    keys = [grouping.key_of(record, by) for record in finetunes]
     groups: dict[GroupKey, list[RunRecord]] = {}
-    for record in finetunes:
-        groups.setdefault(grouping.key_of(record, by), []).append(record)
-    left_out = tuple(
-        f"run {r.id} ({r.group}): {r.status.value.lower()}{' - ' + r.status_reason if r.status_reason else ''}"
-        for r in finetunes if r.dsc is None
-    )
+    for record, key in zip(finetunes, keys, strict=True):
+        groups.setdefault(key, []).append(record)
+    cases = {key: group_cases(runs) for key, runs in groups.items()}
+    left_out = tuple(_left_out(r, cases[key]) for r, key in zip(finetunes, keys, strict=True)
+                     if score(r, cases[key]) is None)
     several = len(orders) > 1
-    rows = []
     baselines = grouping.Baselines(groups)
+    rows = []
     for key in grouping.sort_keys(groups, orders):
         base_key = baselines.of(key)
         baseline = groups[base_key] if base_key is not None else []
-        base_mean = _mean([r.dsc for r in baseline if r.dsc is not None])
-        row = _row(key.label(several), groups[key], ddof, base_mean, baseline)
+        row = _row(key.label(several), groups[key], ddof, baseline, cases[key], is_baseline=key.baseline)
         rows.append(replace(row, axes=key.axes(), study=key.study))
-    return Report(study, ddof, tuple(rows), left_out, max((row.planned for row in rows), default=0),
+    return Report(study, ddof, with_holm(rows), left_out, max((row.planned for row in rows), default=0),
                   by=tuple(by), studies=tuple(orders))
+
+
+def group_cases(runs: Sequence[RunRecord]) -> str:
+    """HELD_OUT when any run of the group scored held-out test cases, else SELECTION."""
+    return HELD_OUT if any(r.test_dsc is not None for r in runs) else SELECTION
+
+
+def score(record: RunRecord, cases: str) -> float | None:
+    """The run's per-slice DSC on ``cases``: ``test_dsc`` for HELD_OUT, ``dsc`` for SELECTION."""
+    return record.test_dsc if cases == HELD_OUT else record.dsc
+
+
+def _left_out(record: RunRecord, cases: str) -> str:
+    if record.dsc is not None and cases == HELD_OUT:
+        why = "no held-out test DSC (its group is scored on test cases)"
+    else:
+        why = record.status.value.lower() + (f" - {record.status_reason}" if record.status_reason else "")
+    return f"run {record.id} ({record.group}): {why}"
+
+
+def with_holm(rows: Sequence[GroupRow]) -> tuple[GroupRow, ...]:
+    """Rows with Holm-adjusted p-values, the family being every setting of the same study tested against
+    its baseline (a study's p Holm does not change when another study is reported beside it)."""
+    adjusted: dict[int, tuple[float | None, float | None]] = {}
+    for study in dict.fromkeys(row.study for row in rows):
+        index = [i for i, row in enumerate(rows) if row.study == study]
+        paired = statistics.holm([rows[i].p_paired for i in index])
+        welch = statistics.holm([rows[i].p_welch for i in index])
+        adjusted.update({i: (p, w) for i, p, w in zip(index, paired, welch, strict=True)})
+    return tuple(dataclasses.replace(row, p_paired_holm=adjusted[i][0], p_welch_holm=adjusted[i][1])
+                 for i, row in enumerate(rows))
 
 
 def study_group_order(spec: Mapping[str, Any]) -> list[str]:
@@ -122,28 +168,50 @@ def in_group_order(records: Sequence[RunRecord], orders: Mapping[str, Sequence[s
     return sorted(records, key=lambda record: (record.study, rank[(record.study, record.group)]))
 
 
-def _row(name: str, runs: list[RunRecord], ddof: int, base_mean: float | None,
-         baseline: list[RunRecord]) -> GroupRow:
-    done = sorted((r for r in runs if r.dsc is not None), key=lambda r: (r.pretrain_seed or 0, r.seed, r.id))
-    values = tuple(float(r.dsc) for r in done if r.dsc is not None)
+def _row(name: str, runs: list[RunRecord], ddof: int, baseline: list[RunRecord], cases: str, *,
+         is_baseline: bool) -> GroupRow:
+    done = sorted((r for r in runs if score(r, cases) is not None),
+                  key=lambda r: (r.pretrain_seed or 0, r.seed, r.id))
+    values = tuple(_scores(done, cases))
     mean = _mean(values)
-    std = _std(values, ddof)
-    paired = _paired(done, baseline) if name != BASELINE_GROUP else []
+    # A setting is compared with its baseline row only on the same cases (and never with itself).
+    compared = not is_baseline and bool(baseline) and group_cases(baseline) == cases
+    base_values = _scores(baseline, cases) if compared else []
+    pairs = _pairs(done, baseline, cases) if compared else []
+    base_mean = _mean(base_values)
     return GroupRow(
-        group=name, values=values, run_ids=tuple(r.id for r in done), planned=len(runs), mean=mean, std=std,
-        ci95=_ci95(values), delta=None if mean is None or base_mean is None or name == BASELINE_GROUP
-        else mean - base_mean,
-        paired_delta=_mean(paired), paired_n=len(paired),
+        group=name, values=values, run_ids=tuple(r.id for r in done), planned=len(runs), mean=mean,
+        std=_std(values, ddof), ci95=statistics.mean_ci(values),
+        delta=None if mean is None or base_mean is None else mean - base_mean,
+        paired_delta=_mean([a - b for a, b in pairs]), paired_n=len(pairs), cases=cases,
+        p_paired=statistics.paired_t_pvalue([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None,
+        p_welch=statistics.welch_t_pvalue(values, base_values) if compared else None,
+        selection_mean=_mean(_scores(done, SELECTION)), baseline=is_baseline, **_flare_means(done),
     )
 
 
-def _paired(done: list[RunRecord], baseline: list[RunRecord]) -> list[float]:
-    """Differences to the baseline fine-tune with the same fine-tune seed (same data order and init) and, in a
-    sweep, the same value of each setting the baseline's runs have (their fine-tuning settings)."""
+def _scores(runs: Iterable[RunRecord], cases: str) -> list[float]:
+    """The recorded scores on ``cases`` of these runs, in their order (runs without one left out)."""
+    return [float(value) for value in (score(r, cases) for r in runs) if value is not None]
+
+
+def _pairs(done: list[RunRecord], baseline: list[RunRecord], cases: str) -> list[tuple[float, float]]:
+    """(run, baseline) scores for each run with a baseline fine-tune of the same fine-tune seed (same data order
+    and init) and, in a sweep, the same value of each setting the baseline's runs have (their fine-tuning
+    settings)."""
     settings = sorted({name for r in baseline for name in r.point})
-    by_seed = {grouping.pair_key(r, settings): r.dsc for r in baseline if r.dsc is not None}
-    pairs = [(r.dsc, by_seed.get(grouping.pair_key(r, settings))) for r in done if r.dsc is not None]
-    return [float(dsc) - float(base) for dsc, base in pairs if base is not None]
+    by_key = {grouping.pair_key(r, settings): value for r in baseline if (value := score(r, cases)) is not None}
+    return [(value, by_key[key]) for r in done
+            if (key := grouping.pair_key(r, settings)) in by_key and (value := score(r, cases)) is not None]
+
+
+def _flare_means(done: list[RunRecord]) -> dict[str, Any]:
+    """FLARE 2022's DSC and NSD, each the mean over the runs that recorded it, and the cases it scored."""
+    scored = [r for r in done if r.flare_dsc is not None]
+    parts = sorted({r.flare_part for r in scored if r.flare_part})
+    return {"flare_dsc": _mean([float(r.flare_dsc or 0.0) for r in scored]),
+            "flare_nsd": _mean([float(r.flare_nsd) for r in scored if r.flare_nsd is not None]),
+            "flare_n": len(scored), "flare_part": "+".join(parts) or None}
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -157,16 +225,6 @@ def _std(values: Sequence[float], ddof: int) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - ddof))
 
 
-def _ci95(values: Sequence[float]) -> tuple[float, float] | None:
-    if len(values) < 2:
-        return None
-    df = len(values) - 1
-    quantile = _T95.get(df) or (_T95[max(k for k in _T95 if k <= df)] if df <= 30 else 1.96)
-    mean = sum(values) / len(values)
-    half = quantile * (_std(values, 1) or 0.0) / math.sqrt(len(values))
-    return mean - half, mean + half
-
-
 # ---- rendering (plain text formats; the terminal table is rich, in the CLI) ----
 
 def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
@@ -178,8 +236,8 @@ def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
 MAX_VALUE_COLUMNS = 8  # beyond this many runs per group, tables show the first ones and "+N more"
 
 
-def row_cells(row: GroupRow, max_values: int) -> list[str]:
-    """Group, mean ± std, DSC 1..k, n, Δ baseline, 95% CI, paired Δ (n) — shared by every format."""
+def row_cells(row: GroupRow, max_values: int, optional: Sequence[str] = ()) -> list[str]:
+    """The cells under :func:`header` (same ``optional`` columns) — shared by every format."""
     mean_std = "-" if row.mean is None else f"{row.mean:.3f} ± {_fmt(row.std)}"
     shown = min(max_values, MAX_VALUE_COLUMNS)
     values = [_fmt(v) for v in row.values[:shown]] + [""] * max(0, shown - row.n)
@@ -188,18 +246,66 @@ def row_cells(row: GroupRow, max_values: int) -> list[str]:
     n = f"{row.n}" if row.complete else f"{row.n}/{row.planned}"
     ci = "-" if row.ci95 is None else f"[{row.ci95[0]:.3f}, {row.ci95[1]:.3f}]"
     paired = "-" if row.paired_delta is None else f"{row.paired_delta:+.3f} ({row.paired_n})"
-    return [row.group, mean_std, *values, n, _fmt(row.delta, signed=True), ci, paired]
+    extra = {"selection DSC": _fmt(row.selection_mean), "FLARE DSC": _flare_cell(row.flare_dsc, row),
+             "FLARE NSD": _flare_cell(row.flare_nsd, row)}
+    return [row.group, mean_std, CASES_LABEL[row.cases], *values, n, _fmt(row.delta, signed=True), ci, paired,
+            format_p(row.p_paired), format_p(row.p_paired_holm), *[extra[name] for name in optional]]
 
 
-def header(max_values: int) -> list[str]:
+def header(max_values: int, optional: Sequence[str] = ()) -> list[str]:
+    """Column names; ``optional`` adds some of OPTIONAL_COLUMNS (see :func:`optional_columns`)."""
     shown = min(max_values, MAX_VALUE_COLUMNS)
     more = ["…"] if max_values > MAX_VALUE_COLUMNS else []
-    return ["group", "mean ± std", *[f"DSC {i}" for i in range(1, shown + 1)], *more, "n", "Δ baseline",
-            "95% CI", "paired Δ (n)"]
+    return ["group", "mean ± std", "cases", *[f"DSC {i}" for i in range(1, shown + 1)], *more, "n", "Δ baseline",
+            "95% CI", "paired Δ (n)", "p", "p Holm", *optional]
+
+
+OPTIONAL_COLUMNS = ("selection DSC", "FLARE DSC", "FLARE NSD")
+
+
+def optional_columns(report: Report) -> tuple[str, ...]:
+    """The columns worth showing for this report: the selection cases' DSC next to a held-out number, FLARE's."""
+    present = {"selection DSC": any(row.cases == HELD_OUT for row in report.rows),
+               "FLARE DSC": any(row.flare_dsc is not None for row in report.rows),
+               "FLARE NSD": any(row.flare_nsd is not None for row in report.rows)}
+    return tuple(name for name in OPTIONAL_COLUMNS if present[name])
+
+
+def table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of every row, with the optional columns this report has."""
+    optional = optional_columns(report)
+    return (header(report.max_values, optional),
+            [row_cells(row, report.max_values, optional) for row in report.rows])
+
+
+def format_p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _flare_cell(value: float | None, row: GroupRow) -> str:
+    return "-" if value is None else f"{value:.3f} ({row.flare_part}, n={row.flare_n})"
+
+
+def legend_lines(report: Report) -> list[str]:
+    """What the cases and p columns mean, for the kinds this report shows."""
+    kinds = {row.cases for row in report.rows}
+    lines = []
+    if SELECTION in kinds:
+        lines.append("cases: selection = per-slice DSC on the validation cases, which also selected the checkpoint")
+    if HELD_OUT in kinds:
+        lines.append("cases: held-out test = per-slice DSC on test cases that never influenced training or selection")
+    tested = sum(row.p_paired is not None for row in report.rows)
+    if tested:
+        family = " (each study its own family)" if len(report.studies) > 1 else ""
+        lines.append("p: two-sided paired t-test against the baseline fine-tune with the same seed; "
+                     f"p Holm: Holm's adjustment over the {tested} setting(s) tested{family}")
+    return lines
 
 
 def footer_lines(report: Report) -> list[str]:
-    lines = list(report.footer)
+    lines = legend_lines(report) + list(report.footer)
     if report.left_out:
         lines.append(f"left out ({len(report.left_out)} fine-tune(s) without a DSC):")
         lines += [f"  {line}" for line in report.left_out[:20]]
@@ -209,35 +315,42 @@ def footer_lines(report: Report) -> list[str]:
 
 
 def to_markdown(report: Report) -> str:
-    head = header(report.max_values)
+    head, cells = table(report)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row_cells(row, report.max_values)) + " |" for row in report.rows]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     footer = footer_lines(report)
     if footer:
         lines += ["", *[f"> {line}" for line in footer]]
     return "\n".join(lines) + "\n"
 
 
+CSV_COLUMNS = ("group", "mean", "std", "ddof", "n", "planned", "delta_baseline", "ci95_low", "ci95_high",
+               "paired_delta", "paired_n", "values", "run_ids", "cases", "metric", "p_paired", "p_paired_holm",
+               "p_welch", "p_welch_holm", "selection_mean", "flare_dsc", "flare_nsd", "flare_n", "flare_part")
+
+
 def to_csv(report: Report) -> str:
+    """Full precision; ``cases`` is "val" (selection) or "test" (held-out), ``metric`` the column averaged."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["group", "mean", "std", "ddof", "n", "planned", "delta_baseline", "ci95_low", "ci95_high",
-                     "paired_delta", "paired_n", "values", "run_ids"])
+    writer.writerow(CSV_COLUMNS)
     for row in report.rows:
         low, high = row.ci95 if row.ci95 else (None, None)
         writer.writerow([row.group, row.mean, row.std, report.ddof, row.n, row.planned, row.delta, low, high,
                          row.paired_delta, row.paired_n, " ".join(f"{v:.6f}" for v in row.values),
-                         " ".join(row.run_ids)])
+                         " ".join(row.run_ids), row.cases, "test_dsc" if row.cases == HELD_OUT else "dsc",
+                         row.p_paired, row.p_paired_holm, row.p_welch, row.p_welch_holm, row.selection_mean,
+                         row.flare_dsc, row.flare_nsd, row.flare_n, row.flare_part])
     return buffer.getvalue()
 
 
 def to_latex(report: Report) -> str:
     """A ``tabular`` for a paper: compiles with plain pdflatex (no package beyond the kernel)."""
-    head = header(report.max_values)
+    head, cells = table(report)
     lines = [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\hline",
              " & ".join(latex_cell(h) for h in head) + r" \\", r"\hline"]
-    for row in report.rows:
-        lines.append(" & ".join(latex_cell(c) for c in row_cells(row, report.max_values)) + r" \\")
+    for row in cells:
+        lines.append(" & ".join(latex_cell(c) for c in row) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     lines += [f"% {line}" for line in footer_lines(report)]
     return "\n".join(lines) + "\n"
@@ -246,7 +359,7 @@ def to_latex(report: Report) -> str:
 _LATEX = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
-    "…": r"\ldots{}",
+    "…": r"\ldots{}", "<": r"$<$", ">": r"$>$",
 }
 
 

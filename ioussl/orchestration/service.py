@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ioussl.errors import DataError
+from ioussl.errors import ConfigError, DataError
 from ioussl.orchestration import grouping, planning
 from ioussl.orchestration.grouping import StudyOrder
 from ioussl.orchestration.planning import PlannedRun
 from ioussl.orchestration.registry import opened, repo, unit_of_work
 from ioussl.orchestration.registry.db import MissingRegistry
 from ioussl.orchestration.registry.errors import AlreadyRecorded
-from ioussl.orchestration.report import Report, in_group_order, order_groups, study_group_order
+from ioussl.orchestration.report import Report, in_group_order, study_group_order
 from ioussl.orchestration.status import RunStatus
 from ioussl.orchestration.study import StudySpec, load_study, spec_summary
 
@@ -95,10 +95,13 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
     Resources are not part of a run's identity: a cluster profile edited after planning (say, the account
     filled in) reaches every run that has not been submitted yet.
     """
-    study, _ = repo.get_or_create_study(
-        session, spec.name, str(spec.path) if spec.path else None, spec_summary(spec),
+    summary = spec_summary(spec)
+    study, created = repo.get_or_create_study(
+        session, spec.name, str(spec.path) if spec.path else None, summary,
         str(spec.resolve(spec.runs_dir)), str(spec.base_dir), axes=list(spec.sweep.names),
     )
+    if not created and (study.spec or {}).get("notify") != summary["notify"]:
+        study.spec = {**(study.spec or {}), "notify": summary["notify"]}  # a webhook added to the profile later
     repo.add_axes(study, spec.sweep.names)
     known = repo.existing_hashes(session, study)
     outcome.existing = [run for run in planned if run.run_hash in known]
@@ -126,11 +129,17 @@ def _run_row(spec: StudySpec, run: PlannedRun) -> dict[str, object]:
 def status_rows(db: str | None, study: str | None = None, stage: str | None = None,
                 statuses: list[RunStatus] | None = None, group: str | None = None) -> list[repo.RunRecord]:
     with unit_of_work(db, write=False) as session:
-        if study is not None:
-            repo.find_study(session, study)
-        records = repo.list_runs(session, study=study, stage=stage, statuses=statuses, group=group)
-        orders = {row.name: study_group_order(row.spec) for row in repo.list_studies(session)}
-        return in_group_order(records, orders)
+        return status_records(session, study, stage, statuses, group)
+
+
+def status_records(session, study: str | None = None, stage: str | None = None,  # type: ignore[no-untyped-def]
+                   statuses: list[RunStatus] | None = None, group: str | None = None) -> list[repo.RunRecord]:
+    """The runs ``status`` lists, in report group order (inside the caller's unit of work)."""
+    if study is not None:
+        repo.find_study(session, study)
+    records = repo.list_runs(session, study=study, stage=stage, statuses=statuses, group=group)
+    orders = {row.name: study_group_order(row.spec) for row in repo.list_studies(session)}
+    return in_group_order(records, orders)
 
 
 @dataclass
@@ -141,8 +150,10 @@ class ReportOutcome:
 
 
 def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 0, plot_dir: Path | None = None,
-                 pairs_json: Path | None = None, by: str | Sequence[str] | None = None) -> ReportOutcome:
-    """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures.
+                 pairs_json: Path | None = None, html_path: Path | None = None,
+                 by: str | Sequence[str] | None = None) -> ReportOutcome:
+    """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures
+    (PNG files into ``plot_dir``) and a self-contained HTML report (``html_path``).
 
     ``study`` may name several studies: their rows side by side. ``by`` groups by any of their axes
     (``grouping.resolve_by``; default: each swept setting, then the interval, which for a study without a
@@ -151,26 +162,41 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
     from ioussl.orchestration.report import build_report
 
     names = [study] if isinstance(study, str) else list(dict.fromkeys(study or []))
+    if html_path is not None:
+        check_html_path(html_path)
     with opened(db) as registry, registry.session(write=False) as session:
         studies = [repo.find_study(session, name) for name in names] or [repo.only_study(session, "report")]
         axes = grouping.resolve_by(by, {row.name: list(row.axes or []) for row in studies})
         orders = {row.name: StudyOrder.of(row.spec, study_group_order(row.spec)) for row in studies}
         records = [record for row in studies for record in repo.list_runs(session, study=row.name)]
         footer = provenance_footer(session, records, registry.location)
-        curves = _collapse_curves(session, records, orders) if plot_dir else {}
+        curves = _metric_curves(session, records, (axes, orders), "pretrain", "collapse") if plot_dir else {}
+        html_series = _html_series(session, records, (axes, orders)) if html_path else {}
+        per_organ = repo.result_per_organ(session, [r.id for r in records if r.stage == "finetune"]) \
+            if html_path else {}
     report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders)
     report = dataclasses.replace(report, footer=footer)
     outcome = ReportOutcome(report)
     if plot_dir:
         _write_plots(outcome, curves, records, plot_dir, pairs_json)
+    if html_path:
+        runs = in_group_order(records, {name: order.groups for name, order in orders.items()})
+        _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json)
     return outcome
+
+
+def check_html_path(path: Path) -> None:
+    """Refuse, before any work, an HTML path whose folder does not exist or that names a folder."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write the HTML report {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"cannot write the HTML report {path}: it is a folder; give a file name")
 
 
 def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
     """Which code produced the numbers, and a fingerprint of the registry rows they come from."""
     fingerprint = hashlib.sha256(
-        "\n".join(f"{r.id}:{r.status.value}:{r.dsc!r}:{r.dsc_3d!r}" for r in sorted(records, key=lambda r: r.id))
-        .encode()
+        "\n".join(_fingerprinted(r) for r in sorted(records, key=lambda r: r.id)).encode()
     ).hexdigest()[:16]
     commits = repo.result_commits(session, [r.id for r in records])
     code = ", ".join(f"{commit} ({n} run(s))" for commit, n in sorted(commits.items())) or "none recorded"
@@ -182,20 +208,59 @@ def provenance_footer(session, records: list[repo.RunRecord], location: str) -> 
     return tuple(lines)
 
 
+def _fingerprinted(record: repo.RunRecord) -> str:
+    """A run's line of the fingerprint; held-out and FLARE scores join it only where recorded (so a registry
+    without them keeps the fingerprint it always had)."""
+    line = f"{record.id}:{record.status.value}:{record.dsc!r}:{record.dsc_3d!r}"
+    later = (record.test_dsc, record.flare_dsc, record.flare_nsd, record.flare_part)
+    return line if all(value is None for value in later) else line + ":" + ":".join(map(repr, later))
+
+
 Curves = dict[str, list[list[tuple[int, float]]]]  # group -> one (epoch, value) series per pretrain
 
 
-def _collapse_curves(session, records: list[repo.RunRecord], orders: dict[str, StudyOrder]) -> Curves:  # type: ignore[no-untyped-def]
-    pretrains = [r for r in records if r.stage == "pretrain"]
-    series = repo.metric_series(session, [r.id for r in pretrains], "collapse")
-    several = len(orders) > 1
-    curves: Curves = {}
-    for record in pretrains:
+Grouping = tuple[Sequence[str], Mapping[str, StudyOrder]]  # the report's --by axes and its studies' orders
+
+
+def _metric_curves(session, records: list[repo.RunRecord], grouping_: Grouping, stage: str,  # type: ignore[no-untyped-def]
+                   metric: str) -> Curves:
+    """Row label -> one per-epoch series of ``metric`` per run of ``stage`` that recorded it, in row order.
+
+    A run's label is the report row it belongs to (``grouping.key_of`` over the --by axes; a pretrain has no
+    fine-tuning setting, so its curve is labelled by its pretraining settings and interval only).
+    """
+    by, orders = grouping_
+    runs = [r for r in records if r.stage == stage]
+    series = repo.metric_series(session, [r.id for r in runs], metric)
+    keyed: dict[grouping.GroupKey, list[list[tuple[int, float]]]] = {}
+    for record in runs:
         if record.id in series:
-            curves.setdefault(f"{record.study}: {record.group}" if several else record.group, []).append(
-                series[record.id])
-    order = [f"{study}: {group}" if several else group for study, o in orders.items() for group in o.groups]
-    return {group: curves[group] for group in order_groups(curves, order)}
+            keyed.setdefault(grouping.key_of(record, by), []).append(series[record.id])
+    several = len(orders) > 1
+    return {key.label(several): keyed[key] for key in grouping.sort_keys(keyed, orders)}
+
+
+def _html_series(session, records: list[repo.RunRecord], grouping_: Grouping) -> dict[str, Curves]:  # type: ignore[no-untyped-def]
+    from ioussl.orchestration.htmlreport import CURVES
+
+    return {spec.key: _metric_curves(session, records, grouping_, spec.stage, spec.metric) for spec in CURVES}
+
+
+def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: dict[str, Curves],
+                per_organ: dict, path: Path, pairs_json: Path | None) -> None:
+    import datetime as dt
+
+    from ioussl import __version__
+    from ioussl.orchestration import htmlreport, plots
+
+    written = f"written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by ioussl {__version__}"
+    inputs = htmlreport.HtmlInputs(
+        report=outcome.report, runs=records, curves=series,
+        organs=htmlreport.organ_means(outcome.report, per_organ),
+        pairs=plots.read_pairs(pairs_json) if pairs_json is not None else None, written=written,
+    )
+    outcome.skipped += [f"HTML report: {line}" for line in htmlreport.write_html(inputs, path)]
+    outcome.plots.append(path)
 
 
 def _write_plots(outcome: ReportOutcome, curves: Curves, records: list[repo.RunRecord], plot_dir: Path,

@@ -36,6 +36,7 @@ INTERVAL_KEYS = ("name", "i_min", "i_max", "random_crop")
 RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additional")
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus_per_node", "exclude", "setup",
               "additional", "max_parallel")
+NOTIFY_KEYS = ("webhook",)
 MAX_SEED = 2**32  # seeds lie in [0, 2**32): what numpy and torch accept
 MAX_LABEL = 64  # runs.group
 
@@ -75,6 +76,7 @@ class StudySpec:
     resources: dict[str, dict[str, Any]]  # stage -> merged resources + slurm profile
     sweep: Sweep = field(default_factory=Sweep)  # [sweep] axes; empty: the thesis grid
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    notify: dict[str, Any] = field(default_factory=dict)  # the cluster profile's [notify] (webhook alerts)
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative).expanduser()
@@ -123,7 +125,7 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
         raise ConfigError(f"{where}: intervals are given but [finetune].seeds is empty")
     if not intervals and not baseline_seeds:
         raise ConfigError(f"{where}: the study is empty (no [[intervals]] and no [finetune].baseline_seeds)")
-    cluster = _cluster_profile(head.get("cluster"), base_dir, where)
+    cluster, notify = _cluster_profile(head.get("cluster"), base_dir, where)
     cluster.update(_checked(raw.get("slurm", {}), SLURM_KEYS, f"{where} [slurm]"))
     return StudySpec(
         name=name,
@@ -144,6 +146,7 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
         resources=_resources(raw.get("resources", {}), cluster, where),
         sweep=parse_sweep(raw.get("sweep"), f"{where} [sweep]"),
         raw=raw,
+        notify=notify,
     )
 
 
@@ -214,15 +217,21 @@ def _intervals(items: Any, where: str) -> tuple[Interval, ...]:
     return tuple(intervals)
 
 
-def _cluster_profile(reference: Any, base_dir: Path, where: str) -> dict[str, Any]:
+def _cluster_profile(reference: Any, base_dir: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The profile's [slurm] settings and its [notify] section (a webhook for alerts, checked now)."""
     if reference is None:
-        return {}
+        return {}, {}
     if not isinstance(reference, str):
         raise ConfigError(f"{where}: [study].cluster must be a path to a cluster profile")
     path = Path(reference) if Path(reference).is_absolute() else base_dir / reference
     raw = _read_toml(path)
-    _check_keys(raw, ("slurm",), str(path))
-    return _checked(raw.get("slurm", {}), SLURM_KEYS, f"{path} [slurm]")
+    _check_keys(raw, ("slurm", "notify"), str(path))
+    notify = _checked(raw.get("notify", {}), NOTIFY_KEYS, f"{path} [notify]")
+    if "webhook" in notify:
+        from ioussl.orchestration.alerts import check_webhook
+
+        check_webhook(notify["webhook"], f"{path} [notify]")
+    return _checked(raw.get("slurm", {}), SLURM_KEYS, f"{path} [slurm]"), notify
 
 
 def _resources(raw: Any, cluster: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -254,6 +263,7 @@ def spec_summary(spec: StudySpec) -> dict[str, Any]:
         "finetune_seeds": list(spec.finetune_seeds),
         "baseline_seeds": list(spec.baseline_seeds),
         "raw": spec.raw,
+        "notify": dict(spec.notify),
     }
     if spec.sweep:
         summary["sweep"] = spec.sweep.values()

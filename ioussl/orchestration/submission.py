@@ -66,6 +66,7 @@ class SubmitOutcome:
     sbatch_calls: int = 0
     dry_run: bool = False
     fell_back: str | None = None  # why --executor auto runs on this machine (no sbatch, no controller)
+    warnings: list[str] = field(default_factory=list)  # e.g. a webhook alert the local loop could not deliver
 
     @property
     def gpu_hours(self) -> float:

@@ -50,11 +50,12 @@ class SyntheticJob(submitit.helpers.Checkpointable):
             message = f"synthetic failure on start {starts} of {spec['fail_attempts']}"
             runfiles.record_event(run_dir, "failed", error=message)
             raise TrainingError(message)
+        began = time.time()
         for step in range(start_step, spec["steps"]):
             time.sleep(spec["step_s"])
-            runfiles.append_jsonl(
-                run_dir / runfiles.METRICS, {"epoch": step, "step": step, "loss": 1 / (step + 1)}
-            )
+            line = progress_line(step, spec["steps"], began, spec["step_s"], stage=config.get("stage"))
+            runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
+            print(f"[ioussl synthetic] step {step + 1}/{spec['steps']} loss {line['loss']:.4f}", flush=True)
             runfiles.atomic_write_json(run_dir / runfiles.CHECKPOINTS / "last.json", {"step": step})
         result = {**result_for(run_dir, config, spec["steps"], self.encoder_checkpoint),
                   "resumed_from": start_step, "starts": starts}
@@ -66,6 +67,14 @@ class SyntheticJob(submitit.helpers.Checkpointable):
         """Called by submitit on USR2 (timeout or preemption): note it; progress is already on disk."""
         runfiles.record_event(Path(self.run_dir), "requeued", step=_last_step(Path(self.run_dir)))
         return super().checkpoint(*args, **kwargs)
+
+
+def progress_line(step: int, steps: int, began: float, step_s: float, stage: Any = None) -> dict[str, Any]:
+    """The metrics line of one synthetic step, with the keys training writes (science/progress.py), one
+    step per epoch: what a live ``ioussl status`` reads."""
+    now = time.time()
+    return {"stage": stage, "epoch": step, "epochs": steps, "step": step + 1, "steps_total": steps, "time": now,
+            "elapsed_s": now - began, "items_per_s": 1 / max(step_s, 1e-3), "loss": 1 / (step + 1)}
 
 
 def result_for(run_dir: Path, config: dict[str, Any], steps: int, encoder: str | None = None) -> dict[str, Any]:

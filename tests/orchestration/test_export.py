@@ -133,8 +133,12 @@ def test_report_as_a_table(finished):
                                  "data.crop=96, no pretraining", "data.crop=96, [0.3, 0.6]"]
     assert list(frame["data.crop"]) == [64, 64, 96, 96] and "interval" in frame.columns
     done = frame[frame.group == "data.crop=96, [0.3, 0.6]"].iloc[0]
-    assert (done.n, done.planned, done["mean"], done["values"]) == (1, 2, 0.8, [0.8])
-    assert {"std", "ci95_low", "ci95_high", "delta", "paired_delta", "paired_n", "run_ids"} <= set(frame.columns)
+    # Its run recorded held-out test cases: the group's number is theirs, the selection cases' beside it.
+    assert (done.n, done.planned, done["mean"], done["values"]) == (1, 2, 0.79, [0.79])
+    assert (done.cases, done.selection_mean, done.flare_dsc, done.flare_part) == ("test", 0.8, 0.81, "test")
+    assert {"std", "ci95_low", "ci95_high", "delta", "paired_delta", "paired_n", "run_ids", "p_paired",
+            "p_paired_holm", "p_welch", "p_welch_holm", "baseline"} <= set(frame.columns)
+    assert list(frame.baseline) == [True, False, True, False]
 
 
 def _cells(frame: pd.DataFrame) -> list[list[object]]:

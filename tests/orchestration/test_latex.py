@@ -51,3 +51,25 @@ def test_thesis_table_compiles_with_pdflatex(repo_root, db, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "table.pdf").stat().st_size > 1000
     assert "Missing character" not in log and "Illegal unit" not in log
+
+
+def test_a_held_out_table_with_flare_columns_and_tiny_p_compiles(repo_root, db, tmp_path):
+    from ioussl.orchestration.report import build_report
+    from ioussl.orchestration.service import plan_grid, status_rows
+
+    pdflatex = _pdflatex()
+    plan_grid(repo_root / "jobs" / "thesis-test-split.toml", db, check_data=False)
+
+    def scored(r):  # type: ignore[no-untyped-def]
+        test = 0.8 + (0.05 if r.group == "[0.3, 0.6]" else 0.0) + 0.001 * r.seed + 0.002 * (r.pretrain_seed or 0)
+        return r.__class__(**{**r.__dict__, "dsc": 0.9, "test_dsc": test, "flare_dsc": 0.7, "flare_nsd": 0.6,
+                              "flare_part": "test"})
+
+    records = [scored(r) if r.stage == "finetune" else r for r in status_rows(db)]
+    table = to_latex(build_report(records, "thesis-test-split"))
+    assert "$<$0.001" in table and "held-out test" in table and "0.700 (test, n=4)" in table
+    (tmp_path / "table.tex").write_text("\\documentclass{article}\n\\begin{document}\n" + table + "\\end{document}\n")
+    done = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "table.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Missing character" not in (tmp_path / "table.log").read_text(errors="replace")

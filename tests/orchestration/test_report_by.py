@@ -138,7 +138,8 @@ def test_the_thesis_table_is_what_it_was(db, repo_root):
 
     def without_run_ids(text: str) -> list[list[str]]:
         rows = list(csv.reader(io.StringIO(text)))
-        return [row[:-1] for row in rows]
+        column = rows[0].index("run_ids")  # they hash today's configs, which gained settings since v1
+        return [row[:column] + row[column + 1:] for row in rows]
 
     assert without_run_ids(to_csv(default)) == without_run_ids((FIXTURES / "registry-v1.report.csv").read_text())
     assert [row.axes for row in default.rows][:2] == [{"interval": "no pretraining"}, {"interval": "[0, 0]"}]

@@ -153,6 +153,13 @@ class StudyRig:
         rows = [tuple(line.split("|")) for line in out.splitlines() if line]
         return [r for r in rows if len(r) == 4 and r[1] in names]
 
+    def dependencies(self) -> dict[str, str]:
+        """Job id -> the dependency the controller holds for it (squeue %E, e.g. "afterok:12_*(unfulfilled)")."""
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%E"], capture_output=True, text=True, check=True
+        ).stdout
+        return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+
     def events(self, run: dict[str, Any]) -> list[dict[str, Any]]:
         path = Path(run["run_dir"]) / "events.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

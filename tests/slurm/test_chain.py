@@ -28,8 +28,13 @@ def test_finetunes_are_held_by_the_dependency_and_start_after_the_pretrain(rig):
 
     jobs = {row[1]: row for row in rig.squeue()}
     held = [row for row in rig.squeue() if row[1] == f"ioussl-{finetunes[0]['id']}"]
-    assert len(held) == 2 and all(state == "PENDING" and reason == "Dependency" for _, _, state, reason in held)
     assert f"ioussl-{pretrain['id']}" in jobs
+    pretrain_job = jobs[f"ioussl-{pretrain['id']}"][0]
+    # Right after the release the scheduler may not have looked at the array yet (reason "None" rather than
+    # "Dependency"); what the controller holds as its dependency is there from the submission on.
+    dependencies = rig.dependencies()
+    assert len(held) == 2 and all(state == "PENDING" for _, _, state, _ in held)
+    assert all(dependencies[job_id].startswith(f"afterok:{pretrain_job}") for job_id, *_ in held), dependencies
 
     rows = rig.wait_for(all_status("COMPLETED"), timeout=60)
     assert rows[pretrain["id"]]["dsc"] is None  # a pretrain's result has a loss, not a DSC
@@ -38,6 +43,11 @@ def test_finetunes_are_held_by_the_dependency_and_start_after_the_pretrain(rig):
     pretrain_end = max(e["t"] for e in rig.events(pretrain) if e["event"] == "finished")
     starts = [e["t"] for r in finetunes for e in rig.events(r) if e["event"] == "started"]
     assert min(starts) >= pretrain_end
+    task = rows[finetunes[1]["id"]]["job_id"]  # an array task: submitit's files live under <job>_<index>/
+    logs = rig.ioussl("logs", finetunes[1]["id"]).stdout
+    assert f"attempt 1: slurm job {task}" in logs and f"/_submitit/{task}/{task}_0_log.out ---" in logs
+    assert "submitit INFO" in logs and "Job completed successfully" in logs and "  finished  " in logs
+    assert f"/_submitit/{task}/{task}_0_log.err" in logs
     print(
         f"pretrain end -> fine-tune start: {min(starts) - pretrain_end:.2f} s (first), "
         f"{max(starts) - pretrain_end:.2f} s (last)"

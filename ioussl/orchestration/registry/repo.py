@@ -17,7 +17,16 @@ from sqlalchemy import Text, cast, func, insert, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from ioussl.errors import ConfigError, NotFound
-from ioussl.orchestration.registry.models import Attempt, Metric, Provenance, Result, Run, Study, utcnow
+from ioussl.orchestration.registry.models import (
+    Attempt,
+    Metric,
+    Notification,
+    Provenance,
+    Result,
+    Run,
+    Study,
+    utcnow,
+)
 from ioussl.orchestration.status import ACTIVE, DEAD_PARENT, RunStatus, check_transition
 
 RESULT_COLUMNS = frozenset({
@@ -48,6 +57,11 @@ class RunRecord:
     ended_at: dt.datetime | None
     dsc: float | None
     dsc_3d: float | None
+    # Held-out test cases' per-slice DSC and FLARE 2022's evaluation (None where not recorded).
+    test_dsc: float | None = None
+    flare_dsc: float | None = None
+    flare_nsd: float | None = None
+    flare_part: str | None = None  # "val" or "test": the cases FLARE scored
     point: Mapping[str, Any] = field(default_factory=dict)  # runs.point: the swept settings reaching this run
 
     @property
@@ -191,6 +205,23 @@ def fetch_active(session: Session, study: str | None = None) -> list[Run]:
     return list(runs.values())
 
 
+def waiting_for_submit(session: Session, study: str | None = None, group: str | None = None) -> list[str]:
+    """Fine-tunes still PLANNED although their pretrain COMPLETED: nothing chained them (say, a local
+    submit was interrupted), so only ``ioussl submit`` will start them."""
+    parent = aliased(Run)
+    query = (
+        select(Run.id)
+        .join(parent, Run.parent_id == parent.id)
+        .where(Run.status == RunStatus.PLANNED, parent.status == RunStatus.COMPLETED)
+        .order_by(Run.id)
+    )
+    if study is not None:
+        query = query.join(Study, Run.study_id == Study.id).where(Study.name == study)
+    if group is not None:
+        query = query.where(Run.group == group)
+    return list(session.scalars(query))
+
+
 def open_intents(session: Session) -> list[Attempt]:
     """Attempts recorded before sbatch whose job id never arrived (a submit killed in between)."""
     return list(session.scalars(
@@ -310,6 +341,16 @@ def metric_series(session: Session, run_ids: Sequence[str], name: str) -> dict[s
     return series
 
 
+def result_per_organ(session: Session, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Run id -> {"val": per_organ, "test": the test part's per_organ}: the recorded per-organ DSC dicts."""
+    rows = session.execute(select(Result.run_id, Result.per_organ, Result.payload).where(Result.run_id.in_(run_ids)))
+    found: dict[str, dict[str, Any]] = {}
+    for run_id, per_organ, payload in rows:
+        test = payload.get("test") if isinstance(payload, dict) else None
+        found[run_id] = {"val": per_organ, "test": test.get("per_organ") if isinstance(test, dict) else None}
+    return found
+
+
 def result_commits(session: Session, run_ids: Sequence[str]) -> dict[str, int]:
     """Short git commit (with '-dirty') -> number of runs whose result that code produced."""
     rows = session.execute(
@@ -320,6 +361,47 @@ def result_commits(session: Session, run_ids: Sequence[str]) -> dict[str, int]:
         key = f"{(commit or 'unknown')[:10]}{'-dirty' if dirty else ''}"
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def study_status_counts(session: Session, study_id: int) -> dict[RunStatus, int]:
+    """How many runs of the study are in each status."""
+    rows = session.execute(select(Run.status, func.count()).where(Run.study_id == study_id).group_by(Run.status))
+    return {RunStatus(status): n for status, n in rows}
+
+
+def notification_keys(session: Session, study_id: int, keys: Iterable[str]) -> set[str]:
+    """Which of ``keys`` the study has already queued (each event is queued once)."""
+    wanted = list(set(keys))
+    if not wanted:
+        return set()
+    query = select(Notification.key).where(Notification.study_id == study_id, Notification.key.in_(wanted))
+    return set(session.scalars(query))
+
+
+def add_notification(session: Session, **fields: Any) -> Notification:
+    row = Notification(**fields)
+    session.add(row)
+    return row
+
+
+def unsent_notifications(session: Session, study_id: int, *, claimed_before: dt.datetime, fresh_only: bool,
+                         limit: int) -> list[Notification]:
+    """Notifications to send, oldest first: never claimed, or claimed before ``claimed_before`` by a sync
+    that never said how delivery went (it was killed); ``fresh_only``: only those never tried."""
+    unconfirmed = (Notification.tries == 0) & Notification.sent_at.is_not(None) & (
+        Notification.sent_at < claimed_before)
+    query = select(Notification).where(Notification.study_id == study_id,
+                                       Notification.sent_at.is_(None) | unconfirmed)
+    if fresh_only:
+        query = query.where(Notification.tries == 0)
+    return list(session.scalars(query.order_by(Notification.id).limit(limit)))
+
+
+def has_unsent_notifications(session: Session, study: str) -> bool:
+    """Whether the study has a notification not delivered yet (checked before any write lock is taken)."""
+    query = (select(Notification.id).join(Study, Notification.study_id == Study.id)
+             .where(Study.name == study, Notification.sent_at.is_(None) | (Notification.tries == 0)).limit(1))
+    return session.scalar(query) is not None
 
 
 def study_runs_dirs(session: Session) -> dict[str, str]:
@@ -343,7 +425,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
             Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
             Run.pretrain_seed, Run.parent_id, Run.status, Run.status_reason, Run.run_dir, Run.imported,
             last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d,
-            cast(Run.point, Text),
+            Result.test_dsc, Result.flare_dsc, Result.flare_nsd, Result.flare_part, cast(Run.point, Text),
         )
         .join(Study, Run.study_id == Study.id)
         .outerjoin(latest, latest.c.run_id == Run.id)
@@ -361,13 +443,15 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
     if group is not None:
         query = query.where(Run.group == group)
     points = JsonTexts()
+    session.flush()  # Core below does not autoflush: the caller's pending changes must be in what it reads
     return [
         RunRecord(
             id=row[0], study=row[1], stage=row[2], group=row[3], i_min=row[4], i_max=row[5],
             random_crop=bool(row[6]), seed=row[7], pretrain_seed=row[8], parent_id=row[9],
             status=RunStatus(row[10]), status_reason=row[11], run_dir=row[12], imported=bool(row[13]),
             job_id=row[14], attempts=row[15] or 0, started_at=row[16], ended_at=row[17], dsc=row[18],
-            dsc_3d=row[19], point=points.load(row[20]),
+            dsc_3d=row[19], test_dsc=row[20], flare_dsc=row[21], flare_nsd=row[22], flare_part=row[23],
+            point=points.load(row[24]),
         )
         for row in session.connection().execute(query)  # Core: no ORM row processing for 10,000 rows
     ]
@@ -430,6 +514,7 @@ def export_runs(session: Session, studies: Sequence[str]) -> list[tuple[Any, ...
     texts = JsonTexts()
     point, organs = EXPORT_RUN_COLUMNS.index("point"), EXPORT_RUN_COLUMNS.index("per_organ")
     rows = []
+    session.flush()  # as list_runs: Core does not autoflush
     for row in session.connection().execute(query):
         cells = list(row)
         cells[point], cells[organs] = texts.load(cells[point]), texts.load(cells[organs])

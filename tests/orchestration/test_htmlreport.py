@@ -1,0 +1,226 @@
+"""`ioussl report --html`: one self-contained file, checked as text and rendered in headless Chromium.
+
+The registry is built through the real paths: the thesis-test-split study is planned, every run gets a
+result.json v2 (test and FLARE sections, per-organ DSCs) and a metrics.jsonl, and `sync` ingests them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from browser import chromium, open_page
+from registryfix import dump, services_required, valid_result
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from ioussl.cli import app
+from ioussl.orchestration import htmlreport
+from ioussl.orchestration.registry import open_registry, repo
+from ioussl.orchestration.registry.models import Run
+from ioussl.orchestration.report import table
+from ioussl.orchestration.service import plan_grid, report_study
+from ioussl.orchestration.status import RunStatus
+from ioussl.orchestration.sync import sync
+
+ORGANS = ("aorta", "gallbladder", "liver", "pancreas", "spleen")
+HOSTILE = "<img src=x onerror=console.error('escaped?')> & \"quotes\""  # a reason that must stay text
+
+
+def _organs(seed: int, shift: float) -> dict[str, float]:
+    return {organ: round(min(1.0, 0.55 + 0.08 * i + shift + 0.01 * seed), 4) for i, organ in enumerate(ORGANS)}
+
+
+def _finetune_result(run: Run) -> dict:
+    shift = 0.03 if run.group == "[0.3, 0.6]" else 0.0
+    wobble = 0.004 * run.seed + 0.003 * (run.pretrain_seed or 0)
+    flare_organs = {organ: {"dsc": value, "nsd": value - 0.05} for organ, value in _organs(run.seed, shift).items()}
+    return valid_result(
+        run, dsc=0.86 + shift + wobble, dsc_3d=0.8, per_organ=_organs(run.seed, shift + 0.02),
+        test={"dsc": 0.82 + shift + wobble, "dsc_3d": 0.78, "per_case": {}, "per_organ": _organs(run.seed, shift),
+              "slices": 40},
+        flare={"part": "test", "dsc": 0.75 + wobble, "nsd": 0.7 + wobble, "per_organ": flare_organs, "per_case": {}},
+    )
+
+
+def _metrics(run: Run) -> str:
+    lines = []
+    for epoch in range(6):
+        if run.stage == "pretrain":
+            line = {"epoch": epoch, "step": 10 * epoch, "loss": -0.5 - 0.07 * epoch - 0.01 * run.seed,
+                    "collapse": 0.95 - 0.02 * epoch - 0.01 * (run.i_max or 0)}
+        else:
+            line = {"epoch": epoch, "step": 5 * epoch, "loss": 1.4 / (epoch + 1) + 0.01 * run.seed,
+                    "val_dsc": 0.5 + 0.06 * epoch + 0.005 * run.seed}
+        lines.append(json.dumps(line))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def full_db(repo_root, db, tmp_path) -> str:
+    """thesis-test-split with every run completed through ingest, but one fine-tune FAILED with HOSTILE."""
+    shutil.copytree(repo_root / "jobs", tmp_path / "jobs")  # run directories land under tmp_path/runs
+    plan_grid(tmp_path / "jobs" / "thesis-test-split.toml", db, check_data=False)
+    registry = open_registry(db)
+    with registry.session() as session:
+        runs = sorted(session.scalars(select(Run)), key=lambda r: r.id)
+        failed = next(r for r in runs if r.stage == "finetune" and r.group == "[0, 0]")
+        for number, run in enumerate(runs):
+            repo.set_status(session, run, RunStatus.SUBMITTING)
+            repo.add_attempt(session, run_id=run.id, executor="local", job_id=str(900000 + number),
+                             status=RunStatus.PENDING)
+            repo.set_status(session, run, RunStatus.PENDING)
+            if run is failed:
+                repo.set_status(session, run, RunStatus.FAILED, HOSTILE)
+                continue
+            run_dir = Path(run.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            payload = _finetune_result(run) if run.stage == "finetune" else valid_result(run)
+            (run_dir / "result.json").write_text(json.dumps(payload))
+            (run_dir / "metrics.jsonl").write_text(_metrics(run))
+    with registry.session() as session:
+        outcome = sync(session)
+    assert len(outcome.transitions) == 33
+    registry.dispose()
+    return db
+
+
+@pytest.fixture
+def pairs_json(tmp_path) -> Path:
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps([{"i_min": 0, "i_max": 0, "fraction": 0.21}, {"i_min": 0.3, "i_max": 0.6,
+                                                                              "fraction": 0.83}]))
+    return path
+
+
+def _report(db: str, *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, ["report", "--db", db, *args])
+
+
+def test_the_html_file_is_self_contained_and_holds_every_part(full_db, pairs_json, tmp_path):
+    out = tmp_path / "report.html"
+    result = _report(full_db, "--no-table", "--html", str(out), "--pairs", str(pairs_json))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and f"wrote {out}" in result.stderr.splitlines()
+    text = out.read_text()
+    assert "<script" not in text and "<link" not in text and "url(" not in text  # nothing to fetch
+    sources = re.findall(r"""(?:src|href)=['"]([^'"]*)""", text)
+    assert len(sources) == 7 and all(s.startswith("data:image/png;base64,") for s in sources)
+    for source in sources:
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    for part in ("Table 4.2: DSC per group", "DSC per organ", "Representation collapse", "Pretraining loss",
+                 "Fine-tuning loss", "Pair semantics", "Runs (34)", "Provenance", "fingerprint"):
+        assert part in text, part
+    assert HOSTILE not in text and "&lt;img src=x onerror=console.error(&#x27;escaped?&#x27;)&gt; &amp; " in text
+
+
+def test_a_missing_folder_or_a_folder_as_html_path_is_one_line_and_writes_nothing(full_db, tmp_path):
+    before = dump(full_db)
+    for target, fragment in ((tmp_path / "nowhere" / "r.html", "does not exist"), (tmp_path, "it is a folder")):
+        result = _report(full_db, "--html", str(target))
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr.startswith("error: cannot write the HTML report") and fragment in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nowhere").exists() and dump(full_db) == before
+
+
+def test_pairs_go_into_the_html_report_without_plot(full_db, pairs_json, tmp_path):
+    result = _report(full_db, "--no-table", "--html", str(tmp_path / "r.html"), "--pairs", str(pairs_json))
+    assert result.exit_code == 0 and "Pair semantics" in (tmp_path / "r.html").read_text()
+    result = _report(full_db, "--pairs", str(pairs_json))
+    assert result.exit_code == 1 and "--pairs is plotted into the --plot folder or the --html report" in result.stderr
+
+
+def test_an_imported_registry_says_which_figures_it_lacks(repo_root, tmp_path):
+    copy = tmp_path / "example.db"
+    copy.write_bytes((repo_root / "registry.db.example").read_bytes())
+    result = _report(str(copy), "--html", str(tmp_path / "r.html"), "--no-table")
+    assert result.exit_code == 0, result.output
+    assert ("HTML report: figure 'DSC per organ' left out: no fine-tune result records a per-organ DSC yet "
+            "(imported results never do)") in result.stderr.splitlines()
+    text = (tmp_path / "r.html").read_text()
+    assert text.count("<img ") == 1 and "no pretrain run recorded a per-epoch &#x27;collapse&#x27; series" in text
+
+
+def test_without_matplotlib_the_tables_stay_and_the_figures_are_named(full_db, tmp_path, monkeypatch):
+    real = htmlreport.importlib.util.find_spec
+    monkeypatch.setattr(htmlreport.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = _report(full_db, "--html", str(tmp_path / "r.html"), "--no-table")
+    assert result.exit_code == 0 and "figures left out: they need matplotlib" in result.stderr
+    text = (tmp_path / "r.html").read_text()
+    assert "<img " not in text and "class='report'" in text and "Runs (34)" in text
+
+
+def test_organ_means_follow_the_groups_cases_and_skip_bad_values(full_db):
+    report = report_study(full_db, None).report
+    row = next(row for row in report.rows if row.group == "[0.3, 0.6]")
+    per_organ = {run_id: {"test": {"liver": 0.5, "spleen": True, "aorta": 1.5, "pancreas": float("nan")},
+                          "val": {"liver": 0.9}} for run_id in row.run_ids}
+    per_organ[row.run_ids[0]]["test"]["liver"] = 0.7
+    means = htmlreport.organ_means(report, per_organ)
+    assert means == {"[0.3, 0.6]": {"liver": pytest.approx((0.7 + 0.5 * 3) / 4)}}  # held-out cases, numbers only
+
+
+# ---- in a real browser ----
+
+@pytest.fixture
+def browser_ready() -> None:
+    if chromium() is None:
+        reason = "chromium is not installed (scripts/install-test-packages.sh installs it)"
+        if services_required():
+            pytest.fail(f"headless Chromium is required (IOUSSL_REQUIRE_SERVICES=1): {reason}")
+        pytest.skip(reason)
+
+
+def test_chromium_renders_the_report_with_every_image_and_no_console_error(browser_ready, full_db, pairs_json,
+                                                                            tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "report.html"
+    assert _report(full_db, "--no-table", "--html", str(out), "--pairs", str(pairs_json)).exit_code == 0
+    page = open_page(out, width=1280, height=1600, screenshot=True)
+    assert page.errors == [] and page.external == []
+    assert page.title == "ioussl report: thesis-test-split"
+    assert len(page.images) == 7 and all(image["width"] > 0 and image["height"] > 0 for image in page.images)
+    scores, against, runs_table = (t["rows"] for t in page.tables)
+    head, cells = table(report_study(full_db, None).report)
+    # The browser shows the very cells of the text formats, split in two tables that share the group column.
+    keys = scores[0] + against[0][1:]
+    shown = [dict(zip(keys, s + a[1:], strict=True)) for s, a in zip(scores[1:], against[1:], strict=True)]
+    assert shown == [dict(zip(head, line, strict=True)) for line in cells]
+    assert against[0] == ["group", "Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm"]
+    assert "held-out test" in scores[1] and "FLARE NSD" in scores[0]
+    assert len(runs_table) == 1 + 34
+    failed = next(row for row in runs_table if "FAILED" in row)
+    assert HOSTILE in failed[-1]  # shown as text, never run as markup
+    shot = Image.open(io.BytesIO(page.screenshot or b""))
+    assert shot.size == (1280, 1600)
+
+
+def test_the_browser_check_catches_what_it_is_there_to_catch(browser_ready, tmp_path):
+    broken = tmp_path / "broken.html"
+    broken.write_text("<!DOCTYPE html><title>t</title><img alt='bad' src='data:image/png;base64,AAAA'>"
+                      "<img alt='gone' src='missing.png'><script>console.error('boom')</script>")
+    page = open_page(broken)
+    assert [image["width"] for image in page.images] == [0, 0]
+    assert "console: boom" in page.errors and any("missing.png" in e for e in page.errors)
+    assert page.external == ["missing.png"]
+
+
+def test_status_json_carries_each_runs_held_out_and_flare_scores(full_db):
+    result = CliRunner().invoke(app, ["status", "--db", full_db, "--json", "--no-sync"])
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
+    finetunes = [row for row in rows.values() if row["stage"] == "finetune" and row["status"] == "COMPLETED"]
+    assert len(finetunes) == 23
+    for row in finetunes:
+        assert 0.8 < row["test_dsc"] < row["dsc"] and row["flare_part"] == "test"
+        assert row["flare_nsd"] == pytest.approx(row["flare_dsc"] - 0.05)
+    pretrain = next(row for row in rows.values() if row["stage"] == "pretrain")
+    assert (pretrain["test_dsc"], pretrain["flare_dsc"], pretrain["flare_part"]) == (None, None, None)

@@ -1,0 +1,194 @@
+"""The report's statistics against scipy, on the thesis' own per-run DSCs (jobs/thesis-table-4.2.csv).
+
+The expected values are computed here from the CSV with scipy directly (not through the report), so a
+report that pairs the wrong runs, uses the wrong test or the wrong family for Holm fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+from scipy import stats
+
+from ioussl.orchestration import statistics
+from ioussl.orchestration.importing import import_results
+from ioussl.orchestration.report import HELD_OUT, SELECTION, build_report, to_csv, to_latex, to_markdown
+from ioussl.orchestration.service import plan_grid, report_study, status_rows
+
+BASELINE = "no pretraining"
+
+
+@pytest.fixture
+def thesis_db(repo_root, db):
+    import_results(repo_root / "jobs" / "thesis.toml", repo_root / "jobs" / "thesis-table-4.2.csv", db,
+                   source="thesis Table 4.2")
+    return db
+
+
+@pytest.fixture
+def table_4_2(repo_root) -> dict[str, list[dict[str, str]]]:
+    groups: dict[str, list[dict[str, str]]] = {}
+    with (repo_root / "jobs" / "thesis-table-4.2.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            groups.setdefault(row["group"], []).append(row)
+    return groups
+
+
+def _holm_by_hand(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm's procedure written out: sort, multiply by (m - rank), carry the running maximum, cap at 1."""
+    ordered = sorted(pvalues, key=pvalues.get)
+    adjusted, running = {}, 0.0
+    for rank, name in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - rank) * pvalues[name]))
+        adjusted[name] = running
+    return adjusted
+
+
+def test_paired_p_values_and_holm_match_scipy_on_table_4_2(thesis_db, table_4_2):
+    baseline = {int(r["seed"]): float(r["dsc"]) for r in table_4_2[BASELINE]}
+    expected = {}
+    for group, runs in table_4_2.items():
+        if group != BASELINE:
+            values = [float(r["dsc"]) for r in runs]
+            expected[group] = stats.ttest_rel(values, [baseline[int(r["seed"])] for r in runs]).pvalue
+    rows = {row.group: row for row in report_study(thesis_db, "thesis").report.rows}
+    assert rows[BASELINE].p_paired is None and rows[BASELINE].p_paired_holm is None
+    holm = _holm_by_hand(expected)
+    for group, p in expected.items():
+        assert rows[group].p_paired == pytest.approx(p, rel=1e-12)
+        assert rows[group].p_paired_holm == pytest.approx(holm[group], rel=1e-12)
+        assert rows[group].p_paired_holm >= rows[group].p_paired
+    # The paired test: [0.3, 0.6] p = 0.022 as the issue says; random crop p = 0.048 (< 0.058).
+    assert round(rows["[0.3, 0.6]"].p_paired, 3) == 0.022
+    assert round(rows["random crop [0, 1]"].p_paired, 3) == 0.048
+    assert round(rows["[0.3, 0.6]"].p_paired_holm, 3) == 0.111  # 5 settings: nothing survives Holm
+
+
+def test_welch_reproduces_the_issues_numbers(thesis_db, table_4_2):
+    """Issue 11: "[0.3, 0.6] vs the baseline gives p = 0.022 uncorrected, every other row p >= 0.058"."""
+    base = [float(r["dsc"]) for r in table_4_2[BASELINE]]
+    rows = {row.group: row for row in report_study(thesis_db, "thesis").report.rows}
+    for group, runs in table_4_2.items():
+        if group == BASELINE:
+            continue
+        expected = stats.ttest_ind([float(r["dsc"]) for r in runs], base, equal_var=False).pvalue
+        assert rows[group].p_welch == pytest.approx(expected, rel=1e-12)
+    assert round(rows["[0.3, 0.6]"].p_welch, 3) == 0.022
+    others = [row.p_welch for group, row in rows.items() if group not in (BASELINE, "[0.3, 0.6]")]
+    assert min(round(p, 3) for p in others) == 0.058
+
+
+def test_confidence_intervals_use_scipys_t_quantiles(thesis_db):
+    for row in report_study(thesis_db, "thesis").report.rows:
+        mean = sum(row.values) / row.n
+        low, high = stats.t.interval(0.95, row.n - 1, loc=mean, scale=stats.sem(row.values))
+        assert row.ci95 == pytest.approx((low, high), rel=1e-12)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 7, 29, 30, 31, 45, 120, 1000])
+def test_t_quantile_is_scipys_beyond_any_table(df):
+    # The hand-written table jumped to 1.96 above 30 degrees of freedom: 2.04 at df = 31 is 4% wider.
+    assert statistics.t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-12)
+    assert statistics.t_quantile(df) > 1.959963984540054
+
+
+def test_holm_matches_a_worked_example_and_leaves_untested_alone():
+    # R: p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "holm") -> 0.05 0.08 0.09 0.09 0.09
+    assert statistics.holm([0.03, None, 0.01, 0.05, 0.02, 0.04]) == pytest.approx(
+        [0.09, None, 0.05, 0.09, 0.08, 0.09])
+    assert statistics.holm([0.5, 0.9]) == [1.0, 1.0]
+    assert statistics.holm([None, None]) == [None, None]
+    assert statistics.holm([]) == []
+
+
+def test_undefined_statistics_are_none():
+    assert statistics.mean_ci([0.8]) is None
+    assert statistics.paired_t_pvalue([0.8], [0.7]) is None  # one pair
+    assert statistics.paired_t_pvalue([0.8, 0.9], [0.7, 0.8]) is None  # identical differences: no spread
+    assert statistics.welch_t_pvalue([0.8, 0.8], [0.8, 0.8]) is None
+    assert statistics.welch_t_pvalue([0.8], [0.7, 0.9]) is None
+    assert 0.0 < statistics.welch_t_pvalue([0.8, 0.8], [0.7, 0.75]) < 1.0  # one side without spread is fine
+    with pytest.raises(ValueError, match="2 values against 1"):
+        statistics.paired_t_pvalue([0.8, 0.9], [0.7])
+
+
+def test_outputs_show_raw_and_holm_adjusted_p(thesis_db):
+    report = report_study(thesis_db, "thesis").report
+    markdown, latex = to_markdown(report), to_latex(report)
+    assert "| p | p Holm |" in markdown
+    assert "| +0.008 (4) | 0.022 | 0.111 |" in markdown  # [0.3, 0.6]
+    assert "Holm's adjustment over the 5 setting(s) tested" in markdown
+    assert "0.022 & 0.111" in latex
+    header, *lines = list(csv.reader(to_csv(report).splitlines()))
+    row = dict(zip(header, next(line for line in lines if line[0] == "[0.3, 0.6]"), strict=True))
+    assert float(row["p_paired"]) == pytest.approx(0.022152, abs=1e-6)
+    assert float(row["p_welch"]) == pytest.approx(0.021626, abs=1e-6)
+    assert (row["cases"], row["metric"]) == ("val", "dsc")
+
+
+def _with_scores(records, scores):  # type: ignore[no-untyped-def]
+    """Records with (dsc, test_dsc, flare_dsc, flare_nsd, flare_part) set per (group, pretrain seed, seed)."""
+    out = []
+    for record in records:
+        values = scores(record) if record.stage == "finetune" else None
+        if values is not None:
+            dsc, test, flare_dsc, flare_nsd, part = values
+            record = record.__class__(**{**record.__dict__, "dsc": dsc, "test_dsc": test, "flare_dsc": flare_dsc,
+                                         "flare_nsd": flare_nsd, "flare_part": part})
+        out.append(record)
+    return out
+
+
+def test_a_split_with_a_test_part_reports_the_held_out_number(repo_root, db):
+    plan_grid(repo_root / "jobs" / "thesis-test-split.toml", db, check_data=False)
+    records = status_rows(db)
+
+    def scores(record):  # type: ignore[no-untyped-def]
+        bump = 0.02 if record.group == "[0.3, 0.6]" else 0.0
+        wobble = 0.001 * (record.seed + 2 * (record.pretrain_seed or 0))
+        return (0.90 + bump + wobble, 0.80 + bump + wobble, 0.70 + wobble, 0.60 + wobble, "test")
+
+    report = build_report(_with_scores(records, scores), records[0].study)
+    rows = {row.group: row for row in report.rows}
+    assert {row.cases for row in report.rows} == {HELD_OUT}
+    assert rows["[0.3, 0.6]"].mean == pytest.approx(sum(rows["[0.3, 0.6]"].values) / 4)
+    assert 0.82 < rows["[0.3, 0.6]"].mean < 0.83  # the test_dsc, not the selection cases' 0.92
+    assert 0.92 < rows["[0.3, 0.6]"].selection_mean < 0.93
+    assert rows["[0.3, 0.6]"].delta == pytest.approx(rows["[0.3, 0.6]"].mean - rows[BASELINE].mean)
+    assert rows[BASELINE].flare_dsc == pytest.approx(0.70 + 0.001 * 2.5) and rows[BASELINE].flare_part == "test"
+    assert rows[BASELINE].flare_n == 4
+    markdown = to_markdown(report)
+    assert "| held-out test |" in markdown and "selection DSC" in markdown and "FLARE NSD" in markdown
+    assert "held-out test = per-slice DSC on test cases" in markdown
+    assert f"{rows[BASELINE].flare_dsc:.3f} (test, n=4)" in markdown
+
+
+def test_groups_are_compared_only_on_the_same_cases(repo_root, db):
+    """A setting scored on test cases is not tested against a baseline scored on its selection cases."""
+    plan_grid(repo_root / "jobs" / "thesis.toml", db, check_data=False)
+    records = status_rows(db)
+
+    def scores(record):  # type: ignore[no-untyped-def]
+        test = 0.8 + 0.001 * record.seed if record.group == "[0, 0]" else None
+        return (0.85 + 0.002 * record.seed + 0.003 * (record.pretrain_seed or 0), test, None, None, None)
+
+    rows = {row.group: row for row in build_report(_with_scores(records, scores), "thesis").rows}
+    assert rows["[0, 0]"].cases == HELD_OUT and rows[BASELINE].cases == SELECTION
+    assert rows["[0, 0]"].delta is None and rows["[0, 0]"].p_paired is None and rows["[0, 0]"].paired_n == 0
+    assert rows["[0.3, 0.6]"].p_paired is not None and not math.isnan(rows["[0.3, 0.6]"].p_paired)
+
+
+def test_a_run_without_its_groups_held_out_score_is_left_out_and_named(repo_root, db):
+    plan_grid(repo_root / "jobs" / "thesis-test-split.toml", db, check_data=False)
+    records = status_rows(db)
+    first = next(r for r in records if r.group == "[0, 0]" and r.stage == "finetune")
+
+    def scores(record):  # type: ignore[no-untyped-def]
+        return (0.9, None if record.id == first.id else 0.8, None, None, None)
+
+    report = build_report(_with_scores(records, scores), records[0].study)
+    row = next(row for row in report.rows if row.group == "[0, 0]")
+    assert (row.n, row.planned) == (3, 4)
+    assert f"run {first.id} ([0, 0]): no held-out test DSC (its group is scored on test cases)" in report.left_out
