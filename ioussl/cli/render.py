@@ -206,12 +206,17 @@ def status_per_axis_value(records: Sequence[RunRecord]) -> None:
     """A sweep's runs per (study, swept setting, value) and state: which corner of a sweep lags or fails."""
     from ioussl.orchestration.grouping import hashable, natural_order
 
-    counts: dict[tuple[str, str], dict[object, dict[str, int]]] = {}
+    # Runs that share a point share its object (repo.JsonTexts): count those first, then spread over the axes.
+    same: dict[tuple[str, int, str], tuple[dict, int]] = {}
     for record in records:
-        state = record.status.value
-        for axis, value in record.point.items():
-            row = counts.setdefault((record.study, axis), {}).setdefault(hashable(value), {})
-            row[state] = row.get(state, 0) + 1
+        seen = (record.study, id(record.point), record.status.value)
+        point, n = same.get(seen, (record.point, 0))
+        same[seen] = (point, n + 1)
+    counts: dict[tuple[str, str], dict[object, dict[str, int]]] = {}
+    for (study, _, state), (point, n) in same.items():
+        for axis, value in point.items():
+            row = counts.setdefault((study, axis), {}).setdefault(hashable(value), {})
+            row[state] = row.get(state, 0) + n
     # Axes as the study file lists them: a fine-tune of a pretrain has every axis, in file order.
     order = {axis: i for i, axis in enumerate(max(records, key=lambda r: len(r.point)).point)}
     states = [s for s in STATUS_STYLE if any(s in row for values in counts.values() for row in values.values())]

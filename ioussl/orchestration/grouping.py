@@ -93,6 +93,20 @@ def key_of(record: RunRecord, by: Sequence[str]) -> GroupKey:
     return GroupKey(record.study, values, record.group == BASELINE_GROUP)
 
 
+def keys_of(records: Sequence[RunRecord], by: Sequence[str]) -> list[GroupKey]:
+    """:func:`key_of` of each record, built once per (study, group, point): records read by ``list_runs``
+    share one point object per distinct point (``repo.JsonTexts``), so a 10,000-run sweep builds few keys."""
+    built: dict[tuple[str, str, int], GroupKey] = {}
+    keys = []
+    for record in records:
+        seen = (record.study, record.group, id(record.point))
+        key = built.get(seen)
+        if key is None:
+            key = built[seen] = key_of(record, by)
+        keys.append(key)
+    return keys
+
+
 def sort_keys(keys: Iterable[GroupKey], orders: Mapping[str, StudyOrder]) -> list[GroupKey]:
     """Studies in the order given; within one, axis by axis as its file lists them; none (and the baseline)
     first; values the file does not list after those it does, in their natural order."""

@@ -92,7 +92,7 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_
     """
     orders = orders or {study: StudyOrder(tuple(group_order))}
     finetunes = [r for r in records if r.stage == "finetune"]
-    keys = [grouping.key_of(record, by) for record in finetunes]
+    keys = grouping.keys_of(finetunes, by)
     groups: dict[GroupKey, list[RunRecord]] = {}
     for record, key in zip(finetunes, keys, strict=True):
         groups.setdefault(key, []).append(record)

@@ -156,3 +156,42 @@ def test_by_an_axis_the_study_lacks_is_refused(db, tmp_path, by, message):
     with pytest.raises(ConfigError) as caught:
         report_study(db, "sw", by=by)
     assert message in str(caught.value)
+
+
+def test_statistics_hold_by_axes_and_each_study_is_its_own_holm_family(db, tmp_path, repo_root):
+    import_results(repo_root / "jobs" / "thesis.toml", repo_root / "jobs" / "thesis-table-4.2.csv", db,
+                   source="thesis Table 4.2")
+    completed_sweep(db, tmp_path)
+    alone = {row.group: row for row in report_study(db, "thesis").report.rows}
+    both = {row.group: row for row in report_study(db, ["sw", "thesis"], by="interval").report.rows}
+    assert sum(row.p_paired_holm is not None for row in alone.values()) == 5
+    for group, row in alone.items():  # a study beside another keeps its own tests and Holm family
+        beside = both[f"thesis: {group}"]
+        assert (beside.p_paired, beside.p_paired_holm, beside.p_welch_holm, beside.ci95, beside.cases) == (
+            row.p_paired, row.p_paired_holm, row.p_welch_holm, row.ci95, row.cases)
+    rows = {row.group: row for row in report_study(db, "sw", by="data.crop,interval").report.rows}
+    tested = {group: row for group, row in rows.items() if row.p_paired is not None}
+    assert sorted(tested) == ["data.crop=64, [0, 0]", "data.crop=64, [0.3, 0.6]", "data.crop=96, [0, 0]",
+                              "data.crop=96, [0.3, 0.6]"]
+    smallest = min(tested.values(), key=lambda row: row.p_paired)
+    assert smallest.p_paired_holm == pytest.approx(min(1.0, 4 * smallest.p_paired))  # Holm over the 4 tested
+    assert all(row.ci95 is not None and row.cases == "val" for row in rows.values())
+    assert [row.baseline for row in rows.values()] == [True, False, False, True, False, False]
+    assert rows["data.crop=96, no pretraining"].p_paired is None  # never tested against itself
+
+
+def test_the_html_report_by_axes_and_across_studies(db, tmp_path, repo_root):
+    import_results(repo_root / "jobs" / "thesis.toml", repo_root / "jobs" / "thesis-table-4.2.csv", db,
+                   source="thesis Table 4.2")
+    sweep_runs = completed_sweep(db, tmp_path)
+    out = tmp_path / "both.html"
+    outcome = report_study(db, ["sw", "thesis"], by="data.crop,interval", html_path=out)
+    assert outcome.plots == [out]
+    text = out.read_text()
+    groups = [row.group for row in outcome.report.rows]
+    assert groups[:3] == ["sw: data.crop=64, no pretraining", "sw: data.crop=64, [0.3, 0.6]", "sw: data.crop=64, [0, 0]"]
+    assert "thesis: [0.3, 0.6]" in groups
+    for group in groups:  # every row in both tables (scores, against the baseline)
+        assert text.count(f"<td>{group}</td>") == 2, group
+    assert text.count("<tr class='baseline'>") == 2 * 3  # two crops' baselines and the thesis' one, per table
+    assert f"Runs ({len(sweep_runs) + 34})" in text and "<h1>sw, thesis</h1>" in text
