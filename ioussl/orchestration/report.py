@@ -26,6 +26,7 @@ from ioussl.orchestration.grouping import INTERVAL, GroupKey, StudyOrder
 from ioussl.orchestration.planning import BASELINE_GROUP
 from ioussl.orchestration.registry.repo import RunRecord
 from ioussl.orchestration.study import Interval
+from ioussl.orchestration.sweep import format_value
 
 # Where a group's number comes from: the cases that selected the checkpoint, or held-out test cases.
 SELECTION, HELD_OUT = "val", "test"
@@ -330,18 +331,29 @@ CSV_COLUMNS = ("group", "mean", "std", "ddof", "n", "planned", "delta_baseline",
 
 
 def to_csv(report: Report) -> str:
-    """Full precision; ``cases`` is "val" (selection) or "test" (held-out), ``metric`` the column averaged."""
+    """Full precision; ``cases`` is "val" (selection) or "test" (held-out), ``metric`` the column averaged.
+
+    A report by sweep axes, or of several studies, ends each line with ``study`` and the row's value on each
+    ``--by`` axis (empty where the row has none), after the thesis table's columns (which keep their places).
+    """
+    labelled = report.by != (INTERVAL,) or len(report.studies) > 1
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([*CSV_COLUMNS, *(("study", *report.by) if labelled else ())])
     for row in report.rows:
         low, high = row.ci95 if row.ci95 else (None, None)
+        axes = [row.study, *(_csv_value(row.axes.get(axis)) for axis in report.by)] if labelled else []
         writer.writerow([row.group, row.mean, row.std, report.ddof, row.n, row.planned, row.delta, low, high,
                          row.paired_delta, row.paired_n, " ".join(f"{v:.6f}" for v in row.values),
                          " ".join(row.run_ids), row.cases, "test_dsc" if row.cases == HELD_OUT else "dsc",
                          row.p_paired, row.p_paired_holm, row.p_welch, row.p_welch_holm, row.selection_mean,
-                         row.flare_dsc, row.flare_nsd, row.flare_n, row.flare_part])
+                         row.flare_dsc, row.flare_nsd, row.flare_n, row.flare_part, *axes])
     return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    """A swept value as a CSV cell: lists as the study file writes them, None as empty."""
+    return format_value(value) if isinstance(value, list | tuple) else value
 
 
 def to_latex(report: Report) -> str:

@@ -84,6 +84,10 @@ def test_by_crop_and_interval_compares_each_row_with_the_baseline_of_its_crop(re
     assert row.delta == pytest.approx(row.mean - 0.515)
     assert row.paired_n == 8 and row.paired_delta == pytest.approx(0.6 + 0.03125 + 0.02 - 0.5)  # seeds cancel
     assert rows["data.crop=64, [0, 0]"].delta == pytest.approx(0.5 + 0.03125 + 0.015 - 0.415)
+    lines = list(csv.DictReader(io.StringIO(to_csv(report))))  # the axes as columns of their own, at the end
+    assert list(lines[0])[-3:] == ["study", "data.crop", "interval"]
+    assert [(line["study"], line["data.crop"], line["interval"]) for line in lines][:2] == [
+        ("sw", "64", "no pretraining"), ("sw", "64", "[0.3, 0.6]")]
 
 
 def test_the_default_for_a_sweep_is_every_axis_then_the_interval(db, tmp_path):
