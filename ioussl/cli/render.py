@@ -241,7 +241,7 @@ def status_json(records: Sequence[RunRecord], live: Mapping[str, LiveProgress] |
             "status": r.status.value, "reason": r.status_reason, "job_id": r.job_id, "attempts": r.attempts,
             "elapsed_s": r.elapsed_s, "dsc": r.dsc, "dsc_3d": r.dsc_3d, "imported": r.imported,
             "run_dir": r.run_dir, "test_dsc": r.test_dsc, "flare_dsc": r.flare_dsc, "flare_nsd": r.flare_nsd,
-            "flare_part": r.flare_part,
+            "flare_part": r.flare_part, "point": dict(r.point),
             "progress": live[r.id].to_json() if r.id in live else None, "waits_for_submit": r.id in waiting,
         }
         for r in records

@@ -169,6 +169,12 @@ def test_bad_input_is_one_line_exit_1_and_the_registry_unchanged(tmp_path, case)
 def test_status_json_and_export_agree_on_the_runs(tmp_path):
     db = str(tmp_path / "registry.db")
     invoke(["plan", "grid", str(write(tmp_path)), "--db", db, "--no-check-data"])
-    status = {row["id"] for row in json.loads(invoke(["status", "--db", db, "--json", "--no-sync"]).stdout)}
+    rows = json.loads(invoke(["status", "--db", db, "--json", "--no-sync"]).stdout)
+    status = {row["id"] for row in rows}
     lines = invoke(["export", "runs", "--db", db, "--format", "jsonl"]).stdout.splitlines()
     assert {json.loads(line)["run_id"] for line in lines} == status and len(lines) == 26
+    exported = {(row := json.loads(line))["run_id"]: row for line in lines}
+    for row in rows:  # each run's point in status --json, and the same values as the export's columns
+        assert set(row["point"]) == ({"data.crop"} if row["group"] == "no pretraining" else
+                                     {"data.crop", "pretrain.base_lr"})
+        assert all(exported[row["id"]][axis] == value for axis, value in row["point"].items())

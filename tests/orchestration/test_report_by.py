@@ -193,7 +193,8 @@ def test_the_html_report_by_axes_and_across_studies(db, tmp_path, repo_root):
     assert outcome.plots == [out]
     text = out.read_text()
     groups = [row.group for row in outcome.report.rows]
-    assert groups[:3] == ["sw: data.crop=64, no pretraining", "sw: data.crop=64, [0.3, 0.6]", "sw: data.crop=64, [0, 0]"]
+    assert groups[:3] == ["sw: data.crop=64, no pretraining", "sw: data.crop=64, [0.3, 0.6]",
+                          "sw: data.crop=64, [0, 0]"]
     assert "thesis: [0.3, 0.6]" in groups
     for group in groups:  # every row in both tables (scores, against the baseline)
         assert text.count(f"<td>{group}</td>") == 2, group
