@@ -130,6 +130,10 @@ REFUSED: dict[str, tuple[Callable[[Path, str], list[str]], str]] = {
     "--by no axis": (command("report", "--db", "{db}", "--study", "sw", "--by", "finetune.base_lr"),
                      "--by 'finetune.base_lr' is no axis of study sw"),
     "--by a typo": (command("report", "--db", "{db}", "--by", "intervall"), "closest: interval"),
+    "report --format xml": (command("report", "--db", "{db}", "--format", "xml"), "'xml' is not one of 'terminal'"),
+    "--html by axes, no folder": (
+        command("report", "--db", "{db}", "--by", "data.crop", "--html", "{root}/none/r.html"),
+        "cannot write the HTML report {root}/none/r.html: folder {root}/none does not exist"),
     "--study unknown": (command("report", "--db", "{db}", "--study", "sw", "--study", "nope"), "unknown study 'nope'"),
     "export unwritable": (command("export", "runs", "--db", "{db}", "-o", "{root}/sw.toml/runs.csv"),
                           "cannot write {root}/sw.toml/runs.csv: Not a directory"),
