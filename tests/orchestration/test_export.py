@@ -58,7 +58,8 @@ TAIL = ["best_epoch", "checkpoint_path", "checkpoint_sha256", "run_dir"]
 @pytest.fixture
 def finished(registry_db, tmp_path):
     """The study planned; one fine-tune ingested from a full result v2 with a metric series; one pretrain whose
-    job ran 90 minutes on 2 GPUs."""
+    job ran 90 minutes on 2 GPUs (recorded after the sync, and ended: its SLURM job id must never be looked up
+    on a real cluster, where job 42 may exist)."""
     (tmp_path / "ex.toml").write_text(STUDY)
     plan_grid(tmp_path / "ex.toml", registry_db, check_data=False)
     registry = open_registry(registry_db)
@@ -75,14 +76,17 @@ def finished(registry_db, tmp_path):
         (Path(tuned.run_dir) / "metrics.jsonl").write_text("".join(
             json.dumps({"epoch": e, "step": 3 * e, "loss": 1 / (e + 1), **({"val_dsc": 0.5 + e / 10} if e else {})})
             + "\n" for e in range(3)))
+        ids = {"tuned": tuned.id, "pretrain": pretrain.id, "sha": payload["checkpoint_sha256"]}
+    with registry.session() as session:
+        sync(session)
+    with registry.session() as session:
+        pretrain = repo.get_run(session, ids["pretrain"])
         start = dt.datetime(2026, 1, 1, 8, 0)
         repo.set_status(session, pretrain, RunStatus.SUBMITTING)
         repo.add_attempt(session, run_id=pretrain.id, executor="slurm", job_id="42", status=RunStatus.RUNNING,
                          started_at=start, ended_at=start + dt.timedelta(minutes=90))
         repo.set_status(session, pretrain, RunStatus.RUNNING)
-        ids = {"tuned": tuned.id, "pretrain": pretrain.id, "sha": payload["checkpoint_sha256"]}
-    with registry.session() as session:
-        sync(session)
+        repo.set_status(session, pretrain, RunStatus.FAILED, "ran out of time")
     registry.dispose()
     return registry_db, ids
 
