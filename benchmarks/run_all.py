@@ -2,7 +2,8 @@
 
 CPU: bench_augment (device vs loader augmentation, loader pairs/s per worker), bench_demo_pretrain (the
 demo's pretrainings end to end, device vs loader mode; add --before DIR by hand to compare with older code),
-bench_loader, bench_registry, bench_sampler, bench_submit, bench_sync, bench_train_cpu. The bench_gpu_*
+bench_loader, bench_registry, bench_sampler, bench_submit, bench_sweep (issue 10: planning, export, status
+and report at 10,000 runs), bench_sync, bench_train_cpu. The bench_gpu_*
 scripts need CUDA and are run by hand on a GPU node (docs/training.md says how).
 """
 

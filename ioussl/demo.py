@@ -54,7 +54,7 @@ def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callabl
     db = db or str(workdir / "registry.db")
     raw = workdir / "raw"
     _synthesise(raw, settings, say)
-    _preprocess(raw, store, spec.data.crop, say)
+    _preprocess(raw, store, max([spec.data.crop, *spec.sweep.values().get("data.crop", [])]), say)
     if split is not None:
         _split(store, split, settings, say)
     return _run_study(settings, db, say, progress)
@@ -75,6 +75,7 @@ def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
 
 
 def _preprocess(raw: Path, store: Path, crop: int, say: Say) -> None:
+    """The slice store, every slice padded to at least ``crop`` (the largest a study's sweep asks for)."""
     from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
 
     report = preprocess_dataset(raw, store, PreprocessSettings(min_size=crop), workers=2)

@@ -46,9 +46,9 @@ app = command_group(
 
 
 def _register_commands() -> None:
-    from ioussl.cli import data, db, demo, jobs, logs, run, study
+    from ioussl.cli import data, db, demo, export, jobs, logs, run, study
 
-    for module in (study, jobs, logs, data, run, demo, db):
+    for module in (study, jobs, logs, data, run, demo, db, export):
         module.register(app)
 
 

@@ -41,6 +41,18 @@ DbOption = Annotated[
                  help="Registry: a SQLite path or any SQLAlchemy URL [env IOUSSL_DB; default ./registry.db]"),
 ]
 StudyOption = Annotated[str | None, typer.Option("--study", metavar="<name>", help="Only this study (by name).")]
+StudiesOption = Annotated[
+    list[str] | None,
+    typer.Option("--study", metavar="<name>",
+                 help="Only this study (by name); repeat it to put several studies side by side."),
+]
+ByOption = Annotated[
+    list[str] | None,
+    typer.Option("--by", metavar="<axis,...>",
+                 help="Group by these axes: interval and any swept setting, e.g. --by pretrain.base_lr,interval "
+                      "[default: every swept setting, then interval; for a study without a sweep: the thesis "
+                      "table]."),
+]
 StageOption = Annotated[
     str | None, typer.Option("--stage", metavar="<pretrain|finetune>", help="Only this stage: pretrain or finetune.")
 ]

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ioussl.orchestration.sweep import format_value, point_text
+
 if TYPE_CHECKING:
     from ioussl.orchestration.importing import ImportOutcome
     from ioussl.orchestration.progress import LiveProgress, StatusView
@@ -41,14 +43,49 @@ def plan_outcome(outcome: PlanOutcome) -> None:
         + (f"; resources updated on {outcome.resources_updated} unsubmitted run(s)"
            if outcome.resources_updated else "")
     )
+    _plan_size(outcome)
     for warning in outcome.warnings:
         console.print(f"warning: {warning}", markup=False, soft_wrap=True)
-    if outcome.new:
-        table = Table("run", "stage", "group", "pretrain seed", "seed", "parent")
+    if len(outcome.new) > SUMMARY_ABOVE:
+        _plan_per_axis_value(outcome)
+    elif outcome.new:
+        table = Table("run", "stage", "group", "pretrain seed", "seed", "parent", *(["point"] if outcome.axes else []))
         for run in outcome.new:
+            point = [escape(point_text(run.point)) if run.point else "-"] if outcome.axes else []
             table.add_row(run.key, run.stage, escape(run.group), _opt(run.pretrain_seed), str(run.seed),
-                          run.parent_key or "-")
+                          run.parent_key or "-", *point)
         console.print(table)
+
+
+def _plan_size(outcome: PlanOutcome) -> None:
+    """The sweep's axes, the study's runs per stage, and the GPU-hours its new runs request."""
+    for name, values in outcome.axes.items():
+        shown = ", ".join(format_value(v) for v in values)
+        console.print(f"axis {name} ({len(values)}): {shown}", markup=False, soft_wrap=True)
+    total = outcome.counts(outcome.new + outcome.existing)
+    hours = {stage: n * outcome.gpu_hours_per_run.get(stage, 0.0) for stage, n in outcome.counts(outcome.new).items()}
+    console.print(
+        f"runs per stage: {total['pretrain']:,} pretrain, {total['finetune']:,} finetune "
+        f"({sum(total.values()):,} in the study); GPU-hours requested by the {len(outcome.new):,} new: "
+        f"{sum(hours.values()):,.1f} (pretrain {hours['pretrain']:,.1f}, finetune {hours['finetune']:,.1f})",
+        markup=False, soft_wrap=True,
+    )
+
+
+def _plan_per_axis_value(outcome: PlanOutcome) -> None:
+    """New runs per interval and per axis value (a list of thousands of runs reads worse than this)."""
+    counts: dict[str, dict[str, dict[str, int]]] = {"interval": {}}
+    counts.update({axis: {format_value(v): {"pretrain": 0, "finetune": 0} for v in values}
+                   for axis, values in outcome.axes.items()})
+    for run in outcome.new:
+        for axis, value in [("interval", run.group), *((k, format_value(v)) for k, v in run.point.items())]:
+            counts[axis].setdefault(value, {"pretrain": 0, "finetune": 0})[run.stage] += 1
+    table = Table("axis", "value", "pretrain", "finetune", title=f"{len(outcome.new):,} new runs per axis value")
+    for axis, values in counts.items():
+        for value, row in values.items():
+            table.add_row(escape(axis), escape(value), str(row["pretrain"]), str(row["finetune"]))
+        table.add_section()
+    console.print(table)
 
 
 SUMMARY_ABOVE = 400  # rows; past this a per-group summary reads better (and renders 30x faster) than a list
@@ -160,7 +197,38 @@ def status_summary(records: Sequence[RunRecord]) -> None:
         cells = [str(row.get(s, "")) for s in states]
         table.add_row(escape(study), escape(group), stage, *cells, str(sum(row.values())))
     console.print(table)
+    if any(record.point for record in records):
+        status_per_axis_value(records)
     console.print("list every run with --all, or narrow with --study, --stage, --state or --interval")
+
+
+def status_per_axis_value(records: Sequence[RunRecord]) -> None:
+    """A sweep's runs per (study, swept setting, value) and state: which corner of a sweep lags or fails."""
+    from ioussl.orchestration.grouping import hashable, natural_order
+
+    # Runs that share a point share its object (repo.JsonTexts): count those first, then spread over the axes.
+    same: dict[tuple[str, int, str], tuple[dict, int]] = {}
+    for record in records:
+        seen = (record.study, id(record.point), record.status.value)
+        point, n = same.get(seen, (record.point, 0))
+        same[seen] = (point, n + 1)
+    counts: dict[tuple[str, str], dict[object, dict[str, int]]] = {}
+    for (study, _, state), (point, n) in same.items():
+        for axis, value in point.items():
+            row = counts.setdefault((study, axis), {}).setdefault(hashable(value), {})
+            row[state] = row.get(state, 0) + n
+    # Axes as the study file lists them: a fine-tune of a pretrain has every axis, in file order.
+    order = {axis: i for i, axis in enumerate(max(records, key=lambda r: len(r.point)).point)}
+    states = [s for s in STATUS_STYLE if any(s in row for values in counts.values() for row in values.values())]
+    table = Table("study", "axis", "value", *states, "total", title="runs per swept value")
+    for study, axis in sorted(counts, key=lambda k: (k[0], order.get(k[1], len(order)), k[1])):
+        values = counts[(study, axis)]
+        for value in sorted(values, key=natural_order):
+            row = values[value]
+            table.add_row(escape(study), escape(axis), escape(format_value(value)),
+                          *[str(row.get(s, "")) for s in states], str(sum(row.values())))
+        table.add_section()
+    console.print(table)
 
 
 def status_json(records: Sequence[RunRecord], live: Mapping[str, LiveProgress] | None = None,
@@ -173,7 +241,7 @@ def status_json(records: Sequence[RunRecord], live: Mapping[str, LiveProgress] |
             "status": r.status.value, "reason": r.status_reason, "job_id": r.job_id, "attempts": r.attempts,
             "elapsed_s": r.elapsed_s, "dsc": r.dsc, "dsc_3d": r.dsc_3d, "imported": r.imported,
             "run_dir": r.run_dir, "test_dsc": r.test_dsc, "flare_dsc": r.flare_dsc, "flare_nsd": r.flare_nsd,
-            "flare_part": r.flare_part,
+            "flare_part": r.flare_part, "point": dict(r.point),
             "progress": live[r.id].to_json() if r.id in live else None, "waits_for_submit": r.id in waiting,
         }
         for r in records
@@ -199,6 +267,12 @@ def report_table(report: Report, fmt: str) -> None:
     # Narrow tables read better in an 80-column terminal than one wide one: the DSCs, their statistics
     # against the baseline, and (where recorded) the other scores of the same runs.
     head, cells = fmt_report.table(report)
+    if len(cells) > SUMMARY_ABOVE:  # a large sweep's rows: plain columns (rich takes seconds for thousands)
+        print(f"{report.study}: DSC per group (std ddof={report.ddof}), {len(cells)} groups")
+        print(plain_columns(head, cells), end="")
+        for line in fmt_report.footer_lines(report):
+            print(line)
+        return
     values = head[: head.index("n") + 1]
     stats = ["group", "Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm"]
     others = ["group", "cases", *fmt_report.optional_columns(report)]
@@ -214,6 +288,14 @@ def report_table(report: Report, fmt: str) -> None:
         console.print(part)
     for line in fmt_report.footer_lines(report):
         console.print(line, markup=False)
+
+
+def plain_columns(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned text columns, two spaces apart: a table of thousands of rows in milliseconds."""
+    widths = [max(len(cell) for cell in column) for column in zip(head, *rows, strict=True)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in (head, *rows)]
+    return "\n".join(lines) + "\n"
 
 
 def import_outcome(outcome: ImportOutcome) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ioussl.cli.options import (
+    ByOption,
     DbOption,
     DryRunOption,
     GroupOption,
@@ -15,6 +16,7 @@ from ioussl.cli.options import (
     ReportFormat,
     StageOption,
     StateOption,
+    StudiesOption,
     StudyOption,
     command_group,
 )
@@ -129,7 +131,8 @@ def _watch_heading(view, interval: float) -> str:  # type: ignore[no-untyped-def
 
 def report(
     db: DbOption = None,
-    study: StudyOption = None,
+    study: StudiesOption = None,
+    by: ByOption = None,
     table: Annotated[
         bool, typer.Option("--table/--no-table", help="Print Table 4.2: mean ± std DSC per group (--no-table: "
                                                       "only write the figures of --plot or the --html file).")
@@ -154,7 +157,11 @@ def report(
                           "figures, every run, provenance; opens without network)."),
     ] = None,
 ) -> None:
-    """Mean ± std DSC per group, each run's DSC, n, the difference to the no-pretraining baseline and its tests."""
+    """Mean ± std DSC per group, each run's DSC, n, the difference to the no-pretraining baseline and its tests.
+
+    Groups are the IoU intervals (Table 4.2), or any axes of a sweep with --by; several --study give
+    their rows side by side.
+    """
     from ioussl.cli import render
     from ioussl.orchestration.service import report_study
 
@@ -162,7 +169,7 @@ def report(
         raise ConfigError("--pairs is plotted into the --plot folder or the --html report: give one of them too")
     if not table and plot is None and html is None:
         raise ConfigError("--no-table without --plot DIR or --html FILE leaves nothing to report")
-    outcome = report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, html_path=html)
+    outcome = report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, html_path=html, by=by)
     render.report(outcome, fmt, table=table)
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ioussl.orchestration import report as tables
-from ioussl.orchestration.planning import BASELINE_GROUP
 from ioussl.orchestration.registry.repo import RunRecord
 from ioussl.orchestration.report import HELD_OUT, Report
 from ioussl.orchestration.status import ACTIVE, RunStatus
@@ -185,7 +184,7 @@ def _html_table(report: Report, head: list[str], cells: list[list[str]], columns
     for row, line in zip(report.rows, cells, strict=True):
         tds = [f"<td{' class=significant' if head[i] == 'p Holm' and _significant(row) else ''}>{_e(line[i])}</td>"
                for i in columns]
-        rows.append(f"<tr class='{'baseline' if row.group == BASELINE_GROUP else ''}'>" + "".join(tds) + "</tr>")
+        rows.append(f"<tr class='{'baseline' if row.baseline else ''}'>" + "".join(tds) + "</tr>")
     header = "".join(f"<th>{_e(head[i])}</th>" for i in columns)
     return (f"<div class='scroll'><table class='report' data-part='{_e(title)}'><caption>{_e(title)}</caption>"
             f"<thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")

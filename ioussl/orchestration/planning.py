@@ -2,12 +2,15 @@
 
 The thesis grid: each interval x pretrain seed gives one pretrain; each pretrain x fine-tune seed gives one
 fine-tune whose parent is that pretrain; each baseline seed gives one fine-tune without a parent.
-Identity is the hash of (config, parent identity), so a second ``plan`` finds every run already there.
+A ``[sweep]`` (``sweep.py``) multiplies this: each pretraining point of the sweep its own pretrains, each
+whole point its own fine-tunes (those differing only in fine-tuning settings share their pretrain), each
+fine-tuning point its own baseline. Every run records its point (``PlannedRun.point`` -> ``runs.point``).
+Identity is the hash of (config, parent identity), so a second ``plan`` finds every run already there;
+a study without a sweep plans exactly the runs it planned before sweeps existed.
 
-Size: :func:`run_count` is the number of runs a study expands to, computed from its axes without
-expanding anything, and :func:`check_plan_size` refuses a study above the cap (default
-``DEFAULT_MAX_RUNS``) before a single config is built. A sweep multiplies the count; extend
-:func:`run_count` (one place) when a study gains axes.
+Size: :func:`stage_counts` / :func:`run_count` give the number of runs a study expands to, computed from
+its seeds, intervals and axes without expanding anything, and :func:`check_plan_size` refuses a study
+above the cap (default ``DEFAULT_MAX_RUNS``) before a single config is built.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ioussl.config import RunConfig, run_hash
+from ioussl.config import DataConfig, RunConfig, run_hash
 from ioussl.errors import ConfigError, DataError
 from ioussl.orchestration import slurm
 from ioussl.orchestration.study import Interval, StudySpec
+from ioussl.orchestration.sweep import Point, apply_point, point_text
 
 BASELINE_GROUP = "no pretraining"
 DEFAULT_MAX_RUNS = 5000  # plan size cap: above it `plan grid` refuses unless --max-runs says otherwise
@@ -45,14 +49,25 @@ def run_key(study: str, run_hash: str) -> str:
     return hashlib.sha256(f"{study}\0{run_hash}".encode()).hexdigest()[:12]
 
 
-def run_count(spec: StudySpec) -> int:
-    """How many runs ``expand_grid(spec)`` gives, by arithmetic on the study's axes (nothing is expanded).
+def stage_counts(spec: StudySpec) -> dict[str, int]:
+    """How many pretrains and fine-tunes ``expand_grid(spec)`` gives, by arithmetic (nothing is expanded).
 
-    Per interval: one pretrain per pretrain seed, each with one fine-tune per fine-tune seed; plus the
-    baseline's fine-tunes.
+    Per interval and pretrain seed: one pretrain per distinct pretraining point of the sweep, and one
+    fine-tune per fine-tune seed and whole point (fine-tune-only axes multiply the fine-tunes of a
+    pretrain, not the pretrain); the baseline: one fine-tune per baseline seed and fine-tuning point.
+    Without a sweep every count of points is 1: the thesis grid.
     """
-    per_interval = len(spec.pretrain_seeds) * (1 + len(spec.finetune_seeds))
-    return len(spec.intervals) * per_interval + len(spec.baseline_seeds)
+    pretrained = len(spec.intervals) * len(spec.pretrain_seeds)
+    return {
+        "pretrain": pretrained * spec.sweep.count("pretrain"),
+        "finetune": pretrained * len(spec.finetune_seeds) * spec.sweep.count(None)
+        + len(spec.baseline_seeds) * spec.sweep.count("finetune"),
+    }
+
+
+def run_count(spec: StudySpec) -> int:
+    """How many runs ``expand_grid(spec)`` gives (:func:`stage_counts`, summed)."""
+    return sum(stage_counts(spec).values())
 
 
 def check_plan_size(spec: StudySpec, max_runs: int | None = None) -> int:
@@ -62,38 +77,81 @@ def check_plan_size(spec: StudySpec, max_runs: int | None = None) -> int:
         raise ConfigError(f"--max-runs must be at least 1, got {limit}")
     total = run_count(spec)
     if total > limit:
+        shrink = "its sweep axes, seeds or intervals" if spec.sweep else "its seeds or intervals"
         raise ConfigError(
             f"study {spec.name!r} expands to {total:,} runs, more than the cap of {limit:,}; "
-            "shrink its seeds or intervals, or raise the cap with --max-runs"
+            f"shrink {shrink}, or raise the cap with --max-runs"
         )
     return total
 
 
 def expand_grid(spec: StudySpec) -> list[PlannedRun]:
-    """Every run of the study, pretrains before their fine-tunes, in a stable order."""
+    """Every run of the study, pretrains before their fine-tunes, in a stable order.
+
+    Raises:
+        ConfigError: a sweep point whose settings cannot run together (the message names the point).
+    """
     runs: list[PlannedRun] = []
+    configs = _Configs(spec)
+    groups = list(spec.sweep.pretrain_groups())
     for interval in spec.intervals:
-        sampler = replace(spec.sampler, i_min=interval.i_min, i_max=interval.i_max,
-                          random_crop=interval.random_crop)
-        for pretrain_seed in spec.pretrain_seeds:
-            config = RunConfig(stage="pretrain", seed=pretrain_seed, data=spec.data, model=spec.model,
-                               runtime=spec.runtime, sampler=sampler, pretrain=spec.pretrain).validate()
-            parent = _planned(spec, config, interval, None, None)
-            runs.append(parent)
-            for seed in spec.finetune_seeds:
-                runs.append(_planned(spec, _finetune_config(spec, seed), interval, parent, pretrain_seed))
-    for seed in spec.baseline_seeds:
-        runs.append(_planned(spec, _finetune_config(spec, seed), None, None, None))
+        for pretrain_point, finetunes in groups:
+            for pretrain_seed in spec.pretrain_seeds:
+                config = configs.pretrain(pretrain_point, interval, pretrain_seed)
+                parent = _planned(spec, config, interval, None, None, pretrain_point)
+                runs.append(parent)
+                for whole, finetune_point in finetunes:
+                    for seed in spec.finetune_seeds:
+                        config = configs.finetune(finetune_point, seed)
+                        runs.append(_planned(spec, config, interval, parent, pretrain_seed, whole))
+    for point in spec.sweep.baseline_points() if spec.baseline_seeds else ():
+        for seed in spec.baseline_seeds:
+            runs.append(_planned(spec, configs.finetune(point, seed), None, None, None, point))
     return runs
 
 
-def _finetune_config(spec: StudySpec, seed: int) -> RunConfig:
-    return RunConfig(stage="finetune", seed=seed, data=spec.data, model=spec.model, runtime=spec.runtime,
-                     finetune=spec.finetune).validate()
+class _Configs:
+    """Run configs of one study: its sections with a sweep point applied (once per point), validated."""
+
+    def __init__(self, spec: StudySpec) -> None:
+        self.spec = spec
+        self._base = {"data": spec.data, "model": spec.model, "runtime": spec.runtime, "sampler": spec.sampler,
+                      "pretrain": spec.pretrain, "finetune": spec.finetune}
+        self._sections: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+
+    def pretrain(self, point: Point, interval: Interval, seed: int) -> RunConfig:
+        sections = self._at(point)
+        sampler = replace(sections["sampler"], i_min=interval.i_min, i_max=interval.i_max,
+                          random_crop=interval.random_crop)
+        return self._valid(point, RunConfig(
+            stage="pretrain", seed=seed, data=sections["data"], model=sections["model"],
+            runtime=sections["runtime"], sampler=sampler, pretrain=sections["pretrain"],
+        ))
+
+    def finetune(self, point: Point, seed: int) -> RunConfig:
+        sections = self._at(point)
+        return self._valid(point, RunConfig(
+            stage="finetune", seed=seed, data=sections["data"], model=sections["model"],
+            runtime=sections["runtime"], finetune=sections["finetune"],
+        ))
+
+    def _at(self, point: Point) -> dict[str, Any]:
+        key = tuple(point.items())
+        if key not in self._sections:
+            self._sections[key] = apply_point(self._base, point)
+        return self._sections[key]
+
+    def _valid(self, point: Point, config: RunConfig) -> RunConfig:
+        try:
+            return config.validate()
+        except ConfigError as exc:
+            if not point:
+                raise
+            raise ConfigError(f"study {self.spec.name!r}: sweep point {point_text(point)}: {exc}") from None
 
 
 def _planned(spec: StudySpec, config: RunConfig, interval: Interval | None, parent: PlannedRun | None,
-             pretrain_seed: int | None) -> PlannedRun:
+             pretrain_seed: int | None, point: Point) -> PlannedRun:
     digest = run_hash(config, parent.run_hash if parent else None)
     return PlannedRun(
         key=run_key(spec.name, digest),
@@ -106,35 +164,65 @@ def _planned(spec: StudySpec, config: RunConfig, interval: Interval | None, pare
         config=config,
         run_hash=digest,
         resources=spec.resources[config.stage],
+        point=point,
     )
 
 
 def check_data(spec: StudySpec) -> list[str]:
     """Fail before anything is written if the study's data cannot serve its runs; return warnings.
 
-    The store (and split) must exist. An IoU interval that no pretraining slice can meet with the crop is
-    refused; one that only some slices can meet is a warning (those slices give flagged fallback pairs).
-    The science layer's numpy-only store and sampler do the geometry (imported lazily).
+    The store (and split) of every sweep point must exist. An IoU interval that no pretraining slice can
+    meet with the crop is refused; one that only some slices can meet is a warning (those slices give
+    flagged fallback pairs). The science layer's numpy-only store and sampler do the geometry (imported
+    lazily). A sweep over data settings checks each distinct data section once.
     """
-    store_path = spec.resolve(spec.data.store)
+    warnings = []
+    for (data, include_labelled), pretrains in _data_variants(spec).items():
+        where = f" ({point_text(_data_point(spec, data))})" if data != spec.data else ""
+        _check_paths(spec, data)
+        if pretrains and spec.intervals:
+            warnings += _check_intervals(spec, data, include_labelled, where)
+    return warnings
+
+
+def _data_variants(spec: StudySpec) -> dict[tuple[DataConfig, bool], bool]:
+    """Each distinct (data section, include_labelled) of the study's runs -> whether pretrains use it."""
+    base = {"data": spec.data, "pretrain": spec.pretrain}
+    variants: dict[tuple[DataConfig, bool], bool] = {}
+    for point, _ in spec.sweep.pretrain_groups():
+        sections = apply_point(base, point)
+        variants[(sections["data"], sections["pretrain"].include_labelled)] = True
+    for point in spec.sweep.baseline_points():
+        variants.setdefault((apply_point(base, point)["data"], spec.pretrain.include_labelled), False)
+    return variants
+
+
+def _data_point(spec: StudySpec, data: DataConfig) -> Point:
+    return {f"data.{name}": value for name, value in vars(data).items() if value != getattr(spec.data, name)}
+
+
+def _check_paths(spec: StudySpec, data: DataConfig) -> None:
+    store_path = spec.resolve(data.store)
     if not store_path.exists():
         raise DataError(
             f"data store not found: {store_path} (preprocess first: ioussl data preprocess; "
             "or plan with --no-check-data)"
         )
-    if spec.data.split is not None and not spec.resolve(spec.data.split).is_file():
-        raise DataError(f"split file not found: {spec.resolve(spec.data.split)}")
-    if not spec.intervals:
-        return []
+    if data.split is not None and not spec.resolve(data.split).is_file():
+        raise DataError(f"split file not found: {spec.resolve(data.split)}")
+
+
+def _check_intervals(spec: StudySpec, data: DataConfig, include_labelled: bool, where: str) -> list[str]:
     from ioussl.science.sampler import check_interval_feasible, feasible_mask
     from ioussl.science.store import SliceStore
 
+    store_path = spec.resolve(data.store)
     store = SliceStore(store_path)
-    cases = store.unlabelled_cases() + (store.labelled_cases() if spec.pretrain.include_labelled else [])
+    cases = store.unlabelled_cases() + (store.labelled_cases() if include_labelled else [])
     if not cases:
         raise DataError(f"data store {store_path} has no unlabelled cases to pretrain on")
     shapes = store.shapes(store.slice_ids(cases))
-    crop = (spec.data.crop, spec.data.crop)
+    crop = (data.crop, data.crop)
     warnings = []
     for interval in spec.intervals:
         mask = feasible_mask(shapes, crop, interval.i_min, interval.i_max)
@@ -143,10 +231,11 @@ def check_data(spec: StudySpec) -> list[str]:
                 check_interval_feasible(tuple(int(s) for s in shapes.max(axis=0)), crop, interval.i_min,
                                         interval.i_max)
             except ConfigError as exc:
-                raise ConfigError(f"interval {interval.label}: {exc}") from None
-            raise ConfigError(f"interval {interval.label}: no slice of {store_path} can meet it with crop {crop}")
+                raise ConfigError(f"interval {interval.label}{where}: {exc}") from None
+            raise ConfigError(f"interval {interval.label}{where}: no slice of {store_path} can meet it with crop "
+                              f"{crop}")
         if not mask.all():
-            warnings.append(f"interval {interval.label}: {1 - mask.mean():.1%} of the pretraining slices cannot "
+            warnings.append(f"interval {interval.label}{where}: {1 - mask.mean():.1%} of the pretraining slices cannot "
                             "meet it with this crop; they give flagged, counted fallback pairs")
     return warnings
 

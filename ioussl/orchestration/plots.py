@@ -112,7 +112,8 @@ def dsc_figure(report: Report):  # type: ignore[no-untyped-def]
                    label="one fine-tune" if x == 0 else None)
         ax.errorbar([x], [row.mean], yerr=[row.std or 0.0], fmt="_", color="black", markersize=22, capsize=6,
                     zorder=4, label="mean ± std" if x == 0 else None)
-    baseline = next((row for row in rows if row.group == BASELINE_GROUP), None)
+    baselines = [row for row in rows if row.baseline]  # several (a sweep, studies side by side): no one line
+    baseline = baselines[0] if len(baselines) == 1 else None
     if baseline is not None and baseline.mean is not None:
         ax.axhline(baseline.mean, color="tab:red", ls="--", lw=1, zorder=2,
                    label=f"{BASELINE_GROUP} (mean {baseline.mean:.3f})")

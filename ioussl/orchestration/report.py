@@ -2,10 +2,13 @@
 
 The thesis reports the population std (ddof=0) of the four DSCs of a group (thesis protocol notes §8);
 ``ddof=1`` gives the sample std. A group with fewer results than planned runs is marked ``n/N``.
+Groups are the IoU intervals by default (the thesis table); ``by`` groups by any axes of a sweep, and
+records of several studies give rows side by side (``grouping.py``).
 
 A group's number is the per-slice DSC on held-out test cases (``test_dsc``) when its runs recorded one (a
 split with a test part), else on the validation cases, which also selected the checkpoint ("selection
-cases"). Tests against the baseline and Holm's correction come from :mod:`ioussl.orchestration.statistics`.
+cases"). Tests against the baseline and Holm's correction come from :mod:`ioussl.orchestration.statistics`;
+with several studies, each study is its own family for Holm's correction.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import dataclasses
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ioussl.orchestration import statistics
+from ioussl.orchestration import grouping, statistics
+from ioussl.orchestration.grouping import INTERVAL, GroupKey, StudyOrder
 from ioussl.orchestration.planning import BASELINE_GROUP
 from ioussl.orchestration.registry.repo import RunRecord
 from ioussl.orchestration.study import Interval
+from ioussl.orchestration.sweep import format_value
 
 # Where a group's number comes from: the cases that selected the checkpoint, or held-out test cases.
 SELECTION, HELD_OUT = "val", "test"
@@ -42,7 +47,7 @@ class GroupRow:
     paired_n: int
     cases: str = SELECTION  # SELECTION: `dsc` on the validation cases; HELD_OUT: `test_dsc`
     p_paired: float | None = None  # two-sided paired t-test against the baseline, matched fine-tune seeds
-    p_paired_holm: float | None = None  # Holm-adjusted over the report's settings
+    p_paired_holm: float | None = None  # Holm-adjusted over the report's settings (of the same study)
     p_welch: float | None = None  # two-sided Welch t-test against every baseline run (unpaired)
     p_welch_holm: float | None = None
     selection_mean: float | None = None  # mean `dsc` (validation cases) of the same runs
@@ -50,6 +55,9 @@ class GroupRow:
     flare_nsd: float | None = None
     flare_n: int = 0
     flare_part: str | None = None  # "val", "test" or "val+test": the cases FLARE scored
+    axes: Mapping[str, Any] = field(default_factory=dict)  # the group's value on each --by axis (None: unset)
+    study: str = ""
+    baseline: bool = False  # fine-tunes without a pretrain (the no-pretraining row)
 
     @property
     def n(self) -> int:
@@ -68,21 +76,40 @@ class Report:
     left_out: tuple[str, ...]  # "run <id> (<group>): <why>"
     max_values: int
     footer: tuple[str, ...] = ()  # provenance: code versions, registry fingerprint
+    by: tuple[str, ...] = (INTERVAL,)  # the axes rows are grouped by
+    studies: tuple[str, ...] = ()  # several: rows side by side, labelled with their study
 
 
-def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0,
-                 group_order: Sequence[str] = ()) -> Report:
-    """Group fine-tunes, compute mean/std/CI and the difference to the no-pretraining baseline."""
+def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_order: Sequence[str] = (), *,
+                 by: Sequence[str] = (INTERVAL,), orders: Mapping[str, StudyOrder] | None = None) -> Report:
+    """Group fine-tunes, compute mean/std/CI and the difference to the no-pretraining baseline.
+
+    Args:
+        records: the runs of one study, or of every study in ``orders``.
+        study: the report's title (the study's name, or several names).
+        group_order: the study's interval labels in file order (when ``orders`` is not given).
+        by: the axes to group by (``grouping.resolve_by``); the default is the thesis table.
+        orders: study name -> its row order; several studies give rows side by side, labelled with it.
+    """
+    orders = orders or {study: StudyOrder(tuple(group_order))}
     finetunes = [r for r in records if r.stage == "finetune"]
-    groups: dict[str, list[RunRecord]] = {}
-    for record in finetunes:
-        groups.setdefault(record.group, []).append(record)
-    order = order_groups(groups, group_order)
-    cases = {name: group_cases(runs) for name, runs in groups.items()}
-    left_out = tuple(_left_out(r, cases[r.group]) for r in finetunes if score(r, cases[r.group]) is None)
-    baseline = groups.get(BASELINE_GROUP, [])
-    rows = tuple(_row(name, groups[name], ddof, baseline, cases[name]) for name in order)
-    return Report(study, ddof, with_holm(rows), left_out, max((row.planned for row in rows), default=0))
+    keys = grouping.keys_of(finetunes, by)
+    groups: dict[GroupKey, list[RunRecord]] = {}
+    for record, key in zip(finetunes, keys, strict=True):
+        groups.setdefault(key, []).append(record)
+    cases = {key: group_cases(runs) for key, runs in groups.items()}
+    left_out = tuple(_left_out(r, cases[key]) for r, key in zip(finetunes, keys, strict=True)
+                     if score(r, cases[key]) is None)
+    several = len(orders) > 1
+    baselines = grouping.Baselines(groups)
+    rows = []
+    for key in grouping.sort_keys(groups, orders):
+        base_key = baselines.of(key)
+        baseline = groups[base_key] if base_key is not None else []
+        row = _row(key.label(several), groups[key], ddof, baseline, cases[key], is_baseline=key.baseline)
+        rows.append(replace(row, axes=key.axes(), study=key.study))
+    return Report(study, ddof, with_holm(rows), left_out, max((row.planned for row in rows), default=0),
+                  by=tuple(by), studies=tuple(orders))
 
 
 def group_cases(runs: Sequence[RunRecord]) -> str:
@@ -104,11 +131,16 @@ def _left_out(record: RunRecord, cases: str) -> str:
 
 
 def with_holm(rows: Sequence[GroupRow]) -> tuple[GroupRow, ...]:
-    """Rows with Holm-adjusted p-values, the family being every setting tested against the baseline."""
-    paired = statistics.holm([row.p_paired for row in rows])
-    welch = statistics.holm([row.p_welch for row in rows])
-    return tuple(dataclasses.replace(row, p_paired_holm=p, p_welch_holm=w)
-                 for row, p, w in zip(rows, paired, welch, strict=True))
+    """Rows with Holm-adjusted p-values, the family being every setting of the same study tested against
+    its baseline (a study's p Holm does not change when another study is reported beside it)."""
+    adjusted: dict[int, tuple[float | None, float | None]] = {}
+    for study in dict.fromkeys(row.study for row in rows):
+        index = [i for i, row in enumerate(rows) if row.study == study]
+        paired = statistics.holm([rows[i].p_paired for i in index])
+        welch = statistics.holm([rows[i].p_welch for i in index])
+        adjusted.update({i: (p, w) for i, p, w in zip(index, paired, welch, strict=True)})
+    return tuple(dataclasses.replace(row, p_paired_holm=adjusted[i][0], p_welch_holm=adjusted[i][1])
+                 for i, row in enumerate(rows))
 
 
 def study_group_order(spec: Mapping[str, Any]) -> list[str]:
@@ -137,13 +169,14 @@ def in_group_order(records: Sequence[RunRecord], orders: Mapping[str, Sequence[s
     return sorted(records, key=lambda record: (record.study, rank[(record.study, record.group)]))
 
 
-def _row(name: str, runs: list[RunRecord], ddof: int, baseline: list[RunRecord], cases: str) -> GroupRow:
+def _row(name: str, runs: list[RunRecord], ddof: int, baseline: list[RunRecord], cases: str, *,
+         is_baseline: bool) -> GroupRow:
     done = sorted((r for r in runs if score(r, cases) is not None),
                   key=lambda r: (r.pretrain_seed or 0, r.seed, r.id))
     values = tuple(_scores(done, cases))
     mean = _mean(values)
-    # A setting is compared with the baseline only on the same cases (and never with itself).
-    compared = name != BASELINE_GROUP and group_cases(baseline) == cases
+    # A setting is compared with its baseline row only on the same cases (and never with itself).
+    compared = not is_baseline and bool(baseline) and group_cases(baseline) == cases
     base_values = _scores(baseline, cases) if compared else []
     pairs = _pairs(done, baseline, cases) if compared else []
     base_mean = _mean(base_values)
@@ -154,7 +187,7 @@ def _row(name: str, runs: list[RunRecord], ddof: int, baseline: list[RunRecord],
         paired_delta=_mean([a - b for a, b in pairs]), paired_n=len(pairs), cases=cases,
         p_paired=statistics.paired_t_pvalue([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None,
         p_welch=statistics.welch_t_pvalue(values, base_values) if compared else None,
-        selection_mean=_mean(_scores(done, SELECTION)), **_flare_means(done),
+        selection_mean=_mean(_scores(done, SELECTION)), baseline=is_baseline, **_flare_means(done),
     )
 
 
@@ -164,9 +197,13 @@ def _scores(runs: Iterable[RunRecord], cases: str) -> list[float]:
 
 
 def _pairs(done: list[RunRecord], baseline: list[RunRecord], cases: str) -> list[tuple[float, float]]:
-    """(run, baseline) scores for each run with a baseline fine-tune of the same seed (same data order, init)."""
-    by_seed = {r.seed: value for r in baseline if (value := score(r, cases)) is not None}
-    return [(value, by_seed[r.seed]) for r in done if r.seed in by_seed and (value := score(r, cases)) is not None]
+    """(run, baseline) scores for each run with a baseline fine-tune of the same fine-tune seed (same data order
+    and init) and, in a sweep, the same value of each setting the baseline's runs have (their fine-tuning
+    settings)."""
+    settings = sorted({name for r in baseline for name in r.point})
+    by_key = {grouping.pair_key(r, settings): value for r in baseline if (value := score(r, cases)) is not None}
+    return [(value, by_key[key]) for r in done
+            if (key := grouping.pair_key(r, settings)) in by_key and (value := score(r, cases)) is not None]
 
 
 def _flare_means(done: list[RunRecord]) -> dict[str, Any]:
@@ -262,8 +299,9 @@ def legend_lines(report: Report) -> list[str]:
         lines.append("cases: held-out test = per-slice DSC on test cases that never influenced training or selection")
     tested = sum(row.p_paired is not None for row in report.rows)
     if tested:
+        family = " (each study its own family)" if len(report.studies) > 1 else ""
         lines.append("p: two-sided paired t-test against the baseline fine-tune with the same seed; "
-                     f"p Holm: Holm's adjustment over the {tested} setting(s) tested")
+                     f"p Holm: Holm's adjustment over the {tested} setting(s) tested{family}")
     return lines
 
 
@@ -293,18 +331,29 @@ CSV_COLUMNS = ("group", "mean", "std", "ddof", "n", "planned", "delta_baseline",
 
 
 def to_csv(report: Report) -> str:
-    """Full precision; ``cases`` is "val" (selection) or "test" (held-out), ``metric`` the column averaged."""
+    """Full precision; ``cases`` is "val" (selection) or "test" (held-out), ``metric`` the column averaged.
+
+    A report by sweep axes, or of several studies, ends each line with ``study`` and the row's value on each
+    ``--by`` axis (empty where the row has none), after the thesis table's columns (which keep their places).
+    """
+    labelled = report.by != (INTERVAL,) or len(report.studies) > 1
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([*CSV_COLUMNS, *(("study", *report.by) if labelled else ())])
     for row in report.rows:
         low, high = row.ci95 if row.ci95 else (None, None)
+        axes = [row.study, *(_csv_value(row.axes.get(axis)) for axis in report.by)] if labelled else []
         writer.writerow([row.group, row.mean, row.std, report.ddof, row.n, row.planned, row.delta, low, high,
                          row.paired_delta, row.paired_n, " ".join(f"{v:.6f}" for v in row.values),
                          " ".join(row.run_ids), row.cases, "test_dsc" if row.cases == HELD_OUT else "dsc",
                          row.p_paired, row.p_paired_holm, row.p_welch, row.p_welch_holm, row.selection_mean,
-                         row.flare_dsc, row.flare_nsd, row.flare_n, row.flare_part])
+                         row.flare_dsc, row.flare_nsd, row.flare_n, row.flare_part, *axes])
     return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    """A swept value as a CSV cell: lists as the study file writes them, None as empty."""
+    return format_value(value) if isinstance(value, list | tuple) else value
 
 
 def to_latex(report: Report) -> str:

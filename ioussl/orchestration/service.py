@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioussl.errors import ConfigError, DataError
-from ioussl.orchestration import planning
+from ioussl.orchestration import grouping, planning
+from ioussl.orchestration.grouping import StudyOrder
 from ioussl.orchestration.planning import PlannedRun
 from ioussl.orchestration.registry import opened, repo, unit_of_work
 from ioussl.orchestration.registry.db import MissingRegistry
 from ioussl.orchestration.registry.errors import AlreadyRecorded
-from ioussl.orchestration.report import Report, in_group_order, order_groups, study_group_order
+from ioussl.orchestration.report import Report, in_group_order, study_group_order
 from ioussl.orchestration.status import RunStatus
 from ioussl.orchestration.study import StudySpec, load_study, spec_summary
 
@@ -27,6 +29,16 @@ class PlanOutcome:
     resources_updated: int = 0
     dry_run: bool = False
     warnings: list[str] = field(default_factory=list)
+    axes: dict[str, list[object]] = field(default_factory=dict)  # swept setting -> its values (file order)
+    gpu_hours_per_run: dict[str, float] = field(default_factory=dict)  # stage -> GPU-hours one run requests
+
+    def counts(self, runs: list[PlannedRun]) -> dict[str, int]:
+        """Runs per stage (pretrain, finetune) among ``runs``."""
+        return {stage: sum(run.stage == stage for run in runs) for stage in ("pretrain", "finetune")}
+
+    def gpu_hours(self, runs: list[PlannedRun]) -> float:
+        """GPU-hours ``runs`` request: each stage's time limit x GPUs."""
+        return sum(n * self.gpu_hours_per_run.get(stage, 0.0) for stage, n in self.counts(runs).items())
 
 
 def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, check_data: bool = True,
@@ -45,7 +57,7 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
         return _dry_run(db, spec, planned, warnings)
     with opened(db, create=True) as registry:
         for last_try in (False, True):
-            outcome = PlanOutcome(study=spec.name, warnings=warnings)
+            outcome = _outcome(spec, warnings)
             try:
                 with registry.session() as session:
                     return register_runs(session, spec, planned, outcome)
@@ -57,7 +69,7 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
 
 def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warnings: list[str]) -> PlanOutcome:
     """What a plan would add; nothing is written (and no registry is created)."""
-    outcome = PlanOutcome(study=spec.name, dry_run=True, warnings=warnings)
+    outcome = dataclasses.replace(_outcome(spec, warnings), dry_run=True)
     with ExitStack() as stack:
         try:
             registry = stack.enter_context(opened(db, create=False))
@@ -69,37 +81,49 @@ def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warning
     return outcome
 
 
+def _outcome(spec: StudySpec, warnings: list[str]) -> PlanOutcome:
+    from ioussl.orchestration.slurm import resources_for_run
+
+    hours = {stage: resources_for_run(stored, where=f"[resources.{stage}]").gpu_hours()
+             for stage, stored in spec.resources.items()}
+    return PlanOutcome(study=spec.name, warnings=warnings, axes=spec.sweep.values(), gpu_hours_per_run=hours)
+
+
 def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
+    """Record the study (and its sweep axes) and insert its runs not yet recorded, in one statement.
+
+    Resources are not part of a run's identity: a cluster profile edited after planning (say, the account
+    filled in) reaches every run that has not been submitted yet.
+    """
     summary = spec_summary(spec)
     study, created = repo.get_or_create_study(
         session, spec.name, str(spec.path) if spec.path else None, summary,
-        str(spec.resolve(spec.runs_dir)), str(spec.base_dir),
+        str(spec.resolve(spec.runs_dir)), str(spec.base_dir), axes=list(spec.sweep.names),
     )
     if not created and (study.spec or {}).get("notify") != summary["notify"]:
         study.spec = {**(study.spec or {}), "notify": summary["notify"]}  # a webhook added to the profile later
+    repo.add_axes(study, spec.sweep.names)
     known = repo.existing_hashes(session, study)
-    for run in planned:
-        if run.run_hash in known:
-            outcome.existing.append(run)
-            row = repo.run_or_none(session, known[run.run_hash])
-            # Resources are not part of a run's identity: a cluster profile edited after planning (say, the
-            # account filled in) reaches every run that has not been submitted yet.
-            if row is not None and row.status == RunStatus.PLANNED and row.resources != run.resources:
-                row.resources = run.resources
-                outcome.resources_updated += 1
-            continue
-        repo.add_run(
-            session, study, id=run.key, stage=run.stage, group=run.group,
-            i_min=run.interval.i_min if run.interval else None,
-            i_max=run.interval.i_max if run.interval else None,
-            random_crop=bool(run.interval and run.interval.random_crop), seed=run.seed,
-            pretrain_seed=run.pretrain_seed, parent_id=run.parent_key, config=run.config.to_json(),
-            run_hash=run.run_hash, resources=run.resources, point=dict(run.point),
-            run_dir=str(planning.run_dir_for(spec, run)),
-        )
-        session.flush()
-        outcome.new.append(run)
+    outcome.existing = [run for run in planned if run.run_hash in known]
+    outcome.new = [run for run in planned if run.run_hash not in known]
+    unsubmitted = repo.unsubmitted_resources(session, study) if outcome.existing else {}
+    stale = {known[run.run_hash]: run.resources for run in outcome.existing
+             if known[run.run_hash] in unsubmitted and unsubmitted[known[run.run_hash]] != run.resources}
+    repo.set_resources(session, stale)
+    outcome.resources_updated = len(stale)
+    repo.add_runs(session, study, [_run_row(spec, run) for run in outcome.new])
     return outcome
+
+
+def _run_row(spec: StudySpec, run: PlannedRun) -> dict[str, object]:
+    return {
+        "id": run.key, "stage": run.stage, "group": run.group,
+        "i_min": run.interval.i_min if run.interval else None, "i_max": run.interval.i_max if run.interval else None,
+        "random_crop": bool(run.interval and run.interval.random_crop), "seed": run.seed,
+        "pretrain_seed": run.pretrain_seed, "parent_id": run.parent_key, "config": run.config.to_json(),
+        "run_hash": run.run_hash, "resources": run.resources, "point": dict(run.point),
+        "run_dir": str(planning.run_dir_for(spec, run)),
+    }
 
 
 def status_rows(db: str | None, study: str | None = None, stage: str | None = None,
@@ -125,31 +149,39 @@ class ReportOutcome:
     skipped: list[str] = field(default_factory=list)  # one line per figure not drawn, and why
 
 
-def report_study(db: str | None, study: str | None, ddof: int = 0, plot_dir: Path | None = None,
-                 pairs_json: Path | None = None, html_path: Path | None = None) -> ReportOutcome:
+def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 0, plot_dir: Path | None = None,
+                 pairs_json: Path | None = None, html_path: Path | None = None,
+                 by: str | Sequence[str] | None = None) -> ReportOutcome:
     """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures
-    (PNG files into ``plot_dir``) and a self-contained HTML report (``html_path``)."""
+    (PNG files into ``plot_dir``) and a self-contained HTML report (``html_path``).
+
+    ``study`` may name several studies: their rows side by side. ``by`` groups by any of their axes
+    (``grouping.resolve_by``; default: each swept setting, then the interval, which for a study without a
+    sweep is the thesis table).
+    """
     from ioussl.orchestration.report import build_report
 
+    names = [study] if isinstance(study, str) else list(dict.fromkeys(study or []))
     if html_path is not None:
         check_html_path(html_path)
     with opened(db) as registry, registry.session(write=False) as session:
-        row = repo.find_study(session, study) if study else repo.only_study(session, "report")
-        order = study_group_order(row.spec)
-        records = repo.list_runs(session, study=row.name)
+        studies = [repo.find_study(session, name) for name in names] or [repo.only_study(session, "report")]
+        axes = grouping.resolve_by(by, {row.name: list(row.axes or []) for row in studies})
+        orders = {row.name: StudyOrder.of(row.spec, study_group_order(row.spec)) for row in studies}
+        records = [record for row in studies for record in repo.list_runs(session, study=row.name)]
         footer = provenance_footer(session, records, registry.location)
-        curves = _metric_curves(session, records, order, "pretrain", "collapse") if plot_dir else {}
-        html_series = _html_series(session, records, order) if html_path else {}
+        curves = _metric_curves(session, records, (axes, orders), "pretrain", "collapse") if plot_dir else {}
+        html_series = _html_series(session, records, (axes, orders)) if html_path else {}
         per_organ = repo.result_per_organ(session, [r.id for r in records if r.stage == "finetune"]) \
             if html_path else {}
-    report = build_report(records, row.name, ddof=ddof, group_order=order)
+    report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders)
     report = dataclasses.replace(report, footer=footer)
     outcome = ReportOutcome(report)
     if plot_dir:
         _write_plots(outcome, curves, records, plot_dir, pairs_json)
     if html_path:
-        _write_html(outcome, in_group_order(records, {row.name: order}), html_series, per_organ, html_path,
-                    pairs_json)
+        runs = in_group_order(records, {name: order.groups for name, order in orders.items()})
+        _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json)
     return outcome
 
 
@@ -187,22 +219,31 @@ def _fingerprinted(record: repo.RunRecord) -> str:
 Curves = dict[str, list[list[tuple[int, float]]]]  # group -> one (epoch, value) series per pretrain
 
 
-def _metric_curves(session, records: list[repo.RunRecord], order: list[str], stage: str,  # type: ignore[no-untyped-def]
+Grouping = tuple[Sequence[str], Mapping[str, StudyOrder]]  # the report's --by axes and its studies' orders
+
+
+def _metric_curves(session, records: list[repo.RunRecord], grouping_: Grouping, stage: str,  # type: ignore[no-untyped-def]
                    metric: str) -> Curves:
-    """Group -> one per-epoch series of ``metric`` per run of ``stage`` that recorded it, in group order."""
+    """Row label -> one per-epoch series of ``metric`` per run of ``stage`` that recorded it, in row order.
+
+    A run's label is the report row it belongs to (``grouping.key_of`` over the --by axes; a pretrain has no
+    fine-tuning setting, so its curve is labelled by its pretraining settings and interval only).
+    """
+    by, orders = grouping_
     runs = [r for r in records if r.stage == stage]
     series = repo.metric_series(session, [r.id for r in runs], metric)
-    curves: Curves = {}
+    keyed: dict[grouping.GroupKey, list[list[tuple[int, float]]]] = {}
     for record in runs:
         if record.id in series:
-            curves.setdefault(record.group, []).append(series[record.id])
-    return {group: curves[group] for group in order_groups(curves, order)}
+            keyed.setdefault(grouping.key_of(record, by), []).append(series[record.id])
+    several = len(orders) > 1
+    return {key.label(several): keyed[key] for key in grouping.sort_keys(keyed, orders)}
 
 
-def _html_series(session, records: list[repo.RunRecord], order: list[str]) -> dict[str, Curves]:  # type: ignore[no-untyped-def]
+def _html_series(session, records: list[repo.RunRecord], grouping_: Grouping) -> dict[str, Curves]:  # type: ignore[no-untyped-def]
     from ioussl.orchestration.htmlreport import CURVES
 
-    return {spec.key: _metric_curves(session, records, order, spec.stage, spec.metric) for spec in CURVES}
+    return {spec.key: _metric_curves(session, records, grouping_, spec.stage, spec.metric) for spec in CURVES}
 
 
 def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: dict[str, Curves],

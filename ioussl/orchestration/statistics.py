@@ -1,8 +1,13 @@
 """The report's statistics: t confidence intervals, tests against the baseline, Holm's correction (pure).
 
-scipy.stats supplies the distributions and the tests; it is imported inside the functions that need it, so
-``ioussl --help`` and ``status`` do not pay for it. Every function takes plain numbers and returns ``None``
-where the statistic is undefined (too few values, no spread), which the report shows as "-".
+scipy supplies Student's t distribution (``scipy.special.stdtr`` and ``stdtrit``, its CDF and inverse); the
+statistics are the textbook ones that ``scipy.stats.ttest_rel``, ``ttest_ind(equal_var=False)`` and
+``t.interval`` compute, and ``tests/orchestration/test_statistics.py`` checks them against those functions.
+scipy.stats itself is not used here: its import costs three times scipy.special's, and each of its tests about
+a millisecond a call, which a sweep's report of thousands of rows cannot pay (docs/architecture.md).
+scipy is imported inside the functions that need it, so ``ioussl --help`` and ``status`` do not pay for it.
+Every function takes plain numbers and returns ``None`` where the statistic is undefined (too few values, no
+spread), which the report shows as "-".
 
 Which test reproduces which number, on the thesis' Table 4.2 (``jobs/thesis-table-4.2.csv``):
 :func:`paired_t_pvalue` over fine-tunes matched by seed gives [0.3, 0.6] p = 0.022 and random crop p = 0.048;
@@ -12,18 +17,26 @@ p = 0.022 and every other setting p >= 0.058 (tests/orchestration/test_statistic
 
 from __future__ import annotations
 
+import functools
 import math
-import warnings
 from collections.abc import Sequence
 
 
+@functools.lru_cache(maxsize=512)  # a sweep's report asks for few distinct df, thousands of times
 def t_quantile(df: int, level: float = 0.95) -> float:
     """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (df >= 1)."""
-    from scipy import stats
-
     if df < 1:
         raise ValueError(f"a t quantile needs df >= 1, got {df}")
-    return float(stats.t.ppf(0.5 + level / 2, df))
+    from scipy import special  # here, not at the top: only a report with results pays for the import
+
+    return float(special.stdtrit(df, 0.5 + level / 2))
+
+
+def _two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` (possibly fractional: Welch) degrees of freedom."""
+    from scipy import special
+
+    return float(min(1.0, 2.0 * special.stdtr(df, -abs(t))))
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -47,20 +60,27 @@ def paired_t_pvalue(values: Sequence[float], matched: Sequence[float]) -> float 
     differences = [a - b for a, b in zip(values, matched, strict=True)]
     if len(differences) < 2 or _no_spread(differences):
         return None
-    from scipy import stats  # here, not at the top: only a report with results pays for the import
-
-    return float(stats.ttest_rel(values, matched).pvalue)
+    n = len(differences)
+    mean = sum(differences) / n
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    return _two_sided_p(mean / math.sqrt(variance / n), n - 1)
 
 
 def welch_t_pvalue(values: Sequence[float], baseline: Sequence[float]) -> float | None:
     """Two-sided Welch t-test (unpaired, unequal variances); None below 2 values a side or without spread."""
     if len(values) < 2 or len(baseline) < 2 or (_no_spread(values) and _no_spread(baseline)):
         return None
-    from scipy import stats
+    (mean_a, var_a), (mean_b, var_b) = _mean_var(values), _mean_var(baseline)
+    se_a, se_b = var_a / len(values), var_b / len(baseline)
+    # Welch-Satterthwaite degrees of freedom
+    df = (se_a + se_b) ** 2 / (se_a**2 / (len(values) - 1) + se_b**2 / (len(baseline) - 1))
+    return _two_sided_p((mean_a - mean_b) / math.sqrt(se_a + se_b), df)
 
-    with warnings.catch_warnings():  # one side without spread is a valid input, not a loss of precision
-        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
-        return float(stats.ttest_ind(values, baseline, equal_var=False).pvalue)
+
+def _mean_var(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample variance (n - 1)."""
+    mean = sum(values) / len(values)
+    return mean, sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:

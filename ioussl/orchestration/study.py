@@ -27,9 +27,10 @@ from ioussl.config import (
 )
 from ioussl.errors import ConfigError
 from ioussl.orchestration import jobscript
+from ioussl.orchestration.sweep import Sweep, parse_sweep
 
 STUDY_SECTIONS = ("study", "data", "model", "runtime", "sampler", "pretrain", "finetune", "intervals",
-                  "resources", "slurm")
+                  "resources", "slurm", "sweep")
 STUDY_KEYS = ("name", "description", "cluster", "runs_dir")
 INTERVAL_KEYS = ("name", "i_min", "i_max", "random_crop")
 RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additional")
@@ -73,6 +74,7 @@ class StudySpec:
     finetune_seeds: tuple[int, ...]
     baseline_seeds: tuple[int, ...]
     resources: dict[str, dict[str, Any]]  # stage -> merged resources + slurm profile
+    sweep: Sweep = field(default_factory=Sweep)  # [sweep] axes; empty: the thesis grid
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     notify: dict[str, Any] = field(default_factory=dict)  # the cluster profile's [notify] (webhook alerts)
 
@@ -142,6 +144,7 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
         finetune_seeds=finetune_seeds,
         baseline_seeds=baseline_seeds,
         resources=_resources(raw.get("resources", {}), cluster, where),
+        sweep=parse_sweep(raw.get("sweep"), f"{where} [sweep]"),
         raw=raw,
         notify=notify,
     )
@@ -250,8 +253,9 @@ def _short(value: Any) -> str:
 
 
 def spec_summary(spec: StudySpec) -> dict[str, Any]:
-    """A JSON-able view of the parsed study, stored with the study for provenance."""
-    return {
+    """A JSON-able view of the parsed study, stored with the study for provenance (and, with a sweep, the
+    values of each axis in file order: the order of a report's rows)."""
+    summary = {
         "name": spec.name,
         "description": spec.description,
         "intervals": [dataclasses.asdict(i) for i in spec.intervals],
@@ -261,3 +265,6 @@ def spec_summary(spec: StudySpec) -> dict[str, Any]:
         "raw": spec.raw,
         "notify": dict(spec.notify),
     }
+    if spec.sweep:
+        summary["sweep"] = spec.sweep.values()
+    return summary

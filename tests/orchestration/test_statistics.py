@@ -94,6 +94,24 @@ def test_t_quantile_is_scipys_beyond_any_table(df):
     assert statistics.t_quantile(df) > 1.959963984540054
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss")  # scipy.stats on the side without spread
+@pytest.mark.parametrize("seed", range(20))
+def test_the_tests_are_scipy_stats_on_random_samples(seed):
+    """statistics.py computes the t statistics itself (scipy.special's t distribution: a sweep's report runs
+    thousands of tests); they must be scipy.stats' own, sizes and spreads of every kind included."""
+    import random
+
+    rng = random.Random(seed)
+    n, m = rng.randint(2, 12), rng.randint(2, 12)
+    a = [rng.uniform(0.5, 0.9) for _ in range(n)]
+    b = [rng.uniform(0.5, 0.9) * rng.choice((1, 0.5)) for _ in range(n)]
+    c = [0.7] * m if seed % 5 == 0 else [rng.gauss(0.7, rng.choice((0.001, 0.1))) for _ in range(m)]
+    assert statistics.paired_t_pvalue(a, b) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-10)
+    assert statistics.welch_t_pvalue(a, c) == pytest.approx(stats.ttest_ind(a, c, equal_var=False).pvalue, rel=1e-10)
+    assert statistics.mean_ci(a) == pytest.approx(stats.t.interval(0.95, n - 1, loc=sum(a) / n, scale=stats.sem(a)),
+                                                  rel=1e-12)
+
+
 def test_holm_matches_a_worked_example_and_leaves_untested_alone():
     # R: p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "holm") -> 0.05 0.08 0.09 0.09 0.09
     assert statistics.holm([0.03, None, 0.01, 0.05, 0.02, 0.04]) == pytest.approx(

@@ -8,11 +8,12 @@ ORM rows (with their attempts loaded) to change in place.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, insert, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from ioussl.errors import ConfigError, NotFound
@@ -61,6 +62,7 @@ class RunRecord:
     flare_dsc: float | None = None
     flare_nsd: float | None = None
     flare_part: str | None = None  # "val" or "test": the cases FLARE scored
+    point: Mapping[str, Any] = field(default_factory=dict)  # runs.point: the swept settings reaching this run
 
     @property
     def elapsed_s(self) -> float | None:
@@ -112,6 +114,13 @@ def get_or_create_study(session: Session, name: str, spec_path: str | None, spec
     session.add(study)
     session.flush()
     return study, True
+
+
+def add_axes(study: Study, names: Sequence[str]) -> None:
+    """A study planned again with more sweep axes keeps its old ones and appends the new (file order)."""
+    new = [name for name in names if name not in (study.axes or [])]
+    if new:
+        study.axes = [*(study.axes or []), *new]
 
 
 def run_or_none(session: Session, run_id: str) -> Run | None:
@@ -236,6 +245,30 @@ def add_run(session: Session, study: Study, **fields: Any) -> Run:
     run = Run(study_id=study.id, status=RunStatus.PLANNED, **fields)
     session.add(run)
     return run
+
+
+def add_runs(session: Session, study: Study, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert planned runs in one executemany (a pretrain listed before its fine-tunes); a run recorded
+    meanwhile by another process raises the unique constraint (AlreadyRecorded) and nothing is written."""
+    if rows:
+        now = utcnow()
+        session.execute(insert(Run), [{"study_id": study.id, "status": RunStatus.PLANNED, "created_at": now,
+                                       "updated_at": now, "imported": False, **row} for row in rows])
+
+
+def unsubmitted_resources(session: Session, study: Study) -> dict[str, dict[str, Any]]:
+    """Run id -> stored resources of the study's PLANNED runs (which a re-plan may still update)."""
+    rows = session.execute(select(Run.id, Run.resources).where(Run.study_id == study.id,
+                                                              Run.status == RunStatus.PLANNED))
+    return {run_id: resources for run_id, resources in rows}
+
+
+def set_resources(session: Session, resources: dict[str, dict[str, Any]]) -> None:
+    """New resources for unsubmitted runs, by run id (one executemany)."""
+    if resources:
+        now = utcnow()
+        session.execute(update(Run), [{"id": run_id, "resources": value, "updated_at": now}
+                                      for run_id, value in resources.items()])
 
 
 def set_status(session: Session, run: Run, new: RunStatus, reason: str | None = None) -> bool:
@@ -392,7 +425,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
             Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
             Run.pretrain_seed, Run.parent_id, Run.status, Run.status_reason, Run.run_dir, Run.imported,
             last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d,
-            Result.test_dsc, Result.flare_dsc, Result.flare_nsd, Result.flare_part,
+            Result.test_dsc, Result.flare_dsc, Result.flare_nsd, Result.flare_part, cast(Run.point, Text),
         )
         .join(Study, Run.study_id == Study.id)
         .outerjoin(latest, latest.c.run_id == Run.id)
@@ -409,6 +442,8 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         query = query.where(Run.status.in_(list(statuses)))
     if group is not None:
         query = query.where(Run.group == group)
+    points = JsonTexts()
+    session.flush()  # Core below does not autoflush: the caller's pending changes must be in what it reads
     return [
         RunRecord(
             id=row[0], study=row[1], stage=row[2], group=row[3], i_min=row[4], i_max=row[5],
@@ -416,7 +451,102 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
             status=RunStatus(row[10]), status_reason=row[11], run_dir=row[12], imported=bool(row[13]),
             job_id=row[14], attempts=row[15] or 0, started_at=row[16], ended_at=row[17], dsc=row[18],
             dsc_3d=row[19], test_dsc=row[20], flare_dsc=row[21], flare_nsd=row[22], flare_part=row[23],
+            point=points.load(row[24]),
         )
-        for row in session.execute(query)
+        for row in session.connection().execute(query)  # Core: no ORM row processing for 10,000 rows
     ]
 
+
+class JsonTexts:
+    """JSON columns read as text and decoded once per distinct text (the runs of a sweep share few points).
+
+    The decoded values are shared between rows: callers treat them as read-only.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str | None, Any] = {}
+
+    def load(self, text: str | None, default: Any = None) -> Any:
+        if text not in self._seen:
+            self._seen[text] = json.loads(text) if text is not None else None
+        value = self._seen[text]
+        return ({} if default is None else default) if value is None else value
+
+
+
+# ---- exports (ioussl export, ioussl.api): plain columns, one query each, no ORM objects ----
+
+EXPORT_RUN_COLUMNS = (
+    "run_id", "study", "stage", "interval", "i_min", "i_max", "random_crop", "seed", "pretrain_seed", "parent",
+    "point", "status", "status_reason", "imported", "resources", "attempts", "job_id", "run_dir", "dsc", "dsc_3d",
+    "test_dsc", "test_dsc_3d", "flare_dsc", "flare_nsd", "flare_part", "per_organ", "best_epoch",
+    "checkpoint_path", "checkpoint_sha256",
+)
+
+
+def export_runs(session: Session, studies: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Every run of ``studies`` with its result, latest job and attempt count: EXPORT_RUN_COLUMNS per row.
+
+    ``point`` and ``per_organ`` come decoded (``{}`` when absent); ``resources`` as its JSON text (runs of one
+    stage share it: the caller parses each text once).
+    """
+    latest = (
+        select(Attempt.run_id, func.max(Attempt.id).label("last_id"), func.count(Attempt.id).label("n"))
+        .group_by(Attempt.run_id)
+        .subquery()
+    )
+    last = aliased(Attempt)
+    query = (
+        select(
+            Run.id, Study.name, Run.stage, Run.group, Run.i_min, Run.i_max, Run.random_crop, Run.seed,
+            Run.pretrain_seed, Run.parent_id, cast(Run.point, Text), Run.status, Run.status_reason, Run.imported,
+            cast(Run.resources, Text), latest.c.n, last.job_id, Run.run_dir, Result.dsc, Result.dsc_3d,
+            Result.test_dsc, Result.test_dsc_3d, Result.flare_dsc, Result.flare_nsd, Result.flare_part,
+            cast(Result.per_organ, Text), Result.best_epoch, Result.checkpoint_path, Result.checkpoint_sha256,
+        )
+        .join(Study, Run.study_id == Study.id)
+        .outerjoin(latest, latest.c.run_id == Run.id)
+        .outerjoin(last, last.id == latest.c.last_id)
+        .outerjoin(Result, Result.run_id == Run.id)
+        .where(Study.name.in_(list(studies)))
+        .order_by(Study.name, Run.group, Run.stage.desc(), Run.pretrain_seed.asc().nulls_first(), Run.seed, Run.id)
+    )
+    texts = JsonTexts()
+    point, organs = EXPORT_RUN_COLUMNS.index("point"), EXPORT_RUN_COLUMNS.index("per_organ")
+    rows = []
+    session.flush()  # as list_runs: Core does not autoflush
+    for row in session.connection().execute(query):
+        cells = list(row)
+        cells[point], cells[organs] = texts.load(cells[point]), texts.load(cells[organs])
+        rows.append(tuple(cells))
+    return rows
+
+
+def attempt_spans(session: Session, studies: Sequence[str]) -> list[tuple[str, dt.datetime, dt.datetime | None]]:
+    """(run id, started, ended or None) of every attempt of ``studies`` that started (GPU time used)."""
+    query = (
+        select(Attempt.run_id, Attempt.started_at, Attempt.ended_at)
+        .join(Run, Attempt.run_id == Run.id)
+        .join(Study, Run.study_id == Study.id)
+        .where(Study.name.in_(list(studies)), Attempt.started_at.is_not(None))
+    )
+    return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+
+def export_metrics(session: Session, studies: Sequence[str], run_ids: Sequence[str] = (),
+                   names: Sequence[str] = (), stage: str | None = None) -> list[tuple[Any, ...]]:
+    """Metric points (run id, name, epoch, step, value) of ``studies``, by run, name and epoch."""
+    query = (
+        select(Metric.run_id, Metric.name, Metric.epoch, Metric.step, Metric.value)
+        .join(Run, Metric.run_id == Run.id)
+        .join(Study, Run.study_id == Study.id)
+        .where(Study.name.in_(list(studies)))
+        .order_by(Metric.run_id, Metric.name, Metric.epoch)
+    )
+    if run_ids:
+        query = query.where(Metric.run_id.in_(list(run_ids)))
+    if names:
+        query = query.where(Metric.name.in_(list(names)))
+    if stage is not None:
+        query = query.where(Run.stage == stage)
+    return [tuple(row) for row in session.execute(query)]

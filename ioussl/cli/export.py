@@ -1,0 +1,72 @@
+"""CLI: export every run, or every run's per-epoch series, as CSV, JSON lines or Parquet."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ioussl.cli.options import DbOption, StageOption, StudiesOption, command_group
+
+export_app = command_group(help="Export the registry's runs and metric series as tables (CSV, JSON lines, Parquet).")
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+FormatOption = Annotated[
+    ExportFormat | None,
+    typer.Option("--format", help="csv, jsonl or parquet (Parquet needs pyarrow) [default: from the --output "
+                                  "suffix; csv on stdout]."),
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", metavar="<file>",
+                 help="Write here (replaced whole, never half-written) [default: stdout]."),
+]
+
+
+@export_app.command("runs")
+def export_runs(db: DbOption = None, study: StudiesOption = None, fmt: FormatOption = None,
+                output: OutputOption = None) -> None:
+    """One row per run: study, stage, run id, parent, interval, seeds, every swept setting, status, attempts,
+    GPU-hours used, DSCs (validation, test, FLARE), one DSC column per organ, best epoch, checkpoint."""
+    from ioussl.orchestration import export
+
+    chosen = export.format_for(output, fmt.value if fmt else None)
+    _wrote(export.write_frame(export.runs_frame(db, study), output, chosen))
+
+
+@export_app.command("metrics")
+def export_metrics(
+    db: DbOption = None,
+    study: StudiesOption = None,
+    run: Annotated[list[str] | None, typer.Option("--run", metavar="<id>", help="Only this run (repeatable).")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", metavar="<name>", help="Only this series, e.g. loss (repeatable).")
+    ] = None,
+    stage: StageOption = None,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+) -> None:
+    """The per-epoch series in long form: one row per run, metric and epoch, with the run's swept settings."""
+    from ioussl.cli.study import _stage
+    from ioussl.orchestration import export
+
+    chosen = export.format_for(output, fmt.value if fmt else None)
+    frame = export.metrics_frame(db, study, runs=run or [], names=metric or [], stage=_stage(stage))
+    _wrote(export.write_frame(frame, output, chosen))
+
+
+def _wrote(path: Path | None) -> None:
+    if path is not None:
+        typer.echo(f"wrote {path}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(export_app, name="export")
