@@ -30,8 +30,9 @@ class DemoSettings:
     study_file: Path = DEFAULT_STUDY
     labelled: int = 6
     unlabelled: int = 4
-    size: int = 160  # in-plane voxels: large enough that [0, 0] (disjoint 64² crops) is reachable
+    size: int = 160  # in-plane voxels
     slices: int = 16
+    spacing_mm: float = 1.1  # a small body (13-18 cm after resampling to 1 mm): still room for disjoint 64² crops
     seed: int = 0
     executor: str = "auto"  # SLURM where sbatch exists, else this machine (and it says so)
     max_parallel: int = 2
@@ -53,7 +54,7 @@ def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callabl
     _preprocess(raw, store, spec.data.crop, say)
     if split is not None:
         _split(store, split, settings, say)
-    return _run_study(settings, db, say, progress)
+    return _run_study(settings, db, say, progress, plot_dir=workdir / "plots")
 
 
 def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
@@ -66,7 +67,7 @@ def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
     say(f"1/5 synthetic CT: writing {settings.labelled} labelled + {settings.unlabelled} unlabelled cases")
     shutil.rmtree(raw, ignore_errors=True)  # a half-written dataset from an interrupted run
     synth_dataset(raw, settings.labelled, settings.unlabelled, seed=settings.seed, size=settings.size,
-                  slices=settings.slices)
+                  slices=settings.slices, spacing_mm=settings.spacing_mm)
     atomic_write_text(marker, "ok\n")
 
 
@@ -94,7 +95,7 @@ def _split(store: Path, split: Path, settings: DemoSettings, say: Say) -> None:
     say(f"3/5 split: {len(parts['train'])} train / {len(parts['val'])} val / {len(parts.get('test', []))} test")
 
 
-def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None):  # type: ignore[no-untyped-def]
+def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None, plot_dir: Path):  # type: ignore[no-untyped-def]
     from ioussl.orchestration import jobservice
     from ioussl.orchestration.service import plan_grid, report_study, status_rows
 
@@ -125,7 +126,54 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
     if progress is not None:
         progress(status_rows(db, study=name))
     say(f"5/5 runs finished{f' ({retried} retried after an interruption)' if retried else ''}; report:")
-    return report_study(db, name)
+    outcome = report_study(db, name, plot_dir=plot_dir)
+    curves = _pretrain_losses(db, name)
+    for group, runs in curves.items():
+        first, last = (sum(points[i][1] for points in runs) / len(runs) for i in (0, -1))
+        say(f"    pretraining loss {group}: {first:+.3f} (epoch 1) -> {last:+.3f} (epoch {runs[0][-1][0] + 1})")
+    if curves:
+        outcome.plots.append(_plot_losses(curves, plot_dir / "pretrain_loss_per_epoch.png"))
+    return outcome
+
+
+def _pretrain_losses(db: str, study: str) -> dict[str, list[list[tuple[int, float]]]]:
+    """The SimSiam loss per epoch of each pretraining, by group in the study's order (runs without epochs
+    left out)."""
+    from ioussl.orchestration.registry import opened, repo
+    from ioussl.orchestration.report import order_groups, study_group_order
+
+    with opened(db) as registry, registry.session(write=False) as session:
+        order = study_group_order(repo.find_study(session, study).spec)
+        pretrains = [r for r in repo.list_runs(session, study=study) if r.stage == "pretrain"]
+        series = repo.metric_series(session, [r.id for r in pretrains], "loss")
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for record in pretrains:
+        if series.get(record.id):
+            curves.setdefault(record.group, []).append(series[record.id])
+    return {group: curves[group] for group in order_groups(curves, order)}
+
+
+def _plot_losses(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> Path:
+    """One thin line per pretraining run and a thick one per group mean (the collapse figure's layout)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for colour, (group, runs) in zip(matplotlib.colormaps["tab10"].colors, curves.items(), strict=False):
+        for points in runs:
+            ax.plot([e + 1 for e, _ in points], [v for _, v in points], color=colour, alpha=0.35, lw=0.8)
+        epochs = sorted({e for points in runs for e, _ in points})
+        mean = [sum(dict(p).get(e, 0.0) for p in runs) / sum(e in dict(p) for p in runs) for e in epochs]
+        ax.plot([e + 1 for e in epochs], mean, color=colour, lw=2.2, label=group)
+    ax.set(xlabel="epoch", ylabel="SimSiam loss  (-1: the two views' embeddings agree)",
+           title="Pretraining loss per epoch (thin: runs, thick: group mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="IoU interval", title_fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def _wait_for_scheduler(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:  # type: ignore[type-arg]

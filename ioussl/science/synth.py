@@ -1,11 +1,11 @@
 """A small synthetic abdomen-like CT dataset in FLARE's layout, for the demo and for tests without FLARE.
 
 Each case is a body ellipse (fat rim, muscle wall, visceral fat) with a spine, the psoas muscles and the 13
-FLARE organs as jittered ellipsoids and tubes in roughly anatomical places, in HU values that follow the
-thesis' Table 2.1 (air -1000, fat -100, water 0, muscle 50, bone > 250) for a contrast-enhanced scan
-(vessels, kidneys, liver and spleen brighter than the fat around them), plus noise. Volumes are written as real NIfTI
-files with varied voxel spacing and a random axis orientation in the header, so preprocessing has to
-reorient and resample them like real scans.
+FLARE organs as jittered ellipsoids and tubes in roughly anatomical places, plus noise. Tissues follow the
+thesis' Table 2.1 (air -1000, fat -100, muscle 50, bone > 250); the organs are those of a contrast-enhanced
+scan with their contrast exaggerated (see ``ORGANS``), so that the demo's tiny network learns them in
+minutes. Volumes are written as real NIfTI files with varied voxel spacing and a random axis orientation in
+the header, so preprocessing has to reorient and resample them like real scans.
 """
 
 from __future__ import annotations
@@ -18,25 +18,25 @@ import numpy as np
 from ioussl.errors import DataError
 
 # organ: (label, HU, centre (x, y, z) in [-1, 1]^2 x [0, 1], radii; z radius None = a tube along z).
-# RAS: +x is the patient's right, +y anterior, +z superior. HU of a portal-venous-phase CT (enhanced vessels,
-# kidney cortex, liver and spleen brighter than the fat around them; bile and stomach contents near water),
-# chosen so that no two neighbouring organs share a value. Sizes are those of an adult abdomen relative to
-# the body, the smallest organs (adrenals, oesophagus, gallbladder) enlarged so that a few hundred training
-# steps on a CPU can find them.
+# RAS: +x is the patient's right, +y anterior, +z superior. A contrast-enhanced scan with positive oral
+# contrast (stomach and duodenum bright), its contrast exaggerated: every organ has its own HU, 30 HU or more
+# from any other organ's and from fat (-100 / -80) and muscle (50), about 0.03 of the [-500, 500] window the
+# network sees, against noise of 12 HU. Sizes are those of an adult abdomen relative to the body, the smallest
+# organs (adrenals, oesophagus, gallbladder) enlarged, so that a few hundred CPU training steps can find them.
 ORGANS: dict[str, tuple[int, float, tuple[float, float, float], tuple[float, float, float | None]]] = {
-    "liver": (1, 105.0, (0.42, 0.08, 0.62), (0.36, 0.38, 0.34)),
-    "right kidney": (2, 195.0, (0.42, -0.42, 0.38), (0.14, 0.17, 0.2)),
-    "spleen": (3, 135.0, (-0.52, -0.18, 0.62), (0.17, 0.22, 0.2)),
-    "pancreas": (4, 80.0, (-0.08, -0.08, 0.46), (0.3, 0.09, 0.1)),
-    "aorta": (5, 250.0, (-0.06, -0.33, 0.5), (0.085, 0.085, None)),
-    "inferior vena cava": (6, 160.0, (0.13, -0.29, 0.5), (0.085, 0.075, None)),
-    "right adrenal gland": (7, 20.0, (0.27, -0.4, 0.66), (0.08, 0.07, 0.1)),
-    "left adrenal gland": (8, 20.0, (-0.27, -0.4, 0.66), (0.08, 0.07, 0.1)),
-    "gallbladder": (9, 0.0, (0.34, 0.32, 0.46), (0.11, 0.1, 0.11)),
-    "esophagus": (10, 35.0, (-0.06, -0.2, 0.9), (0.075, 0.075, 0.12)),
-    "stomach": (11, 10.0, (-0.32, 0.22, 0.66), (0.22, 0.2, 0.2)),
-    "duodenum": (12, 45.0, (0.14, 0.03, 0.36), (0.14, 0.09, 0.1)),
-    "left kidney": (13, 195.0, (-0.42, -0.42, 0.4), (0.14, 0.17, 0.2)),
+    "liver": (1, 140.0, (0.42, 0.08, 0.62), (0.36, 0.38, 0.34)),
+    "right kidney": (2, 320.0, (0.42, -0.42, 0.38), (0.14, 0.17, 0.2)),
+    "spleen": (3, 230.0, (-0.52, -0.18, 0.62), (0.17, 0.22, 0.2)),
+    "pancreas": (4, 95.0, (-0.08, -0.08, 0.46), (0.3, 0.09, 0.1)),
+    "aorta": (5, 440.0, (-0.06, -0.33, 0.5), (0.085, 0.085, None)),
+    "inferior vena cava": (6, 275.0, (0.13, -0.29, 0.5), (0.085, 0.075, None)),
+    "right adrenal gland": (7, 185.0, (0.27, -0.4, 0.66), (0.08, 0.07, 0.1)),
+    "left adrenal gland": (8, 185.0, (-0.27, -0.4, 0.66), (0.08, 0.07, 0.1)),
+    "gallbladder": (9, -40.0, (0.34, 0.32, 0.46), (0.11, 0.1, 0.11)),
+    "esophagus": (10, 5.0, (-0.06, -0.2, 0.9), (0.075, 0.075, 0.12)),
+    "stomach": (11, 410.0, (-0.32, 0.22, 0.66), (0.22, 0.2, 0.2)),
+    "duodenum": (12, 365.0, (0.14, 0.03, 0.36), (0.14, 0.09, 0.1)),
+    "left kidney": (13, 320.0, (-0.42, -0.42, 0.4), (0.14, 0.17, 0.2)),
 }
 AIR_HU, FAT_HU, MUSCLE_HU, BONE_HU = -1000.0, -100.0, 50.0, 500.0
 VISCERAL_FAT_HU = -80.0  # the fat between the organs (mesentery), a little denser than subcutaneous fat

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ioussl.errors import DataError
-from ioussl.science.synth import FAT_HU, ORGANS, synth_dataset, synth_volume
+from ioussl.science.synth import FAT_HU, MUSCLE_HU, ORGANS, synth_dataset, synth_volume
 
 SHAPE = (144, 120, 24)
 
@@ -55,8 +55,8 @@ def test_organs_have_their_own_hu_but_for_left_right_pairs():
     """Only the two kidneys and the two adrenals share a value (position tells those apart)."""
     values = sorted(hu for _, hu, *_ in ORGANS.values())
     assert len(set(values)) == len(values) - 2
-    assert min(b - a for a, b in zip(sorted(set(values)), sorted(set(values))[1:], strict=False)) >= 10.0
-    assert min(values) > FAT_HU + 50
+    assert min(b - a for a, b in zip(sorted(set(values)), sorted(set(values))[1:], strict=False)) >= 30.0
+    assert min(values) >= FAT_HU + 60 and all(abs(hu - MUSCLE_HU) >= 45 for hu in values)
 
 
 def test_spacing_sets_the_body_size_in_mm(tmp_path):
