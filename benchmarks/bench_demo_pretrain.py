@@ -41,7 +41,7 @@ def demo_data(root: Path, crop: int) -> Path:
 
     settings = DemoSettings()
     synth_dataset(root / "raw", settings.labelled, settings.unlabelled, seed=settings.seed, size=settings.size,
-                  slices=settings.slices)  # fmt: skip
+                  slices=settings.slices, spacing_mm=settings.spacing_mm)  # fmt: skip
     preprocess_dataset(root / "raw", root / "store", PreprocessSettings(min_size=crop), workers=2)
     return root / "store"
 
