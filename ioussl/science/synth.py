@@ -2,9 +2,9 @@
 
 Each case is a body ellipse (fat rim, muscle wall, visceral fat) with a spine, the psoas muscles and the 13
 FLARE organs as jittered ellipsoids and tubes in roughly anatomical places, plus noise. Tissues follow the
-thesis' Table 2.1 (air -1000, fat -100, muscle 50, bone > 250); the organs are those of a contrast-enhanced
-scan with their contrast exaggerated (see ``ORGANS``), so that the demo's tiny network learns them in
-minutes. Volumes are written as real NIfTI files with varied voxel spacing and a random axis orientation in
+thesis' Table 2.1 (air -1000, fat -100, muscle 50, bone > 250); the organs' HU are not a real scan's but
+spread over the whole window, one value per organ (see ``ORGANS``), so that the demo's tiny network learns
+them in minutes. Volumes are written as real NIfTI files with varied voxel spacing and a random axis orientation in
 the header, so preprocessing has to reorient and resample them like real scans.
 """
 
@@ -18,25 +18,26 @@ import numpy as np
 from ioussl.errors import DataError
 
 # organ: (label, HU, centre (x, y, z) in [-1, 1]^2 x [0, 1], radii; z radius None = a tube along z).
-# RAS: +x is the patient's right, +y anterior, +z superior. A contrast-enhanced scan with positive oral
-# contrast (stomach and duodenum bright), its contrast exaggerated: every organ has its own HU, 30 HU or more
-# from any other organ's and from fat (-100 / -80) and muscle (50), about 0.03 of the [-500, 500] window the
-# network sees, against noise of 12 HU. Sizes are those of an adult abdomen relative to the body, the smallest
-# organs (adrenals, oesophagus, gallbladder) enlarged, so that a few hundred CPU training steps can find them.
+# RAS: +x is the patient's right, +y anterior, +z superior. Not the HU of a real scan: every organ, left and
+# right included, has its own value, 60 HU or more from any other organ's and 45 or more from fat (-100 /
+# -80) and muscle (50), spread over the whole [-500, 500] window the network sees (about 0.06 of it per step,
+# against noise of 12 HU), so that the demo's tiny network tells them apart within a few hundred CPU steps.
+# Sizes are those of an adult abdomen relative to the body, the smallest organs (adrenals, oesophagus,
+# gallbladder) enlarged.
 ORGANS: dict[str, tuple[int, float, tuple[float, float, float], tuple[float, float, float | None]]] = {
-    "liver": (1, 140.0, (0.42, 0.08, 0.62), (0.36, 0.38, 0.34)),
-    "right kidney": (2, 320.0, (0.42, -0.42, 0.38), (0.14, 0.17, 0.2)),
-    "spleen": (3, 230.0, (-0.52, -0.18, 0.62), (0.17, 0.22, 0.2)),
-    "pancreas": (4, 95.0, (-0.08, -0.08, 0.46), (0.3, 0.09, 0.1)),
-    "aorta": (5, 440.0, (-0.06, -0.33, 0.5), (0.085, 0.085, None)),
-    "inferior vena cava": (6, 275.0, (0.13, -0.29, 0.5), (0.085, 0.075, None)),
-    "right adrenal gland": (7, 185.0, (0.27, -0.4, 0.66), (0.08, 0.07, 0.1)),
-    "left adrenal gland": (8, 185.0, (-0.27, -0.4, 0.66), (0.08, 0.07, 0.1)),
-    "gallbladder": (9, -40.0, (0.34, 0.32, 0.46), (0.11, 0.1, 0.11)),
-    "esophagus": (10, 5.0, (-0.06, -0.2, 0.9), (0.075, 0.075, 0.12)),
-    "stomach": (11, 410.0, (-0.32, 0.22, 0.66), (0.22, 0.2, 0.2)),
-    "duodenum": (12, 365.0, (0.14, 0.03, 0.36), (0.14, 0.09, 0.1)),
-    "left kidney": (13, 320.0, (-0.42, -0.42, 0.4), (0.14, 0.17, 0.2)),
+    "liver": (1, 170.0, (0.42, 0.08, 0.62), (0.36, 0.38, 0.34)),
+    "right kidney": (2, 410.0, (0.42, -0.42, 0.38), (0.14, 0.17, 0.2)),
+    "spleen": (3, 290.0, (-0.52, -0.18, 0.62), (0.17, 0.22, 0.2)),
+    "pancreas": (4, -280.0, (-0.08, -0.08, 0.46), (0.3, 0.09, 0.1)),
+    "aorta": (5, 470.0, (-0.06, -0.33, 0.5), (0.085, 0.085, None)),
+    "inferior vena cava": (6, 350.0, (0.13, -0.29, 0.5), (0.085, 0.075, None)),
+    "right adrenal gland": (7, -400.0, (0.27, -0.4, 0.66), (0.08, 0.07, 0.1)),
+    "left adrenal gland": (8, -340.0, (-0.27, -0.4, 0.66), (0.08, 0.07, 0.1)),
+    "gallbladder": (9, -220.0, (0.34, 0.32, 0.46), (0.11, 0.1, 0.11)),
+    "esophagus": (10, -460.0, (-0.06, -0.2, 0.9), (0.075, 0.075, 0.12)),
+    "stomach": (11, 230.0, (-0.32, 0.22, 0.66), (0.22, 0.2, 0.2)),
+    "duodenum": (12, -160.0, (0.14, 0.03, 0.36), (0.14, 0.09, 0.1)),
+    "left kidney": (13, 110.0, (-0.42, -0.42, 0.4), (0.14, 0.17, 0.2)),
 }
 AIR_HU, FAT_HU, MUSCLE_HU, BONE_HU = -1000.0, -100.0, 50.0, 500.0
 VISCERAL_FAT_HU = -80.0  # the fat between the organs (mesentery), a little denser than subcutaneous fat

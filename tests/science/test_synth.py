@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ioussl.errors import DataError
-from ioussl.science.synth import FAT_HU, MUSCLE_HU, ORGANS, synth_dataset, synth_volume
+from ioussl.science.synth import FAT_HU, MUSCLE_HU, ORGANS, VISCERAL_FAT_HU, synth_dataset, synth_volume
 
 SHAPE = (144, 120, 24)
 
@@ -51,12 +51,14 @@ def test_organs_stand_out_from_their_surroundings(seed):
         assert contrast >= 30.0, f"{name}: {contrast:.1f} HU against its surroundings"
 
 
-def test_organs_have_their_own_hu_but_for_left_right_pairs():
-    """Only the two kidneys and the two adrenals share a value (position tells those apart)."""
+def test_organs_have_their_own_hu_spread_over_the_window():
+    """Every organ, left and right included, has its own HU, 60 HU or more from any other organ's and 45 or
+    more from fat, visceral fat and muscle; together they span most of the [-500, 500] window."""
     values = sorted(hu for _, hu, *_ in ORGANS.values())
-    assert len(set(values)) == len(values) - 2
-    assert min(b - a for a, b in zip(sorted(set(values)), sorted(set(values))[1:], strict=False)) >= 30.0
-    assert min(values) >= FAT_HU + 60 and all(abs(hu - MUSCLE_HU) >= 45 for hu in values)
+    assert len(set(values)) == len(values) == 13
+    assert min(b - a for a, b in zip(values, values[1:], strict=False)) >= 60.0
+    assert all(abs(hu - tissue) >= 45 for hu in values for tissue in (FAT_HU, VISCERAL_FAT_HU, MUSCLE_HU))
+    assert values[0] <= -400 and values[-1] >= 400
 
 
 def test_spacing_sets_the_body_size_in_mm(tmp_path):
