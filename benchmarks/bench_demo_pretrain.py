@@ -8,7 +8,7 @@ Variants, interleaved run by run so that load drift on a shared machine hits all
 - ``before``: another checkout given with ``--before DIR`` (e.g. ``git archive 40baa52 | tar -x -C DIR``),
   whose configs have no ``augment_on``.
 
-    python benchmarks/bench_demo_pretrain.py [--before DIR] [--runs 10]
+    python benchmarks/bench_demo_pretrain.py [--before DIR] [--runs 6]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def demo_data(root: Path, crop: int) -> Path:
 
     settings = DemoSettings()
     synth_dataset(root / "raw", settings.labelled, settings.unlabelled, seed=settings.seed, size=settings.size,
-                  slices=settings.slices)  # fmt: skip
+                  slices=settings.slices, spacing_mm=settings.spacing_mm)  # fmt: skip
     preprocess_dataset(root / "raw", root / "store", PreprocessSettings(min_size=crop), workers=2)
     return root / "store"
 
@@ -87,7 +87,7 @@ def variant_config(config: dict, variant: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, default=None, help="a checkout of the code to compare with")
-    parser.add_argument("--runs", type=int, default=10, help="how many of the demo's pretrainings (10 in all)")
+    parser.add_argument("--runs", type=int, default=6, help="how many of the demo's pretrainings (6 in all)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
     variants = {"device": REPO, "loader": REPO, **({"before": args.before.resolve()} if args.before else {})}

@@ -34,8 +34,9 @@ class DemoSettings:
     study_file: Path = DEFAULT_STUDY
     labelled: int = 6
     unlabelled: int = 4
-    size: int = 160  # in-plane voxels: large enough that [0, 0] (disjoint 64² crops) is reachable
+    size: int = 160  # in-plane voxels
     slices: int = 16
+    spacing_mm: float = 1.1  # a small body (13-18 cm after resampling to 1 mm): still room for disjoint 64² crops
     seed: int = 0
     executor: str = "auto"  # SLURM where sbatch exists, else this machine (and it says so)
     max_parallel: int = 2
@@ -57,7 +58,7 @@ def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callabl
     _preprocess(raw, store, max([spec.data.crop, *spec.sweep.values().get("data.crop", [])]), say)
     if split is not None:
         _split(store, split, settings, say)
-    return _run_study(settings, db, say, progress)
+    return _run_study(settings, db, say, progress, plot_dir=workdir / "plots")
 
 
 def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
@@ -70,7 +71,7 @@ def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
     say(f"1/5 synthetic CT: writing {settings.labelled} labelled + {settings.unlabelled} unlabelled cases")
     shutil.rmtree(raw, ignore_errors=True)  # a half-written dataset from an interrupted run
     synth_dataset(raw, settings.labelled, settings.unlabelled, seed=settings.seed, size=settings.size,
-                  slices=settings.slices)
+                  slices=settings.slices, spacing_mm=settings.spacing_mm)
     atomic_write_text(marker, "ok\n")
 
 
@@ -99,7 +100,7 @@ def _split(store: Path, split: Path, settings: DemoSettings, say: Say) -> None:
     say(f"3/5 split: {len(parts['train'])} train / {len(parts['val'])} val / {len(parts.get('test', []))} test")
 
 
-def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None):  # type: ignore[no-untyped-def]
+def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None, plot_dir: Path):  # type: ignore[no-untyped-def]
     from ioussl.orchestration.service import plan_grid, report_study, status_rows
 
     outcome = plan_grid(settings.study_file, db)
@@ -126,7 +127,11 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
     if progress is not None:
         progress(status_rows(db, study=name))
     say(f"5/5 runs finished{f' ({retried} retried after an interruption)' if retried else ''}; report:")
-    return report_study(db, name)
+    outcome = report_study(db, name, plot_dir=plot_dir)
+    for group, runs in outcome.pretrain_losses.items():
+        first, last = (sum(points[i][1] for points in runs) / len(runs) for i in (0, -1))
+        say(f"    pretraining loss {group}: {first:+.3f} (epoch 1) -> {last:+.3f} (epoch {runs[0][-1][0] + 1})")
+    return outcome
 
 
 def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | None) -> None:  # type: ignore[type-arg]

@@ -72,6 +72,14 @@ def plot_collapse(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], p
     return _save(collapse_figure(curves), path)
 
 
+def plot_pretrain_loss(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], path: Path) -> Path:
+    """The SimSiam loss per epoch as a PNG, laid out as the collapse figure (y-range fitted, not [0, 1])."""
+    fig = curves_figure(curves, ylabel="SimSiam loss  (-1: the two views' embeddings agree)",
+                        title="Pretraining loss per epoch (thin: runs, thick: group mean)", unit_range=False,
+                        legend_title="IoU interval")
+    return _save(fig, path)
+
+
 def _fitted_range(values: Sequence[float]) -> tuple[float, float]:
     """The data's range with a margin (at least 0.01 either side), kept within [0, 1] where the data is."""
     finite = [v for v in values if math.isfinite(v)]

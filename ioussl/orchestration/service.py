@@ -147,6 +147,7 @@ class ReportOutcome:
     report: Report
     plots: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one line per figure not drawn, and why
+    pretrain_losses: Curves = field(default_factory=dict)  # with figures: the SimSiam loss per epoch, by row
 
 
 def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 0, plot_dir: Path | None = None,
@@ -170,13 +171,14 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         orders = {row.name: StudyOrder.of(row.spec, study_group_order(row.spec)) for row in studies}
         records = [record for row in studies for record in repo.list_runs(session, study=row.name)]
         footer = provenance_footer(session, records, registry.location)
-        curves = _metric_curves(session, records, (axes, orders), "pretrain", "collapse") if plot_dir else {}
+        curves = {metric: _metric_curves(session, records, (axes, orders), "pretrain", metric)
+                  for metric in ("collapse", "loss")} if plot_dir else {}
         html_series = _html_series(session, records, (axes, orders)) if html_path else {}
         per_organ = repo.result_per_organ(session, [r.id for r in records if r.stage == "finetune"]) \
             if html_path else {}
     report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders)
     report = dataclasses.replace(report, footer=footer)
-    outcome = ReportOutcome(report)
+    outcome = ReportOutcome(report, pretrain_losses=curves.get("loss", {}))
     if plot_dir:
         _write_plots(outcome, curves, records, plot_dir, pairs_json)
     if html_path:
@@ -263,16 +265,19 @@ def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: d
     outcome.plots.append(path)
 
 
-def _write_plots(outcome: ReportOutcome, curves: Curves, records: list[repo.RunRecord], plot_dir: Path,
+def _write_plots(outcome: ReportOutcome, curves: dict[str, Curves], records: list[repo.RunRecord], plot_dir: Path,
                  pairs_json: Path | None) -> None:
+    """The DSC per group, the collapse and the pretraining loss per epoch, the pair analysis if given."""
     from ioussl.orchestration import plots
 
     if any(row.values for row in outcome.report.rows):
         outcome.plots.append(plots.plot_dsc(outcome.report, plot_dir / "dsc_per_group.png"))
-    if curves:
-        outcome.plots.append(plots.plot_collapse(curves, plot_dir / "collapse_per_epoch.png"))
+    if curves["collapse"]:
+        outcome.plots.append(plots.plot_collapse(curves["collapse"], plot_dir / "collapse_per_epoch.png"))
     else:
         outcome.skipped.append(f"collapse plot skipped: {_no_collapse_reason(records)}")
+    if curves["loss"]:
+        outcome.plots.append(plots.plot_pretrain_loss(curves["loss"], plot_dir / "pretrain_loss_per_epoch.png"))
     if pairs_json is not None:
         outcome.plots.append(plots.plot_pairs(plots.read_pairs(pairs_json), plot_dir / "pair_semantics.png"))
     if not outcome.plots:

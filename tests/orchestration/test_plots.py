@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ioussl.cli import app
 from ioussl.orchestration.importing import import_results
-from ioussl.orchestration.plots import collapse_figure, dsc_figure, plot_collapse
+from ioussl.orchestration.plots import collapse_figure, dsc_figure, plot_collapse, plot_pretrain_loss
 from ioussl.orchestration.service import report_study
 
 
@@ -56,6 +56,19 @@ def test_collapse_range_stays_sane_for_flat_and_empty_data():
     assert flat[0] < 0.5 < flat[1] and flat[1] - flat[0] < 0.1
     nan = collapse_figure({"a": [[(0, math.nan)]]}).axes[0].get_ylim()
     assert nan == (0.0, 1.0)
+
+
+def test_pretrain_loss_plot_fits_negative_losses_and_labels_its_groups(tmp_path):
+    curves = {"[0, 0]": [[(0, -0.01), (1, -0.2), (2, -0.4)], [(0, -0.02), (1, -0.25), (2, -0.45)]],
+              "random crop [0, 1]": [[(0, -0.01), (1, -0.1)]]}  # a shorter run: its mean uses what exists
+    path = plot_pretrain_loss(curves, tmp_path / "loss.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from ioussl.orchestration.plots import curves_figure
+
+    ax = curves_figure(curves, ylabel="loss", title="t", unit_range=False).axes[0]
+    bottom, top = ax.get_ylim()
+    assert -0.5 < bottom < -0.45 and -0.01 < top < 0.05  # fitted to the losses, not clamped to [0, 1]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["[0, 0]", "random crop [0, 1]"]
 
 
 def test_plots_are_png_files(tmp_path):

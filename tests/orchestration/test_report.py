@@ -116,13 +116,20 @@ def test_plots_are_written_from_recorded_series(thesis_db, tmp_path):
         pretrains = repo.list_runs(session, study="thesis", stage="pretrain")
         for n, record in enumerate(pretrains):
             repo.record_metrics(session, record.id, [("collapse", e, None, 1.0 / (e + 1 + n)) for e in range(5)])
+            if record.group == "[0.3, 0.6]":  # the loss figure draws whichever runs recorded a loss
+                repo.record_metrics(session, record.id, [("loss", e, None, -0.1 * e - 0.01 * n) for e in range(5)])
     pairs = tmp_path / "pairs.json"
     pairs.write_text('[{"i_min": 0, "i_max": 0, "fraction": 0.2}, {"i_min": 0.3, "i_max": 0.6, "fraction": 0.8}]')
     outcome = report_study(thesis_db, "thesis", plot_dir=tmp_path / "fig", pairs_json=pairs)
     names = sorted(p.name for p in outcome.plots)
-    assert names == ["collapse_per_epoch.png", "dsc_per_group.png", "pair_semantics.png"]
+    assert names == ["collapse_per_epoch.png", "dsc_per_group.png", "pair_semantics.png",
+                     "pretrain_loss_per_epoch.png"]
     for path in outcome.plots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert list(outcome.pretrain_losses) == ["[0.3, 0.6]"] and len(outcome.pretrain_losses["[0.3, 0.6]"]) == 2
+    series = outcome.pretrain_losses["[0.3, 0.6]"][0]
+    assert [e for e, _ in series] == [0, 1, 2, 3, 4]
+    assert [b - a for (_, a), (_, b) in zip(series, series[1:])] == pytest.approx([-0.1] * 4)
 
 
 def test_footer_names_registry_fingerprint_and_imports(thesis_db):

@@ -85,8 +85,10 @@ def test_synthetic_round_trip_headers_vary(synth_dir, synth_store):
     vol, label = synth_store.volume("SYN_Tr_0001")
     assert vol.shape[1] >= 96 and vol.shape[2] >= 96
     hu = vol * 1000 - 500
-    assert 100 < float(np.median(hu[label == 5])) < 260  # contrast-enhanced aorta
-    assert -50 < float(np.median(hu[label == 1])) < 150  # liver
+    from ioussl.science.synth import ORGANS
+
+    for organ, code in (("aorta", 5), ("liver", 1)):  # the phantom's HU survive reorientation and resampling
+        assert abs(float(np.median(hu[label == code])) - ORGANS[organ][1]) < 40, organ
 
 
 def test_resume_skips_done_cases_and_redoes_missing(synth_dir, tmp_path):
