@@ -1,4 +1,12 @@
-"""Run the test suite and say plainly whether the SLURM and PostgreSQL tests will run or be skipped."""
+"""Run the test suite and say plainly whether the SLURM and PostgreSQL tests will run or be skipped.
+
+By default two pytest processes run side by side: the SLURM integration tests (`-m slurm`) one after another
+in one process, since they share one test cluster and read its queue, and the rest of the suite on
+pytest-xdist workers, one per core. The SLURM tests mostly wait for the scheduler, so the two overlap well.
+(pytest-xdist's `xdist_group` would do this in one process, but with pytest 9.2 and pytest-xdist 3.8 the
+group never reaches the scheduler.) Arguments are passed to both; a `-m`, `-n` or `-p no:xdist` of the
+caller runs exactly one pytest, as given.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,51 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 
 def main() -> int:
+    say_services()
+    args = sys.argv[1:]
+    workers = xdist_workers(args)
+    if workers is None:
+        return subprocess.call([sys.executable, "-m", "pytest", *args])
+    print(f"pytest-xdist: the SLURM tests in one process, the rest on {workers} worker(s) beside it "
+          "($IOUSSL_TEST_WORKERS to change, 0 for one process); the SLURM tests' report follows the rest.",
+          flush=True)
+    with tempfile.TemporaryFile("w+") as slurm_log:
+        slurm = subprocess.Popen([sys.executable, "-m", "pytest", "-m", "slurm", "-p", "no:xdist", *args],
+                                 stdout=slurm_log, stderr=subprocess.STDOUT, text=True)
+        rest = subprocess.call([sys.executable, "-m", "pytest", "-m", "not slurm", "-n", workers, *args])
+        slurm_code = slurm.wait()
+        slurm_log.seek(0)
+        print("\n===== the SLURM integration tests (-m slurm) =====", flush=True)
+        sys.stdout.write(slurm_log.read())
+    return combined(rest, slurm_code)
+
+
+def combined(*codes: int) -> int:
+    """0 when every part passed or had nothing to run (pytest's 5), else the first failure's code."""
+    if all(code == 5 for code in codes):
+        return 5
+    failed = [code for code in codes if code not in (0, 5)]
+    return failed[0] if failed else 0
+
+
+def xdist_workers(args: list[str]) -> str | None:
+    """How many xdist workers for the non-SLURM tests, or None to run one pytest exactly as asked."""
+    if any(a.startswith(("-m", "-n", "--numprocesses")) or a == "no:xdist" for a in args):
+        return None
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        print("pytest-xdist is not installed: the tests run in one process (`make install` adds it).")
+        return None
+    workers = os.environ.get("IOUSSL_TEST_WORKERS") or str(os.cpu_count() or 1)
+    return None if workers == "0" else workers
+
+
+def say_services() -> None:
     cluster = shutil.which("sbatch") and subprocess.run(
         ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True
     ).returncode == 0
@@ -30,27 +80,6 @@ def main() -> int:
         )
     if os.environ.get("IOUSSL_REQUIRE_SERVICES", "") not in ("", "0"):
         print("$IOUSSL_REQUIRE_SERVICES is set: a missing SLURM cluster or PostgreSQL server FAILS its tests.")
-    return subprocess.call([sys.executable, "-m", "pytest", *parallel_args(sys.argv[1:]), *sys.argv[1:]])
-
-
-def parallel_args(args: list[str]) -> list[str]:
-    """pytest-xdist workers: one more than the cores (the SLURM tests mostly wait), unless told otherwise.
-
-    `--dist loadgroup` keeps the SLURM tests on one worker, one after another (tests/conftest.py marks
-    them); `IOUSSL_TEST_WORKERS=0` or a `-n`/`-p no:xdist` of the caller runs everything in one process.
-    """
-    if any(a == "-n" or a.startswith(("-n", "--numprocesses")) or a == "no:xdist" for a in args):
-        return []
-    try:
-        import xdist  # noqa: F401
-    except ImportError:
-        print("pytest-xdist is not installed: the tests run in one process (`make install` adds it).")
-        return []
-    workers = os.environ.get("IOUSSL_TEST_WORKERS") or str((os.cpu_count() or 1) + 1)
-    if workers == "0":
-        return []
-    print(f"pytest-xdist: {workers} workers ($IOUSSL_TEST_WORKERS to change, 0 for one process).", flush=True)
-    return ["-n", workers, "--dist", "loadgroup"]
 
 
 if __name__ == "__main__":
