@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -129,7 +130,7 @@ def test_plots_are_written_from_recorded_series(thesis_db, tmp_path):
     assert list(outcome.pretrain_losses) == ["[0.3, 0.6]"] and len(outcome.pretrain_losses["[0.3, 0.6]"]) == 2
     series = outcome.pretrain_losses["[0.3, 0.6]"][0]
     assert [e for e, _ in series] == [0, 1, 2, 3, 4]
-    assert [b - a for (_, a), (_, b) in zip(series, series[1:])] == pytest.approx([-0.1] * 4)
+    assert [b - a for (_, a), (_, b) in itertools.pairwise(series)] == pytest.approx([-0.1] * 4)
 
 
 def test_footer_names_registry_fingerprint_and_imports(thesis_db):
