@@ -44,9 +44,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]
     n = len(values)
     if n < 2:
         return None
-    mean = sum(values) / n
-    sample_std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile(n - 1, level) * sample_std / math.sqrt(n)
+    mean, variance = _mean_var(values)
+    half = t_quantile(n - 1, level) * math.sqrt(variance / n)
     return mean - half, mean + half
 
 
@@ -61,8 +60,7 @@ def paired_t_pvalue(values: Sequence[float], matched: Sequence[float]) -> float 
     if len(differences) < 2 or _no_spread(differences):
         return None
     n = len(differences)
-    mean = sum(differences) / n
-    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    mean, variance = _mean_var(differences)
     return _two_sided_p(mean / math.sqrt(variance / n), n - 1)
 
 
