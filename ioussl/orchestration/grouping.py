@@ -119,8 +119,16 @@ def sort_keys(keys: Iterable[GroupKey], orders: Mapping[str, StudyOrder]) -> lis
         present = {value for key in keys if key.study == study for axis, value in key.values if axis == INTERVAL}
         group_rank[study] = {g: i for i, g in enumerate(order_groups(present, orders.get(study, StudyOrder()).groups))}
 
+    # Each listed value's position, looked up rather than searched for: a sweep's report sorts thousands of keys.
+    listed: dict[tuple[str, str], dict[Value, int]] = {}
+    for study, order in orders.items():
+        for axis, values in order.values.items():
+            positions: dict[Value, int] = {}
+            for i, value in enumerate(values):
+                positions.setdefault(value, i)  # the first, as tuple.index finds it
+            listed[(study, axis)] = positions
+
     def rank(key: GroupKey) -> tuple[Any, ...]:
-        order = orders.get(key.study, StudyOrder())
         ranks: list[tuple[Any, ...]] = []
         for axis, value in key.values:
             if axis == INTERVAL:
@@ -128,8 +136,9 @@ def sort_keys(keys: Iterable[GroupKey], orders: Mapping[str, StudyOrder]) -> lis
             elif value is None:
                 ranks.append((-1,))
             else:
-                listed = order.values.get(axis, ())
-                ranks.append((listed.index(value),) if value in listed else (len(listed), natural_order(value)))
+                positions = listed.get((key.study, axis), {})
+                at = positions.get(value)
+                ranks.append((at,) if at is not None else (len(positions), natural_order(value)))
         return (study_rank.get(key.study, len(study_rank)), key.study, *ranks, not key.baseline)
 
     return sorted(keys, key=rank)

@@ -14,11 +14,10 @@ with several studies, each study is its own family for Holm's correction.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ioussl.orchestration import grouping, statistics
@@ -102,13 +101,21 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_
                      if score(r, cases[key]) is None)
     several = len(orders) > 1
     baselines = grouping.Baselines(groups)
-    rows = []
+    compared_with: dict[GroupKey, BaselineScores] = {}  # a baseline row's scores, indexed once for all its rows
+    fields = []
     for key in grouping.sort_keys(groups, orders):
         base_key = baselines.of(key)
-        baseline = groups[base_key] if base_key is not None else []
-        row = _row(key.label(several), groups[key], ddof, baseline, cases[key], is_baseline=key.baseline)
-        rows.append(replace(row, axes=key.axes(), study=key.study))
-    return Report(study, ddof, with_holm(rows), left_out, max((row.planned for row in rows), default=0),
+        # A setting is compared with its baseline row only on the same cases (and never with itself).
+        baseline = None
+        if base_key is not None and cases[base_key] == cases[key]:
+            baseline = compared_with.get(base_key) or compared_with.setdefault(
+                base_key, BaselineScores.of(groups[base_key], cases[key]))
+        fields.append({**_row_fields(groups[key], ddof, baseline, cases[key], is_baseline=key.baseline),
+                       "group": key.label(several), "axes": key.axes(), "study": key.study})
+    # Each row is built once, Holm's p included: a sweep's report has thousands of rows, and a frozen
+    # dataclass costs as much to copy with dataclasses.replace as to build.
+    rows = tuple(GroupRow(**row) for row in with_holm(fields))
+    return Report(study, ddof, rows, left_out, max((row.planned for row in rows), default=0),
                   by=tuple(by), studies=tuple(orders))
 
 
@@ -130,17 +137,17 @@ def _left_out(record: RunRecord, cases: str) -> str:
     return f"run {record.id} ({record.group}): {why}"
 
 
-def with_holm(rows: Sequence[GroupRow]) -> tuple[GroupRow, ...]:
-    """Rows with Holm-adjusted p-values, the family being every setting of the same study tested against
-    its baseline (a study's p Holm does not change when another study is reported beside it)."""
-    adjusted: dict[int, tuple[float | None, float | None]] = {}
-    for study in dict.fromkeys(row.study for row in rows):
-        index = [i for i, row in enumerate(rows) if row.study == study]
-        paired = statistics.holm([rows[i].p_paired for i in index])
-        welch = statistics.holm([rows[i].p_welch for i in index])
-        adjusted.update({i: (p, w) for i, p, w in zip(index, paired, welch, strict=True)})
-    return tuple(dataclasses.replace(row, p_paired_holm=adjusted[i][0], p_welch_holm=adjusted[i][1])
-                 for i, row in enumerate(rows))
+def with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows' fields (:class:`GroupRow`'s) with Holm-adjusted p-values added, the family being every setting of
+    the same study tested against its baseline (a study's p Holm does not change when another study is
+    reported beside it)."""
+    for study in dict.fromkeys(row["study"] for row in rows):
+        family = [row for row in rows if row["study"] == study]
+        paired = statistics.holm([row["p_paired"] for row in family])
+        welch = statistics.holm([row["p_welch"] for row in family])
+        for row, p, w in zip(family, paired, welch, strict=True):
+            row["p_paired_holm"], row["p_welch_holm"] = p, w
+    return rows
 
 
 def study_group_order(spec: Mapping[str, Any]) -> list[str]:
@@ -169,19 +176,20 @@ def in_group_order(records: Sequence[RunRecord], orders: Mapping[str, Sequence[s
     return sorted(records, key=lambda record: (record.study, rank[(record.study, record.group)]))
 
 
-def _row(name: str, runs: list[RunRecord], ddof: int, baseline: list[RunRecord], cases: str, *,
-         is_baseline: bool) -> GroupRow:
+def _row_fields(runs: list[RunRecord], ddof: int, baseline: BaselineScores | None, cases: str, *,
+                is_baseline: bool) -> dict[str, Any]:
+    """A row's numbers (GroupRow's fields but its name, axes, study and Holm's p); ``baseline``: the row it is
+    compared with, if any."""
     done = sorted((r for r in runs if score(r, cases) is not None),
                   key=lambda r: (r.pretrain_seed or 0, r.seed, r.id))
     values = tuple(_scores(done, cases))
     mean = _mean(values)
-    # A setting is compared with its baseline row only on the same cases (and never with itself).
-    compared = not is_baseline and bool(baseline) and group_cases(baseline) == cases
-    base_values = _scores(baseline, cases) if compared else []
-    pairs = _pairs(done, baseline, cases) if compared else []
+    compared = baseline is not None and not is_baseline
+    base_values = baseline.values if compared else []
+    pairs = baseline.pairs(done, cases) if compared else []
     base_mean = _mean(base_values)
-    return GroupRow(
-        group=name, values=values, run_ids=tuple(r.id for r in done), planned=len(runs), mean=mean,
+    return dict(
+        values=values, run_ids=tuple(r.id for r in done), planned=len(runs), mean=mean,
         std=_std(values, ddof), ci95=statistics.mean_ci(values),
         delta=None if mean is None or base_mean is None else mean - base_mean,
         paired_delta=_mean([a - b for a, b in pairs]), paired_n=len(pairs), cases=cases,
@@ -196,14 +204,27 @@ def _scores(runs: Iterable[RunRecord], cases: str) -> list[float]:
     return [float(value) for value in (score(r, cases) for r in runs) if value is not None]
 
 
-def _pairs(done: list[RunRecord], baseline: list[RunRecord], cases: str) -> list[tuple[float, float]]:
-    """(run, baseline) scores for each run with a baseline fine-tune of the same fine-tune seed (same data order
-    and init) and, in a sweep, the same value of each setting the baseline's runs have (their fine-tuning
-    settings)."""
-    settings = sorted({name for r in baseline for name in r.point})
-    by_key = {grouping.pair_key(r, settings): value for r in baseline if (value := score(r, cases)) is not None}
-    return [(value, by_key[key]) for r in done
-            if (key := grouping.pair_key(r, settings)) in by_key and (value := score(r, cases)) is not None]
+@dataclass(frozen=True)
+class BaselineScores:
+    """A baseline row's scores on its cases, and the same indexed by what a run is paired on."""
+
+    values: list[float]
+    settings: list[str]  # the fine-tuning settings its runs have (in a sweep), sorted
+    by_pair: dict[tuple[Any, ...], float]
+
+    @classmethod
+    def of(cls, baseline: list[RunRecord], cases: str) -> BaselineScores:
+        settings = sorted({name for r in baseline for name in r.point})
+        by_pair = {grouping.pair_key(r, settings): value for r in baseline if (value := score(r, cases)) is not None}
+        return cls(_scores(baseline, cases), settings, by_pair)
+
+    def pairs(self, done: list[RunRecord], cases: str) -> list[tuple[float, float]]:
+        """(run, baseline) scores for each run with a baseline fine-tune of the same fine-tune seed (same data
+        order and init) and, in a sweep, the same value of each setting the baseline's runs have (their
+        fine-tuning settings)."""
+        return [(value, self.by_pair[key]) for r in done
+                if (key := grouping.pair_key(r, self.settings)) in self.by_pair
+                and (value := score(r, cases)) is not None]
 
 
 def _flare_means(done: list[RunRecord]) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         curves = {metric: _metric_curves(session, records, (axes, orders), "pretrain", metric)
                   for metric in ("collapse", "loss")} if plot_dir else {}
         html_series = _html_series(session, records, (axes, orders)) if html_path else {}
-        per_organ = repo.result_per_organ(session, [r.id for r in records if r.stage == "finetune"]) \
+        per_organ = repo.result_per_organ(session, [row.name for row in studies]) \
             if html_path else {}
     report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders)
     report = dataclasses.replace(report, footer=footer)
@@ -200,7 +200,7 @@ def provenance_footer(session, records: list[repo.RunRecord], location: str) -> 
     fingerprint = hashlib.sha256(
         "\n".join(_fingerprinted(r) for r in sorted(records, key=lambda r: r.id)).encode()
     ).hexdigest()[:16]
-    commits = repo.result_commits(session, [r.id for r in records])
+    commits = repo.result_commits(session, {r.study for r in records})  # the records are whole studies
     code = ", ".join(f"{commit} ({n} run(s))" for commit, n in sorted(commits.items())) or "none recorded"
     imported = sum(r.imported and r.stage == "finetune" for r in records)
     lines = [f"registry {location}, fingerprint {fingerprint} over {len(records)} run(s)",
@@ -233,7 +233,7 @@ def _metric_curves(session, records: list[repo.RunRecord], grouping_: Grouping, 
     """
     by, orders = grouping_
     runs = [r for r in records if r.stage == stage]
-    series = repo.metric_series(session, [r.id for r in runs], metric)
+    series = repo.metric_series(session, {r.study for r in records}, stage, metric)  # whole studies
     keyed: dict[grouping.GroupKey, list[list[tuple[int, float]]]] = {}
     for record in runs:
         if record.id in series:

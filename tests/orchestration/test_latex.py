@@ -62,8 +62,7 @@ def test_a_held_out_table_with_flare_columns_and_tiny_p_compiles(repo_root, db, 
 
     def scored(r):  # type: ignore[no-untyped-def]
         test = 0.8 + (0.05 if r.group == "[0.3, 0.6]" else 0.0) + 0.001 * r.seed + 0.002 * (r.pretrain_seed or 0)
-        return r.__class__(**{**r.__dict__, "dsc": 0.9, "test_dsc": test, "flare_dsc": 0.7, "flare_nsd": 0.6,
-                              "flare_part": "test"})
+        return r._replace(dsc=0.9, test_dsc=test, flare_dsc=0.7, flare_nsd=0.6, flare_part="test")
 
     records = [scored(r) if r.stage == "finetune" else r for r in status_rows(db)]
     table = to_latex(build_report(records, "thesis-test-split"))

@@ -36,7 +36,8 @@ def test_ingested_result_records_provenance_and_the_report_names_the_commit(repo
         row = session.get(Provenance, run_id)
         assert (row.git_commit, row.git_dirty, row.host, row.device) == ("abcdef1234567890", True, "node7", "H100")
         assert row.packages == {"python": "3.11.7", "torch": "2.13.0"}
-        assert repo.result_commits(session, [run_id]) == {"abcdef1234-dirty": 1}
+        assert repo.result_commits(session, ["tiny"]) == {"abcdef1234-dirty": 1}
+        assert repo.result_commits(session, ["another study"]) == {}
     footer = report_study(db, "tiny").report.footer
     assert "abcdef1234-dirty (1 run(s))" in footer[1]
 

@@ -66,7 +66,7 @@ def test_incomplete_groups_are_marked(repo_root, db):
     records = status_rows(db, study="thesis")
     # give three of the four [0.3, 0.6] fine-tunes a DSC
     target = [r for r in records if r.group == "[0.3, 0.6]" and r.stage == "finetune"][:3]
-    faked = [r if r not in target else r.__class__(**{**r.__dict__, "dsc": 0.85}) for r in records]
+    faked = [r if r not in target else r._replace(dsc=0.85) for r in records]
     report = build_report(faked, "thesis")
     row = {r.group: r for r in report.rows}["[0.3, 0.6]"]
     assert (row.n, row.planned, row.complete) == (3, 4, False)

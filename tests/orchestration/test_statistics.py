@@ -153,8 +153,8 @@ def _with_scores(records, scores):  # type: ignore[no-untyped-def]
         values = scores(record) if record.stage == "finetune" else None
         if values is not None:
             dsc, test, flare_dsc, flare_nsd, part = values
-            record = record.__class__(**{**record.__dict__, "dsc": dsc, "test_dsc": test, "flare_dsc": flare_dsc,
-                                         "flare_nsd": flare_nsd, "flare_part": part})
+            record = record._replace(dsc=dsc, test_dsc=test, flare_dsc=flare_dsc, flare_nsd=flare_nsd,
+                                     flare_part=part)
         out.append(record)
     return out
 
