@@ -6,7 +6,8 @@ Variants, interleaved run by run so that load drift on a shared machine hits all
 - ``device``: this tree, ``data.augment_on = "device"`` (the default);
 - ``loader``: this tree, ``data.augment_on = "loader"`` (per-sample MONAI augmentations in the loader);
 - ``before``: another checkout given with ``--before DIR`` (e.g. ``git archive 40baa52 | tar -x -C DIR``),
-  whose configs have no ``augment_on``.
+  whose configs have no ``augment_on``; it reads a store that checkout's own preprocessing writes from the
+  same synthetic CT (the store format has changed since).
 
     python benchmarks/bench_demo_pretrain.py [--before DIR] [--runs 6]
 """
@@ -46,6 +47,17 @@ def demo_data(root: Path, crop: int) -> Path:
     return root / "store"
 
 
+def before_store(checkout: Path, root: Path, crop: int) -> Path:
+    """The same synthetic CT preprocessed by ``checkout``'s own code (in its own process), for its runs."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+            "from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset; "
+            "preprocess_dataset(Path(sys.argv[2]), Path(sys.argv[3]), PreprocessSettings(min_size=int(sys.argv[4])), "
+            "workers=1)")
+    subprocess.run([sys.executable, "-c", code, str(checkout), str(root / "raw"), str(root / "store-before"),
+                    str(crop)], check=True, capture_output=True)  # fmt: skip
+    return root / "store-before"
+
+
 def pretrain_configs(store: Path) -> list[dict]:
     """The demo study's pretraining configs, as planned, with the store made absolute (as jobs get it)."""
     from ioussl.orchestration.planning import expand_grid
@@ -75,10 +87,11 @@ def run_job(repo: Path, config: dict, run_dir: Path) -> dict[str, float]:
     return {"wall_s": wall, "train_s": sum(line["seconds"] for line in lines)}
 
 
-def variant_config(config: dict, variant: str) -> dict:
+def variant_config(config: dict, variant: str, store_before: Path | None) -> dict:
     data = dict(config["data"])
     if variant == "before":
         data.pop("augment_on")
+        data["store"] = str(store_before)
     else:
         data["augment_on"] = variant
     return {**config, "data": data}
@@ -96,10 +109,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as name:
         root = Path(name)
         store = demo_data(root, crop=64)
+        store_before = before_store(variants["before"], root, crop=64) if "before" in variants else None
         configs = pretrain_configs(store)[: args.runs]
         for i, config in enumerate(configs):
             for variant, repo in variants.items():
-                times[variant].append(run_job(repo, variant_config(config, variant), root / f"run{i}-{variant}"))
+                run_dir = root / f"run{i}-{variant}"
+                times[variant].append(run_job(repo, variant_config(config, variant, store_before), run_dir))
     print(f"the demo's pretrainings ({len(configs)} runs of jobs/demo.toml), one fresh process each, 1 CPU thread; "
           f"load average {load:.2f} at start, {os.getloadavg()[0]:.2f} at the end")  # fmt: skip
     summary = {}
