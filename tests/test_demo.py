@@ -18,10 +18,12 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _study(root: Path) -> Path:
+def _study(root: Path, finetune_epochs: int = 2) -> Path:
     """jobs/tiny.toml (1 pretrain -> 1 fine-tune, 1 baseline fine-tune) with its data under root/work."""
     text = (REPO / "jobs" / "tiny.toml").read_text()
     text = text.replace("../demo/", "work/").replace("../runs/tiny", "work/runs")
+    text = text.replace("batch_size = 4\nepochs = 2\n", f"batch_size = 4\nepochs = {finetune_epochs}\n")
+    assert f"epochs = {finetune_epochs}" in text
     path = root / "tiny.toml"
     path.write_text(text)
     return path
@@ -34,13 +36,15 @@ class Demo:
     err: Path
 
 
-def _demo(root: Path, *extra: str, env: dict[str, str] | None = None, executor: str = "local") -> Demo:
+def _demo(root: Path, *extra: str, env: dict[str, str] | None = None, executor: str = "local",
+          finetune_epochs: int = 2) -> Demo:
     """`ioussl demo` in the background, its output in files under root (see :func:`_finish`).
 
     Not pipes: the local executor's job controllers inherit the demo's stdout and stderr and may outlive an
     interrupted demo, so reading a pipe to its end would wait for them, not for the demo.
     """
-    args = [sys.executable, "-m", "ioussl", "demo", "--study", str(_study(root)), "--executor", executor, *extra]
+    study = _study(root, finetune_epochs)
+    args = [sys.executable, "-m", "ioussl", "demo", "--study", str(study), "--executor", executor, *extra]
     count = len(list(root.glob("demo-*.out")))
     out_path, err_path = root / f"demo-{count}.out", root / f"demo-{count}.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
@@ -74,6 +78,11 @@ def _statuses(root: Path) -> list[dict]:
     return json.loads(out.stdout) if out.returncode == 0 else []
 
 
+def _part_done(rows: list[dict]) -> bool:
+    """A run has completed and another has not."""
+    return any(r["status"] == "COMPLETED" for r in rows) and any(r["status"] != "COMPLETED" for r in rows)
+
+
 def test_demo_runs_then_reuses_everything(tmp_path):
     first = _demo(tmp_path)
     out, err = _finish(first, 900)
@@ -95,10 +104,13 @@ def test_demo_runs_then_reuses_everything(tmp_path):
 
 
 def test_interrupted_demo_resumes(tmp_path):
-    first = _demo(tmp_path)
+    # Longer fine-tunes: the pretrain-then-fine-tune chain must still be running when a first run has
+    # completed, however slowly this box polls (on a loaded one, the 2-epoch study once ended in between).
+    first = _demo(tmp_path, finetune_epochs=8)
     deadline = time.monotonic() + 600
-    while not any(r["status"] == "COMPLETED" for r in _statuses(tmp_path)):
-        assert first.process.poll() is None and time.monotonic() < deadline, "the demo ended before any run completed"
+    while not _part_done(_statuses(tmp_path)):
+        assert first.process.poll() is None and time.monotonic() < deadline, \
+            "the demo ended before it could be interrupted with a run completed and one not"
         time.sleep(1)
     first.process.send_signal(signal.SIGINT)
     out, err = _finish(first, 120)
@@ -106,9 +118,9 @@ def test_interrupted_demo_resumes(tmp_path):
     assert "Traceback" not in err
     done_before = {r["id"] for r in _statuses(tmp_path) if r["status"] == "COMPLETED"}
 
-    again = _demo(tmp_path)
+    again = _demo(tmp_path, finetune_epochs=8)
     out, err = _finish(again, 900)
     assert again.process.returncode == 0, out + err
     rows = _statuses(tmp_path)
     assert {r["status"] for r in rows} == {"COMPLETED"}
-    assert all(r["attempts"] == 1 for r in rows if r["id"] in done_before)  # finished work was not redone
+    assert done_before and all(r["attempts"] == 1 for r in rows if r["id"] in done_before)  # not redone
