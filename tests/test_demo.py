@@ -48,8 +48,16 @@ def _demo(root: Path, *extra: str, env: dict[str, str] | None = None, executor: 
     count = len(list(root.glob("demo-*.out")))
     out_path, err_path = root / f"demo-{count}.out", root / f"demo-{count}.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        process = subprocess.Popen(args, cwd=root, env=env or _env(), stdout=out, stderr=err, text=True)
+        process = subprocess.Popen(args, cwd=root, env=env or _env(), stdout=out, stderr=err, text=True,
+                                   preexec_fn=_default_sigint)
     return Demo(process, out_path, err_path)
+
+
+def _default_sigint() -> None:
+    """In the demo's process: Ctrl-C as a terminal delivers it. A test run started in the background by a
+    shell without job control (`make test &`) ignores SIGINT, and Python then never turns it into
+    KeyboardInterrupt, so the demo would finish instead of being interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finish(demo: Demo, timeout: float) -> tuple[str, str]:
