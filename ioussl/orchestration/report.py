@@ -108,8 +108,9 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_
         # A setting is compared with its baseline row only on the same cases (and never with itself).
         baseline = None
         if base_key is not None and cases[base_key] == cases[key]:
-            baseline = compared_with.get(base_key) or compared_with.setdefault(
-                base_key, BaselineScores.of(groups[base_key], cases[key]))
+            if base_key not in compared_with:
+                compared_with[base_key] = BaselineScores.of(groups[base_key], cases[key])
+            baseline = compared_with[base_key]
         fields.append({**_row_fields(groups[key], ddof, baseline, cases[key], is_baseline=key.baseline),
                        "group": key.label(several), "axes": key.axes(), "study": key.study})
     # Each row is built once, Holm's p included: a sweep's report has thousands of rows, and a frozen
