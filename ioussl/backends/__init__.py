@@ -1,0 +1,1 @@
+"""Schedulers behind one protocol: each backend owns its states, dependency syntax, log paths and resources."""

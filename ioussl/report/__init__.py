@@ -1,0 +1,1 @@
+"""`ioussl report`, `export`: grouping, statistics, tables, plots, the HTML report, exports."""

@@ -1,0 +1,1 @@
+"""The thesis' augmentations: batched on the device, and as MONAI transforms (the reference)."""

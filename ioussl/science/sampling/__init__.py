@@ -1,0 +1,1 @@
+"""IoU-constrained positive pairs: the exact sampler, the thesis' Algorithm 1, their analysis."""

@@ -1,0 +1,1 @@
+"""Training jobs: data loaders, loops, optimisers, schedules, checkpoints, encoder transfer."""

@@ -1,0 +1,1 @@
+"""`ioussl submit`, `retry`, `cancel`: units of work, the submission service, the job entry point."""
