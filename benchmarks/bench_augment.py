@@ -30,9 +30,9 @@ BATCH, CROP = 128, 96
 
 
 def build_store(tmp: Path):  # type: ignore[no-untyped-def]
-    from ioussl.science.preprocess import preprocess_dataset
-    from ioussl.science.store import SliceStore
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.preprocess import preprocess_dataset
+    from ioussl.science.data.store import SliceStore
+    from ioussl.science.data.synth import synth_dataset
 
     synth_dataset(tmp / "raw", cases=0, unlabelled=4, seed=0, size=256, slices=32)
     preprocess_dataset(tmp / "raw", tmp / "store", workers=1)
@@ -41,8 +41,8 @@ def build_store(tmp: Path):  # type: ignore[no-untyped-def]
 
 def crops(store) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """Both views of 128 pairs, [256, 1, 96, 96] float32, as device mode gets them after the transfer."""
-    from ioussl.science.datasets import PretrainCropBatches
-    from ioussl.science.store import dequantise_tensor
+    from ioussl.science.data.store import dequantise_tensor
+    from ioussl.science.train.datasets import PretrainCropBatches
 
     ids = store.slice_ids()
     batch = PretrainCropBatches(store, ids, CROP, 0.3, 0.6, seed=0).__getitems__(list(range(BATCH)))
@@ -51,9 +51,9 @@ def crops(store) -> torch.Tensor:  # type: ignore[no-untyped-def]
 
 def augmentation(views: torch.Tensor, rounds: int) -> dict[str, float]:
     """Median seconds per batch of 128 pairs, both paths, interleaved so that load drift hits both."""
-    from ioussl.science.batchaug import PRETRAIN_VIEW, StepAugment
-    from ioussl.science.datasets import _plain_tensors
-    from ioussl.science.transforms import pretrain_view_augment
+    from ioussl.science.augment.batchaug import PRETRAIN_VIEW, StepAugment
+    from ioussl.science.augment.transforms import pretrain_view_augment
+    from ioussl.science.train.datasets import _plain_tensors
 
     reference = pretrain_view_augment()
     reference.set_random_state(seed=0)
@@ -78,7 +78,7 @@ def augmentation(views: torch.Tensor, rounds: int) -> dict[str, float]:
 
 def loader_rate(store, device_mode: bool, batches: int) -> float:  # type: ignore[no-untyped-def]
     """Pairs/s out of a one-worker DataLoader (the worker's whole time: sampling, crops, augmentations)."""
-    from ioussl.science.datasets import PretrainCropBatches, PretrainPairDataset, make_pretrain_loader
+    from ioussl.science.train.datasets import PretrainCropBatches, PretrainPairDataset, make_pretrain_loader
 
     cls = PretrainCropBatches if device_mode else PretrainPairDataset
     dataset = cls(store, store.slice_ids(), CROP, 0.3, 0.6, augment=not device_mode, seed=0)

@@ -31,14 +31,14 @@ sys.path.insert(0, str(REPO))
 from ioussl import runfiles  # noqa: E402
 
 CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; " \
-        "from ioussl.orchestration.entrypoint import run_stage; run_stage(Path(sys.argv[2]))"  # fmt: skip
+        "from ioussl.submit.entrypoint import run_stage; run_stage(Path(sys.argv[2]))"  # fmt: skip
 
 
 def demo_data(root: Path, crop: int) -> Path:
     """The demo's synthetic CT and store (the same settings as ``ioussl demo``)."""
     from ioussl.demo import DemoSettings
-    from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
+    from ioussl.science.data.synth import synth_dataset
 
     settings = DemoSettings()
     synth_dataset(root / "raw", settings.labelled, settings.unlabelled, seed=settings.seed, size=settings.size,
@@ -50,7 +50,7 @@ def demo_data(root: Path, crop: int) -> Path:
 def before_store(checkout: Path, root: Path, crop: int) -> Path:
     """The same synthetic CT preprocessed by ``checkout``'s own code (in its own process), for its runs."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
-            "from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset; "
+            "from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset; "
             "preprocess_dataset(Path(sys.argv[2]), Path(sys.argv[3]), PreprocessSettings(min_size=int(sys.argv[4])), "
             "workers=1)")
     subprocess.run([sys.executable, "-c", code, str(checkout), str(root / "raw"), str(root / "store-before"),
@@ -60,8 +60,8 @@ def before_store(checkout: Path, root: Path, crop: int) -> Path:
 
 def pretrain_configs(store: Path) -> list[dict]:
     """The demo study's pretraining configs, as planned, with the store made absolute (as jobs get it)."""
-    from ioussl.orchestration.planning import expand_grid
-    from ioussl.orchestration.study import load_study
+    from ioussl.plan.expand import expand_grid
+    from ioussl.plan.study import load_study
 
     spec = load_study(REPO / "jobs" / "demo.toml")
     configs = []

@@ -44,8 +44,8 @@ HU_MIN, HU_MAX = -500.0, 500.0  # preprocessing's window (thesis protocol notes 
 
 def _write_case(args: tuple[Path, str, int, tuple[int, int, int]]) -> dict:
     """One synthetic unlabelled case straight into the store layout (what preprocess_case writes)."""
-    from ioussl.science.store import case_array_path, quantise
-    from ioussl.science.synth import synth_volume
+    from ioussl.science.data.store import case_array_path, quantise
+    from ioussl.science.data.synth import synth_volume
 
     root, case, seed, shape = args
     image, _ = synth_volume(np.random.default_rng(seed), shape)  # (x, y, z) HU
@@ -58,7 +58,7 @@ def _write_case(args: tuple[Path, str, int, tuple[int, int, int]]) -> dict:
 
 
 def synth_store(root: Path, cases: int, slices: int, side: int, workers: int) -> Path:
-    from ioussl.science.store import write_index
+    from ioussl.science.data.store import write_index
 
     (root / "cases").mkdir(parents=True)
     jobs = [(root, f"SYN_{i:04d}", i, (side, side, slices)) for i in range(cases)]
@@ -81,9 +81,9 @@ def job_config(store: Path, smoke: bool, compile_: bool, steps: int, workers: in
 
 def model_step_alone(cfg, warmup: int, steps: int) -> dict:  # type: ignore[no-untyped-def]
     """Pairs/s of the job's own training state on views already on the device (no loader, no augmentation)."""
-    from ioussl.science.engine import train_one_epoch_simsiam
-    from ioussl.science.pretrain import build_state
     from ioussl.science.runtime import resolve_runtime, seed_everything
+    from ioussl.science.train.engine import train_one_epoch_simsiam
+    from ioussl.science.train.pretrain import build_state
 
     seed_everything(0)
     runtime = resolve_runtime(cfg.runtime, cfg.pretrain.amp)
@@ -100,7 +100,7 @@ def model_step_alone(cfg, warmup: int, steps: int) -> dict:  # type: ignore[no-u
 
 
 def whole_job(cfg, run_dir: Path) -> dict:  # type: ignore[no-untyped-def]
-    from ioussl.science.pretrain import run_pretrain
+    from ioussl.science.train.pretrain import run_pretrain
 
     began = time.perf_counter()
     result = run_pretrain(cfg, run_dir)

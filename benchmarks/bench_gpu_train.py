@@ -1,7 +1,7 @@
 """GPU training-step throughput at thesis settings: pretraining (pairs/s) and fine-tuning (crops/s).
 
 Self-contained: synthetic inputs already on the GPU, so this measures the training step of the real loops
-(``ioussl.science.engine``), not data loading. Each configuration runs a few warm-up steps and ~20 timed
+(``ioussl.science.train.engine``), not data loading. Each configuration runs a few warm-up steps and ~20 timed
 steps; peak GPU memory is read per configuration. The baseline is plain fp32 without the speed options
 (no autocast, no channels-last, no cudnn.benchmark, no TF32, unfused optimiser); the others add bf16
 autocast, channels-last, cudnn.benchmark, TF32, the fused optimiser and (guarded) torch.compile.
@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ioussl.config import FinetuneConfig, ModelConfig, PretrainConfig  # noqa: E402
-from ioussl.science.engine import StepState, train_one_epoch_seg, train_one_epoch_simsiam  # noqa: E402
-from ioussl.science.losses import segmentation_loss  # noqa: E402
-from ioussl.science.models import SimSiam, build_swin_unetr  # noqa: E402
-from ioussl.science.optim import finetune_optimizer, pretrain_optimizer  # noqa: E402
+from ioussl.science.models.swin import SimSiam, build_swin_unetr  # noqa: E402
 from ioussl.science.runtime import Runtime  # noqa: E402
+from ioussl.science.train.engine import StepState, train_one_epoch_seg, train_one_epoch_simsiam  # noqa: E402
+from ioussl.science.train.losses import segmentation_loss  # noqa: E402
+from ioussl.science.train.optim import finetune_optimizer, pretrain_optimizer  # noqa: E402
 
 V100_PAIRS_PER_S = 443.0  # the thesis' V100 (thesis protocol notes: 14.9 GPU-h for 185,500 steps of 128 pairs)
 TARGET_FACTOR = 5.0

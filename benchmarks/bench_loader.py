@@ -20,8 +20,8 @@ import numpy as np
 
 
 def _build_store(tmp: Path) -> Path:
-    from ioussl.science.preprocess import preprocess_dataset
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.preprocess import preprocess_dataset
+    from ioussl.science.data.synth import synth_dataset
 
     synth_dataset(tmp / "raw", cases=0, unlabelled=4, seed=0, size=256, slices=32)
     preprocess_dataset(tmp / "raw", tmp / "store", workers=1)
@@ -31,7 +31,7 @@ def _build_store(tmp: Path) -> Path:
 def bench_batches(store, batches: int) -> None:
     from torch.utils.data import default_collate
 
-    from ioussl.science.datasets import PretrainPairDataset
+    from ioussl.science.train.datasets import PretrainPairDataset
 
     ids = store.slice_ids()
     iou = PretrainPairDataset(store, ids, 96, 0.3, 0.6, augment=False, seed=0)
@@ -56,7 +56,7 @@ def bench_batches(store, batches: int) -> None:
 
 
 def _sampler_only(store, ids, rng, batches: int) -> None:
-    from ioussl.science.sampler import sample_crop_pairs
+    from ioussl.science.sampling.sampler import sample_crop_pairs
 
     for name, interval in (("iou [0.3, 0.6]", (0.3, 0.6)), ("random crop", (0.0, 1.0))):
         shapes = [store.shapes(ids[rng.integers(len(ids), size=128)]) for _ in range(batches)]
@@ -103,7 +103,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ioussl.science.store import SliceStore
+    from ioussl.science.data.store import SliceStore
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)

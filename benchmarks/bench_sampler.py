@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ioussl.science.sampler import sample_crop_pairs
+from ioussl.science.sampling.sampler import sample_crop_pairs
 
 INTERVALS = [(0.0, 0.0), (0.0001, 0.3), (0.3, 0.6), (0.6, 1.0), (0.0, 1.0)]
 IMAGES = [(512, 512), (256, 256)]

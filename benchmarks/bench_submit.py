@@ -2,7 +2,7 @@
 sbatch calls and wall time; then the delay between a pretrain's end and its fine-tunes' start.
 
 Needs the local SLURM test cluster (make slurm-up); without it, it says so and exits 0. The jobs run
-the synthetic workload (ioussl/orchestration/workload.py) and are cancelled at the end.
+the synthetic workload (ioussl/submit/workload.py) and are cancelled at the end.
 Run: python benchmarks/bench_submit.py
 """
 
@@ -21,9 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ioussl import runfiles  # noqa: E402
-from ioussl.orchestration import jobservice, scheduler, workload  # noqa: E402
-from ioussl.orchestration.service import plan_grid, status_rows  # noqa: E402
-from ioussl.orchestration.submission import RunFilter  # noqa: E402
+from ioussl.backends import slurmcmd as scheduler
+from ioussl.plan.service import plan_grid, status_rows  # noqa: E402
+from ioussl.submit import service as jobservice
+from ioussl.submit import workload  # noqa: E402
+from ioussl.submit.submission import RunFilter  # noqa: E402
 
 LOCAL_PROFILE = '[slurm]\npartition = "gpu"\n'
 
@@ -96,7 +98,7 @@ def main() -> None:
     if not scheduler.sbatch_available() or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         print("skipped: no SLURM cluster here (make slurm-up)")
         return
-    os.environ.setdefault("IOUSSL_JOB_FACTORY", "ioussl.orchestration.workload:make_job")
+    os.environ.setdefault("IOUSSL_JOB_FACTORY", "ioussl.submit.workload:make_job")
     with tempfile.TemporaryDirectory() as tmp:
         submit_grid(Path(tmp) / "grid")
         chain_delay(Path(tmp) / "chain")

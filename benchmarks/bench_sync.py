@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ioussl.orchestration import scheduler  # noqa: E402
-from ioussl.orchestration.backends import SlurmBackend  # noqa: E402
-from ioussl.orchestration.registry import open_registry, repo  # noqa: E402
-from ioussl.orchestration.registry.models import Attempt  # noqa: E402
-from ioussl.orchestration.status import RunStatus  # noqa: E402
-from ioussl.orchestration.sync import sync  # noqa: E402
+from ioussl.backends import slurmcmd as scheduler  # noqa: E402
+from ioussl.backends.base import SlurmBackend  # noqa: E402
+from ioussl.registry import open_registry, repo  # noqa: E402
+from ioussl.registry.models import Attempt  # noqa: E402
+from ioussl.status import RunStatus  # noqa: E402
+from ioussl.track.sync import sync  # noqa: E402
 
 N = 1000
 

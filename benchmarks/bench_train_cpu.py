@@ -20,16 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ioussl import profiles, runfiles  # noqa: E402
-from ioussl.science.finetune import run_finetune  # noqa: E402
-from ioussl.science.preprocess import preprocess_dataset  # noqa: E402
-from ioussl.science.pretrain import run_pretrain  # noqa: E402
-from ioussl.science.synth import synth_dataset  # noqa: E402
+from ioussl.science.data.preprocess import preprocess_dataset  # noqa: E402
+from ioussl.science.data.synth import synth_dataset  # noqa: E402
+from ioussl.science.train.finetune import run_finetune  # noqa: E402
+from ioussl.science.train.pretrain import run_pretrain  # noqa: E402
 
 
 def bare_steps(steps: int = 5) -> float:
     """Images/s of forward + backward of the tiny SimSiam step (C 12, 64², batch 8 pairs), no data loading."""
-    from ioussl.science.losses import simsiam_loss
-    from ioussl.science.models import SimSiam
+    from ioussl.science.models.swin import SimSiam
+    from ioussl.science.train.losses import simsiam_loss
 
     cfg = profiles.tiny("pretrain")
     model = SimSiam(cfg.model, cfg.pretrain)

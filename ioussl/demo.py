@@ -21,7 +21,7 @@ from ioussl.errors import ConfigError
 from ioussl.runfiles import atomic_write_text
 
 if TYPE_CHECKING:
-    from ioussl.orchestration.registry.repo import RunRecord
+    from ioussl.registry.repo import RunRecord
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STUDY = REPO / "jobs" / "demo.toml"
@@ -44,7 +44,7 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callable | None = None):  # type: ignore[no-untyped-def]
     """Run (or resume) the demo study; returns the report outcome."""
-    from ioussl.orchestration.study import load_study
+    from ioussl.plan.study import load_study
 
     if not settings.study_file.is_file():
         raise ConfigError(f"demo study not found: {settings.study_file} (run the demo from an ioussl checkout)")
@@ -66,7 +66,7 @@ def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
     if marker.exists():
         say(f"1/5 synthetic CT: reusing {raw}")
         return
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.synth import synth_dataset
 
     say(f"1/5 synthetic CT: writing {settings.labelled} labelled + {settings.unlabelled} unlabelled cases")
     shutil.rmtree(raw, ignore_errors=True)  # a half-written dataset from an interrupted run
@@ -77,7 +77,7 @@ def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
 
 def _preprocess(raw: Path, store: Path, crop: int, say: Say) -> None:
     """The slice store, every slice padded to at least ``crop`` (the largest a study's sweep asks for)."""
-    from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
+    from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
 
     report = preprocess_dataset(raw, store, PreprocessSettings(min_size=crop), workers=2)
     say(f"2/5 preprocessing: {len(report.done)} volume(s) done, {len(report.skipped)} reused -> {store}")
@@ -89,8 +89,8 @@ def _split(store: Path, split: Path, settings: DemoSettings, say: Say) -> None:
     if split.exists():
         say(f"3/5 split: reusing {split}")
         return
-    from ioussl.science.splits import make_split, split_to_json
-    from ioussl.science.store import SliceStore
+    from ioussl.science.data.splits import make_split, split_to_json
+    from ioussl.science.data.store import SliceStore
 
     cases = SliceStore(store).labelled_cases()
     n_test = 1 if len(cases) >= 4 else 0
@@ -101,13 +101,13 @@ def _split(store: Path, split: Path, settings: DemoSettings, say: Say) -> None:
 
 
 def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None, plot_dir: Path):  # type: ignore[no-untyped-def]
-    from ioussl.orchestration.service import plan_grid, report_study, status_rows
+    from ioussl.plan.service import plan_grid, report_study, status_rows
 
     outcome = plan_grid(settings.study_file, db)
     say(f"4/5 plan: {len(outcome.new)} new run(s), {len(outcome.existing)} already planned (registry {db})")
     name = outcome.study
     if settings.executor == "auto":
-        from ioussl.orchestration.backends import resolve_executor
+        from ioussl.backends.base import resolve_executor
 
         executor, why_local = resolve_executor("auto")
         settings = replace(settings, executor=executor)
@@ -136,8 +136,8 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
 
 def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | None) -> None:  # type: ignore[type-arg]
     """Submit the study's planned runs; the local executor blocks until they end, drawing progress meanwhile."""
-    from ioussl.orchestration import jobservice
-    from ioussl.orchestration.service import status_rows
+    from ioussl.plan.service import status_rows
+    from ioussl.submit import service as jobservice
 
     worker = _Submitter(lambda: jobservice.submit(db, study, executor=settings.executor,
                                                   max_parallel=settings.max_parallel))
@@ -152,7 +152,7 @@ def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | No
 
 def _startable(records: Sequence[RunRecord]) -> frozenset[str]:
     """Planned runs that could start now: no pretrain, or a completed one."""
-    from ioussl.orchestration.status import RunStatus
+    from ioussl.status import RunStatus
 
     done = {r.id for r in records if r.status == RunStatus.COMPLETED}
     return frozenset(r.id for r in records
@@ -161,8 +161,8 @@ def _startable(records: Sequence[RunRecord]) -> frozenset[str]:
 
 def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:  # type: ignore[type-arg]
     """Sync until no run of the study is queued or running (SLURM's chain, or local jobs of an earlier demo)."""
-    from ioussl.orchestration import jobservice
-    from ioussl.orchestration.service import status_rows
+    from ioussl.plan.service import status_rows
+    from ioussl.submit import service as jobservice
 
     while True:
         jobservice.sync_studies(db, study)
@@ -176,9 +176,9 @@ def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: f
 
 def _retry_lost(db: str, study: str, settings: DemoSettings, say: Say) -> int:
     """Runs whose job died with an interrupted demo come back LOST: run them again, once."""
-    from ioussl.orchestration import jobservice
-    from ioussl.orchestration.service import status_rows
-    from ioussl.orchestration.status import RunStatus
+    from ioussl.plan.service import status_rows
+    from ioussl.status import RunStatus
+    from ioussl.submit import service as jobservice
 
     if not status_rows(db, study=study, statuses=[RunStatus.LOST]):
         return 0

@@ -105,8 +105,8 @@ def pg_db(tmp_path) -> Iterator[str]:
 
 def valid_result(run: Any, **overrides: Any) -> dict[str, Any]:
     """A result.json of the v2 contract for a registry Run row (hashes of its job config), then overrides."""
-    from ioussl.orchestration import workload
-    from ioussl.orchestration.planning import job_config_json
+    from ioussl.plan.expand import job_config_json
+    from ioussl.submit import workload
 
     config = json.loads(job_config_json(run.config, run.study.base_dir))
     result = workload.result_for(Path(run.run_dir), config, steps=3)
@@ -125,7 +125,7 @@ def dump(db: str) -> dict[str, list[tuple]]:
     """Every row of every table, sorted: two dumps are equal exactly when nothing was written."""
     from sqlalchemy import MetaData, create_engine, inspect, select
 
-    from ioussl.orchestration.registry.db import parse_target
+    from ioussl.registry.db import parse_target
 
     target = parse_target(db)
     if target.path is not None and not target.path.exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ioussl.orchestration.study import load_study
+from ioussl.plan.study import load_study
 
 pytestmark = pytest.mark.slow
 

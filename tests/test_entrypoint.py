@@ -11,13 +11,13 @@ import pytest
 from ioussl import profiles, runfiles
 from ioussl.config import RunConfig, run_hash
 from ioussl.errors import ConfigError, DataError, TrainingError
-from ioussl.orchestration.entrypoint import RunJob, config_hash, run_stage
+from ioussl.submit.entrypoint import RunJob, config_hash, run_stage
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> dict[str, str]:
-    from ioussl.science.preprocess import preprocess_dataset
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.preprocess import preprocess_dataset
+    from ioussl.science.data.synth import synth_dataset
 
     root = tmp_path_factory.mktemp("entry")
     synth_dataset(root / "nifti", cases=2, unlabelled=1, seed=1, size=96, slices=8)
@@ -96,7 +96,7 @@ def test_entrypoint_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, ioussl.orchestration.entrypoint; print('torch' in sys.modules)"
+    code = "import sys, ioussl.submit.entrypoint; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

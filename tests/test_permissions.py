@@ -69,9 +69,10 @@ time_min = 5
 
 
 def test_a_submission_under_umask_000_leaves_nothing_group_or_world_writable(tmp_path):
-    from ioussl.orchestration import jobservice, workload
-    from ioussl.orchestration.backends import LocalBackend
-    from ioussl.orchestration.service import plan_grid
+    from ioussl.backends.base import LocalBackend
+    from ioussl.plan.service import plan_grid
+    from ioussl.submit import service as jobservice
+    from ioussl.submit import workload
 
     (tmp_path / "study.toml").write_text(LOCAL_STUDY)
     db = str(tmp_path / "registry.db")

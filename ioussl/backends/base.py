@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ioussl.backends import slurmcmd as scheduler
+from ioussl.backends import slurmtext as slurm
+from ioussl.backends.slurmcmd import QueryResult, Runner
+from ioussl.backends.slurmtext import JobInfo, Resources
 from ioussl.errors import ConfigError, SubmissionError
-from ioussl.orchestration import scheduler, slurm
-from ioussl.orchestration.scheduler import QueryResult, Runner
-from ioussl.orchestration.slurm import JobInfo, Resources
 
 EXECUTORS = ("auto", "slurm", "local")
 

@@ -12,9 +12,9 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ioussl.backends import slurmtext as slurm
+from ioussl.backends.slurmtext import JobInfo
 from ioussl.errors import SubmissionError
-from ioussl.orchestration import slurm
-from ioussl.orchestration.slurm import JobInfo
 
 Runner = Callable[[Sequence[str]], str]
 QUERY_TIMEOUT_S = 60

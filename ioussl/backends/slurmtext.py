@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ioussl import jobtext as jobscript
 from ioussl.errors import ConfigError
-from ioussl.orchestration import jobscript
 
 # sacct columns we read, in this order; --parsable2 separates them with "|" and no trailing "|".
 SACCT_FIELDS = ("JobID", "JobIDRaw", "JobName", "State", "ExitCode", "NodeList", "Reason", "Start", "End")

@@ -38,7 +38,7 @@ def preprocess(
     crop, pad) into a store that also keeps the original labels and grids for FLARE's evaluation."""
     from rich.progress import Progress
 
-    from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
+    from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
 
     with Progress(transient=True) as bar:
         task = bar.add_task("preprocessing", total=None)
@@ -68,7 +68,7 @@ def synth(
     slices: Annotated[int, typer.Option(help="Nominal slices per volume.")] = 24,
 ) -> None:
     """Write a small synthetic abdomen-like CT dataset (13 organs, varied spacing and orientation)."""
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.synth import synth_dataset
 
     report = synth_dataset(out, cases, unlabelled, seed=seed, size=size, slices=slices)
     typer.echo(
@@ -93,7 +93,7 @@ def split(
     ] = False,
 ) -> None:
     """Write a seeded train/val(/test) split of a store's labelled cases or of a list of cases, or the thesis' split."""
-    from ioussl.science.splits import THESIS_SPLIT, check_split_cases, make_split, read_case_list, split_to_json
+    from ioussl.science.data.splits import THESIS_SPLIT, check_split_cases, make_split, read_case_list, split_to_json
 
     if thesis:
         result, comment = THESIS_SPLIT, "FLARE2022 custom 15/35 split of the thesis"
@@ -115,7 +115,7 @@ def split(
 
 
 def _open_store(path: Path):
-    from ioussl.science.store import SliceStore
+    from ioussl.science.data.store import SliceStore
 
     return SliceStore(path)
 
@@ -148,8 +148,8 @@ def pairs(
     from rich.console import Console
     from rich.table import Table
 
-    from ioussl.science.analysis import THESIS_INTERVALS, THESIS_SHARED, organ_overlap, plot_overlap
-    from ioussl.science.splits import check_split_cases, load_split
+    from ioussl.science.data.splits import check_split_cases, load_split
+    from ioussl.science.sampling.analysis import THESIS_INTERVALS, THESIS_SHARED, organ_overlap, plot_overlap
 
     slice_store = _open_store(store)
     cases = slice_store.labelled_cases()

@@ -17,7 +17,7 @@ def upgrade(
     ),
 ) -> None:
     """Upgrade the registry to this ioussl's schema (one transaction; a SQLite file is copied first)."""
-    from ioussl.orchestration.registry.migrate import upgrade as run_upgrade
+    from ioussl.registry.migrate import upgrade as run_upgrade
 
     outcome = run_upgrade(db, backup=backup)
     if not outcome.changed:
@@ -32,7 +32,7 @@ def upgrade(
 @db_app.command("current")
 def current(db: DbOption = None) -> None:
     """Show the registry's schema version and whether it needs `ioussl db upgrade`."""
-    from ioussl.orchestration.registry.migrate import current as read_current
+    from ioussl.registry.migrate import current as read_current
 
     report = read_current(db)
     verdict = "up to date" if report.current else "run `ioussl db upgrade` to use it with this ioussl"

@@ -36,7 +36,7 @@ def export_runs(db: DbOption = None, study: StudiesOption = None, fmt: FormatOpt
                 output: OutputOption = None) -> None:
     """One row per run: study, stage, run id, parent, interval, seeds, every swept setting, status, attempts,
     GPU-hours used, DSCs (validation, test, FLARE), one DSC column per organ, best epoch, checkpoint."""
-    from ioussl.orchestration import export
+    from ioussl.report import export
 
     chosen = export.format_for(output, fmt.value if fmt else None)
     _wrote(export.write_frame(export.runs_frame(db, study), output, chosen))
@@ -56,7 +56,7 @@ def export_metrics(
 ) -> None:
     """The per-epoch series in long form: one row per run, metric and epoch, with the run's swept settings."""
     from ioussl.cli.study import _stage
-    from ioussl.orchestration import export
+    from ioussl.report import export
 
     chosen = export.format_for(output, fmt.value if fmt else None)
     frame = export.metrics_frame(db, study, runs=run or [], names=metric or [], stage=_stage(stage))

@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ioussl.cli.render import RunProgress
-    from ioussl.orchestration.jobservice import CancelOutcome
-    from ioussl.orchestration.registry.repo import RunRecord
-    from ioussl.orchestration.submission import SubmitOutcome
-    from ioussl.orchestration.sync import SyncOutcome
+    from ioussl.registry.repo import RunRecord
+    from ioussl.submit.service import CancelOutcome
+    from ioussl.submit.submission import SubmitOutcome
+    from ioussl.track.sync import SyncOutcome
 
 RunOption = Annotated[
     list[str] | None,
@@ -45,8 +45,8 @@ def submit(
     ] = None,
 ) -> None:
     """Submit planned runs: one job per pretrain, its fine-tunes as one array held by afterok."""
-    from ioussl.orchestration.jobservice import submit as run_submit
-    from ioussl.orchestration.submission import RunFilter
+    from ioussl.submit.service import submit as run_submit
+    from ioussl.submit.submission import RunFilter
 
     run_filter = RunFilter(stage=_stage(stage), group=group, run_ids=tuple(run or ()))
     concrete = _resolve(executor)
@@ -65,8 +65,8 @@ def retry(
 ) -> None:
     """Resubmit FAILED, LOST or TIMEOUT runs (--state INVALID etc.) as new attempts; blocked fine-tunes follow."""
     from ioussl.cli.study import _states
-    from ioussl.orchestration.jobservice import retry as run_retry
-    from ioussl.orchestration.status import DEFAULT_RETRY
+    from ioussl.status import DEFAULT_RETRY
+    from ioussl.submit.service import retry as run_retry
 
     statuses = _states(state) or list(DEFAULT_RETRY)
     concrete = _resolve(executor)
@@ -79,15 +79,15 @@ def cancel(
     db: DbOption = None, study: StudyOption = None, run: RunOption = None, group: GroupOption = None
 ) -> None:
     """Cancel planned and active runs by run, interval or whole study (their jobs are scancelled)."""
-    from ioussl.orchestration.jobservice import cancel as run_cancel
+    from ioussl.submit.service import cancel as run_cancel
 
     render_cancel(run_cancel(db, study, tuple(run or ()), group))
 
 
 def _resolve(executor: Executor) -> str:
     """The concrete executor, saying first (before any progress bar) why ``auto`` runs on this machine."""
+    from ioussl.backends.base import resolve_executor
     from ioussl.cli.render import console
-    from ioussl.orchestration.backends import resolve_executor
 
     concrete, fell_back = resolve_executor(executor.value)
     if fell_back:
@@ -123,7 +123,7 @@ class LocalProgress:
 
 def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
     """What ``ioussl status`` runs before it renders: one scheduler query per study, transitions, ingestion."""
-    from ioussl.orchestration.jobservice import sync_studies
+    from ioussl.submit.service import sync_studies
 
     outcomes = sync_studies(db, study)
     for outcome in outcomes:
@@ -135,8 +135,8 @@ def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
 
 
 def render_submit(outcome: SubmitOutcome) -> None:
+    from ioussl.backends import slurmtext as slurm
     from ioussl.cli.render import console
-    from ioussl.orchestration import slurm
 
     verb = "would submit" if outcome.dry_run else "submitted"
     if outcome.fell_back:

@@ -11,7 +11,7 @@ import typer
 from ioussl.cli.options import DbOption
 
 if TYPE_CHECKING:
-    from ioussl.orchestration.joblogs import EventLog, LogTarget, OutputTail
+    from ioussl.track.joblogs import EventLog, LogTarget, OutputTail
 
 POLL_S = 1.0  # how often --follow reads the files
 SYNC_EVERY_S = 10.0  # how often --follow asks the scheduler whether the run has ended (one sacct)
@@ -26,7 +26,7 @@ def logs(
     ] = False,
 ) -> None:
     """Print a run's job output (stdout and stderr of its latest attempt, SLURM or local) and its events."""
-    from ioussl.orchestration import joblogs
+    from ioussl.track import joblogs
 
     target = joblogs.find(db, run)
     _header(target)
@@ -45,8 +45,8 @@ def logs(
 def _follow(db: str | None, target: LogTarget, events: EventLog, tails: list[OutputTail],
             printer: _Printer) -> None:
     """Print new events and output lines until the run has ended; switch files when a new attempt starts."""
-    from ioussl.orchestration import joblogs
-    from ioussl.orchestration.jobservice import sync_studies
+    from ioussl.submit.service import sync_studies
+    from ioussl.track import joblogs
 
     synced = time.monotonic()
     while not target.status.is_terminal():

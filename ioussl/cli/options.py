@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ioussl.orchestration.backends import EXECUTORS
+from ioussl.backends.base import EXECUTORS
 
 
 def command_group(**settings: Any) -> typer.Typer:

@@ -11,27 +11,27 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ioussl.orchestration.sweep import format_value, point_text
+from ioussl.plan.sweep import format_value, point_text
 
 if TYPE_CHECKING:
-    from ioussl.orchestration.importing import ImportOutcome
-    from ioussl.orchestration.progress import LiveProgress, StatusView
-    from ioussl.orchestration.registry.repo import RunRecord
-    from ioussl.orchestration.report import Report
-    from ioussl.orchestration.service import PlanOutcome, ReportOutcome
+    from ioussl.plan.importing import ImportOutcome
+    from ioussl.plan.service import PlanOutcome, ReportOutcome
+    from ioussl.registry.repo import RunRecord
+    from ioussl.report.tables import Report
+    from ioussl.track.progress import LiveProgress, StatusView
 
 # Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables do not wrap.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 def _styles() -> dict[str, str]:
-    from ioussl.orchestration.status import RunStatus as S
+    from ioussl.status import RunStatus as S
 
     return {S.PLANNED: "dim", S.SUBMITTING: "yellow", S.PENDING: "yellow", S.RUNNING: "cyan", S.COMPLETED: "green",
             S.FAILED: "red", S.TIMEOUT: "red", S.CANCELLED: "magenta", S.BLOCKED: "red", S.LOST: "red",
             S.INVALID: "red"}
 
 
-STATUS_STYLE = _styles()  # one entry per RunStatus (the vocabulary lives in orchestration/status.py)
+STATUS_STYLE = _styles()  # one entry per RunStatus (the vocabulary lives in status.py)
 
 
 def plan_outcome(outcome: PlanOutcome) -> None:
@@ -204,7 +204,7 @@ def status_summary(records: Sequence[RunRecord]) -> None:
 
 def status_per_axis_value(records: Sequence[RunRecord]) -> None:
     """A sweep's runs per (study, swept setting, value) and state: which corner of a sweep lags or fails."""
-    from ioussl.orchestration.grouping import hashable, natural_order
+    from ioussl.report.grouping import hashable, natural_order
 
     # Runs that share a point share its object (repo.JsonTexts): count those first, then spread over the axes.
     same: dict[tuple[str, int, str], tuple[dict, int]] = {}
@@ -258,7 +258,7 @@ def report(outcome: ReportOutcome, fmt: str, table: bool = True) -> None:
 
 
 def report_table(report: Report, fmt: str) -> None:
-    from ioussl.orchestration import report as fmt_report
+    from ioussl.report import tables as fmt_report
 
     if fmt in ("markdown", "csv", "latex"):
         text = {"markdown": fmt_report.to_markdown, "csv": fmt_report.to_csv, "latex": fmt_report.to_latex}[fmt]
@@ -342,7 +342,7 @@ class RunProgress:
         counts: dict[str, int] = {}
         for record in records:
             counts[record.status.value] = counts.get(record.status.value, 0) + 1
-        from ioussl.orchestration.status import TERMINAL
+        from ioussl.status import TERMINAL
 
         done = sum(n for state, n in counts.items() if state in TERMINAL)
         detail = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))

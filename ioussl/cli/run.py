@@ -120,7 +120,7 @@ def _override(
 def _run(cfg: Any, run_dir: Path, encoder: Path | None) -> dict[str, Any]:
     """Write config.json (refusing to overwrite a different one) and run the stage as a job would."""
     from ioussl import runfiles
-    from ioussl.orchestration.entrypoint import load_run_config, run_stage
+    from ioussl.submit.entrypoint import load_run_config, run_stage
 
     path = run_dir / runfiles.CONFIG
     if path.exists() and load_run_config(run_dir).to_json() != cfg.to_json():

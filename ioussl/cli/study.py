@@ -41,7 +41,7 @@ def plan_grid(
 ) -> None:
     """Validate a study and add its grid of runs (pretrains, fine-tunes, baseline); twice adds nothing."""
     from ioussl.cli import render
-    from ioussl.orchestration.service import plan_grid as plan
+    from ioussl.plan.service import plan_grid as plan
 
     render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data, max_runs=max_runs))
 
@@ -67,7 +67,7 @@ def status(
     add epoch, step, loss or validation DSC, speed and ETA from their run files."""
     from ioussl.cli import render
     from ioussl.cli.jobs import sync_for_status
-    from ioussl.orchestration.progress import status_view
+    from ioussl.track.progress import status_view
 
     def fetch():  # type: ignore[no-untyped-def]
         if sync:
@@ -163,7 +163,7 @@ def report(
     their rows side by side.
     """
     from ioussl.cli import render
-    from ioussl.orchestration.service import report_study
+    from ioussl.plan.service import report_study
 
     if pairs is not None and plot is None and html is None:
         raise ConfigError("--pairs is plotted into the --plot folder or the --html report: give one of them too")
@@ -185,7 +185,7 @@ def import_results(
 ) -> None:
     """Import per-run results obtained elsewhere, marked as imported with their source."""
     from ioussl.cli import render
-    from ioussl.orchestration.importing import import_results as run_import
+    from ioussl.plan.importing import import_results as run_import
 
     render.import_outcome(run_import(study_file, results_csv, db, source, base_dir=base_dir))
 
@@ -197,7 +197,7 @@ def _stage(stage: str | None) -> str | None:
 
 
 def _states(states: list[str] | None):  # type: ignore[no-untyped-def]
-    from ioussl.orchestration.status import RunStatus
+    from ioussl.status import RunStatus
 
     if not states:
         return None

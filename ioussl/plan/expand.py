@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ioussl.backends import slurmtext as slurm
 from ioussl.config import DataConfig, RunConfig, run_hash
 from ioussl.errors import ConfigError, DataError
-from ioussl.orchestration import slurm
-from ioussl.orchestration.study import Interval, StudySpec
-from ioussl.orchestration.sweep import Point, apply_point, point_text
+from ioussl.plan.study import Interval, StudySpec
+from ioussl.plan.sweep import Point, apply_point, point_text
 
 BASELINE_GROUP = "no pretraining"
 DEFAULT_MAX_RUNS = 5000  # plan size cap: above it `plan grid` refuses unless --max-runs says otherwise
@@ -213,8 +213,8 @@ def _check_paths(spec: StudySpec, data: DataConfig) -> None:
 
 
 def _check_intervals(spec: StudySpec, data: DataConfig, include_labelled: bool, where: str) -> list[str]:
-    from ioussl.science.sampler import check_interval_feasible, feasible_mask
-    from ioussl.science.store import SliceStore
+    from ioussl.science.data.store import SliceStore
+    from ioussl.science.sampling.sampler import check_interval_feasible, feasible_mask
 
     store_path = spec.resolve(data.store)
     store = SliceStore(store_path)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ioussl.errors import ConfigError, DataError
-from ioussl.orchestration import planning
-from ioussl.orchestration.registry import opened, repo
-from ioussl.orchestration.registry.models import Run, utcnow
-from ioussl.orchestration.service import PlanOutcome, register_runs
-from ioussl.orchestration.status import RunStatus
-from ioussl.orchestration.study import load_study
+from ioussl.plan import expand as planning
+from ioussl.plan.service import PlanOutcome, register_runs
+from ioussl.plan.study import load_study
+from ioussl.registry import opened, repo
+from ioussl.registry.models import Run, utcnow
+from ioussl.status import RunStatus
 
 REQUIRED = ("group", "pretrain_seed", "seed", "dsc")
 OPTIONAL = ("dsc_3d", "note")

@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioussl.errors import ConfigError, DataError
-from ioussl.orchestration import grouping, planning
-from ioussl.orchestration.grouping import StudyOrder
-from ioussl.orchestration.planning import PlannedRun
-from ioussl.orchestration.registry import opened, repo, unit_of_work
-from ioussl.orchestration.registry.db import MissingRegistry
-from ioussl.orchestration.registry.errors import AlreadyRecorded
-from ioussl.orchestration.report import Report, in_group_order, study_group_order
-from ioussl.orchestration.status import RunStatus
-from ioussl.orchestration.study import StudySpec, load_study, spec_summary
+from ioussl.plan import expand as planning
+from ioussl.plan.expand import PlannedRun
+from ioussl.plan.study import StudySpec, load_study, spec_summary
+from ioussl.registry import opened, repo, unit_of_work
+from ioussl.registry.db import MissingRegistry
+from ioussl.registry.errors import AlreadyRecorded
+from ioussl.report import grouping
+from ioussl.report.grouping import StudyOrder
+from ioussl.report.tables import Report, in_group_order, study_group_order
+from ioussl.status import RunStatus
 
 
 @dataclass
@@ -82,7 +83,7 @@ def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warning
 
 
 def _outcome(spec: StudySpec, warnings: list[str]) -> PlanOutcome:
-    from ioussl.orchestration.slurm import resources_for_run
+    from ioussl.backends.slurmtext import resources_for_run
 
     hours = {stage: resources_for_run(stored, where=f"[resources.{stage}]").gpu_hours()
              for stage, stored in spec.resources.items()}
@@ -160,7 +161,7 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
     (``grouping.resolve_by``; default: each swept setting, then the interval, which for a study without a
     sweep is the thesis table).
     """
-    from ioussl.orchestration.report import build_report
+    from ioussl.report.tables import build_report
 
     names = [study] if isinstance(study, str) else list(dict.fromkeys(study or []))
     if html_path is not None:
@@ -243,7 +244,7 @@ def _metric_curves(session, records: list[repo.RunRecord], grouping_: Grouping, 
 
 
 def _html_series(session, records: list[repo.RunRecord], grouping_: Grouping) -> dict[str, Curves]:  # type: ignore[no-untyped-def]
-    from ioussl.orchestration.htmlreport import CURVES
+    from ioussl.report.html import CURVES
 
     return {spec.key: _metric_curves(session, records, grouping_, spec.stage, spec.metric) for spec in CURVES}
 
@@ -253,7 +254,8 @@ def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: d
     import datetime as dt
 
     from ioussl import __version__
-    from ioussl.orchestration import htmlreport, plots
+    from ioussl.report import html as htmlreport
+    from ioussl.report import plots
 
     written = f"written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by ioussl {__version__}"
     inputs = htmlreport.HtmlInputs(
@@ -268,7 +270,7 @@ def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: d
 def _write_plots(outcome: ReportOutcome, curves: dict[str, Curves], records: list[repo.RunRecord], plot_dir: Path,
                  pairs_json: Path | None) -> None:
     """The DSC per group, the collapse and the pretraining loss per epoch, the pair analysis if given."""
-    from ioussl.orchestration import plots
+    from ioussl.report import plots
 
     if any(row.values for row in outcome.report.rows):
         outcome.plots.append(plots.plot_dsc(outcome.report, plot_dir / "dsc_per_group.png"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ioussl import jobtext as jobscript
 from ioussl.config import (
     DataConfig,
     FinetuneConfig,
@@ -26,8 +27,7 @@ from ioussl.config import (
     validate_model,
 )
 from ioussl.errors import ConfigError
-from ioussl.orchestration import jobscript
-from ioussl.orchestration.sweep import Sweep, parse_sweep
+from ioussl.plan.sweep import Sweep, parse_sweep
 
 STUDY_SECTIONS = ("study", "data", "model", "runtime", "sampler", "pretrain", "finetune", "intervals",
                   "resources", "slurm", "sweep")
@@ -228,7 +228,7 @@ def _cluster_profile(reference: Any, base_dir: Path, where: str) -> tuple[dict[s
     _check_keys(raw, ("slurm", "notify"), str(path))
     notify = _checked(raw.get("notify", {}), NOTIFY_KEYS, f"{path} [notify]")
     if "webhook" in notify:
-        from ioussl.orchestration.alerts import check_webhook
+        from ioussl.track.alerts import check_webhook
 
         check_webhook(notify["webhook"], f"{path} [notify]")
     return _checked(raw.get("slurm", {}), SLURM_KEYS, f"{path} [slurm]"), notify
@@ -236,7 +236,7 @@ def _cluster_profile(reference: Any, base_dir: Path, where: str) -> tuple[dict[s
 
 def _resources(raw: Any, cluster: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """Per-stage resources over the cluster profile, validated now (types, ranges, job-script safety)."""
-    from ioussl.orchestration.slurm import resources_for_run
+    from ioussl.backends.slurmtext import resources_for_run
 
     _check_keys(raw, ("pretrain", "finetune"), f"{where} [resources]")
     merged = {}

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ioussl import jobtext as jobscript
 from ioussl.config import (
     DataConfig,
     FinetuneConfig,
@@ -38,7 +39,6 @@ from ioussl.config import (
     coerce_setting,
 )
 from ioussl.errors import ConfigError
-from ioussl.orchestration import jobscript
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "runtime": RuntimeConfig, "sampler": SamplerConfig,

@@ -26,8 +26,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ioussl.errors import IousslError, RegistryError
-from ioussl.orchestration.registry import schema
-from ioussl.orchestration.registry.errors import MissingRegistry, OldSchema, RegistryBusy, registry_error
+from ioussl.registry import schema
+from ioussl.registry.errors import MissingRegistry, OldSchema, RegistryBusy, registry_error
 
 DEFAULT_DB = "registry.db"
 ENV_DB = "IOUSSL_DB"

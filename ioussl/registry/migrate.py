@@ -16,9 +16,9 @@ from pathlib import Path
 from sqlalchemy import Connection
 
 from ioussl.errors import RegistryError
-from ioussl.orchestration.registry import schema
-from ioussl.orchestration.registry.db import Registry, opened
-from ioussl.orchestration.registry.models import SCHEMA_VERSION
+from ioussl.registry import schema
+from ioussl.registry.db import Registry, opened
+from ioussl.registry.models import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from ioussl.orchestration.status import RunStatus
+from ioussl.status import RunStatus
 
 SCHEMA_VERSION = 2  # also kept in schema_info, so an ioussl of schema 1 refuses this registry
 

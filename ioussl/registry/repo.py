@@ -17,7 +17,7 @@ from sqlalchemy import Text, cast, func, insert, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from ioussl.errors import ConfigError, NotFound
-from ioussl.orchestration.registry.models import (
+from ioussl.registry.models import (
     Attempt,
     Metric,
     Notification,
@@ -27,7 +27,7 @@ from ioussl.orchestration.registry.models import (
     Study,
     utcnow,
 )
-from ioussl.orchestration.status import ACTIVE, DEAD_PARENT, RunStatus, check_transition
+from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus, check_transition
 
 RESULT_COLUMNS = frozenset({
     "dsc", "dsc_3d", "per_case", "per_organ", "best_epoch", "checkpoint_path", "checkpoint_sha256", "test_dsc",

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, String, Table, inspect, text
 
 from ioussl.errors import RegistryError
-from ioussl.orchestration.registry.errors import OldSchema
-from ioussl.orchestration.registry.models import SCHEMA_VERSION, Base, SchemaInfo
+from ioussl.registry.errors import OldSchema
+from ioussl.registry.models import SCHEMA_VERSION, Base, SchemaInfo
 
 if TYPE_CHECKING:
-    from ioussl.orchestration.registry.db import Registry
+    from ioussl.registry.db import Registry
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 REVISION_VERSION = {"0001": 1, "0002": 2}  # Alembic revision -> schema version

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ioussl.errors import ConfigError, DataError
-from ioussl.orchestration.registry import opened, repo
-from ioussl.orchestration.registry.models import utcnow
-from ioussl.orchestration.sweep import format_value
+from ioussl.plan.sweep import format_value
+from ioussl.registry import opened, repo
+from ioussl.registry.models import utcnow
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ioussl.orchestration.report import Report
+    from ioussl.report.tables import Report
 
 FORMATS = ("csv", "jsonl", "parquet")
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -94,7 +94,7 @@ def report_frame(report: Report) -> pd.DataFrame:
     """One row per report group: study, group, its value on each --by axis, then every GroupRow number."""
     import dataclasses
 
-    from ioussl.orchestration.report import GroupRow
+    from ioussl.report.tables import GroupRow
 
     skip = {"group", "study", "axes", "ci95"}
     rows = []
@@ -120,7 +120,7 @@ def _studies(session: Any, study: str | Sequence[str] | None) -> tuple[list[str]
 
 def _in_group_order(session: Any, studies: list[str], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Rows by study, then group as ``status`` and ``report`` list them (baseline first, then file order)."""
-    from ioussl.orchestration.report import order_groups, study_group_order
+    from ioussl.report.tables import order_groups, study_group_order
 
     study_at, group_at = repo.EXPORT_RUN_COLUMNS.index("study"), repo.EXPORT_RUN_COLUMNS.index("interval")
     rank: dict[tuple[str, str], int] = {}
@@ -142,7 +142,7 @@ def _hours_used(spans: Sequence[tuple[str, Any, Any]]) -> dict[str, float]:
 
 def _gpus(resources_json: str | None) -> int:
     """GPUs one job of a run holds, from its stored resources (0 when they cannot be read)."""
-    from ioussl.orchestration.slurm import resources_for_run
+    from ioussl.backends.slurmtext import resources_for_run
 
     try:
         stored = json.loads(resources_json or "{}")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ioussl.errors import ConfigError
-from ioussl.orchestration.planning import BASELINE_GROUP
-from ioussl.orchestration.registry.repo import RunRecord
-from ioussl.orchestration.sweep import format_value
+from ioussl.plan.expand import BASELINE_GROUP
+from ioussl.plan.sweep import format_value
+from ioussl.registry.repo import RunRecord
 
 INTERVAL = "interval"  # the axis of IoU intervals (and the no-pretraining baseline): runs.group
 Value = Any  # a hashable axis value (lists from JSON become tuples)
@@ -110,7 +110,7 @@ def keys_of(records: Sequence[RunRecord], by: Sequence[str]) -> list[GroupKey]:
 def sort_keys(keys: Iterable[GroupKey], orders: Mapping[str, StudyOrder]) -> list[GroupKey]:
     """Studies in the order given; within one, axis by axis as its file lists them; none (and the baseline)
     first; values the file does not list after those it does, in their natural order."""
-    from ioussl.orchestration.report import order_groups
+    from ioussl.report.tables import order_groups
 
     keys = list(keys)
     study_rank = {study: i for i, study in enumerate(orders)}

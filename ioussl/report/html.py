@@ -3,7 +3,7 @@
 Nothing is fetched when the file is opened: the CSS is inline and every figure is a PNG in a ``data:`` URI,
 so the file can be mailed, archived or opened on a machine without network. Every string that comes from
 the registry (study and group names, reasons, paths, provenance) goes through :func:`html.escape`.
-Figures come from :mod:`ioussl.orchestration.plots` (matplotlib, imported only when drawing); without
+Figures come from :mod:`ioussl.report.plots` (matplotlib, imported only when drawing); without
 matplotlib the report still has its tables and says which figures it left out.
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ioussl.orchestration import report as tables
-from ioussl.orchestration.registry.repo import RunRecord
-from ioussl.orchestration.report import HELD_OUT, Report
-from ioussl.orchestration.status import ACTIVE, RunStatus
+from ioussl.registry.repo import RunRecord
+from ioussl.report import tables
+from ioussl.report.tables import HELD_OUT, Report
 from ioussl.runfiles import atomic_write_text
+from ioussl.status import ACTIVE, RunStatus
 
 Curves = Mapping[str, Sequence[Sequence[tuple[int, float]]]]  # group -> one (epoch, value) series per run
 
@@ -120,7 +120,7 @@ def _figures(inputs: HtmlInputs) -> tuple[list[str], list[str]]:
     """<figure> elements with embedded PNGs, and the figures left out with the reason."""
     if importlib.util.find_spec("matplotlib") is None:
         return [], ["figures left out: they need matplotlib (pip install 'ioussl[science]')"]
-    from ioussl.orchestration import plots
+    from ioussl.report import plots
 
     wanted: list[tuple[str, str, Callable[[], Any] | None, str]] = [
         ("DSC per group", "Each fine-tune's DSC (dots), the group mean ± std (bar), the baseline's mean (dashed).",

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ioussl.errors import DataError
-from ioussl.orchestration.planning import BASELINE_GROUP
-from ioussl.orchestration.report import HELD_OUT, Report
+from ioussl.plan.expand import BASELINE_GROUP
+from ioussl.report.tables import HELD_OUT, Report
 
 
 def _figure(width: float, height: float):  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ records of several studies give rows side by side (``grouping.py``).
 
 A group's number is the per-slice DSC on held-out test cases (``test_dsc``) when its runs recorded one (a
 split with a test part), else on the validation cases, which also selected the checkpoint ("selection
-cases"). Tests against the baseline and Holm's correction come from :mod:`ioussl.orchestration.statistics`;
+cases"). Tests against the baseline and Holm's correction come from :mod:`ioussl.report.statistics`;
 with several studies, each study is its own family for Holm's correction.
 """
 
@@ -20,12 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ioussl.orchestration import grouping, statistics
-from ioussl.orchestration.grouping import INTERVAL, GroupKey, StudyOrder
-from ioussl.orchestration.planning import BASELINE_GROUP
-from ioussl.orchestration.registry.repo import RunRecord
-from ioussl.orchestration.study import Interval
-from ioussl.orchestration.sweep import format_value
+from ioussl.plan.expand import BASELINE_GROUP
+from ioussl.plan.study import Interval
+from ioussl.plan.sweep import format_value
+from ioussl.registry.repo import RunRecord
+from ioussl.report import grouping, statistics
+from ioussl.report.grouping import INTERVAL, GroupKey, StudyOrder
 
 # Where a group's number comes from: the cases that selected the checkpoint, or held-out test cases.
 SELECTION, HELD_OUT = "val", "test"

@@ -135,10 +135,10 @@ def _train(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None) -> di
     if cfg.stage == "pretrain":
         if encoder_checkpoint is not None:
             raise ConfigError("a pretrain run takes no encoder checkpoint")
-        from ioussl.science.pretrain import run_pretrain
+        from ioussl.science.train.pretrain import run_pretrain
 
         return run_pretrain(cfg, run_dir)
-    from ioussl.science.finetune import run_finetune
+    from ioussl.science.train.finetune import run_finetune
 
     return run_finetune(cfg, run_dir, Path(encoder_checkpoint) if encoder_checkpoint else None)
 

@@ -18,17 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioussl import runfiles
+from ioussl.backends import slurmtext as slurm
+from ioussl.backends.base import Backend, Unit, backend_for_attempts, choose_backend, resolve_executor
 from ioussl.errors import ConfigError, NotFound, SubmissionError
-from ioussl.orchestration import alerts, planning, slurm, submission
-from ioussl.orchestration.backends import Backend, Unit, backend_for_attempts, choose_backend, resolve_executor
-from ioussl.orchestration.registry import opened, repo
-from ioussl.orchestration.registry.db import Registry
-from ioussl.orchestration.registry.errors import RegistryBusy
-from ioussl.orchestration.registry.models import Run
-from ioussl.orchestration.report import order_groups
-from ioussl.orchestration.status import ACTIVE, DEFAULT_RETRY, RunStatus, is_retryable
-from ioussl.orchestration.submission import JobFactory, RunFilter, SubmitOutcome
-from ioussl.orchestration.sync import SyncOutcome, prefetch, sync
+from ioussl.plan import expand as planning
+from ioussl.registry import opened, repo
+from ioussl.registry.db import Registry
+from ioussl.registry.errors import RegistryBusy
+from ioussl.registry.models import Run
+from ioussl.report.tables import order_groups
+from ioussl.status import ACTIVE, DEFAULT_RETRY, RunStatus, is_retryable
+from ioussl.submit import submission
+from ioussl.submit.submission import JobFactory, RunFilter, SubmitOutcome
+from ioussl.track import alerts
+from ioussl.track.sync import SyncOutcome, prefetch, sync
 
 S = RunStatus
 Progress = Callable[[list[repo.RunRecord]], None]

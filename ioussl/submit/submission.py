@@ -20,14 +20,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from ioussl import jobtext as jobscript
 from ioussl import runfiles
+from ioussl.backends import slurmtext as slurm
+from ioussl.backends.base import Backend, Unit
 from ioussl.errors import ConfigError, SubmissionError
-from ioussl.orchestration import jobscript, slurm
-from ioussl.orchestration.backends import Backend, Unit
-from ioussl.orchestration.planning import job_config_json
-from ioussl.orchestration.registry import repo
-from ioussl.orchestration.registry.models import Attempt, Run, Study, utcnow
-from ioussl.orchestration.status import RunStatus
+from ioussl.plan.expand import job_config_json
+from ioussl.registry import repo
+from ioussl.registry.models import Attempt, Run, Study, utcnow
+from ioussl.status import RunStatus
 
 S = RunStatus
 JobFactory = Callable[[str, str | None], Callable[[], Any]]
@@ -83,10 +84,10 @@ def default_job_factory() -> JobFactory:
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"${ENV_JOB_FACTORY}={name!r} cannot be loaded: {exc}") from None
     try:
-        from ioussl.orchestration.entrypoint import RunJob  # type: ignore[attr-defined]
+        from ioussl.submit.entrypoint import RunJob  # type: ignore[attr-defined]
     except ImportError:
         raise SubmissionError(
-            "the training entry point (ioussl.orchestration.entrypoint.RunJob) is not "
+            "the training entry point (ioussl.submit.entrypoint.RunJob) is not "
             f"installed; set ${ENV_JOB_FACTORY} to submit another job"
         ) from None
     return RunJob

@@ -8,7 +8,7 @@ or preemption requeues it and it resumes from its last step.
 
 Behaviour comes from an optional ``workload.json`` in the run directory (all keys optional):
 ``{"steps": 3, "step_s": 0.1, "fail_attempts": 0}``: ``fail_attempts`` makes the first N starts fail.
-Select it for ``ioussl submit`` with ``IOUSSL_JOB_FACTORY=ioussl.orchestration.workload:make_job``.
+Select it for ``ioussl submit`` with ``IOUSSL_JOB_FACTORY=ioussl.submit.workload:make_job``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class SyntheticJob(submitit.helpers.Checkpointable):
 
 
 def progress_line(step: int, steps: int, began: float, step_s: float, stage: Any = None) -> dict[str, Any]:
-    """The metrics line of one synthetic step, with the keys training writes (science/progress.py), one
+    """The metrics line of one synthetic step, with the keys training writes (science/train/progress.py), one
     step per epoch: what a live ``ioussl status`` reads."""
     now = time.time()
     return {"stage": stage, "epoch": step, "epochs": steps, "step": step + 1, "steps_total": steps, "time": now,
@@ -79,7 +79,7 @@ def progress_line(step: int, steps: int, began: float, step_s: float, stage: Any
 
 def result_for(run_dir: Path, config: dict[str, Any], steps: int, encoder: str | None = None) -> dict[str, Any]:
     """A result.json that meets the v2 contract (resultcheck) for a synthetic run of ``steps`` steps."""
-    from ioussl.orchestration.entrypoint import parent_run_hash
+    from ioussl.submit.entrypoint import parent_run_hash
 
     cfg = RunConfig.from_dict(config)
     checkpoint = run_dir / runfiles.CHECKPOINTS / "synthetic.json"

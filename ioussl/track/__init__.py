@@ -1,1 +1,1 @@
-"""`ioussl status`, `logs`: sync with the scheduler (one query), classify (pure), ingest run files, live progress, alerts."""
+"""`ioussl status`, `logs`: sync with the scheduler, classify (pure), ingest run files, live progress, alerts."""

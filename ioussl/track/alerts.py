@@ -25,11 +25,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from ioussl.errors import ConfigError
-from ioussl.orchestration.registry import repo
-from ioussl.orchestration.registry.db import Registry
-from ioussl.orchestration.registry.errors import RegistryBusy
-from ioussl.orchestration.registry.models import Notification, Run, Study, utcnow
-from ioussl.orchestration.status import RunStatus
+from ioussl.registry import repo
+from ioussl.registry.db import Registry
+from ioussl.registry.errors import RegistryBusy
+from ioussl.registry.models import Notification, Run, Study, utcnow
+from ioussl.status import RunStatus
 
 S = RunStatus
 ALERT_STATES = frozenset({S.FAILED, S.TIMEOUT, S.LOST, S.INVALID})

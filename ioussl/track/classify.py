@@ -23,8 +23,8 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ioussl.orchestration.slurm import JobInfo
-from ioussl.orchestration.status import ACTIVE, DEAD_PARENT, RunStatus
+from ioussl.backends.slurmtext import JobInfo
+from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus
 
 S = RunStatus
 PLANNED, SUBMITTING, PENDING, RUNNING = S.PLANNED, S.SUBMITTING, S.PENDING, S.RUNNING

@@ -23,12 +23,12 @@ from sqlalchemy.orm import Session
 from ioussl import runfiles
 from ioussl.config import RunConfig, config_hash
 from ioussl.errors import ConfigError
-from ioussl.orchestration import resultcheck
-from ioussl.orchestration.classify import RunFiles
-from ioussl.orchestration.planning import job_config_json
-from ioussl.orchestration.registry import repo
-from ioussl.orchestration.registry.models import Run
+from ioussl.plan.expand import job_config_json
+from ioussl.registry import repo
+from ioussl.registry.models import Run
 from ioussl.runfiles import RunFileError
+from ioussl.track import resultcheck
+from ioussl.track.classify import RunFiles
 
 INDEX_KEYS = resultcheck.INDEX_KEYS
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ioussl import runfiles
-from ioussl.orchestration import ingest, resultcheck
-from ioussl.orchestration.registry import repo, unit_of_work
-from ioussl.orchestration.status import RunStatus
+from ioussl.registry import repo, unit_of_work
 from ioussl.runfiles import RunFileError
+from ioussl.status import RunStatus
+from ioussl.track import ingest, resultcheck
 
 FIRST_READ_BYTES = 1 << 20  # of each output file; older output is summarised in one line
 FOLLOW_READ_BYTES = 4 << 20  # at most per poll and file

@@ -1,6 +1,6 @@
 """Live progress of running runs, read from the tail of their ``metrics.jsonl`` (never from the registry).
 
-Training appends one line per epoch (``science/progress.py``): ``epoch`` (0-based), ``epochs``, ``step``,
+Training appends one line per epoch (``science/train/progress.py``): ``epoch`` (0-based), ``epochs``, ``step``,
 ``steps_total``, ``time``, ``elapsed_s`` (since its attempt started), ``items_per_s`` and ``loss``, or, when
 fine-tuning, ``last_val_dsc`` once an evaluation happened. ``ioussl status`` shows them for RUNNING runs
 only, so a registry of 10,000 runs costs one small read per running job, not one per run.
@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ioussl import runfiles
-from ioussl.orchestration import ingest, resultcheck
-from ioussl.orchestration.registry import repo, unit_of_work
-from ioussl.orchestration.service import status_records
-from ioussl.orchestration.status import ACTIVE, RunStatus
+from ioussl.plan.service import status_records
+from ioussl.registry import repo, unit_of_work
 from ioussl.runfiles import RunFileError
+from ioussl.status import ACTIVE, RunStatus
+from ioussl.track import ingest, resultcheck
 
 TAIL_BYTES = 64 << 10  # ~200 epoch lines: enough to see the current attempt's rate
 RATE_LINES = 20  # the ETA uses the step rate over (at most) the last 20 epochs of the current attempt

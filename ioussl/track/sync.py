@@ -17,15 +17,16 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from ioussl.backends import slurmtext as slurm
+from ioussl.backends.base import Backend, backend_for_attempts
+from ioussl.backends.slurmcmd import QueryResult
 from ioussl.errors import IllegalTransition, SubmissionError
-from ioussl.orchestration import classify, ingest, slurm
-from ioussl.orchestration.backends import Backend, backend_for_attempts
-from ioussl.orchestration.classify import Change, Observation
-from ioussl.orchestration.registry import repo
-from ioussl.orchestration.registry.models import Attempt, Run
-from ioussl.orchestration.scheduler import QueryResult
-from ioussl.orchestration.status import ACTIVE, RunStatus
+from ioussl.registry import repo
+from ioussl.registry.models import Attempt, Run
 from ioussl.runfiles import RunFileError
+from ioussl.status import ACTIVE, RunStatus
+from ioussl.track import classify, ingest
+from ioussl.track.classify import Change, Observation
 
 NODE_CHARS = 255  # attempts.node
 

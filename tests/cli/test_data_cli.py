@@ -40,7 +40,7 @@ def test_synth_preprocess_split_analyze(tmp_path):
     assert [(r["i_min"], r["i_max"]) for r in rows] == [(0.3, 0.6), (0.6, 1.0)]
     assert all(r["fraction"] is None or 0.0 <= r["fraction"] <= 1.0 for r in rows)
     # the report plots exactly this file (thesis Fig. 3.2)
-    from ioussl.orchestration.plots import plot_pairs, read_pairs
+    from ioussl.report.plots import plot_pairs, read_pairs
 
     assert plot_pairs(read_pairs(tmp_path / "pairs.json"), tmp_path / "fig.png").stat().st_size > 1000
 

@@ -41,7 +41,7 @@ def test_every_command_works_on_each_backend(registry_db, repo_root, tmp_path):
     ioussl("plan", "grid", str(jobs / "tiny.toml"), "--db", registry_db, "--no-check-data")
     assert "would submit 3 run(s)" in ioussl("submit", "--study", "tiny", "--dry-run", "--db", registry_db).stdout
     assert "cancelled 3 run(s)" in ioussl("cancel", "--study", "tiny", "--db", registry_db).stdout
-    env = {"IOUSSL_JOB_FACTORY": "ioussl.orchestration.workload:make_job"}  # seconds-long jobs, real files
+    env = {"IOUSSL_JOB_FACTORY": "ioussl.submit.workload:make_job"}  # seconds-long jobs, real files
     ioussl("retry", "--study", "tiny", "--state", "CANCELLED", "--executor", "local", "--db", registry_db, env=env)
     rows = json.loads(ioussl("status", "--study", "tiny", "--db", registry_db, "--json").stdout)
     assert [r["status"] for r in rows] == ["COMPLETED"] * 3

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from ioussl.backends.base import resolve_executor
 from ioussl.cli import app
-from ioussl.orchestration.backends import resolve_executor
-from ioussl.orchestration.service import report_study, status_rows
+from ioussl.plan.service import report_study, status_rows
 
 runner = CliRunner()
 DEAD = "slurm_load_partitions: Unable to contact slurm controller (connect failure)"

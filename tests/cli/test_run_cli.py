@@ -19,8 +19,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> dict[str, str]:
-    from ioussl.science.preprocess import preprocess_dataset
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.preprocess import preprocess_dataset
+    from ioussl.science.data.synth import synth_dataset
 
     root = tmp_path_factory.mktemp("cli")
     synth_dataset(root / "nifti", cases=2, unlabelled=1, seed=2, size=96, slices=8)

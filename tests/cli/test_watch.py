@@ -18,14 +18,15 @@ from studyfiles import tiny_study
 from typer.testing import CliRunner
 
 from ioussl.cli import app
-from ioussl.orchestration import jobservice, workload
-from ioussl.orchestration.registry import open_registry
-from ioussl.orchestration.registry.models import Attempt, Run
-from ioussl.orchestration.service import plan_grid
-from ioussl.orchestration.status import RunStatus as S
+from ioussl.plan.service import plan_grid
+from ioussl.registry import open_registry
+from ioussl.registry.models import Attempt, Run
+from ioussl.status import RunStatus as S
+from ioussl.submit import service as jobservice
+from ioussl.submit import workload
 
 runner = CliRunner()
-FACTORY = "ioussl.orchestration.workload:make_job"
+FACTORY = "ioussl.submit.workload:make_job"
 
 STUDY = tiny_study("watched")
 
@@ -165,7 +166,7 @@ def test_watch_bad_input(tmp_path, study):
     one_line_error(invoke("status", "--db", empty, "--watch", "1"), "nothing to watch: no runs match")
     registry = open_registry(study, create=False)
     with registry.session() as session:
-        from ioussl.orchestration.registry import repo
+        from ioussl.registry import repo
 
         repo.get_or_create_study(session, "hollow", None, {}, str(tmp_path / "hollow"))
     registry.dispose()
@@ -189,7 +190,7 @@ def test_logs_of_a_planned_run_says_there_is_no_job(study):
 
 
 def _submit_local(db: str, tmp_path: Path, **spec) -> jobservice.SubmitOutcome:
-    from ioussl.orchestration.backends import LocalBackend
+    from ioussl.backends.base import LocalBackend
 
     for run in runs_of(db).values():
         workload.write_spec(run.run_dir, **spec)

@@ -19,13 +19,14 @@ from sqlalchemy import select
 from studyfiles import tiny_study
 from typer.testing import CliRunner
 
+from ioussl.backends.slurmcmd import QueryResult
+from ioussl.backends.slurmtext import JobInfo
 from ioussl.errors import ConfigError
-from ioussl.orchestration import alerts, jobservice
-from ioussl.orchestration.registry import open_registry
-from ioussl.orchestration.registry.models import Notification, Run, Study
-from ioussl.orchestration.scheduler import QueryResult
-from ioussl.orchestration.service import plan_grid
-from ioussl.orchestration.slurm import JobInfo
+from ioussl.plan.service import plan_grid
+from ioussl.registry import open_registry
+from ioussl.registry.models import Notification, Run, Study
+from ioussl.submit import service as jobservice
+from ioussl.track import alerts
 
 STUDY = tiny_study("alerting", pretrain_seeds=(1, 2), finetune_seeds=(1,), cluster="site.toml")
 

@@ -26,9 +26,9 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ioussl.cli import app
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.registry.models import Run
-from ioussl.orchestration.status import RunStatus
+from ioussl.registry import open_registry, repo
+from ioussl.registry.models import Run
+from ioussl.status import RunStatus
 
 HANG_LIMIT_S = 30
 
@@ -242,7 +242,7 @@ def _valid_files(run: Any) -> None:
 @pytest.fixture
 def two_finished_runs(registry_db, tmp_path):
     """Two baseline fine-tunes, each submitted to a job that has ended, each with valid run files."""
-    from ioussl.orchestration.service import plan_grid
+    from ioussl.plan.service import plan_grid
 
     write_study(tmp_path)
     plan_grid(tmp_path / "study.toml", registry_db, check_data=False)
@@ -290,7 +290,7 @@ def test_there_are_at_least_forty_cases():
 
 
 def test_an_invalid_run_can_be_retried_and_its_bad_result_is_set_aside(two_finished_runs):
-    from ioussl.orchestration import jobservice
+    from ioussl.submit import service as jobservice
 
     db, (victim_id, _) = two_finished_runs
     registry = open_registry(db)
@@ -310,7 +310,7 @@ def test_an_invalid_run_can_be_retried_and_its_bad_result_is_set_aside(two_finis
             return ["77"]
 
         def query(self, job_ids):  # type: ignore[no-untyped-def]
-            from ioussl.orchestration.scheduler import QueryResult
+            from ioussl.backends.slurmcmd import QueryResult
 
             return QueryResult({}, "fake", 1)
 
@@ -407,7 +407,7 @@ REFUSED_CASES: dict[str, tuple[Callable[[Path, str], list[str]], str, dict[str, 
 
 @pytest.mark.parametrize("case", list(REFUSED_CASES), ids=list(REFUSED_CASES))
 def test_a_refused_command_is_one_line_and_writes_nothing(tmp_path, case):
-    from ioussl.orchestration.service import plan_grid
+    from ioussl.plan.service import plan_grid
 
     db = str(tmp_path / "registry.db")
     plan_grid(write_study(tmp_path), db, check_data=False)  # a registry with something in it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ioussl.errors import ConfigError, DataError
-from ioussl.orchestration.service import plan_grid
+from ioussl.plan.service import plan_grid
 
 STUDY = """
 [study]
@@ -27,9 +27,9 @@ i_max = {i_max}
 
 @pytest.fixture(scope="module")
 def synth_store(tmp_path_factory):
-    from ioussl.science.preprocess import preprocess_dataset
-    from ioussl.science.store import SliceStore
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.preprocess import preprocess_dataset
+    from ioussl.science.data.store import SliceStore
+    from ioussl.science.data.synth import synth_dataset
 
     raw = tmp_path_factory.mktemp("raw")
     synth_dataset(raw, 1, 2, seed=3)
@@ -75,7 +75,7 @@ def test_an_interval_only_some_slices_meet_is_a_warning(tmp_path, synth_store, d
         def shapes(self, ids):
             return np.array([[120, 150], [300, 260]])
 
-    monkeypatch.setattr("ioussl.science.store.SliceStore", TwoSizes)
+    monkeypatch.setattr("ioussl.science.data.store.SliceStore", TwoSizes)
     outcome = plan_grid(study(tmp_path, synth_store, crop=96, i_min=0, i_max=0), db)
     assert len(outcome.new) == 2
     assert outcome.warnings == ["interval [0, 0]: 50.0% of the pretraining slices cannot meet it with this crop; "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ioussl.orchestration.classify import (
+from ioussl.backends.slurmtext import JobInfo
+from ioussl.track.classify import (
     LOST_AFTER_MISSES,
     SLURM_STATE,
     Observation,
@@ -12,7 +13,6 @@ from ioussl.orchestration.classify import (
     classify,
     classify_all,
 )
-from ioussl.orchestration.slurm import JobInfo
 
 
 def info(state: str, exit_code: int = 0, reason: str | None = None, raw: str | None = None) -> JobInfo:
@@ -165,7 +165,7 @@ def test_classify_all_blocks_children_on_the_sync_their_parent_fails():
 
 
 def test_untrustworthy_files_of_a_vanished_job_make_the_run_invalid():
-    from ioussl.orchestration.classify import Observation, RunFiles, classify
+    from ioussl.track.classify import Observation, RunFiles, classify
 
     files = RunFiles(has_result=True, invalid="events.jsonl line 2: t 1e+300 is not a time")
     change = classify(Observation(run_id="r1", status="RUNNING", job_id="7", info=None, files=files))

@@ -25,9 +25,9 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from ioussl.cli import app
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.registry.models import Metric, Result, Run
-from ioussl.orchestration.status import RunStatus
+from ioussl.registry import open_registry, repo
+from ioussl.registry.models import Metric, Result, Run
+from ioussl.status import RunStatus
 
 REPO = Path(__file__).resolve().parents[2]
 FORK = multiprocessing.get_context("fork")
@@ -63,7 +63,7 @@ for job in ids:
 
 
 def _plan_worker(db: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
-    from ioussl.orchestration.service import plan_grid
+    from ioussl.plan.service import plan_grid
 
     try:
         barrier.wait(timeout=60)
@@ -113,8 +113,8 @@ def test_eight_planners_racing_into_a_new_registry(backend, tmp_path, capsys, mo
 
 
 def _status_worker(db: str, path: str, delay: float, results) -> None:  # type: ignore[no-untyped-def]
-    from ioussl.orchestration.jobservice import sync_studies
-    from ioussl.orchestration.service import status_rows
+    from ioussl.plan.service import status_rows
+    from ioussl.submit.service import sync_studies
 
     os.environ["PATH"] = f"{path}{os.pathsep}{os.environ['PATH']}"
     completed, skipped = [], 0
@@ -132,7 +132,7 @@ def _status_worker(db: str, path: str, delay: float, results) -> None:  # type: 
 
 def _submitted_study(db: str, tmp_path: Path, runs: int) -> tuple[list, Path]:
     """A study of ``runs`` fine-tunes, each PENDING as SLURM job <n>; a fake sacct on PATH answers for them."""
-    from ioussl.orchestration.service import plan_grid
+    from ioussl.plan.service import plan_grid
 
     (tmp_path / "study.toml").write_text(STATUS_STUDY.format(seeds=", ".join(map(str, range(runs)))))
     plan_grid(tmp_path / "study.toml", db, check_data=False)
@@ -202,7 +202,7 @@ def test_sixty_four_status_while_results_arrive(backend, tmp_path, capsys):
 
 
 def _status_worker_inline(db: str, bin_dir: Path) -> list[str]:
-    from ioussl.orchestration.jobservice import sync_studies
+    from ioussl.submit.service import sync_studies
 
     old = os.environ["PATH"]
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{old}"
@@ -254,7 +254,7 @@ def test_a_unique_clash_is_read_again_as_already_planned(db, repo_root, monkeypa
     fires, the plan is rolled back and read again: its runs are reported as already planned."""
     from sqlalchemy import insert
 
-    from ioussl.orchestration import service
+    from ioussl.plan import service
 
     service.plan_grid(repo_root / "jobs" / "tiny.toml", db, check_data=False)
     real, calls = service.register_runs, []

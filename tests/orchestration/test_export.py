@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 import ioussl.api as api
 from ioussl.cli import app
 from ioussl.errors import ConfigError, NotFound
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.service import plan_grid
-from ioussl.orchestration.status import RunStatus
-from ioussl.orchestration.sync import sync
+from ioussl.plan.service import plan_grid
+from ioussl.registry import open_registry, repo
+from ioussl.status import RunStatus
+from ioussl.track.sync import sync
 
 STUDY = """
 [study]

@@ -20,13 +20,13 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ioussl.cli import app
-from ioussl.orchestration import htmlreport
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.registry.models import Run
-from ioussl.orchestration.report import table
-from ioussl.orchestration.service import plan_grid, report_study
-from ioussl.orchestration.status import RunStatus
-from ioussl.orchestration.sync import sync
+from ioussl.plan.service import plan_grid, report_study
+from ioussl.registry import open_registry, repo
+from ioussl.registry.models import Run
+from ioussl.report import html as htmlreport
+from ioussl.report.tables import table
+from ioussl.status import RunStatus
+from ioussl.track.sync import sync
 
 ORGANS = ("aorta", "gallbladder", "liver", "pancreas", "spleen")
 HOSTILE = "<img src=x onerror=console.error('escaped?')> & \"quotes\""  # a reason that must stay text

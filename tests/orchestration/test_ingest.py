@@ -9,11 +9,11 @@ import pytest
 from registryfix import valid_result
 from sqlalchemy import select
 
-from ioussl.orchestration import resultcheck
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.registry.models import Result, Run
-from ioussl.orchestration.status import RunStatus
+from ioussl.registry import open_registry, repo
+from ioussl.registry.models import Result, Run
 from ioussl.runfiles import RunFileError
+from ioussl.status import RunStatus
+from ioussl.track import resultcheck
 
 FLARE = {
     "part": "test", "dsc": 0.81, "nsd": 0.77,
@@ -24,8 +24,8 @@ TEST = {"dsc": 0.79, "dsc_3d": 0.75, "per_case": {"c9": {"liver": 0.9}}, "per_or
 
 
 def test_a_full_result_fills_every_column_on_each_backend(registry_db, repo_root, tmp_path):
-    from ioussl.orchestration.service import plan_grid
-    from ioussl.orchestration.sync import sync
+    from ioussl.plan.service import plan_grid
+    from ioussl.track.sync import sync
 
     plan_grid(repo_root / "jobs" / "tiny.toml", registry_db, check_data=False, base_dir=str(tmp_path / "jobs"))
     registry = open_registry(registry_db)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from ioussl import jobtext as jobscript
+from ioussl.backends import slurmtext as slurm
 from ioussl.errors import ConfigError
-from ioussl.orchestration import jobscript, slurm
 
 PIECES = [
     "\n", "\r", "\r\n", "'", '"', "$(touch PWNED1)", "`touch PWNED2`", ";touch PWNED3", "&& touch PWNED4", "|",
@@ -155,7 +156,7 @@ def test_the_last_gate_refuses_what_bypassed_the_resources_check():
 
 def test_a_planned_runs_dir_with_shell_metacharacters_is_quoted(tmp_path):
     """Fuzzed study runs_dir through planning: refused with a control character, else quoted in the script."""
-    from ioussl.orchestration.study import parse_study
+    from ioussl.plan.study import parse_study
 
     base = {"study": {"name": "fuzz"}, "finetune": {"baseline_seeds": [1]}, "data": {"crop": 64},
             "model": {"feature_size": 12}}

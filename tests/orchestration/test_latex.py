@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 
-from ioussl.orchestration.importing import import_results
-from ioussl.orchestration.report import latex_cell, to_latex
-from ioussl.orchestration.service import report_study
+from ioussl.plan.importing import import_results
+from ioussl.plan.service import report_study
+from ioussl.report.tables import latex_cell, to_latex
 
 
 def _pdflatex() -> str:
@@ -54,8 +54,8 @@ def test_thesis_table_compiles_with_pdflatex(repo_root, db, tmp_path):
 
 
 def test_a_held_out_table_with_flare_columns_and_tiny_p_compiles(repo_root, db, tmp_path):
-    from ioussl.orchestration.report import build_report
-    from ioussl.orchestration.service import plan_grid, status_rows
+    from ioussl.plan.service import plan_grid, status_rows
+    from ioussl.report.tables import build_report
 
     pdflatex = _pdflatex()
     plan_grid(repo_root / "jobs" / "thesis-test-split.toml", db, check_data=False)

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from ioussl.cli import app
 from ioussl.errors import RegistryError
-from ioussl.orchestration.registry import migrate, open_registry, schema
-from ioussl.orchestration.registry.db import parse_target
-from ioussl.orchestration.registry.errors import OldSchema
-from ioussl.orchestration.registry.models import Base
+from ioussl.registry import migrate, open_registry, schema
+from ioussl.registry.db import parse_target
+from ioussl.registry.errors import OldSchema
+from ioussl.registry.models import Base
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 V1 = FIXTURES / "registry-v1.db"
@@ -109,7 +109,7 @@ def test_every_other_command_refuses_an_old_registry_naming_the_upgrade(v1_copy,
 def test_plan_refuses_an_old_registry(v1_copy, repo_root):
     before = dump(v1_copy)
     with pytest.raises(OldSchema):
-        from ioussl.orchestration.service import plan_grid
+        from ioussl.plan.service import plan_grid
 
         plan_grid(repo_root / "jobs" / "tiny.toml", v1_copy, check_data=False)
     assert dump(v1_copy) == before

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from ioussl.errors import DataError
-from ioussl.orchestration.registry import open_registry
-from ioussl.orchestration.registry.models import Run
-from ioussl.orchestration.service import plan_grid, status_rows
-from ioussl.orchestration.status import RunStatus
+from ioussl.plan.service import plan_grid, status_rows
+from ioussl.registry import open_registry
+from ioussl.registry.models import Run
+from ioussl.status import RunStatus
 
 
 def count_runs(db: str) -> int:
@@ -78,8 +78,8 @@ def test_edited_cluster_profile_reaches_unsubmitted_runs(repo_root, db, tmp_path
 
 @pytest.mark.parametrize("study", ["thesis.toml", "demo.toml", "tiny.toml"])
 def test_run_count_is_the_size_of_the_expansion(repo_root, study):
-    from ioussl.orchestration import planning
-    from ioussl.orchestration.study import load_study
+    from ioussl.plan import expand as planning
+    from ioussl.plan.study import load_study
 
     spec = load_study(repo_root / "jobs" / study)
     assert planning.run_count(spec) == len(planning.expand_grid(spec))
@@ -87,7 +87,7 @@ def test_run_count_is_the_size_of_the_expansion(repo_root, study):
 
 def test_a_plan_above_the_cap_is_refused_before_expansion(repo_root, db, monkeypatch):
     from ioussl.errors import ConfigError
-    from ioussl.orchestration import planning
+    from ioussl.plan import expand as planning
 
     def never(spec):  # type: ignore[no-untyped-def]
         raise AssertionError("expanded a study above the cap")

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ioussl.cli import app
-from ioussl.orchestration.importing import import_results
-from ioussl.orchestration.plots import collapse_figure, dsc_figure, plot_collapse, plot_pretrain_loss
-from ioussl.orchestration.service import report_study
+from ioussl.plan.importing import import_results
+from ioussl.plan.service import report_study
+from ioussl.report.plots import collapse_figure, dsc_figure, plot_collapse, plot_pretrain_loss
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_pretrain_loss_plot_fits_negative_losses_and_labels_its_groups(tmp_path)
               "random crop [0, 1]": [[(0, -0.01), (1, -0.1)]]}  # a shorter run: its mean uses what exists
     path = plot_pretrain_loss(curves, tmp_path / "loss.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from ioussl.orchestration.plots import curves_figure
+    from ioussl.report.plots import curves_figure
 
     ax = curves_figure(curves, ylabel="loss", title="t", unit_range=False).axes[0]
     bottom, top = ax.get_ylim()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ioussl.orchestration.progress import TAIL_BYTES, read_progress
 from ioussl.runfiles import RunFileError
+from ioussl.track.progress import TAIL_BYTES, read_progress
 
 T0 = 1_700_000_000.0
 

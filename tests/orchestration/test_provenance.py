@@ -6,11 +6,11 @@ import json
 
 from registryfix import write_result
 
-from ioussl.orchestration.entrypoint import git_state
-from ioussl.orchestration.ingest import ingest
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.registry.models import Provenance, Run
-from ioussl.orchestration.service import plan_grid, report_study
+from ioussl.plan.service import plan_grid, report_study
+from ioussl.registry import open_registry, repo
+from ioussl.registry.models import Provenance, Run
+from ioussl.submit.entrypoint import git_state
+from ioussl.track.ingest import ingest
 
 
 def test_git_state_names_this_checkout(repo_root):
@@ -45,7 +45,7 @@ def test_ingested_result_records_provenance_and_the_report_names_the_commit(repo
 def test_event_times_belong_to_the_attempt(tmp_path):
     import datetime as dt
 
-    from ioussl.orchestration.ingest import event_times
+    from ioussl.track.ingest import event_times
 
     submitted = dt.datetime(2026, 1, 1, 12, 0, 0)
     t0 = submitted.replace(tzinfo=dt.UTC).timestamp()

@@ -12,11 +12,11 @@ from registryfix import dump
 from sqlalchemy import text
 
 from ioussl.errors import RegistryError
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.registry.db import parse_target
-from ioussl.orchestration.registry.errors import MissingRegistry, RegistryBusy
-from ioussl.orchestration.registry.models import SCHEMA_VERSION, SchemaInfo
-from ioussl.orchestration.registry.schema import expected_tables, mount_fstype
+from ioussl.registry import open_registry, repo
+from ioussl.registry.db import parse_target
+from ioussl.registry.errors import MissingRegistry, RegistryBusy
+from ioussl.registry.models import SCHEMA_VERSION, SchemaInfo
+from ioussl.registry.schema import expected_tables, mount_fstype
 
 
 def _tables(registry) -> set[str]:
@@ -254,7 +254,7 @@ def test_the_mount_table_names_the_file_system(tmp_path):
 
 
 def test_sqlite_on_a_network_file_system_warns_once_and_points_to_postgres(db, monkeypatch):
-    from ioussl.orchestration.registry import schema
+    from ioussl.registry import schema
 
     open_registry(db).dispose()
     monkeypatch.setattr(schema, "mount_fstype", lambda path, mounts=None: "beegfs")
@@ -272,7 +272,7 @@ def test_the_cli_shows_the_network_warning_as_one_line(db, monkeypatch, repo_roo
     from typer.testing import CliRunner
 
     from ioussl.cli import app
-    from ioussl.orchestration.registry import schema
+    from ioussl.registry import schema
 
     CliRunner().invoke(app, ["plan", "grid", str(repo_root / "jobs" / "tiny.toml"), "--db", db, "--no-check-data"])
     monkeypatch.setattr(schema, "mount_fstype", lambda path, mounts=None: "nfs")

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from ioussl.errors import DataError
-from ioussl.orchestration.importing import import_results
-from ioussl.orchestration.report import build_report, to_csv, to_latex, to_markdown
-from ioussl.orchestration.service import plan_grid, report_study, status_rows
+from ioussl.plan.importing import import_results
+from ioussl.plan.service import plan_grid, report_study, status_rows
+from ioussl.report.tables import build_report, to_csv, to_latex, to_markdown
 
 # Table 4.2 as printed: mean ± std.
 THESIS = {
@@ -110,7 +110,7 @@ def test_bad_import_changes_nothing(repo_root, db, tmp_path, content, message):
 
 
 def test_plots_are_written_from_recorded_series(thesis_db, tmp_path):
-    from ioussl.orchestration.registry import open_registry, repo
+    from ioussl.registry import open_registry, repo
 
     registry = open_registry(thesis_db, create=False)
     with registry.session() as session:

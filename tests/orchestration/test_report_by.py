@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from ioussl.errors import ConfigError
-from ioussl.orchestration.importing import import_results
-from ioussl.orchestration.registry import open_registry, repo
-from ioussl.orchestration.registry.models import Run
-from ioussl.orchestration.report import to_csv
-from ioussl.orchestration.service import plan_grid, report_study
-from ioussl.orchestration.status import RunStatus
+from ioussl.plan.importing import import_results
+from ioussl.plan.service import plan_grid, report_study
+from ioussl.registry import open_registry, repo
+from ioussl.registry.models import Run
+from ioussl.report.tables import to_csv
+from ioussl.status import RunStatus
 
 STUDY = """
 [study]

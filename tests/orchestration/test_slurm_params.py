@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ioussl.backends import slurmtext as slurm
 from ioussl.errors import ConfigError
-from ioussl.orchestration import slurm
 
 GOLDEN = Path(__file__).parent / "golden"
 # A run's stored resources, as study.py merges them: the cluster profile under "slurm", the stage's own

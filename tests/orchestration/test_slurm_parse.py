@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ioussl.orchestration import slurm
+from ioussl.backends import slurmtext as slurm
 
 SACCT = """\
 1|1|wrap|COMPLETED|0:0|localhost|None|2026-11-26T01:16:41|2026-11-26T01:16:43
@@ -129,8 +129,8 @@ def test_sacct_command_queries_array_jobs_by_their_array_id_once():
 
 
 def test_query_uses_one_sacct_and_asks_the_controller_only_for_jobs_sacct_does_not_list_yet():
+    from ioussl.backends.slurmcmd import query_jobs
     from ioussl.errors import SubmissionError
-    from ioussl.orchestration.scheduler import query_jobs
 
     calls = []
 
@@ -149,8 +149,8 @@ def test_query_uses_one_sacct_and_asks_the_controller_only_for_jobs_sacct_does_n
 
 
 def test_query_falls_back_when_accounting_is_off():
+    from ioussl.backends.slurmcmd import query_jobs
     from ioussl.errors import SubmissionError
-    from ioussl.orchestration.scheduler import query_jobs
 
     def runner(argv):
         if argv[0] == "sacct":

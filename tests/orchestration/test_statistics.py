@@ -12,10 +12,10 @@ import math
 import pytest
 from scipy import stats
 
-from ioussl.orchestration import statistics
-from ioussl.orchestration.importing import import_results
-from ioussl.orchestration.report import HELD_OUT, SELECTION, build_report, to_csv, to_latex, to_markdown
-from ioussl.orchestration.service import plan_grid, report_study, status_rows
+from ioussl.plan.importing import import_results
+from ioussl.plan.service import plan_grid, report_study, status_rows
+from ioussl.report import statistics
+from ioussl.report.tables import HELD_OUT, SELECTION, build_report, to_csv, to_latex, to_markdown
 
 BASELINE = "no pretraining"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ioussl.errors import IllegalTransition
-from ioussl.orchestration.status import ALLOWED, RunStatus, can_transition, check_transition, is_retryable
+from ioussl.status import ALLOWED, RunStatus, can_transition, check_transition, is_retryable
 
 S = RunStatus
 

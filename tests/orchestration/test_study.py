@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ioussl.errors import ConfigError
-from ioussl.orchestration.planning import BASELINE_GROUP, expand_grid
-from ioussl.orchestration.study import load_study
+from ioussl.plan.expand import BASELINE_GROUP, expand_grid
+from ioussl.plan.study import load_study
 
 MINIMAL = """
 [study]

@@ -17,15 +17,16 @@ from registryfix import write_result
 from sqlalchemy import select
 from studyfiles import tiny_study
 
+from ioussl.backends.slurmcmd import QueryResult
+from ioussl.backends.slurmtext import JobInfo
 from ioussl.errors import ConfigError, NotFound, SubmissionError
-from ioussl.orchestration import jobservice, submission
-from ioussl.orchestration.registry import open_registry
-from ioussl.orchestration.registry.models import Attempt, Metric, Result, Run
-from ioussl.orchestration.scheduler import QueryResult
-from ioussl.orchestration.service import plan_grid
-from ioussl.orchestration.slurm import JobInfo
-from ioussl.orchestration.submission import RunFilter
-from ioussl.orchestration.sync import sync
+from ioussl.plan.service import plan_grid
+from ioussl.registry import open_registry
+from ioussl.registry.models import Attempt, Metric, Result, Run
+from ioussl.submit import service as jobservice
+from ioussl.submit import submission
+from ioussl.submit.submission import RunFilter
+from ioussl.track.sync import sync
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -288,8 +289,8 @@ LOCAL_STUDY = tiny_study("local")
 
 
 def test_local_executor_starts_fine_tunes_only_after_their_pretrain(tmp_path):
-    from ioussl.orchestration import workload
-    from ioussl.orchestration.backends import LocalBackend
+    from ioussl.backends.base import LocalBackend
+    from ioussl.submit import workload
 
     (tmp_path / "study.toml").write_text(LOCAL_STUDY)
     db = str(tmp_path / "registry.db")
@@ -334,7 +335,7 @@ def test_cli_empty_study_is_an_error(tmp_path):
     from typer.testing import CliRunner
 
     from ioussl.cli import app
-    from ioussl.orchestration.registry import repo
+    from ioussl.registry import repo
 
     db = str(tmp_path / "r.db")
     registry = open_registry(db, create=True)

@@ -13,9 +13,9 @@ import pytest
 
 from ioussl.config import RunConfig
 from ioussl.errors import ConfigError
-from ioussl.orchestration import planning
-from ioussl.orchestration.study import load_study, parse_study
-from ioussl.orchestration.sweep import SETTINGS, parse_sweep
+from ioussl.plan import expand as planning
+from ioussl.plan.study import load_study, parse_study
+from ioussl.plan.sweep import SETTINGS, parse_sweep
 
 BASE = """
 [study]

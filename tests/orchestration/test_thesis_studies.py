@@ -9,9 +9,9 @@ import json
 from typer.testing import CliRunner
 
 from ioussl.cli import app
-from ioussl.orchestration.planning import expand_grid
-from ioussl.orchestration.study import load_study
-from ioussl.science.splits import THESIS_SPLIT, load_split
+from ioussl.plan.expand import expand_grid
+from ioussl.plan.study import load_study
+from ioussl.science.data.splits import THESIS_SPLIT, load_split
 
 SPLIT = "splits/flare22-15-15-20-seed0.json"
 

@@ -21,8 +21,8 @@ def real_ct_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_store(real_ct_dir, tmp_path_factory):
-    from ioussl.science.preprocess import preprocess_dataset
-    from ioussl.science.store import SliceStore
+    from ioussl.science.data.preprocess import preprocess_dataset
+    from ioussl.science.data.store import SliceStore
 
     out = tmp_path_factory.mktemp("real-store")
     report = preprocess_dataset(real_ct_dir, out)
@@ -32,7 +32,7 @@ def real_store(real_ct_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.synth import synth_dataset
 
     out = tmp_path_factory.mktemp("synth")
     synth_dataset(out, cases=3, unlabelled=2, seed=0)
@@ -41,8 +41,8 @@ def synth_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_store(synth_dir, tmp_path_factory):
-    from ioussl.science.preprocess import preprocess_dataset
-    from ioussl.science.store import SliceStore
+    from ioussl.science.data.preprocess import preprocess_dataset
+    from ioussl.science.data.store import SliceStore
 
     out = tmp_path_factory.mktemp("synth-store")
     report = preprocess_dataset(synth_dir, out)

@@ -8,7 +8,7 @@ import pytest
 from datafix import *  # noqa: F403 (session fixtures; a conftest.py here would collide with other branches)
 
 from ioussl.errors import DataError
-from ioussl.science.analysis import THESIS_INTERVALS, organ_overlap, plot_overlap
+from ioussl.science.sampling.analysis import THESIS_INTERVALS, organ_overlap, plot_overlap
 
 
 def test_overlap_on_real_ct_rises_with_iou(real_store, tmp_path):

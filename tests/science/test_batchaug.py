@@ -13,7 +13,7 @@ from monai.data import set_track_meta
 from monai.transforms import Compose, Flip, GaussianSmooth, Rotate90, ScaleIntensity, ShiftIntensity, Zoom
 from scipy import stats
 
-from ioussl.science.batchaug import (
+from ioussl.science.augment.batchaug import (
     FINETUNE,
     PRETRAIN_VIEW,
     AugmentParams,
@@ -23,7 +23,7 @@ from ioussl.science.batchaug import (
     draw_params,
     resample,
 )
-from ioussl.science.transforms import monai_transforms
+from ioussl.science.augment.transforms import monai_transforms
 
 P_MIN = 1e-3  # fixed seeds: every test below is deterministic; this only sets how close the laws must be
 
@@ -224,8 +224,8 @@ def _view_statistics(views: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def test_whole_batches_have_the_pixel_statistics_of_the_monai_path():
-    from ioussl.science.datasets import _plain_tensors
-    from ioussl.science.transforms import pretrain_view_augment
+    from ioussl.science.augment.transforms import pretrain_view_augment
+    from ioussl.science.train.datasets import _plain_tensors
 
     n = 1500
     image = _images(n, seed=10)

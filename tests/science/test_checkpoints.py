@@ -9,9 +9,9 @@ import torch
 
 from ioussl.config import DataConfig, ModelConfig, PretrainConfig, RunConfig, SamplerConfig
 from ioussl.errors import TrainingError
-from ioussl.science import checkpoint as ckpt
-from ioussl.science.models import SimSiam, build_swin_unetr
-from ioussl.science.transfer import load_encoder
+from ioussl.science.models.swin import SimSiam, build_swin_unetr
+from ioussl.science.train import checkpoint as ckpt
+from ioussl.science.train.transfer import load_encoder
 
 TINY = ModelConfig(feature_size=12)
 PRE = PretrainConfig(proj_dim=64, pred_hidden_dim=16)

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from ioussl.cli import app
 from ioussl.errors import DataError
-from ioussl.science.ctcheck import CT, check_ct, ct_statistics, implausible_reason
-from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
-from ioussl.science.synth import synth_volume
+from ioussl.science.data.ctcheck import CT, check_ct, ct_statistics, implausible_reason
+from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
+from ioussl.science.data.synth import synth_volume
 
 
 def _nifti(path: Path, volume: np.ndarray, spacing=(2.0, 2.0, 3.0)) -> None:

@@ -8,7 +8,9 @@ import torch
 from datafix import *  # noqa: F403 (session fixtures; a conftest.py here would collide with other branches)
 
 from ioussl.errors import DataError
-from ioussl.science.datasets import (
+from ioussl.science.augment.transforms import RandIoUCropPaird, pretrain_view_augment
+from ioussl.science.sampling.sampler import box_iou, pair_exists, sample_crop_pairs
+from ioussl.science.train.datasets import (
     FinetuneSliceDataset,
     PretrainPairDataset,
     ValSliceDataset,
@@ -16,8 +18,6 @@ from ioussl.science.datasets import (
     make_pretrain_loader,
     make_val_loader,
 )
-from ioussl.science.sampler import box_iou, pair_exists, sample_crop_pairs
-from ioussl.science.transforms import RandIoUCropPaird, pretrain_view_augment
 
 
 def test_iou_crop_applies_the_same_boxes_to_every_key():
@@ -68,7 +68,7 @@ def test_pretrain_dataset_items_and_reproducible_loader(synth_store):
 
 def test_pretrain_dataset_views_are_the_sampled_crops(synth_store, monkeypatch):
     # Record the boxes the sampler hands the dataset, then check each view is the crop at its box.
-    from ioussl.science import datasets
+    from ioussl.science.train import datasets
 
     drawn = []
 
@@ -147,7 +147,7 @@ def test_augmentations_without_metatensor_bookkeeping_give_identical_items(synth
 
     from monai.data import get_track_meta
 
-    import ioussl.science.datasets as datasets
+    import ioussl.science.train.datasets as datasets
 
     def items():
         pre = datasets.PretrainPairDataset(synth_store, synth_store.slice_ids(synth_store.unlabelled_cases()), 64,
@@ -166,8 +166,8 @@ def test_augmentations_without_metatensor_bookkeeping_give_identical_items(synth
 
 
 def test_crop_batches_are_the_item_crops_as_stored(synth_store):
-    from ioussl.science.datasets import PretrainCropBatches
-    from ioussl.science.store import dequantise_tensor, widen_uint16
+    from ioussl.science.data.store import dequantise_tensor, widen_uint16
+    from ioussl.science.train.datasets import PretrainCropBatches
 
     ids = synth_store.slice_ids(synth_store.unlabelled_cases())
     items = PretrainPairDataset(synth_store, ids, 96, 0.3, 0.6, augment=False, seed=5).__getitems__(range(12))
@@ -183,7 +183,7 @@ def test_crop_batches_are_the_item_crops_as_stored(synth_store):
 
 
 def test_crop_batch_loader_passes_whole_batches_and_is_reproducible(synth_store):
-    from ioussl.science.datasets import PretrainCropBatches
+    from ioussl.science.train.datasets import PretrainCropBatches
 
     ids = synth_store.slice_ids(synth_store.unlabelled_cases())
     make = lambda: make_pretrain_loader(PretrainCropBatches(synth_store, ids, 96, 0.3, 0.6, seed=2), 4, 1, 7)  # noqa: E731

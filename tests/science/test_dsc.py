@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ioussl.science.engine import Evaluation
-from ioussl.science.metrics import FLARE_ORGANS, preprocessed_case_dsc, slice_dsc, summarise_cases
+from ioussl.science.evaluate.metrics import FLARE_ORGANS, preprocessed_case_dsc, slice_dsc, summarise_cases
+from ioussl.science.train.engine import Evaluation
 
 
 def _logits(pred: torch.Tensor, classes: int = 14) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 
 from ioussl.config import FinetuneConfig
 from ioussl.errors import TrainingError
-from ioussl.science.finetune import Selection, is_eval_epoch
+from ioussl.science.train.finetune import Selection, is_eval_epoch
 
 
 def test_evaluates_every_tenth_epoch_then_every_epoch_from_90():

@@ -11,7 +11,9 @@ import pytest
 from datafix import *  # noqa: F403 (session fixtures; a conftest.py here would collide with other branches)
 
 from ioussl.errors import DataError
-from ioussl.science.flare_eval import (
+from ioussl.science.data.grid import slice_axis, to_source_grid
+from ioussl.science.data.store import SliceStore
+from ioussl.science.evaluate.flare_eval import (
     SLICE_RANGE_ORGANS,
     TOLERANCE_MM,
     case_scores,
@@ -20,9 +22,7 @@ from ioussl.science.flare_eval import (
     organ_scores,
     summarise,
 )
-from ioussl.science.grid import slice_axis, to_source_grid
-from ioussl.science.metrics import FLARE_ORGANS
-from ioussl.science.store import SliceStore
+from ioussl.science.evaluate.metrics import FLARE_ORGANS
 
 AORTA, LIVER, OESOPHAGUS = 5, 1, 10
 
@@ -170,7 +170,7 @@ def test_a_changed_label_copy_is_refused(synth_store, tmp_path):
     import torch
 
     from ioussl.config import ModelConfig
-    from ioussl.science.models import build_swin_unetr
+    from ioussl.science.models.swin import build_swin_unetr
 
     model = build_swin_unetr(ModelConfig(feature_size=12), 0.0)
     torch.save({"model": model.state_dict()}, tmp_path / "best.pt")

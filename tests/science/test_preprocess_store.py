@@ -12,8 +12,8 @@ import pytest
 from datafix import *  # noqa: F403 (session fixtures; a conftest.py here would collide with other branches)
 
 from ioussl.errors import DataError
-from ioussl.science.preprocess import discover_cases, preprocess_dataset
-from ioussl.science.store import SliceStore
+from ioussl.science.data.preprocess import discover_cases, preprocess_dataset
+from ioussl.science.data.store import SliceStore
 
 
 def test_real_ct_geometry_from_header(real_ct_dir, real_store):
@@ -85,7 +85,7 @@ def test_synthetic_round_trip_headers_vary(synth_dir, synth_store):
     vol, label = synth_store.volume("SYN_Tr_0001")
     assert vol.shape[1] >= 96 and vol.shape[2] >= 96
     hu = vol * 1000 - 500
-    from ioussl.science.synth import ORGANS
+    from ioussl.science.data.synth import ORGANS
 
     for organ, code in (("aorta", 5), ("liver", 1)):  # the phantom's HU survive reorientation and resampling
         assert abs(float(np.median(hu[label == code])) - ORGANS[organ][1]) < 40, organ
@@ -163,7 +163,7 @@ def test_shape_mismatch_and_missing_label_and_empty_folder(synth_dir, tmp_path):
 
 
 def test_settings_change_refuses_to_mix_stores(synth_dir, tmp_path):
-    from ioussl.science.preprocess import PreprocessSettings
+    from ioussl.science.data.preprocess import PreprocessSettings
 
     preprocess_dataset(synth_dir, tmp_path)
     with pytest.raises(DataError, match="other settings"):

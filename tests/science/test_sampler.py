@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from ioussl.errors import ConfigError, DataError
-from ioussl.science import _exact
-from ioussl.science.sampler import (
+from ioussl.science.sampling import _exact
+from ioussl.science.sampling.sampler import (
     achievable_iou_range,
     box_iou,
     check_interval_feasible,

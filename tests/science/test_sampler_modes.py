@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ioussl.science import sampler_modes
-from ioussl.science.sampler import sample_crop_pairs
+from ioussl.science.sampling import modes as sampler_modes
+from ioussl.science.sampling.sampler import sample_crop_pairs
 
 
 def _box1_rows(starts: np.ndarray, keep: np.ndarray, shape: tuple[int, int], crop: int, n: int) -> np.ndarray:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ioussl.config import FinetuneConfig, ModelConfig, PretrainConfig
-from ioussl.science.models import SimSiam, build_swin_unetr
-from ioussl.science.optim import finetune_optimizer, pretrain_optimizer, set_lr
-from ioussl.science.schedules import cosine_lr
+from ioussl.science.models.swin import SimSiam, build_swin_unetr
+from ioussl.science.train.optim import finetune_optimizer, pretrain_optimizer, set_lr
+from ioussl.science.train.schedules import cosine_lr
 
 # Thesis pretraining: 237,449 slices // 128 = 1,855 steps per epoch, 100 epochs (thesis protocol notes §3).
 PRE_STEPS = 1855 * 100

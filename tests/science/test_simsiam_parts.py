@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from ioussl.config import ModelConfig, PretrainConfig
-from ioussl.science.heads import PredictionHead, ProjectionHead
-from ioussl.science.losses import negative_cosine, simsiam_loss
-from ioussl.science.metrics import CollapseMeter
-from ioussl.science.models import SimSiam, build_swin_unetr
+from ioussl.science.evaluate.metrics import CollapseMeter
+from ioussl.science.models.heads import PredictionHead, ProjectionHead
+from ioussl.science.models.swin import SimSiam, build_swin_unetr
+from ioussl.science.train.losses import negative_cosine, simsiam_loss
 
 TINY = ModelConfig(feature_size=12)
 
@@ -119,11 +119,11 @@ def test_an_epoch_reads_the_device_back_once_not_per_step(monkeypatch):
     import itertools
 
     from ioussl import profiles
-    from ioussl.science import batchaug
-    from ioussl.science.engine import StepState, train_one_epoch_simsiam
-    from ioussl.science.optim import pretrain_optimizer
+    from ioussl.science.augment import batchaug
     from ioussl.science.runtime import resolve_runtime
-    from ioussl.science.trainingdata import pretrain_feed
+    from ioussl.science.train.engine import StepState, train_one_epoch_simsiam
+    from ioussl.science.train.optim import pretrain_optimizer
+    from ioussl.science.train.trainingdata import pretrain_feed
 
     cfg = profiles.tiny("pretrain")
     runtime = resolve_runtime(cfg.runtime, amp=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ioussl.errors import DataError
-from ioussl.science.splits import THESIS_SPLIT, check_split_cases, load_split, make_split
+from ioussl.science.data.splits import THESIS_SPLIT, check_split_cases, load_split, make_split
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ioussl.errors import DataError
-from ioussl.science.synth import FAT_HU, MUSCLE_HU, ORGANS, VISCERAL_FAT_HU, synth_dataset, synth_volume
+from ioussl.science.data.synth import FAT_HU, MUSCLE_HU, ORGANS, VISCERAL_FAT_HU, synth_dataset, synth_volume
 
 SHAPE = (144, 120, 24)
 

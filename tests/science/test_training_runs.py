@@ -17,16 +17,16 @@ import torch
 from ioussl import profiles, runfiles
 from ioussl.config import RunConfig
 from ioussl.errors import DataError, TrainingError
-from ioussl.science import checkpoint as ckpt
-from ioussl.science import engine, pretrain
-from ioussl.science.finetune import run_finetune
-from ioussl.science.pretrain import run_pretrain
+from ioussl.science.train import checkpoint as ckpt
+from ioussl.science.train import engine, pretrain
+from ioussl.science.train.finetune import run_finetune
+from ioussl.science.train.pretrain import run_pretrain
 
 REAL_CT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "totalseg-example"
 
 
 def _store(source: Path, out: Path) -> Path:
-    from ioussl.science.preprocess import preprocess_dataset
+    from ioussl.science.data.preprocess import preprocess_dataset
 
     report = preprocess_dataset(source, out)
     assert report.failed == []
@@ -35,7 +35,7 @@ def _store(source: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> dict[str, str]:
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.synth import synth_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     synth_dataset(root / "nifti", cases=3, unlabelled=1, seed=0, size=96, slices=10)
@@ -192,7 +192,7 @@ def test_interrupted_pretraining_resumes_bit_for_bit(synthetic, tmp_path, monkey
 
 @pytest.mark.slow
 def test_interrupted_finetuning_resumes_bit_for_bit(synthetic, tmp_path, monkeypatch):
-    from ioussl.science import finetune
+    from ioussl.science.train import finetune
 
     cfg = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
     assert cfg.data.augment_on == "device"
@@ -274,7 +274,7 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_fails_clearly(synthetic, 
     ckpt.save_atomic({**ckpt.describe(cfg, "last"), "store": "0123456789abcdef"}, last)
     with pytest.raises(TrainingError, match="store changed"):
         run_pretrain(cfg, tmp_path)
-    from ioussl.science.store import SliceStore
+    from ioussl.science.data.store import SliceStore
 
     store = SliceStore(synthetic["store"]).fingerprint
     ckpt.save_atomic({**ckpt.describe(cfg, "last"), "store": store, "epoch": "0", "model": {}}, last)

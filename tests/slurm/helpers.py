@@ -1,6 +1,6 @@
 """A tiny study on the local SLURM test cluster, driven through the real `ioussl` command line.
 
-Jobs run the synthetic workload (ioussl/orchestration/workload.py) through the same submission path as
+Jobs run the synthetic workload (ioussl/submit/workload.py) through the same submission path as
 real runs; each run's behaviour (steps, step time, failures) is set in its run directory.
 """
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ioussl.orchestration import workload
+from ioussl.submit import workload
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ class StudyRig:
         self.env = {
             **os.environ,
             "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "IOUSSL_JOB_FACTORY": "ioussl.orchestration.workload:make_job",
+            "IOUSSL_JOB_FACTORY": "ioussl.submit.workload:make_job",
             "IOUSSL_DB": self.db,
         }
 

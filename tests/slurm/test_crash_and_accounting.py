@@ -87,8 +87,8 @@ def test_kill_9_of_submit_then_rerun_gives_no_duplicate_and_loses_no_job_id(rig,
 def _all_attempt_job_ids(rig) -> set[str]:
     from sqlalchemy import select
 
-    from ioussl.orchestration.registry import open_registry
-    from ioussl.orchestration.registry.models import Attempt
+    from ioussl.registry import open_registry
+    from ioussl.registry.models import Attempt
 
     registry = open_registry(rig.db, create=False)
     try:

@@ -43,10 +43,10 @@ def _study(root: Path) -> Path:
 
 
 def _data(root: Path) -> None:
-    from ioussl.science.preprocess import PreprocessSettings, preprocess_dataset
-    from ioussl.science.splits import make_split, split_to_json
-    from ioussl.science.store import SliceStore
-    from ioussl.science.synth import synth_dataset
+    from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
+    from ioussl.science.data.splits import make_split, split_to_json
+    from ioussl.science.data.store import SliceStore
+    from ioussl.science.data.synth import synth_dataset
 
     synth_dataset(root / "raw", 4, 2, seed=5, size=160, slices=12)
     assert preprocess_dataset(root / "raw", root / "store", PreprocessSettings(min_size=64)).failed == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from ioussl.orchestration.registry.models import Base
+from ioussl.registry.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -32,8 +32,8 @@ from monai.transforms import (
     RandZoomd,
 )
 
-from ioussl.science.batchaug import FINETUNE, PRETRAIN_VIEW, AugmentSpec
-from ioussl.science.sampler import CropPair, sample_crop_pair
+from ioussl.science.augment.batchaug import FINETUNE, PRETRAIN_VIEW, AugmentSpec
+from ioussl.science.sampling.sampler import CropPair, sample_crop_pair
 
 
 class RandIoUCropPaird(Randomizable, MapTransform):

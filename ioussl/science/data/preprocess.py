@@ -25,9 +25,9 @@ import numpy as np
 
 from ioussl.errors import DataError
 from ioussl.runfiles import atomic_write_text, sha256_file
-from ioussl.science.ctcheck import check_ct, ct_statistics
-from ioussl.science.grid import describe_grid
-from ioussl.science.store import (
+from ioussl.science.data.ctcheck import check_ct, ct_statistics
+from ioussl.science.data.grid import describe_grid
+from ioussl.science.data.store import (
     N_CLASSES,
     case_array_path,
     case_meta_path,

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ioussl.errors import DataError
-from ioussl.science.grid import slice_axis, to_source_grid
-from ioussl.science.metrics import FLARE_ORGANS
+from ioussl.science.data.grid import slice_axis, to_source_grid
+from ioussl.science.evaluate.metrics import FLARE_ORGANS
 
 TOLERANCE_MM: dict[int, float] = {
     1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0, 5: 2.0, 6: 2.0, 7: 2.0, 8: 2.0, 9: 2.0, 10: 3.0, 11: 5.0, 12: 7.0, 13: 3.0,
@@ -169,7 +169,7 @@ def finetune_flare(
     them, else on the validation cases; ``{"flare_skipped": reason}`` when the store cannot be scored so (a
     format 1 store without grid records, a damaged label copy), which leaves the thesis' numbers intact.
     """
-    from ioussl.science import checkpoint as ckpt
+    from ioussl.science.train import checkpoint as ckpt
 
     part = "test" if parts.get("test") else "val"
     try:

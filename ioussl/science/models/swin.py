@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ioussl.config import ModelConfig, PretrainConfig
-from ioussl.science.heads import PredictionHead, ProjectionHead
+from ioussl.science.models.heads import PredictionHead, ProjectionHead
 
 
 def build_swin_unetr(model: ModelConfig, drop_path: float) -> nn.Module:

@@ -16,7 +16,7 @@ import functools
 
 import numpy as np
 
-from ioussl.science._geometry import _intersection_bounds, feasible
+from ioussl.science.sampling._geometry import _intersection_bounds, feasible
 
 _PROPOSAL_ROUNDS = (2, 8, 32)  # candidates per pending pair in each rejection round before the exact path
 

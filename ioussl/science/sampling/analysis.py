@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ioussl.errors import DataError
-from ioussl.science.sampler import sample_crop_pairs
-from ioussl.science.store import SliceStore
+from ioussl.science.data.store import SliceStore
+from ioussl.science.sampling.sampler import sample_crop_pairs
 
 THESIS_INTERVALS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (0.0001, 0.3), (0.3, 0.6), (0.6, 1.0))
 THESIS_SHARED = {(0.0, 0.0): 0.2055, (0.0001, 0.3): 0.5869, (0.3, 0.6): 0.7988, (0.6, 1.0): 0.9072}

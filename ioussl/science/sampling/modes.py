@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ioussl.science._geometry import _intersection_bounds
+from ioussl.science.sampling._geometry import _intersection_bounds
 
 
 def _overlap_counts(side: int, crop: int) -> np.ndarray:

@@ -27,9 +27,9 @@ from typing import Literal
 import numpy as np
 
 from ioussl.errors import ConfigError
-from ioussl.science._algorithm1 import sample_algorithm1
-from ioussl.science._exact import sample_exact
-from ioussl.science._geometry import (
+from ioussl.science.sampling._algorithm1 import sample_algorithm1
+from ioussl.science.sampling._exact import sample_exact
+from ioussl.science.sampling._geometry import (
     _as_shape,
     _check_fits,
     achievable_iou_range,

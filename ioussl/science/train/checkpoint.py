@@ -26,7 +26,7 @@ from ioussl.errors import TrainingError
 from ioussl.runfiles import atomic_write
 
 if TYPE_CHECKING:
-    from ioussl.science.engine import StepState
+    from ioussl.science.train.engine import StepState
 
 FORMAT = "ioussl-checkpoint/1"
 LAST = "last.pt"

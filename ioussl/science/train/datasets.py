@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ioussl.errors import DataError
-from ioussl.science.sampler import check_interval_feasible, sample_crop_pairs
-from ioussl.science.store import SliceStore
-from ioussl.science.transforms import finetune_augment, finetune_crop, pretrain_view_augment
+from ioussl.science.augment.transforms import finetune_augment, finetune_crop, pretrain_view_augment
+from ioussl.science.data.store import SliceStore
+from ioussl.science.sampling.sampler import check_interval_feasible, sample_crop_pairs
 
 
 def _check_slices_fit(store: SliceStore, ids: np.ndarray, crop: int) -> None:

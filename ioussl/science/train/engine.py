@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from ioussl.errors import TrainingError
-from ioussl.science.losses import simsiam_loss
-from ioussl.science.metrics import CollapseMeter, slice_dsc
-from ioussl.science.optim import set_lr
+from ioussl.science.evaluate.metrics import CollapseMeter, slice_dsc
 from ioussl.science.runtime import Runtime, eval_mode
+from ioussl.science.train.losses import simsiam_loss
+from ioussl.science.train.optim import set_lr
 
 
 @dataclass

@@ -23,14 +23,9 @@ import torch
 from ioussl import runfiles
 from ioussl.config import FinetuneConfig, RunConfig
 from ioussl.errors import ConfigError, TrainingError
-from ioussl.science import checkpoint as ckpt
-from ioussl.science.engine import Evaluation, StepState, cycle, evaluate, train_one_epoch_seg
-from ioussl.science.flare_eval import finetune_flare
-from ioussl.science.losses import segmentation_loss
-from ioussl.science.metrics import FLARE_ORGANS, preprocessed_case_dsc, summarise_cases
-from ioussl.science.models import build_swin_unetr
-from ioussl.science.optim import finetune_optimizer
-from ioussl.science.progress import Progress
+from ioussl.science.evaluate.flare_eval import finetune_flare
+from ioussl.science.evaluate.metrics import FLARE_ORGANS, preprocessed_case_dsc, summarise_cases
+from ioussl.science.models.swin import build_swin_unetr
 from ioussl.science.runtime import (
     Runtime,
     compile_for_training,
@@ -38,8 +33,13 @@ from ioussl.science.runtime import (
     resolve_runtime,
     seed_everything,
 )
-from ioussl.science.schedules import cosine_lr
-from ioussl.science.trainingdata import (
+from ioussl.science.train import checkpoint as ckpt
+from ioussl.science.train.engine import Evaluation, StepState, cycle, evaluate, train_one_epoch_seg
+from ioussl.science.train.losses import segmentation_loss
+from ioussl.science.train.optim import finetune_optimizer
+from ioussl.science.train.progress import Progress
+from ioussl.science.train.schedules import cosine_lr
+from ioussl.science.train.trainingdata import (
     derived_seed,
     finetune_feed,
     finetune_loader,
@@ -48,7 +48,7 @@ from ioussl.science.trainingdata import (
     subsample,
     val_loader,
 )
-from ioussl.science.transfer import load_encoder
+from ioussl.science.train.transfer import load_encoder
 
 
 def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None = None) -> dict[str, Any]:

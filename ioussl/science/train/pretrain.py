@@ -16,14 +16,14 @@ import torch
 from ioussl import runfiles
 from ioussl.config import RunConfig
 from ioussl.errors import ConfigError, DataError
-from ioussl.science import checkpoint as ckpt
-from ioussl.science.engine import StepState, cycle, train_one_epoch_simsiam
-from ioussl.science.models import SimSiam
-from ioussl.science.optim import pretrain_optimizer
-from ioussl.science.progress import Progress
+from ioussl.science.models.swin import SimSiam
 from ioussl.science.runtime import Runtime, compile_for_training, loader_workers, resolve_runtime, seed_everything
-from ioussl.science.schedules import cosine_lr
-from ioussl.science.trainingdata import (
+from ioussl.science.train import checkpoint as ckpt
+from ioussl.science.train.engine import StepState, cycle, train_one_epoch_simsiam
+from ioussl.science.train.optim import pretrain_optimizer
+from ioussl.science.train.progress import Progress
+from ioussl.science.train.schedules import cosine_lr
+from ioussl.science.train.trainingdata import (
     derived_seed,
     open_store,
     pretrain_feed,

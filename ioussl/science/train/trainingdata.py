@@ -32,7 +32,7 @@ def open_store(cfg: RunConfig) -> Any:
     Raises:
         DataError: the store is missing, unreadable, or its slices are smaller than the crop.
     """
-    from ioussl.science.store import SliceStore
+    from ioussl.science.data.store import SliceStore
 
     root = Path(cfg.data.store)
     if not root.exists():
@@ -63,7 +63,7 @@ def pretrain_slice_ids(store: Any, cfg: RunConfig) -> np.ndarray:
 
 def finetune_split(store: Any, cfg: RunConfig) -> dict[str, list[str]]:
     """Train / val (/ test) case lists from ``cfg.data.split``, each case a labelled case of the store."""
-    from ioussl.science.splits import check_split_cases, load_split
+    from ioussl.science.data.splits import check_split_cases, load_split
 
     if cfg.data.split is None:
         raise DataError("a fine-tune run needs data.split (a JSON file with train and val case lists)")
@@ -81,7 +81,7 @@ def finetune_split(store: Any, cfg: RunConfig) -> dict[str, list[str]]:
 
 def check_classes(store: Any, cfg: RunConfig) -> None:
     """The network must have an output for every label class the store can hold (14 for FLARE)."""
-    from ioussl.science.store import N_CLASSES
+    from ioussl.science.data.store import N_CLASSES
 
     if cfg.model.out_channels < N_CLASSES:
         raise DataError(
@@ -96,7 +96,7 @@ def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
     With ``data.augment_on = "device"`` the loader only cuts the crops (whole batches, uint16) and
     ``pretrain_feed`` augments them on the device; with "loader" each view is augmented here by MONAI.
     """
-    from ioussl.science.datasets import PretrainCropBatches, PretrainPairDataset, make_pretrain_loader
+    from ioussl.science.train.datasets import PretrainCropBatches, PretrainPairDataset, make_pretrain_loader
 
     assert cfg.sampler is not None and cfg.pretrain is not None
     sampler = cfg.sampler
@@ -112,7 +112,7 @@ def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
 def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
     """Batches of ``batch_size`` slices x ``crops_per_slice`` crops (pos/neg-balanced centres); augmented
     here in "loader" mode, by ``finetune_feed`` on the device in "device" mode."""
-    from ioussl.science.datasets import FinetuneSliceDataset, make_finetune_loader
+    from ioussl.science.train.datasets import FinetuneSliceDataset, make_finetune_loader
 
     assert cfg.finetune is not None
     ft = cfg.finetune
@@ -132,8 +132,8 @@ def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     """
     if cfg.data.augment_on == "loader":
         return lambda batch, epoch, step: (runtime.to_device(batch["view1"]), runtime.to_device(batch["view2"]))
-    from ioussl.science.batchaug import PRETRAIN_VIEW, StepAugment
-    from ioussl.science.store import dequantise_tensor
+    from ioussl.science.augment.batchaug import PRETRAIN_VIEW, StepAugment
+    from ioussl.science.data.store import dequantise_tensor
 
     augment = StepAugment(PRETRAIN_VIEW, cfg.seed, runtime.device)
 
@@ -150,7 +150,7 @@ def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     both, nearest for labels; intensity on the image only)."""
     if cfg.data.augment_on == "loader":
         return lambda batch, epoch, step: (runtime.to_device(batch["image"]), runtime.to_device(batch["label"]))
-    from ioussl.science.batchaug import FINETUNE, StepAugment
+    from ioussl.science.augment.batchaug import FINETUNE, StepAugment
 
     augment = StepAugment(FINETUNE, cfg.seed, runtime.device)
 
@@ -165,7 +165,7 @@ def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
 
 def val_loader(store: Any, ids: np.ndarray, workers: int) -> DataLoader:
     """Whole slices one at a time (their sizes differ), in store order."""
-    from ioussl.science.datasets import ValSliceDataset, make_val_loader
+    from ioussl.science.train.datasets import ValSliceDataset, make_val_loader
 
     return make_val_loader(ValSliceDataset(store, ids), batch_size=1, num_workers=workers)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ioussl.config import ModelConfig
 from ioussl.errors import TrainingError
-from ioussl.science import checkpoint as ckpt
+from ioussl.science.train import checkpoint as ckpt
 
 PREFIXES = ("backbone.swin.", "backbone.model.", "swinViT.")
 
