@@ -21,11 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ioussl import runfiles  # noqa: E402
-from ioussl.backends import slurmcmd as scheduler
-from ioussl.plan.service import plan_grid, status_rows  # noqa: E402
-from ioussl.submit import service as jobservice
+from ioussl.backends import slurmcmd as scheduler  # noqa: E402
+from ioussl.plan.service import plan_grid  # noqa: E402
+from ioussl.submit import service as jobservice  # noqa: E402
 from ioussl.submit import workload  # noqa: E402
 from ioussl.submit.submission import RunFilter  # noqa: E402
+from ioussl.track.listing import status_rows  # noqa: E402
 
 LOCAL_PROFILE = '[slurm]\npartition = "gpu"\n'
 

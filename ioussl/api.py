@@ -73,7 +73,7 @@ def report(db: str | None = None, study: Studies = None, by: str | Sequence[str]
         by: axes to group by, e.g. ``"pretrain.base_lr,interval"`` (default: every swept setting, then interval).
         ddof: 0 for the population std (as the thesis), 1 for the sample std.
     """
-    from ioussl.plan.service import report_study
+    from ioussl.report.service import report_study
 
     return export.report_frame(report_study(db, study, ddof=ddof, by=by).report)
 

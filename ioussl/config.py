@@ -21,6 +21,18 @@ from typing import Any, Literal
 
 from ioussl.errors import ConfigError
 
+# Field metadata of a setting added after runs were planned: see :func:`added`.
+OMIT_AT_DEFAULT = "ioussl.omit_at_default"
+
+
+def added(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """Declare a setting added after runs were planned with this config: it is left out of the canonical JSON
+    (and so of every config and run hash, ``config.json`` and the registry) while it equals its default, so
+    adding it changes no existing run id; set to anything else, it is written and hashed like every field.
+    New sections default to None (``added(None)``) and are left out while None."""
+    return field(default=default, default_factory=default_factory, metadata={OMIT_AT_DEFAULT: True})
+
+
 Stage = Literal["pretrain", "finetune"]
 SamplerMode = Literal["exact", "algorithm1"]
 AugmentOn = Literal["device", "loader"]
@@ -149,12 +161,13 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data of the config as it is hashed: settings declared with :func:`added` left out at default."""
+        return plain(self)
 
     def to_json(self) -> str:
         """:func:`canonical_json` of :meth:`to_dict`, byte for byte, built from each section's JSON (cached per
         section: the runs of a study share their sections, and planning 5,000 runs hashes 5,000 configs)."""
-        parts = {item.name: _section_json(getattr(self, item.name)) for item in dataclasses.fields(self)}
+        parts = {item.name: _section_json(getattr(self, item.name)) for item in _hashed_fields(self)}
         return "{" + ",".join(f"{json.dumps(name)}:{parts[name]}" for name in sorted(parts)) + "}"
 
     @classmethod
@@ -253,7 +266,31 @@ def run_hash(config: RunConfig, parent_hash: str | None) -> str:
 @functools.lru_cache(maxsize=4096)
 def _section_json(value: Any) -> str:
     """Canonical JSON of a config section (a frozen dataclass) or of a plain value (seed, stage, None)."""
-    return canonical_json(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+    return canonical_json(plain(value))
+
+
+def plain(value: Any) -> Any:
+    """A (nested) config dataclass as plain JSON data, leaving out :func:`added` settings at their default."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {item.name: plain(getattr(value, item.name)) for item in _hashed_fields(value)}
+    if isinstance(value, tuple | list):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+def _hashed_fields(value: Any) -> list[dataclasses.Field[Any]]:
+    return [item for item in dataclasses.fields(value)
+            if not (item.metadata.get(OMIT_AT_DEFAULT) and getattr(value, item.name) == _default(item))]
+
+
+def _default(item: dataclasses.Field[Any]) -> Any:
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return dataclasses.MISSING
 
 
 def from_dict(cls: type, raw: Any, where: str) -> Any:

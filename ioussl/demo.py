@@ -101,7 +101,9 @@ def _split(store: Path, split: Path, settings: DemoSettings, say: Say) -> None:
 
 
 def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None, plot_dir: Path):  # type: ignore[no-untyped-def]
-    from ioussl.plan.service import plan_grid, report_study, status_rows
+    from ioussl.plan.service import plan_grid
+    from ioussl.report.service import report_study
+    from ioussl.track.listing import status_rows
 
     outcome = plan_grid(settings.study_file, db)
     say(f"4/5 plan: {len(outcome.new)} new run(s), {len(outcome.existing)} already planned (registry {db})")
@@ -136,8 +138,8 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
 
 def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | None) -> None:  # type: ignore[type-arg]
     """Submit the study's planned runs; the local executor blocks until they end, drawing progress meanwhile."""
-    from ioussl.plan.service import status_rows
     from ioussl.submit import service as jobservice
+    from ioussl.track.listing import status_rows
 
     worker = _Submitter(lambda: jobservice.submit(db, study, executor=settings.executor,
                                                   max_parallel=settings.max_parallel))
@@ -161,8 +163,8 @@ def _startable(records: Sequence[RunRecord]) -> frozenset[str]:
 
 def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:  # type: ignore[type-arg]
     """Sync until no run of the study is queued or running (SLURM's chain, or local jobs of an earlier demo)."""
-    from ioussl.plan.service import status_rows
     from ioussl.submit import service as jobservice
+    from ioussl.track.listing import status_rows
 
     while True:
         jobservice.sync_studies(db, study)
@@ -176,9 +178,9 @@ def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: f
 
 def _retry_lost(db: str, study: str, settings: DemoSettings, say: Say) -> int:
     """Runs whose job died with an interrupted demo come back LOST: run them again, once."""
-    from ioussl.plan.service import status_rows
     from ioussl.status import RunStatus
     from ioussl.submit import service as jobservice
+    from ioussl.track.listing import status_rows
 
     if not status_rows(db, study=study, statuses=[RunStatus.LOST]):
         return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,3 +103,30 @@ def check_parameters(params: Mapping[str, Any]) -> None:
             check_setup(value, "setup")
         elif isinstance(value, str):
             check_text(value, f"sbatch --{key}")
+
+
+MAX_URL = 2048
+
+
+def check_webhook(url: Any, where: str) -> str:
+    """A webhook URL fit to be POSTed to: http(s), a host, no whitespace or control characters.
+
+    Raises:
+        ConfigError: one line naming ``where`` (the URL itself is not repeated: it often holds a token).
+    """
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"{where}: webhook must be a non-empty string (an http:// or https:// URL)")
+    if len(url) > MAX_URL or any(ord(c) < 33 or ord(c) == 127 or c.isspace() for c in url):
+        raise ConfigError(f"{where}: webhook must be one URL of at most {MAX_URL} characters without spaces or "
+                          "control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        raise ConfigError(f"{where}: webhook is not a valid URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ConfigError(f"{where}: webhook must be an http:// or https:// URL, got scheme "
+                          f"{parts.scheme or 'none'!r}")
+    if not parts.hostname or port == 0:
+        raise ConfigError(f"{where}: webhook URL has no host")
+    return url

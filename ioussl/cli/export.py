@@ -55,11 +55,11 @@ def export_metrics(
     output: OutputOption = None,
 ) -> None:
     """The per-epoch series in long form: one row per run, metric and epoch, with the run's swept settings."""
-    from ioussl.cli.study import _stage
+    from ioussl.cli.options import checked_stage
     from ioussl.report import export
 
     chosen = export.format_for(output, fmt.value if fmt else None)
-    frame = export.metrics_frame(db, study, runs=run or [], names=metric or [], stage=_stage(stage))
+    frame = export.metrics_frame(db, study, runs=run or [], names=metric or [], stage=checked_stage(stage))
     _wrote(export.write_frame(frame, output, chosen))
 
 

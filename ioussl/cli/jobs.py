@@ -15,6 +15,7 @@ from ioussl.cli.options import (
     StageOption,
     StateOption,
     StudyOption,
+    checked_stage,
 )
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def submit(
     from ioussl.submit.service import submit as run_submit
     from ioussl.submit.submission import RunFilter
 
-    run_filter = RunFilter(stage=_stage(stage), group=group, run_ids=tuple(run or ()))
+    run_filter = RunFilter(stage=checked_stage(stage), group=group, run_ids=tuple(run or ()))
     concrete = _resolve(executor)
     with LocalProgress() as bar:
         outcome = run_submit(db, study, executor=concrete, dry_run=dry_run, run_filter=run_filter,
@@ -64,11 +65,11 @@ def retry(
     executor: ExecutorOption = Executor.auto,
 ) -> None:
     """Resubmit FAILED, LOST or TIMEOUT runs (--state INVALID etc.) as new attempts; blocked fine-tunes follow."""
-    from ioussl.cli.study import _states
+    from ioussl.cli.options import checked_states
     from ioussl.status import DEFAULT_RETRY
     from ioussl.submit.service import retry as run_retry
 
-    statuses = _states(state) or list(DEFAULT_RETRY)
+    statuses = checked_states(state) or list(DEFAULT_RETRY)
     concrete = _resolve(executor)
     with LocalProgress() as bar:
         outcome = run_retry(db, study, tuple(run or ()), statuses, executor=concrete, progress=bar.update)
@@ -190,12 +191,6 @@ def render_cancel(outcome: CancelOutcome) -> None:
         f"cancelled {len(outcome.cancelled)} run(s)"
         + (f"; scancel {' '.join(outcome.job_ids)}" if outcome.job_ids else "")
     )
-
-
-def _stage(stage: str | None) -> str | None:
-    from ioussl.cli.study import _stage as check
-
-    return check(stage)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,11 +8,15 @@ written (rich markup would delete it or fail on it), and flags show no value pla
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ioussl.backends.base import EXECUTORS
+from ioussl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ioussl.status import RunStatus
 
 
 def command_group(**settings: Any) -> typer.Typer:
@@ -74,3 +78,23 @@ class ReportFormat(StrEnum):
     markdown = "markdown"
     csv = "csv"
     latex = "latex"
+
+
+def checked_stage(stage: str | None) -> str | None:
+    """--stage, checked: pretrain, finetune or none."""
+    if stage is not None and stage not in ("pretrain", "finetune"):
+        raise ConfigError(f"--stage must be pretrain or finetune, got {stage!r}")
+    return stage
+
+
+def checked_states(states: list[str] | None) -> list[RunStatus] | None:
+    """--state values as statuses (case-insensitive); a one-line error naming the valid ones."""
+    from ioussl.status import RunStatus
+
+    if not states:
+        return None
+    valid = {s.value for s in RunStatus}
+    wrong = [s for s in states if s.upper() not in valid]
+    if wrong:
+        raise ConfigError(f"unknown state(s) {', '.join(wrong)}; valid: {', '.join(sorted(valid))}")
+    return [RunStatus(s.upper()) for s in states]

@@ -15,8 +15,9 @@ from ioussl.plan.sweep import format_value, point_text
 
 if TYPE_CHECKING:
     from ioussl.plan.importing import ImportOutcome
-    from ioussl.plan.service import PlanOutcome, ReportOutcome
+    from ioussl.plan.service import PlanOutcome
     from ioussl.registry.repo import RunRecord
+    from ioussl.report.service import ReportOutcome
     from ioussl.report.tables import Report
     from ioussl.track.progress import LiveProgress, StatusView
 

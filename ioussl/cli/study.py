@@ -18,6 +18,8 @@ from ioussl.cli.options import (
     StateOption,
     StudiesOption,
     StudyOption,
+    checked_stage,
+    checked_states,
     command_group,
 )
 from ioussl.errors import ConfigError
@@ -72,7 +74,7 @@ def status(
     def fetch():  # type: ignore[no-untyped-def]
         if sync:
             sync_for_status(db, study)
-        return status_view(db, study=study, stage=_stage(stage), statuses=_states(state), group=group)
+        return status_view(db, study=study, stage=checked_stage(stage), statuses=checked_states(state), group=group)
 
     if watch is not None:
         if as_json:
@@ -163,7 +165,7 @@ def report(
     their rows side by side.
     """
     from ioussl.cli import render
-    from ioussl.plan.service import report_study
+    from ioussl.report.service import report_study
 
     if pairs is not None and plot is None and html is None:
         raise ConfigError("--pairs is plotted into the --plot folder or the --html report: give one of them too")
@@ -188,24 +190,6 @@ def import_results(
     from ioussl.plan.importing import import_results as run_import
 
     render.import_outcome(run_import(study_file, results_csv, db, source, base_dir=base_dir))
-
-
-def _stage(stage: str | None) -> str | None:
-    if stage is not None and stage not in ("pretrain", "finetune"):
-        raise ConfigError(f"--stage must be pretrain or finetune, got {stage!r}")
-    return stage
-
-
-def _states(states: list[str] | None):  # type: ignore[no-untyped-def]
-    from ioussl.status import RunStatus
-
-    if not states:
-        return None
-    valid = {s.value for s in RunStatus}
-    wrong = [s for s in states if s.upper() not in valid]
-    if wrong:
-        raise ConfigError(f"unknown state(s) {', '.join(wrong)}; valid: {', '.join(sorted(valid))}")
-    return [RunStatus(s.upper()) for s in states]
 
 
 def register(app: typer.Typer) -> None:

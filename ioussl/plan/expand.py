@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ioussl.backends import slurmtext as slurm
 from ioussl.config import DataConfig, RunConfig, run_hash
 from ioussl.errors import ConfigError, DataError
 from ioussl.plan.study import Interval, StudySpec
 from ioussl.plan.sweep import Point, apply_point, point_text
+from ioussl.resources import placeholder_message, placeholders, resources_for_run
 
 BASELINE_GROUP = "no pretraining"
 DEFAULT_MAX_RUNS = 5000  # plan size cap: above it `plan grid` refuses unless --max-runs says otherwise
@@ -273,8 +273,8 @@ def placeholder_warnings(spec: StudySpec) -> list[str]:
     """A warning when the SLURM settings still hold a template placeholder (submit to SLURM refuses them)."""
     found: dict[str, str] = {}
     for stage, stored in spec.resources.items():
-        found.update(slurm.placeholders(slurm.resources_for_run(stored, where=f"[resources.{stage}]")))
+        found.update(placeholders(resources_for_run(stored, where=f"[resources.{stage}]")))
     if not found:
         return []
-    message = slurm.placeholder_message(found, profile_source(spec.raw))
+    message = placeholder_message(found, profile_source(spec.raw))
     return [f"{message} before submitting to SLURM (then plan again: planned runs pick it up)"]

@@ -228,7 +228,7 @@ def _cluster_profile(reference: Any, base_dir: Path, where: str) -> tuple[dict[s
     _check_keys(raw, ("slurm", "notify"), str(path))
     notify = _checked(raw.get("notify", {}), NOTIFY_KEYS, f"{path} [notify]")
     if "webhook" in notify:
-        from ioussl.track.alerts import check_webhook
+        from ioussl.jobtext import check_webhook
 
         check_webhook(notify["webhook"], f"{path} [notify]")
     return _checked(raw.get("slurm", {}), SLURM_KEYS, f"{path} [slurm]"), notify
@@ -236,7 +236,7 @@ def _cluster_profile(reference: Any, base_dir: Path, where: str) -> tuple[dict[s
 
 def _resources(raw: Any, cluster: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """Per-stage resources over the cluster profile, validated now (types, ranges, job-script safety)."""
-    from ioussl.backends.slurmtext import resources_for_run
+    from ioussl.resources import resources_for_run
 
     _check_keys(raw, ("pretrain", "finetune"), f"{where} [resources]")
     merged = {}

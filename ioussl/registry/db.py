@@ -185,7 +185,7 @@ def open_registry(db: str | None = None, create: bool = True, *, allow_old: bool
         _prepare_file(target, create)
     registry = Registry(_make_engine(target), target)
     try:
-        schema.ensure(registry, create=create, allow_old=allow_old)
+        ensure_schema(registry, create=create, allow_old=allow_old)
     except BaseException:
         registry.dispose()
         raise
@@ -262,3 +262,19 @@ def _sqlite_hooks(engine: Engine, timeout: float) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         finally:
             conn.exec_driver_sql(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+
+
+def ensure_schema(registry: Registry, *, create: bool, allow_old: bool = False) -> schema.SchemaState:
+    """Check the schema; create it in an empty database when ``create`` (under the write lock)."""
+    with registry.connection(write=False) as conn:
+        state = schema.read_state(conn)
+    if state.kind == "empty":
+        if not create:
+            raise RegistryError(f"{registry.location} is an empty database, not an ioussl registry")
+        with registry.connection(write=True) as conn:
+            state = schema.read_state(conn)  # another process may have created it while we waited for the lock
+            if state.kind == "empty":
+                schema.create_schema(conn)
+                return schema.SchemaState("current", schema.SCHEMA_VERSION, schema.HEAD)
+    schema.check(state, registry.location, allow_old=allow_old)
+    return state

@@ -10,16 +10,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, String, Table, inspect, text
 
 from ioussl.errors import RegistryError
 from ioussl.registry.errors import OldSchema
 from ioussl.registry.models import SCHEMA_VERSION, Base, SchemaInfo
-
-if TYPE_CHECKING:
-    from ioussl.registry.db import Registry
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 REVISION_VERSION = {"0001": 1, "0002": 2}  # Alembic revision -> schema version
@@ -89,22 +85,6 @@ def read_state(conn: Connection) -> SchemaState:
 def _schema_info_version(conn: Connection) -> int | None:
     found = conn.execute(text("SELECT value FROM schema_info WHERE key = 'version'")).scalar()
     return int(found) if isinstance(found, str) and found.isdigit() else None
-
-
-def ensure(registry: Registry, *, create: bool, allow_old: bool = False) -> SchemaState:
-    """Check the schema; create it in an empty database when ``create`` (under the write lock)."""
-    with registry.connection(write=False) as conn:
-        state = read_state(conn)
-    if state.kind == "empty":
-        if not create:
-            raise RegistryError(f"{registry.location} is an empty database, not an ioussl registry")
-        with registry.connection(write=True) as conn:
-            state = read_state(conn)  # another process may have created it while we waited for the lock
-            if state.kind == "empty":
-                create_schema(conn)
-                return SchemaState("current", SCHEMA_VERSION, HEAD)
-    check(state, registry.location, allow_old=allow_old)
-    return state
 
 
 def check(state: SchemaState, location: str, *, allow_old: bool = False) -> None:

@@ -120,7 +120,7 @@ def _studies(session: Any, study: str | Sequence[str] | None) -> tuple[list[str]
 
 def _in_group_order(session: Any, studies: list[str], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Rows by study, then group as ``status`` and ``report`` list them (baseline first, then file order)."""
-    from ioussl.report.tables import order_groups, study_group_order
+    from ioussl.plan.order import order_groups, study_group_order
 
     study_at, group_at = repo.EXPORT_RUN_COLUMNS.index("study"), repo.EXPORT_RUN_COLUMNS.index("interval")
     rank: dict[tuple[str, str], int] = {}
@@ -142,7 +142,7 @@ def _hours_used(spans: Sequence[tuple[str, Any, Any]]) -> dict[str, float]:
 
 def _gpus(resources_json: str | None) -> int:
     """GPUs one job of a run holds, from its stored resources (0 when they cannot be read)."""
-    from ioussl.backends.slurmtext import resources_for_run
+    from ioussl.resources import resources_for_run
 
     try:
         stored = json.loads(resources_json or "{}")

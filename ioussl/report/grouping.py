@@ -110,7 +110,7 @@ def keys_of(records: Sequence[RunRecord], by: Sequence[str]) -> list[GroupKey]:
 def sort_keys(keys: Iterable[GroupKey], orders: Mapping[str, StudyOrder]) -> list[GroupKey]:
     """Studies in the order given; within one, axis by axis as its file lists them; none (and the baseline)
     first; values the file does not list after those it does, in their natural order."""
-    from ioussl.report.tables import order_groups
+    from ioussl.plan.order import order_groups
 
     keys = list(keys)
     study_rank = {study: i for i, study in enumerate(orders)}

@@ -20,8 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ioussl.plan.expand import BASELINE_GROUP
-from ioussl.plan.study import Interval
 from ioussl.plan.sweep import format_value
 from ioussl.registry.repo import RunRecord
 from ioussl.report import grouping, statistics
@@ -149,32 +147,6 @@ def with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for row, p, w in zip(family, paired, welch, strict=True):
             row["p_paired_holm"], row["p_welch_holm"] = p, w
     return rows
-
-
-def study_group_order(spec: Mapping[str, Any]) -> list[str]:
-    """The study's groups as its file lists them (``studies.spec`` intervals), for :func:`order_groups`."""
-    return [Interval(**interval).label for interval in spec.get("intervals", [])]
-
-
-def order_groups(groups: Iterable[str], group_order: Sequence[str]) -> list[str]:
-    """The one group order of status and report: the baseline, then the study's order, then the rest."""
-    present = set(groups)
-    head = [BASELINE_GROUP] if BASELINE_GROUP in present else []
-    known = [g for g in dict.fromkeys(group_order) if g in present and g != BASELINE_GROUP]
-    rest = sorted(present - set(head) - set(known))
-    return head + known + rest
-
-
-def in_group_order(records: Sequence[RunRecord], orders: Mapping[str, Sequence[str]]) -> list[RunRecord]:
-    """Records sorted by study, then group in :func:`order_groups` order; stable within a group.
-
-    ``orders`` maps a study name to its :func:`study_group_order`.
-    """
-    rank: dict[tuple[str, str], int] = {}
-    for study in {record.study for record in records}:
-        names = order_groups({r.group for r in records if r.study == study}, orders.get(study, ()))
-        rank.update({(study, name): i for i, name in enumerate(names)})
-    return sorted(records, key=lambda record: (record.study, rank[(record.study, record.group)]))
 
 
 def _row_fields(runs: list[RunRecord], ddof: int, baseline: BaselineScores | None, cases: str, *,

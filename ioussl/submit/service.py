@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioussl import runfiles
-from ioussl.backends import slurmtext as slurm
 from ioussl.backends.base import Backend, Unit, backend_for_attempts, choose_backend, resolve_executor
 from ioussl.errors import ConfigError, NotFound, SubmissionError
 from ioussl.plan import expand as planning
+from ioussl.plan.order import order_groups
 from ioussl.registry import opened, repo
 from ioussl.registry.db import Registry
 from ioussl.registry.errors import RegistryBusy
 from ioussl.registry.models import Run
-from ioussl.report.tables import order_groups
+from ioussl.resources import placeholder_message, placeholders
 from ioussl.status import ACTIVE, DEFAULT_RETRY, RunStatus, is_retryable
 from ioussl.submit import submission
 from ioussl.submit.submission import JobFactory, RunFilter, SubmitOutcome
@@ -147,11 +147,11 @@ def _refuse_placeholders(registry: Registry, study: str, units: Sequence[Unit]) 
     """SLURM would reject a template value such as account FILL-IN-YOUR-GRANT: say which and where first."""
     found: dict[str, str] = {}
     for unit in units:
-        found.update(slurm.placeholders(unit.resources))
+        found.update(placeholders(unit.resources))
     if found:
         with registry.session() as session:
             source = planning.profile_source(repo.find_study(session, study).spec.get("raw") or {})
-        message = slurm.placeholder_message(found, f"study {study!r}, {source}")
+        message = placeholder_message(found, f"study {study!r}, {source}")
         raise ConfigError(f"{message}, then run `ioussl plan grid` again (planned runs pick it up)")
 
 

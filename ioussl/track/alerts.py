@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from ioussl.errors import ConfigError
+from ioussl.jobtext import check_webhook
 from ioussl.registry import repo
 from ioussl.registry.db import Registry
 from ioussl.registry.errors import RegistryBusy
@@ -37,34 +37,9 @@ COMPLETE_STATES = frozenset({S.COMPLETED, S.CANCELLED})  # a study is complete w
 TIMEOUT_S = 5.0  # per POST: a sync must not hang on a webhook that does not answer
 PER_SYNC = 20  # notifications sent by one sync at most (the rest by the next)
 STALE_CLAIM_S = 600.0
-MAX_URL = 2048
 MAX_TEXT = 1500
 Transition = tuple[str, str, str, str | None]  # run, old, new, why (SyncOutcome.transitions)
 Post = Callable[[str, dict[str, Any]], str | None]  # url, body -> None when delivered, else why not
-
-
-def check_webhook(url: Any, where: str) -> str:
-    """A webhook URL fit to be POSTed to: http(s), a host, no whitespace or control characters.
-
-    Raises:
-        ConfigError: one line naming ``where`` (the URL itself is not repeated: it often holds a token).
-    """
-    if not isinstance(url, str) or not url:
-        raise ConfigError(f"{where}: webhook must be a non-empty string (an http:// or https:// URL)")
-    if len(url) > MAX_URL or any(ord(c) < 33 or ord(c) == 127 or c.isspace() for c in url):
-        raise ConfigError(f"{where}: webhook must be one URL of at most {MAX_URL} characters without spaces or "
-                          "control characters")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port  # raises on a port that is not a number in range
-    except ValueError as exc:
-        raise ConfigError(f"{where}: webhook is not a valid URL ({exc})") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ConfigError(f"{where}: webhook must be an http:// or https:// URL, got scheme "
-                          f"{parts.scheme or 'none'!r}")
-    if not parts.hostname or port == 0:
-        raise ConfigError(f"{where}: webhook URL has no host")
-    return url
 
 
 def webhook_of(spec: Any) -> str | None:

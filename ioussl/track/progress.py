@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ioussl import runfiles
-from ioussl.plan.service import status_records
 from ioussl.registry import repo, unit_of_work
 from ioussl.runfiles import RunFileError
 from ioussl.status import ACTIVE, RunStatus
 from ioussl.track import ingest, resultcheck
+from ioussl.track.listing import status_records
 
 TAIL_BYTES = 64 << 10  # ~200 epoch lines: enough to see the current attempt's rate
 RATE_LINES = 20  # the ETA uses the step rate over (at most) the last 20 epochs of the current attempt

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from ioussl.backends.base import resolve_executor
 from ioussl.cli import app
-from ioussl.plan.service import report_study, status_rows
+from ioussl.report.service import report_study
+from ioussl.track.listing import status_rows
 
 runner = CliRunner()
 DEAD = "slurm_load_partitions: Unable to contact slurm controller (connect failure)"

@@ -113,8 +113,8 @@ def test_eight_planners_racing_into_a_new_registry(backend, tmp_path, capsys, mo
 
 
 def _status_worker(db: str, path: str, delay: float, results) -> None:  # type: ignore[no-untyped-def]
-    from ioussl.plan.service import status_rows
     from ioussl.submit.service import sync_studies
+    from ioussl.track.listing import status_rows
 
     os.environ["PATH"] = f"{path}{os.pathsep}{os.environ['PATH']}"
     completed, skipped = [], 0

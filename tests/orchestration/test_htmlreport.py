@@ -20,10 +20,11 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ioussl.cli import app
-from ioussl.plan.service import plan_grid, report_study
+from ioussl.plan.service import plan_grid
 from ioussl.registry import open_registry, repo
 from ioussl.registry.models import Run
 from ioussl.report import html as htmlreport
+from ioussl.report.service import report_study
 from ioussl.report.tables import table
 from ioussl.status import RunStatus
 from ioussl.track.sync import sync

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from ioussl.plan.importing import import_results
-from ioussl.plan.service import report_study
+from ioussl.report.service import report_study
 from ioussl.report.tables import latex_cell, to_latex
 
 
@@ -54,8 +54,9 @@ def test_thesis_table_compiles_with_pdflatex(repo_root, db, tmp_path):
 
 
 def test_a_held_out_table_with_flare_columns_and_tiny_p_compiles(repo_root, db, tmp_path):
-    from ioussl.plan.service import plan_grid, status_rows
+    from ioussl.plan.service import plan_grid
     from ioussl.report.tables import build_report
+    from ioussl.track.listing import status_rows
 
     pdflatex = _pdflatex()
     plan_grid(repo_root / "jobs" / "thesis-test-split.toml", db, check_data=False)

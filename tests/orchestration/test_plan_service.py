@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import func, select
 
 from ioussl.errors import DataError
-from ioussl.plan.service import plan_grid, status_rows
+from ioussl.plan.service import plan_grid
 from ioussl.registry import open_registry
 from ioussl.registry.models import Run
 from ioussl.status import RunStatus
+from ioussl.track.listing import status_rows
 
 
 def count_runs(db: str) -> int:

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from ioussl.cli import app
 from ioussl.plan.importing import import_results
-from ioussl.plan.service import report_study
 from ioussl.report.plots import collapse_figure, dsc_figure, plot_collapse, plot_pretrain_loss
+from ioussl.report.service import report_study
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import json
 
 from registryfix import write_result
 
-from ioussl.plan.service import plan_grid, report_study
+from ioussl.plan.service import plan_grid
 from ioussl.registry import open_registry, repo
 from ioussl.registry.models import Provenance, Run
+from ioussl.report.service import report_study
 from ioussl.submit.entrypoint import git_state
 from ioussl.track.ingest import ingest
 

@@ -9,8 +9,10 @@ import pytest
 
 from ioussl.errors import DataError
 from ioussl.plan.importing import import_results
-from ioussl.plan.service import plan_grid, report_study, status_rows
+from ioussl.plan.service import plan_grid
+from ioussl.report.service import report_study
 from ioussl.report.tables import build_report, to_csv, to_latex, to_markdown
+from ioussl.track.listing import status_rows
 
 # Table 4.2 as printed: mean ± std.
 THESIS = {

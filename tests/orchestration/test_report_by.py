@@ -10,9 +10,10 @@ import pytest
 
 from ioussl.errors import ConfigError
 from ioussl.plan.importing import import_results
-from ioussl.plan.service import plan_grid, report_study
+from ioussl.plan.service import plan_grid
 from ioussl.registry import open_registry, repo
 from ioussl.registry.models import Run
+from ioussl.report.service import report_study
 from ioussl.report.tables import to_csv
 from ioussl.status import RunStatus
 

@@ -13,9 +13,11 @@ import pytest
 from scipy import stats
 
 from ioussl.plan.importing import import_results
-from ioussl.plan.service import plan_grid, report_study, status_rows
+from ioussl.plan.service import plan_grid
 from ioussl.report import statistics
+from ioussl.report.service import report_study
 from ioussl.report.tables import HELD_OUT, SELECTION, build_report, to_csv, to_latex, to_markdown
+from ioussl.track.listing import status_rows
 
 BASELINE = "no pretraining"
 

@@ -18,11 +18,11 @@ from ioussl.science.evaluate.flare_eval import (
     TOLERANCE_MM,
     case_scores,
     evaluate_flare,
-    finetune_flare,
     organ_scores,
     summarise,
 )
 from ioussl.science.evaluate.metrics import FLARE_ORGANS
+from ioussl.science.train.finetune import finetune_flare
 
 AORTA, LIVER, OESOPHAGUS = 5, 1, 10
 

@@ -387,7 +387,7 @@ class StepAugment:
         self.spec, self.seed, self.device = spec, int(seed), torch.device(device)
 
     def generator(self, epoch: int, step: int) -> torch.Generator:
-        from ioussl.science.train.trainingdata import derived_seed
+        from ioussl.science.seeds import derived_seed
 
         generator = torch.Generator(device=self.device)
         generator.manual_seed(derived_seed(self.seed, epoch, f"augment/{step}"))

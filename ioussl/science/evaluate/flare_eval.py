@@ -19,10 +19,8 @@ Predictions are made on the preprocessed grid and mapped back with ``grid.to_sou
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,25 +157,3 @@ def model_predictor(
         return out
 
     return predict
-
-
-def finetune_flare(
-    model: torch.nn.Module, runtime: Any, store: Any, parts: Mapping[str, list[str]], best_path: Path,
-    window: Mapping[str, Any],
-) -> dict[str, Any]:  # fmt: skip
-    """``{"flare": section}`` for a fine-tuned run's best checkpoint, on the test cases if the split has
-    them, else on the validation cases; ``{"flare_skipped": reason}`` when the store cannot be scored so (a
-    format 1 store without grid records, a damaged label copy), which leaves the thesis' numbers intact.
-    """
-    from ioussl.science.train import checkpoint as ckpt
-
-    part = "test" if parts.get("test") else "val"
-    try:
-        for case in parts[part]:  # before any prediction: a format 1 store is known at once
-            store.source_grid(case)
-        ckpt.load_state(model, ckpt.load(best_path)["model"], best_path)
-        section = evaluate_flare(store, parts[part], part, model_predictor(model, store, runtime, window))
-    except DataError as exc:
-        print(f"FLARE evaluation skipped: {exc}", file=sys.stderr)
-        return {"flare_skipped": str(exc)}
-    return {"flare": section}

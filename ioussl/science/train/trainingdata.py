@@ -6,7 +6,6 @@ epoch k draws the same samples whether the run went straight through or was resu
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,7 @@ from torch.utils.data import DataLoader
 
 from ioussl.config import RunConfig
 from ioussl.errors import DataError
-
-
-def derived_seed(seed: int, epoch: int, purpose: str) -> int:
-    """A 31-bit seed for one purpose in one epoch, independent of what ran before."""
-    digest = hashlib.sha256(f"{seed}/{epoch}/{purpose}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+from ioussl.science.seeds import derived_seed  # noqa: F401 (the loaders' seeds; re-exported for the loops)
 
 
 def open_store(cfg: RunConfig) -> Any:
