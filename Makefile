@@ -23,6 +23,7 @@ test-fast: install
 
 lint: install
 	$(PY) -m ruff check ioussl tests benchmarks scripts
+	$(PY) -m mypy
 
 format: install
 	$(PY) -m ruff format ioussl tests benchmarks scripts

@@ -328,7 +328,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         options = [a for a in args if a is not type(None)]
         return _coerce(options[0], value, where)
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
+        return from_dict(typing.cast(type, hint), value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

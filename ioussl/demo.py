@@ -42,7 +42,7 @@ class DemoSettings:
     max_parallel: int = 2
 
 
-def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callable | None = None):  # type: ignore[no-untyped-def]
+def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callable | None = None):
     """Run (or resume) the demo study; returns the report outcome."""
     from ioussl.plan.study import load_study
 
@@ -100,14 +100,14 @@ def _split(store: Path, split: Path, settings: DemoSettings, say: Say) -> None:
     say(f"3/5 split: {len(parts['train'])} train / {len(parts['val'])} val / {len(parts.get('test', []))} test")
 
 
-def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None, plot_dir: Path):  # type: ignore[no-untyped-def]
+def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | None, plot_dir: Path):
     from ioussl.plan.service import plan_grid
     from ioussl.report.service import report_study
     from ioussl.track.listing import status_rows
 
-    outcome = plan_grid(settings.study_file, db)
-    say(f"4/5 plan: {len(outcome.new)} new run(s), {len(outcome.existing)} already planned (registry {db})")
-    name = outcome.study
+    planned = plan_grid(settings.study_file, db)
+    say(f"4/5 plan: {len(planned.new)} new run(s), {len(planned.existing)} already planned (registry {db})")
+    name = planned.study
     if settings.executor == "auto":
         from ioussl.backends.base import resolve_executor
 
@@ -136,7 +136,7 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
     return outcome
 
 
-def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | None) -> None:  # type: ignore[type-arg]
+def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | None) -> None:
     """Submit the study's planned runs; the local executor blocks until they end, drawing progress meanwhile."""
     from ioussl.submit import service as jobservice
     from ioussl.track.listing import status_rows
@@ -161,7 +161,7 @@ def _startable(records: Sequence[RunRecord]) -> frozenset[str]:
                      if r.status == RunStatus.PLANNED and (r.parent_id is None or r.parent_id in done))
 
 
-def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:  # type: ignore[type-arg]
+def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:
     """Sync until no run of the study is queued or running (SLURM's chain, or local jobs of an earlier demo)."""
     from ioussl.submit import service as jobservice
     from ioussl.track.listing import status_rows

@@ -266,5 +266,5 @@ def render_sbatch(params: Mapping[str, Any], folder: str, python: str = "python"
     from submitit.slurm.slurm import _make_sbatch_string  # submitit's own renderer: what really runs
 
     command = f"{python} -u -m submitit.core._submit {shlex.quote(str(folder))}"  # as SlurmExecutor quotes it
-    extra = {"map_count": array_size} if array_size else {}
-    return _make_sbatch_string(command=command, folder=folder, **params, **extra)
+    options: dict[str, Any] = {**params, **({"map_count": array_size} if array_size else {})}
+    return str(_make_sbatch_string(command=command, folder=folder, **options))

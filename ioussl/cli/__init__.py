@@ -25,7 +25,7 @@ from ioussl.errors import IousslError
 gc.set_threshold(50_000, 50, 100)
 
 # click's UsageError (typer ships click inside itself in newer versions: found through a public subclass).
-_UsageError = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+_UsageError: Any = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
 
 
 class _OneLineErrors(TyperGroup):
@@ -60,7 +60,7 @@ def _register_commands() -> None:
         module.register(app)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     """ioussl's own warnings (e.g. SQLite on a network file system) as one `warning: ...` line."""
     if category.__module__.startswith("ioussl"):
         print(f"warning: {message}", file=sys.stderr)

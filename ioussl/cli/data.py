@@ -105,6 +105,7 @@ def split(
         if store is not None:
             pool, source = _open_store(store).labelled_cases(), f"the labelled cases of {store.name}"
         else:
+            assert cases is not None  # exactly one of store and cases, checked above
             pool = read_case_list(cases)
             source = f"the {len(pool)} cases of {cases.name}"
         result = make_split(pool, train, val, test, seed)

@@ -13,7 +13,7 @@ from ioussl.cli.options import DbOption, Executor, ExecutorOption
 def demo(
     db: DbOption = None,
     study: Annotated[Path | None, typer.Option("--study", help="Demo study file [default jobs/demo.toml].")] = None,
-    executor: ExecutorOption = Executor.auto,
+    executor: ExecutorOption = Executor("auto"),
     max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, help="Local runs at once.")] = 2,
 ) -> None:
     """Synthesise CT, preprocess, plan the scaled-down thesis grid, run it, report (resumable)."""

@@ -37,7 +37,7 @@ def submit(
     db: DbOption = None,
     study: StudyOption = None,
     dry_run: DryRunOption = False,
-    executor: ExecutorOption = Executor.auto,
+    executor: ExecutorOption = Executor("auto"),
     stage: StageOption = None,
     group: GroupOption = None,
     run: RunOption = None,
@@ -62,7 +62,7 @@ def retry(
     study: StudyOption = None,
     run: RunOption = None,
     state: StateOption = None,
-    executor: ExecutorOption = Executor.auto,
+    executor: ExecutorOption = Executor("auto"),
 ) -> None:
     """Resubmit FAILED, LOST or TIMEOUT runs (--state INVALID etc.) as new attempts; blocked fine-tunes follow."""
     from ioussl.cli.options import checked_states

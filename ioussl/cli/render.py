@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,6 +14,8 @@ from rich.table import Table
 from ioussl.plan.sweep import format_value, point_text
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from ioussl.plan.importing import ImportOutcome
     from ioussl.plan.service import PlanOutcome
     from ioussl.registry.repo import RunRecord
@@ -208,7 +210,7 @@ def status_per_axis_value(records: Sequence[RunRecord]) -> None:
     from ioussl.report.grouping import hashable, natural_order
 
     # Runs that share a point share its object (repo.JsonTexts): count those first, then spread over the axes.
-    same: dict[tuple[str, int, str], tuple[dict, int]] = {}
+    same: dict[tuple[str, int, str], tuple[Mapping[str, Any], int]] = {}
     for record in records:
         seen = (record.study, id(record.point), record.status.value)
         point, n = same.get(seen, (record.point, 0))
@@ -234,7 +236,7 @@ def status_per_axis_value(records: Sequence[RunRecord]) -> None:
 
 def status_json(records: Sequence[RunRecord], live: Mapping[str, LiveProgress] | None = None,
                 waiting: Sequence[str] = ()) -> None:
-    live, waiting = live or {}, set(waiting)
+    live, waiting_ids = live or {}, set(waiting)
     rows = [
         {
             "id": r.id, "study": r.study, "stage": r.stage, "group": r.group, "i_min": r.i_min, "i_max": r.i_max,
@@ -243,7 +245,7 @@ def status_json(records: Sequence[RunRecord], live: Mapping[str, LiveProgress] |
             "elapsed_s": r.elapsed_s, "dsc": r.dsc, "dsc_3d": r.dsc_3d, "imported": r.imported,
             "run_dir": r.run_dir, "test_dsc": r.test_dsc, "flare_dsc": r.flare_dsc, "flare_nsd": r.flare_nsd,
             "flare_part": r.flare_part, "point": dict(r.point),
-            "progress": live[r.id].to_json() if r.id in live else None, "waits_for_submit": r.id in waiting,
+            "progress": live[r.id].to_json() if r.id in live else None, "waits_for_submit": r.id in waiting_ids,
         }
         for r in records
     ]
@@ -327,7 +329,7 @@ class RunProgress:
 
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), console=console, transient=False)
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> RunProgress:
         self._bar.start()
@@ -375,7 +377,7 @@ class StatusLive:
         self._live.update(Group(Text(heading, style="dim"), _captured(draw)), refresh=True)
 
 
-def _captured(draw: Callable[[], None]):  # type: ignore[no-untyped-def]
+def _captured(draw: Callable[[], None]):
     """What ``draw`` prints to this module's console, as styled text: the renderers print, and a Live
     display needs one renderable (the module console is swapped for a recording one while they draw)."""
     import io
@@ -384,7 +386,7 @@ def _captured(draw: Callable[[], None]):  # type: ignore[no-untyped-def]
 
     global console
     shown = console
-    console = Console(file=io.StringIO(), width=shown.width, color_system=shown.color_system,
+    console = Console(file=io.StringIO(), width=shown.width, color_system=cast(Any, shown.color_system),
                       force_terminal=shown.is_terminal, highlight=False)
     try:
         draw()

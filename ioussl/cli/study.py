@@ -71,7 +71,7 @@ def status(
     from ioussl.cli.jobs import sync_for_status
     from ioussl.track.progress import status_view
 
-    def fetch():  # type: ignore[no-untyped-def]
+    def fetch():
         if sync:
             sync_for_status(db, study)
         return status_view(db, study=study, stage=checked_stage(stage), statuses=checked_states(state), group=group)
@@ -91,7 +91,7 @@ def status(
 WATCH_IDLE_S = 30.0  # --watch stops when nothing was queued or running for this long (and runs remain planned)
 
 
-def _watch(fetch, interval: float, show_all: bool) -> None:  # type: ignore[no-untyped-def]
+def _watch(fetch, interval: float, show_all: bool) -> None:
     """Redraw until every run in view has ended; stop (exit 1) when nothing can move without a user."""
     import functools
     import time
@@ -123,7 +123,7 @@ def _watch(fetch, interval: float, show_all: bool) -> None:  # type: ignore[no-u
     render.console.print(f"every run has ended ({view.total} run(s))")
 
 
-def _watch_heading(view, interval: float) -> str:  # type: ignore[no-untyped-def]
+def _watch_heading(view, interval: float) -> str:
     import datetime as dt
 
     now = dt.datetime.now().strftime("%H:%M:%S")

@@ -71,7 +71,7 @@ def read_results_csv(path: str | Path) -> list[ImportRow]:
 
 
 def _parse_row(path: Path, line: int, raw: dict[str, str | None]) -> ImportRow:
-    def number(name: str, kind: type, optional: bool = False):  # type: ignore[no-untyped-def]
+    def number(name: str, kind: type, optional: bool = False):
         text = (raw.get(name) or "").strip()
         if not text:
             if optional:
@@ -115,7 +115,7 @@ def import_results(study_file: str | Path, results_csv: str | Path, db: str | No
     return outcome
 
 
-def _import_one(session, run: Run, row: ImportRow, source: str, outcome: ImportOutcome) -> None:  # type: ignore[no-untyped-def]
+def _import_one(session, run: Run, row: ImportRow, source: str, outcome: ImportOutcome) -> None:
     if run.result is not None and not run.result.imported:
         raise DataError(f"run {run.id} already has a result recorded by ioussl; an import never overwrites it")
     if run.result is not None and run.result.dsc == row.dsc and run.result.dsc_3d == row.dsc_3d:
@@ -128,7 +128,7 @@ def _import_one(session, run: Run, row: ImportRow, source: str, outcome: ImportO
     outcome.imported += 1
 
 
-def _complete_imported(session, run: Run, note: str) -> None:  # type: ignore[no-untyped-def]
+def _complete_imported(session, run: Run, note: str) -> None:
     if run.status != RunStatus.COMPLETED:
         repo.set_status(session, run, RunStatus.COMPLETED, reason=f"imported: {note}")
         now = utcnow()
@@ -137,7 +137,7 @@ def _complete_imported(session, run: Run, note: str) -> None:  # type: ignore[no
     run.imported = True
 
 
-def _mark_parents(session, study: str, source: str, outcome: ImportOutcome) -> None:  # type: ignore[no-untyped-def]
+def _mark_parents(session, study: str, source: str, outcome: ImportOutcome) -> None:
     """A pretrain whose fine-tunes were all imported evidently ran elsewhere: mark it so, without a result."""
     finetunes = repo.list_runs(session, study=study, stage="finetune")
     for record in repo.list_runs(session, study=study, stage="pretrain", statuses=[RunStatus.PLANNED]):

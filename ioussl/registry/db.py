@@ -241,7 +241,7 @@ def _sqlite_hooks(engine: Engine, timeout: float) -> None:
     """Let ioussl, not the sqlite3 module, say when a transaction begins and which lock it takes."""
 
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # no implicit BEGIN from the sqlite3 module
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
@@ -251,7 +251,7 @@ def _sqlite_hooks(engine: Engine, timeout: float) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn):  # type: ignore[no-untyped-def]
+    def _begin(conn):
         options = conn.get_execution_options()
         if not options.get("ioussl_write"):
             conn.exec_driver_sql("BEGIN")

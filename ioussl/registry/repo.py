@@ -314,7 +314,8 @@ def record_result(session: Session, run: Run, columns: dict[str, Any], payload: 
 
 def record_metrics(session: Session, run_id: str, points: Iterable[tuple[str, int, int | None, float]]) -> int:
     """Insert (name, epoch, step, value) points not yet stored; returns how many were new."""
-    have = set(session.execute(select(Metric.name, Metric.epoch).where(Metric.run_id == run_id)).all())
+    have: set[tuple[str, int]] = {(name, epoch) for name, epoch in
+                                   session.execute(select(Metric.name, Metric.epoch).where(Metric.run_id == run_id))}
     added = 0
     for name, epoch, step, value in points:
         if (name, epoch) in have:
@@ -335,7 +336,7 @@ def record_provenance(session: Session, run_id: str, info: dict[str, Any]) -> No
     session.merge(row)
 
 
-def runs_of(studies: Iterable[str], stage: str | None = None):  # type: ignore[no-untyped-def]
+def runs_of(studies: Iterable[str], stage: str | None = None):
     """The ids of the runs of ``studies`` (of ``stage``), as a subquery to filter by.
 
     Queries over a whole study filter by it rather than by a list of its run ids: a sweep's 10,000 ids are
@@ -429,7 +430,7 @@ def study_runs_dirs(session: Session) -> dict[str, str]:
     return {name: runs_dir for name, runs_dir in session.execute(select(Study.name, Study.runs_dir))}
 
 
-def _latest_attempts():  # type: ignore[no-untyped-def]
+def _latest_attempts():
     """Per run its latest attempt's id (``last_id``) and attempt count (``n``), and an alias to join it by."""
     latest = (
         select(Attempt.run_id, func.max(Attempt.id).label("last_id"), func.count(Attempt.id).label("n"))
@@ -473,7 +474,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
     # RunRecord's field order, so a record is the row with its attempt count and point filled in. Status and
     # the booleans arrive converted by their column types (Enum, Boolean).
     rows = session.connection().execute(query).fetchall()
-    return [RunRecord(*row[:15], row[15] or 0, *row[16:24], points.load(row[24])) for row in rows]
+    return [RunRecord._make((*row[:15], row[15] or 0, *row[16:24], points.load(row[24]))) for row in rows]
 
 
 class JsonTexts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, String, Table, inspect, text
 
@@ -66,7 +67,7 @@ def read_state(conn: Connection) -> SchemaState:
         recorded = _schema_info_version(conn) if "schema_info" in tables else None
         if revision not in REVISION_VERSION or (recorded or 0) > SCHEMA_VERSION:
             return SchemaState("newer", version=recorded, revision=revision, tables=tuple(sorted(tables)))
-        version = REVISION_VERSION[revision]
+        version: int | None = REVISION_VERSION[revision]
     elif "schema_info" in tables:
         revision = None
         version = _schema_info_version(conn)
@@ -115,12 +116,12 @@ def check(state: SchemaState, location: str, *, allow_old: bool = False) -> None
 def create_schema(conn: Connection) -> None:
     """Schema v2 from the models, its version in schema_info, and Alembic's record that it is at head."""
     Base.metadata.create_all(conn)
-    conn.execute(SchemaInfo.__table__.insert().values(key="version", value=str(SCHEMA_VERSION)))
+    conn.execute(cast(Table, SchemaInfo.__table__).insert().values(key="version", value=str(SCHEMA_VERSION)))
     ALEMBIC_VERSION.create(conn)
     conn.execute(ALEMBIC_VERSION.insert().values(version_num=HEAD))
 
 
-def script_directory():  # type: ignore[no-untyped-def]
+def script_directory():
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory(str(MIGRATIONS))

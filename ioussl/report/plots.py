@@ -17,7 +17,7 @@ from ioussl.plan.expand import BASELINE_GROUP
 from ioussl.report.tables import HELD_OUT, Report
 
 
-def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
+def _figure(width: float, height: float):
     """A figure outside pyplot's global state (nothing to close, safe in threads)."""
     from matplotlib.figure import Figure
 
@@ -27,10 +27,10 @@ def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
 def _colours() -> tuple[Any, ...]:
     import matplotlib
 
-    return tuple(matplotlib.colormaps["tab10"].colors)
+    return tuple(getattr(matplotlib.colormaps["tab10"], "colors"))  # noqa: B009 (a ListedColormap's, not typed)
 
 
-def collapse_figure(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]]):  # type: ignore[no-untyped-def]
+def collapse_figure(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]]):
     """One line per pretrain run (thin) and the mean per group (thick); curves: group -> runs -> points.
 
     Epochs are counted from 1 on integer ticks; the y-range is fitted to the data (collapse curves of one
@@ -42,7 +42,7 @@ def collapse_figure(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]])
 
 
 def curves_figure(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], ylabel: str, title: str,
-                  unit_range: bool = True, legend_title: str = "group"):  # type: ignore[no-untyped-def]
+                  unit_range: bool = True, legend_title: str = "group"):
     """Per-epoch series of runs (thin) and their group means (thick), one colour per group.
 
     Args:
@@ -107,7 +107,7 @@ def _mean_curve(runs: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, 
     return [(epoch, sum(values) / len(values)) for epoch, values in sorted(by_epoch.items())]
 
 
-def dsc_figure(report: Report):  # type: ignore[no-untyped-def]
+def dsc_figure(report: Report):
     """Each fine-tune's DSC as a point, the group mean ± std as a bar, the baseline's mean as a dashed line."""
     rows = [row for row in report.rows if row.values]
     if not rows:
@@ -141,7 +141,7 @@ def plot_dsc(report: Report, path: Path) -> Path:
     return _save(dsc_figure(report), path)
 
 
-def pairs_figure(rows: Sequence[Mapping[str, Any]]):  # type: ignore[no-untyped-def]
+def pairs_figure(rows: Sequence[Mapping[str, Any]]):
     """Share of sampled pairs that have an organ in common, per IoU interval (thesis Fig. 3.2)."""
     labels = [f"[{r['i_min']:g}, {r['i_max']:g}]" for r in rows]
     fig = _figure(6, 4)
@@ -159,7 +159,7 @@ def plot_pairs(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return _save(pairs_figure(rows), path)
 
 
-def organ_figure(scores: Mapping[str, Mapping[str, float | None]], title: str):  # type: ignore[no-untyped-def]
+def organ_figure(scores: Mapping[str, Mapping[str, float | None]], title: str):
     """A heat map: one row per group, one column per organ, each cell a DSC in [0, 1] written on it.
 
     Args:
@@ -190,7 +190,7 @@ def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def png_bytes(fig) -> bytes:  # type: ignore[no-untyped-def]
+def png_bytes(fig) -> bytes:
     """The figure as PNG bytes (laid out tightly), for embedding."""
     import io
 
@@ -211,7 +211,7 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

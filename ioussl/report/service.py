@@ -69,7 +69,7 @@ def check_html_path(path: Path) -> None:
         raise ConfigError(f"cannot write the HTML report {path}: it is a folder; give a file name")
 
 
-def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:
     """Which code produced the numbers, and a fingerprint of the registry rows they come from."""
     fingerprint = hashlib.sha256(
         "\n".join(_fingerprinted(r) for r in sorted(records, key=lambda r: r.id)).encode()
@@ -98,7 +98,7 @@ Curves = dict[str, list[list[tuple[int, float]]]]  # group -> one (epoch, value)
 Grouping = tuple[Sequence[str], Mapping[str, StudyOrder]]  # the report's --by axes and its studies' orders
 
 
-def _metric_curves(session, records: list[repo.RunRecord], grouping_: Grouping, stage: str,  # type: ignore[no-untyped-def]
+def _metric_curves(session, records: list[repo.RunRecord], grouping_: Grouping, stage: str,
                    metric: str) -> Curves:
     """Row label -> one per-epoch series of ``metric`` per run of ``stage`` that recorded it, in row order.
 
@@ -116,7 +116,7 @@ def _metric_curves(session, records: list[repo.RunRecord], grouping_: Grouping, 
     return {key.label(several): keyed[key] for key in grouping.sort_keys(keyed, orders)}
 
 
-def _html_series(session, records: list[repo.RunRecord], grouping_: Grouping) -> dict[str, Curves]:  # type: ignore[no-untyped-def]
+def _html_series(session, records: list[repo.RunRecord], grouping_: Grouping) -> dict[str, Curves]:
     from ioussl.report.html import CURVES
 
     return {spec.key: _metric_curves(session, records, grouping_, spec.stage, spec.metric) for spec in CURVES}

@@ -157,9 +157,10 @@ def _row_fields(runs: list[RunRecord], ddof: int, baseline: BaselineScores | Non
                   key=lambda r: (r.pretrain_seed or 0, r.seed, r.id))
     values = tuple(_scores(done, cases))
     mean = _mean(values)
-    compared = baseline is not None and not is_baseline
-    base_values = baseline.values if compared else []
-    pairs = baseline.pairs(done, cases) if compared else []
+    base = baseline if baseline is not None and not is_baseline else None
+    compared = base is not None
+    base_values = base.values if base is not None else []
+    pairs = base.pairs(done, cases) if base is not None else []
     base_mean = _mean(base_values)
     return dict(
         values=values, run_ids=tuple(r.id for r in done), planned=len(runs), mean=mean,

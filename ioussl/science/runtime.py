@@ -13,7 +13,7 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -107,7 +107,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a training loop draws from, for a checkpoint."""
-    name, key, pos, has_gauss, cached = np.random.get_state()
+    name, key, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state: dict[str, Any] = {
         "python": random.getstate(),
         # Plain lists, not an ndarray: checkpoints must load with torch.load(weights_only=True).
@@ -141,7 +141,7 @@ def compile_for_training(model: torch.nn.Module, cfg: RuntimeConfig) -> torch.nn
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
-    return torch.compile(model)
+    return cast(torch.nn.Module, torch.compile(model))
 
 
 def allocated_cpus() -> int:

@@ -62,7 +62,7 @@ def job_environment() -> dict[str, Any]:
 
 def provenance(device: dict[str, Any] | None) -> dict[str, Any]:
     """Versions, host and device that produced a result."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("ioussl", "torch", "monai", "numpy", "submitit"):
         try:
             versions[package] = metadata.version(package)

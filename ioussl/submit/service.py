@@ -115,18 +115,18 @@ def prepare(registry: Registry, study: str, backends: Backends, outcome: SubmitO
         answers = prefetch(session, study, backends, backends.folder)
         alerts_due = answers is None and repo.has_unsent_notifications(session, study)
     if answers is None:  # no active run: nothing to write, unless alerts wait for a retry
-        outcome = SyncOutcome()
+        quiet = SyncOutcome()
         if alerts_due:
-            outcome.errors += _retry_alerts(registry, study, wait)
-        return outcome
+            quiet.errors += _retry_alerts(registry, study, wait)
+        return quiet
     with registry.session(wait=wait) as session:
-        outcome = sync(session, study=study, backends=backends, folder=backends.folder, prefetched=answers)
-        deliveries = _alerts_after(session, study, outcome)
-    outcome.errors += alerts.send(registry, deliveries)  # after the commit: no lock held while POSTing
-    return outcome
+        synced = sync(session, study=study, backends=backends, folder=backends.folder, prefetched=answers)
+        deliveries = _alerts_after(session, study, synced)
+    synced.errors += alerts.send(registry, deliveries)  # after the commit: no lock held while POSTing
+    return synced
 
 
-def _alerts_after(session, study: str, outcome: SyncOutcome, retry: bool = True) -> list[alerts.Delivery]:  # type: ignore[no-untyped-def]
+def _alerts_after(session, study: str, outcome: SyncOutcome, retry: bool = True) -> list[alerts.Delivery]:
     """Inside the sync's unit of work: queue this sync's alerts, claim what to send (``retry``: also those
     whose delivery failed before)."""
     queued = alerts.queue(session, study, outcome.transitions)
@@ -319,7 +319,7 @@ def cancel(
         return outcome
 
 
-def _nothing_to_cancel(session, study: str | None, run_ids: Sequence[str], group: str | None) -> str:  # type: ignore[no-untyped-def]
+def _nothing_to_cancel(session, study: str | None, run_ids: Sequence[str], group: str | None) -> str:
     """Why a cancel matched no cancellable run, naming what does exist."""
     matching = repo.select_runs(session, study, run_ids, group, None)
     where = f" in study {study!r}" if study else ""
@@ -367,7 +367,7 @@ def retry(
     )
 
 
-def _reset_for_retry(session, runs: list[Run]) -> list[str]:  # type: ignore[no-untyped-def]
+def _reset_for_retry(session, runs: list[Run]) -> list[str]:
     retried = []
     for run in runs:
         if not is_retryable(S(run.status)):
@@ -383,7 +383,7 @@ def _reset_for_retry(session, runs: list[Run]) -> list[str]:  # type: ignore[no-
     return retried
 
 
-def _folder(session, study: str | None, run_ids: Sequence[str]) -> Path:  # type: ignore[no-untyped-def]
+def _folder(session, study: str | None, run_ids: Sequence[str]) -> Path:
     if study is not None:
         return Path(repo.find_study(session, study).runs_dir) / "_submitit"
     if run_ids:

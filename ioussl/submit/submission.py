@@ -84,7 +84,7 @@ def default_job_factory() -> JobFactory:
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"${ENV_JOB_FACTORY}={name!r} cannot be loaded: {exc}") from None
     try:
-        from ioussl.submit.entrypoint import RunJob  # type: ignore[attr-defined]
+        from ioussl.submit.entrypoint import RunJob
     except ImportError:
         raise SubmissionError(
             "the training entry point (ioussl.submit.entrypoint.RunJob) is not "

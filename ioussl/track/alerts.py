@@ -77,9 +77,9 @@ def queue(session: Session, study: str, transitions: Iterable[Transition]) -> in
         if counts and set(counts) <= COMPLETE_STATES and counts.get(S.COMPLETED):
             wanted["study:COMPLETED"] = (None, "COMPLETED", study_payload(row, counts))
     known = repo.notification_keys(session, row.id, wanted)
-    for key, (run_id, event, payload) in wanted.items():
+    for key, (target_run, event, payload) in wanted.items():
         if key not in known:
-            repo.add_notification(session, study_id=row.id, run_id=run_id, key=key, event=event, payload=payload)
+            repo.add_notification(session, study_id=row.id, run_id=target_run, key=key, event=event, payload=payload)
     session.flush()
     return len(set(wanted) - known)
 
@@ -192,7 +192,7 @@ def post_json(url: str, payload: dict[str, Any], timeout: float = TIMEOUT_S) -> 
     from ioussl import __version__
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
             return None
 
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",

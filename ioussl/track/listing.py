@@ -13,7 +13,7 @@ def status_rows(db: str | None, study: str | None = None, stage: str | None = No
         return status_records(session, study, stage, statuses, group)
 
 
-def status_records(session, study: str | None = None, stage: str | None = None,  # type: ignore[no-untyped-def]
+def status_records(session, study: str | None = None, stage: str | None = None,
                    statuses: list[RunStatus] | None = None, group: str | None = None) -> list[repo.RunRecord]:
     """The runs ``status`` lists, in report group order (inside the caller's unit of work)."""
     if study is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from ioussl.runfiles import RESULT, RunFileError
 
@@ -27,7 +27,7 @@ def _fail(why: str, name: str = RESULT) -> RunFileError:
     return RunFileError(name, why)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -182,7 +182,7 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(begin, min(n, begin + size)) for begin in range(0, n, max(size, 1))]
 
 
-def _pipeline(spec, x, y, params, maps, label_maps, kernels, generator, subset, dest):  # type: ignore[no-untyped-def]
+def _pipeline(spec, x, y, params, maps, label_maps, kernels, generator, subset, dest):
     """The stages of ``spec`` on ``[M, H, W]``; the input is never written (``owned`` says when x may be).
     The resampling writes into ``dest`` (the output's rows), and later stages work there in place."""
     owned, stages = False, _stages(spec.order)
@@ -195,7 +195,7 @@ def _pipeline(spec, x, y, params, maps, label_maps, kernels, generator, subset, 
             if affine is not None:
                 stages[i + 1] = "done"
         elif stage in ("scale", "shift", "scale_shift"):
-            factor, shift = _affine_params(params, stage)  # type: ignore[misc]
+            factor, shift = _affine_params(params, stage)
             x, owned = _affine(x, factor, shift, owned), True
         elif stage == "smooth":
             x, owned = _smooth_selected(x, params.smooth, kernels, subset, owned), True

@@ -7,7 +7,7 @@ state and applies the same two boxes to every key, so image and label views stay
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from monai.config import KeysCollection
@@ -32,6 +32,7 @@ from monai.transforms import (
     RandZoomd,
 )
 
+from ioussl.config import SamplerMode
 from ioussl.science.augment.batchaug import FINETUNE, PRETRAIN_VIEW, AugmentSpec
 from ioussl.science.sampling.sampler import CropPair, sample_crop_pair
 
@@ -73,7 +74,7 @@ class RandIoUCropPaird(Randomizable, MapTransform):
         crop = _crop_shape(self.crop_size, len(spatial_shape))
         rng = np.random.default_rng(self.R.randint(0, 2**31 - 1))
         self.pair = sample_crop_pair(
-            rng, spatial_shape, crop, self.i_min, self.i_max, mode=self.mode, r1=self.r1, r2=self.r2
+            rng, spatial_shape, crop, self.i_min, self.i_max, mode=cast(SamplerMode, self.mode), r1=self.r1, r2=self.r2
         )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -130,7 +131,7 @@ def monai_transforms(spec: AugmentSpec, keys: Sequence[str] | None = None, spati
     return [transform for op in spec.order for transform in makers[op]()]
 
 
-def _pick(array_cls: type, dict_cls: type, keys: Sequence[str] | None):  # type: ignore[no-untyped-def]
+def _pick(array_cls: type, dict_cls: type, keys: Sequence[str] | None):
     return array_cls if keys is None else lambda **kwargs: dict_cls(list(keys), **kwargs)
 
 

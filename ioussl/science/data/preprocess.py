@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files
         raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
@@ -243,6 +244,7 @@ def preprocess_case(source: CaseSource, out_root: Path, settings: PreprocessSett
         case_array_path(out_root, source.case, "image"), quantise(volume)
     )
     if labels is not None:
+        assert source.label is not None  # the labels were read from it
         meta["source_label"] = source.label.name
         meta["label_sha256"], meta["label_bytes"] = _save_verified(
             case_array_path(out_root, source.case, "label"), labels

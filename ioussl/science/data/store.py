@@ -23,7 +23,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -238,7 +238,7 @@ def _read_label_copy(path: Path, sha256: object) -> tuple[np.ndarray, tuple[floa
     if digest != sha256:
         raise DataError(f"{path}: checksum differs from store.json (changed or corrupt copy)")
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         label = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: cannot read the original label copy ({type(exc).__name__}: {exc})") from None
@@ -306,7 +306,7 @@ def write_index(root: Path, settings: dict, case_metas: list[dict]) -> None:
         columns["organs"].append(np.asarray(meta["organs"], dtype=np.uint16))
     arrays = {k: (np.concatenate(v) if v else np.zeros(0, dtype=np.int32)) for k, v in columns.items()}
     tmp = root / "index.tmp.npz"
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **cast(dict[str, Any], arrays))
     tmp.replace(root / "index.npz")
     entries = [{k: v for k, v in meta.items() if k != "organs"} for meta in case_metas]
     manifest = {

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -150,9 +150,9 @@ def model_predictor(
                 chunk = np.ascontiguousarray(image[start : start + PREDICT_BATCH])
                 batch = runtime.to_device(torch.from_numpy(chunk)[:, None])
                 with runtime.autocast():
-                    logits = sliding_window_inference(
+                    logits = cast(torch.Tensor, sliding_window_inference(
                         batch, (window["roi"],) * 2, window["sw_batch_size"], model, overlap=window["overlap"]
-                    )
+                    ))
                 out[start : start + batch.shape[0]] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return out
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def slice_dsc(logits: Tensor, label: Tensor, num_classes: int) -> Tensor:
     pred = F.one_hot(logits.argmax(dim=1), num_classes).permute(0, 3, 1, 2)
     truth = F.one_hot(label[:, 0].long(), num_classes).permute(0, 3, 1, 2)
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
-    per_class = metric(pred, truth)  # [N, C], NaN where the class is absent from the ground truth
+    per_class = cast(torch.Tensor, metric(pred, truth))  # [N, C], NaN where the class is absent from the ground truth
     return torch.nanmean(per_class.float(), dim=1)
 
 

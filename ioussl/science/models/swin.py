@@ -7,6 +7,8 @@ so the pretrained state dict loads into the segmentation network's ``swinViT`` o
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from ioussl.config import ModelConfig, PretrainConfig
@@ -47,7 +49,7 @@ class SwinEncoder(nn.Module):
         super().__init__()
         # Take the module out of a full SwinUNETR so its construction (and key names) is exactly the
         # fine-tuning network's, whatever MONAI version builds it.
-        self.swin = build_swin_unetr(model, drop_path).swinViT
+        self.swin = cast(nn.Module, build_swin_unetr(model, drop_path).swinViT)
 
     def forward(self, x: Tensor) -> Tensor:
         deepest = self.swin(x, normalize=True)[4]  # [N, 16C, H/32, W/32]

@@ -79,7 +79,7 @@ def achievable_iou_range(image_shape: tuple[int, ...], crop_shape: tuple[int, ..
     for side, crop in zip(image_shape, crop_shape, strict=True):
         smallest *= int(_achievable_overlaps(side, crop).min())
     volume = int(np.prod(crop_shape))
-    return float(_iou_from_intersection(smallest, volume)), 1.0
+    return float(_iou_from_intersection(np.asarray(smallest), volume)), 1.0
 
 
 @functools.lru_cache(maxsize=4096)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
+from ioussl.config import SamplerMode
 from ioussl.errors import DataError
 from ioussl.science.data.store import SliceStore
 from ioussl.science.sampling.sampler import sample_crop_pairs
@@ -65,7 +67,7 @@ def organ_overlap(
         counted = shared = fallbacks = 0
         for _ in range(passes):
             s1, s2, _, fallback = sample_crop_pairs(
-                rng, shapes, (crop, crop), i_min, i_max, ids.size, mode=mode
+                rng, shapes, (crop, crop), i_min, i_max, ids.size, mode=cast(SamplerMode, mode)
             )
             fallbacks += int(fallback.sum())
             for k, idx in enumerate(ids.tolist()):

@@ -64,7 +64,7 @@ def box1_law(
 def exact_box1_law(image_shape: tuple[int, int], crop: int, i_min: float, i_max: float) -> np.ndarray:
     """[start y, start x]: exact mode's box 1, uniform over the positions that admit a box 2."""
     admits = _valid_counts(image_shape, crop, i_min, i_max) > 0
-    return admits / max(1, np.count_nonzero(admits))
+    return admits / max(1, int(np.count_nonzero(admits)))
 
 
 def mode_difference(

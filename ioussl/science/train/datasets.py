@@ -13,12 +13,13 @@ import contextlib
 import random
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ioussl.config import SamplerMode
 from ioussl.errors import DataError
 from ioussl.science.augment.transforms import finetune_augment, finetune_crop, pretrain_view_augment
 from ioussl.science.data.store import SliceStore
@@ -100,7 +101,8 @@ class PretrainPairDataset(_Seeded):
         slices = self.ids[np.asarray(indices, dtype=np.int64)]
         crop = (self.crop, self.crop)
         starts1, starts2, ious, fallback = sample_crop_pairs(
-            self.rng, self.store.shapes(slices), crop, self.i_min, self.i_max, len(slices), mode=self.mode
+            self.rng, self.store.shapes(slices), crop, self.i_min, self.i_max, len(slices),
+            mode=cast(SamplerMode, self.mode),
         )
         items = []
         for k, idx in enumerate(slices.tolist()):
@@ -142,7 +144,8 @@ class PretrainCropBatches(PretrainPairDataset):
         slices = self.ids[np.asarray(indices, dtype=np.int64)]
         crop = (self.crop, self.crop)
         starts1, starts2, ious, fallback = sample_crop_pairs(
-            self.rng, self.store.shapes(slices), crop, self.i_min, self.i_max, len(slices), mode=self.mode
+            self.rng, self.store.shapes(slices), crop, self.i_min, self.i_max, len(slices),
+            mode=cast(SamplerMode, self.mode),
         )
         n = len(slices)
         views = np.empty((2 * n, 1, *crop), dtype=np.uint16)
@@ -203,7 +206,7 @@ class FinetuneSliceDataset(_Seeded):
         with warnings.catch_warnings(), _plain_tensors():
             # organ-free slices: MONAI warns that it uses background centres
             warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
-            crops = self.cropper(data)
+            crops = self.cropper(cast(Any, data))  # MONAI types its keys as Hashable
             if self.augment is not None:
                 crops = [self.augment(c) for c in crops]
         return [
@@ -256,8 +259,9 @@ def worker_init_fn(worker_id: int) -> None:
     np.random.seed(seed % 2**32)
     random.seed(seed)
     dataset = info.dataset if info is not None else None
-    if hasattr(dataset, "seed_worker"):
-        dataset.seed_worker(seed)
+    seed_worker = getattr(dataset, "seed_worker", None)
+    if seed_worker is not None:
+        seed_worker(seed)
 
 
 def _loader(dataset, batch_size, shuffle, drop_last, num_workers, seed, collate_fn=None, pin_memory=False):

@@ -10,7 +10,7 @@ import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -214,9 +214,9 @@ def evaluate(
         for batch in loader:
             image, label = runtime.to_device(batch["image"]), batch["label"]
             with runtime.autocast():
-                logits = sliding_window_inference(
+                logits = cast(Tensor, sliding_window_inference(
                     image, (window["roi"],) * 2, window["sw_batch_size"], model, overlap=window["overlap"]
-                )
+                ))
             logits = logits.float().cpu()
             result.slice_scores.extend(slice_dsc(logits, label, num_classes).tolist())
             pred = logits.argmax(dim=1)

@@ -18,7 +18,8 @@ from ioussl.config import FinetuneConfig, PretrainConfig
 
 def decay_groups(module: nn.Module, weight_decay: float, name: str) -> list[dict[str, Any]]:
     """Split ``module``'s trainable parameters into a decayed and a not-decayed group."""
-    decayed, plain = [], []
+    decayed: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for key, param in module.named_parameters():
         if not param.requires_grad:
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -67,7 +67,7 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         runfiles.append_jsonl(run_dir / runfiles.METRICS, last)
     if not last:
         raise DataError("pretraining ran no epoch (pretrain.epochs is 0)")
-    summary = export_encoder(state.model, cfg, run_dir, last, steps)
+    summary = export_encoder(cast(SimSiam, state.model), cfg, run_dir, last, steps)
     progress.end(f"{summary['epochs']} epochs, {summary['steps']:,} steps, final loss {summary['final_loss']:.4f}")
     return {**summary, "store_fingerprint": store.fingerprint, "device": runtime.describe()}
 
@@ -78,7 +78,7 @@ def build_state(cfg: RunConfig, runtime: Runtime, steps: int) -> StepState:
     assert pre is not None
     model = SimSiam(cfg.model, pre).to(runtime.device)
     if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stub
     optimizer = pretrain_optimizer(model, pre, fused=runtime.device.type == "cuda")
     total, warmup = steps * pre.epochs, steps * pre.warmup_epochs
     schedule = functools.partial(cosine_lr, total_steps=total, base_lr=pre.base_lr, end_lr=pre.end_lr,

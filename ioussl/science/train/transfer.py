@@ -9,7 +9,7 @@ never a silent from-scratch run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,7 +48,8 @@ def load_encoder(network: nn.Module, path: Path, model: ModelConfig) -> dict[str
     payload = ckpt.load(path)
     ckpt.check_architecture(payload, model, path)
     weights = encoder_weights(payload)
-    target = network.swinViT.state_dict()
+    encoder = cast(nn.Module, network.swinViT)
+    target = encoder.state_dict()
     matched = sorted(set(weights) & set(target))
     if not matched:
         raise TrainingError(f"encoder checkpoint {path}: no key matches the Swin UNETR encoder (swinViT)")
@@ -59,7 +60,7 @@ def load_encoder(network: nn.Module, path: Path, model: ModelConfig) -> dict[str
             f"encoder checkpoint {path} is from another architecture or feature size: {k} has shape "
             f"{tuple(weights[k].shape)}, this model {tuple(target[k].shape)}"
         )
-    result = ckpt.load_state(network.swinViT, {k: weights[k] for k in matched}, path, strict=False)
+    result = ckpt.load_state(encoder, {k: weights[k] for k in matched}, path, strict=False)
     return {
         "matched": len(matched),
         "missing": sorted(result.missing_keys),
