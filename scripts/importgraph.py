@@ -137,20 +137,41 @@ def crowded_folders(package_dir: Path, limit: int = 15) -> dict[str, int]:
     return {folder: count for folder, count in sorted(counts.items()) if count > limit}
 
 
+ENTRY_POINTS = ("__main__", "demo", "api")  # root modules drawn on their own; the other root modules are one node
+
+
+def drawn_node(graph: Graph, module: str) -> str:
+    """The picture's node of a module: its top folder under the package (science/ one level deeper), an entry
+    point module by itself, and every other root module as the one 'shared' node."""
+    folder = graph.folder(module)
+    name = graph.root.name
+    if "/" not in folder:
+        leaf = module.split(".")[-1]
+        return leaf if leaf in ENTRY_POINTS else "shared (root modules)"
+    parts = folder.split("/")[1:]
+    return "/".join(parts[:2] if parts[0] == "science" else parts[:1]) or name
+
+
 def to_dot(graph: Graph) -> str:
-    """The folder graph as Graphviz DOT: one box per folder (with its module count), one arrow per import direction."""
-    edges = folder_edges(graph)
-    sizes: dict[str, int] = {}
-    for module in graph.files:
-        sizes[graph.folder(module)] = sizes.get(graph.folder(module), 0) + 1
-    lines = ["digraph ioussl {", '  rankdir=TB; node [shape=box, fontname="Helvetica", fontsize=11];']
-    for node in sorted(edges):
-        label = node.removeprefix(graph.root.name + "/") if "/" in node else node
-        shape = "box" if "/" in node else "ellipse"
-        lines.append(f'  "{node}" [label="{label}\\n{sizes.get(node, 0)} module(s)", shape={shape}];')
-    for source in sorted(edges):
-        for target in sorted(edges[source]):
-            lines.append(f'  "{source}" -> "{target}";')
+    """The folder graph as Graphviz DOT: one box per folder with its modules, one arrow per import direction."""
+    members: dict[str, set[str]] = {}
+    arrows: set[tuple[str, str]] = set()
+    for module, targets in graph.edges.items():
+        source = drawn_node(graph, module)
+        members.setdefault(source, set()).add(module)
+        for target in targets:
+            sink = drawn_node(graph, target)
+            if sink != source and not sink.startswith(source + "/") and not source.startswith(sink + "/"):
+                arrows.add((source, sink))
+    lines = ["digraph ioussl {", '  rankdir=TB; nodesep=0.25; ranksep=0.45;',
+             '  node [shape=box, style=rounded, fontname="Helvetica", fontsize=10];', '  edge [color="#555555"];']
+    for node in sorted(members):
+        names = sorted({m.split(".")[-1] for m in members[node] if graph.files[m].name != "__init__.py"})
+        body = "\\n".join(", ".join(names[i : i + 4]) for i in range(0, len(names), 4))
+        label = node if names in ([node], []) else f"{node}\\n{body}"
+        lines.append(f'  "{node}" [label="{label}"];')
+    for source, sink in sorted(arrows):
+        lines.append(f'  "{source}" -> "{sink}";')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
