@@ -27,7 +27,7 @@ from ioussl.registry.models import (
     Study,
     utcnow,
 )
-from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus, check_transition
+from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus, check_attempt_transition, check_transition
 
 RESULT_COLUMNS = frozenset({
     "dsc", "dsc_3d", "per_case", "per_organ", "best_epoch", "checkpoint_path", "checkpoint_sha256", "test_dsc",
@@ -290,6 +290,21 @@ def set_status(session: Session, run: Run, new: RunStatus, reason: str | None = 
     return old != new
 
 
+def set_attempt_status(attempt: Attempt, new: RunStatus, reason: str | None = None) -> None:
+    """Move an attempt through its transition table (``status.ATTEMPT_ALLOWED``): an ended job stays ended."""
+    check_attempt_transition(RunStatus(attempt.status), new)
+    attempt.status = new
+    if reason is not None:
+        attempt.reason = reason
+
+
+def set_attempt_job(attempt: Attempt, job_id: str, new: RunStatus, reason: str | None = None) -> None:
+    """The job id of an attempt whose submission the scheduler took (an array task as "12_3")."""
+    set_attempt_status(attempt, new, reason)
+    attempt.job_id = job_id
+    attempt.array_job_id = job_id.split("_")[0] if "_" in job_id else None
+
+
 def record_result(session: Session, run: Run, columns: dict[str, Any], payload: dict[str, Any], *,
                   imported: bool = False, source: str | None = None) -> Result:
     """Store (or replace, for the same run) the result; the caller moves the status to COMPLETED.
@@ -398,10 +413,11 @@ def notification_keys(session: Session, study_id: int, keys: Iterable[str]) -> s
     return set(session.scalars(query))
 
 
-def add_notification(session: Session, **fields: Any) -> Notification:
-    row = Notification(**fields)
-    session.add(row)
-    return row
+def add_notifications(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Queue notifications (each key once per study: see ``notification_keys``), flushed so a later query
+    of this unit of work sees them."""
+    session.add_all([Notification(**fields) for fields in rows])
+    session.flush()
 
 
 def unsent_notifications(session: Session, study_id: int, *, claimed_before: dt.datetime, fresh_only: bool,
@@ -415,6 +431,31 @@ def unsent_notifications(session: Session, study_id: int, *, claimed_before: dt.
     if fresh_only:
         query = query.where(Notification.tries == 0)
     return list(session.scalars(query.order_by(Notification.id).limit(limit)))
+
+
+def claim_notifications(rows: Iterable[Notification], now: dt.datetime) -> None:
+    """Mark notifications as being sent (a concurrent sync leaves them alone until the outcome is recorded)."""
+    for row in rows:
+        row.sent_at = now
+
+
+def record_delivery(session: Session, notification_id: int, error: str | None) -> int | None:
+    """How one claimed notification's delivery went: sent, or released for the next sync with the error.
+    Returns how often it was tried (None when the row is gone)."""
+    row = session.get(Notification, notification_id)
+    if row is None:
+        return None
+    row.tries = (row.tries or 0) + 1
+    row.error = error
+    row.sent_at = utcnow() if error is None else None
+    return row.tries
+
+
+def release_notification(session: Session, notification_id: int) -> None:
+    """Give back a claimed notification that was not tried (the next sync sends it)."""
+    row = session.get(Notification, notification_id)
+    if row is not None:
+        row.sent_at = None
 
 
 def has_unsent_notifications(session: Session, study: str) -> bool:

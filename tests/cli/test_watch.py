@@ -190,7 +190,7 @@ def test_logs_of_a_planned_run_says_there_is_no_job(study):
 
 
 def _submit_local(db: str, tmp_path: Path, **spec) -> jobservice.SubmitOutcome:
-    from ioussl.backends.base import LocalBackend
+    from ioussl.backends.local import LocalBackend
 
     for run in runs_of(db).values():
         workload.write_spec(run.run_dir, **spec)
