@@ -149,9 +149,9 @@ def test_watch_ends_when_every_run_has_ended(study):
 
 
 def test_watch_stops_when_nothing_can_move_without_submit(study, monkeypatch):
-    from ioussl.cli import study as study_cli
+    from ioussl.track import progress
 
-    monkeypatch.setattr(study_cli, "WATCH_IDLE_S", 1.5)
+    monkeypatch.setattr(progress, "WATCH_IDLE_S", 1.5)
     started = time.monotonic()
     result = invoke("status", "--db", study, "--no-sync", "--watch", "1")
     assert time.monotonic() - started >= 1.5
