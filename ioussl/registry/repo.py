@@ -29,6 +29,7 @@ from ioussl.registry.models import (
 )
 from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus, check_attempt_transition, check_transition
 
+NODE_CHARS = 255  # attempts.node
 RESULT_COLUMNS = frozenset({
     "dsc", "dsc_3d", "per_case", "per_organ", "best_epoch", "checkpoint_path", "checkpoint_sha256", "test_dsc",
     "test_dsc_3d", "flare_dsc", "flare_nsd", "flare_part",
@@ -303,6 +304,30 @@ def set_attempt_job(attempt: Attempt, job_id: str, new: RunStatus, reason: str |
     set_attempt_status(attempt, new, reason)
     attempt.job_id = job_id
     attempt.array_job_id = job_id.split("_")[0] if "_" in job_id else None
+
+
+def record_misses(attempt: Attempt, misses: int, reason: str | None) -> None:
+    """How many syncs in a row the scheduler did not list the attempt's job, and why (None keeps the reason)."""
+    attempt.misses = misses
+    if reason is not None:
+        attempt.reason = reason
+
+
+def record_job_report(attempt: Attempt, *, state: str, exit_code: str | None, node: str | None,
+                      started_at: dt.datetime | None, ended_at: dt.datetime | None) -> None:
+    """What the scheduler said of the attempt's job; a value it did not give keeps the recorded one."""
+    attempt.scheduler_state = state
+    if exit_code is not None:
+        attempt.exit_code = exit_code
+    attempt.node = (node or attempt.node or "")[:NODE_CHARS] or None
+    attempt.started_at = started_at or attempt.started_at
+    attempt.ended_at = ended_at or attempt.ended_at
+
+
+def fill_attempt_times(attempt: Attempt, started_at: dt.datetime | None, ended_at: dt.datetime | None) -> None:
+    """Times the job's own events give, where the scheduler gave none."""
+    attempt.started_at = attempt.started_at or started_at
+    attempt.ended_at = attempt.ended_at or ended_at
 
 
 def record_result(session: Session, run: Run, columns: dict[str, Any], payload: dict[str, Any], *,

@@ -26,8 +26,6 @@ from ioussl.status import ACTIVE, RunStatus, check_attempt_transition
 from ioussl.track import classify, ingest
 from ioussl.track.classify import Change, Observation
 
-NODE_CHARS = 255  # attempts.node
-
 
 @dataclass
 class SyncOutcome:
@@ -185,9 +183,7 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
         _update_attempt(attempt, change)
         # The local executor reports no times, and sacct may not yet: the job's own events say when.
         if attempt.started_at is None or attempt.ended_at is None:
-            started, ended = ingest.event_times(run.run_dir, since=attempt.submitted_at)
-            attempt.started_at = attempt.started_at or started
-            attempt.ended_at = attempt.ended_at or ended
+            repo.fill_attempt_times(attempt, *ingest.event_times(run.run_dir, since=attempt.submitted_at))
     new = RunStatus(change.status) if change.status else None
     reason = change.reason
     if change.ingest:
@@ -227,18 +223,18 @@ def _ingest(
 
 
 def _update_attempt(attempt: Attempt, change: Change) -> None:
-    attempt.misses = change.misses
-    if change.reason is not None:
-        attempt.reason = change.reason
+    repo.record_misses(attempt, change.misses, change.reason)
     info = change.info
     if info is None:
         return
-    attempt.scheduler_state = info.raw_state
-    if info.exit_code is not None:
-        attempt.exit_code = f"{info.exit_code}:{info.signal or 0}"
-    attempt.node = (info.node or attempt.node or "")[:NODE_CHARS] or None
-    attempt.started_at = _utc(info.start) or attempt.started_at
-    attempt.ended_at = _utc(info.end) or attempt.ended_at
+    repo.record_job_report(
+        attempt,
+        state=info.raw_state,
+        exit_code=f"{info.exit_code}:{info.signal or 0}" if info.exit_code is not None else None,
+        node=info.node,
+        started_at=_utc(info.start),
+        ended_at=_utc(info.end),
+    )
 
 
 def _utc(text: str | None) -> dt.datetime | None:
