@@ -162,13 +162,13 @@ def prepare_run_config(stage: str, config: Path | None, profile: str | None, *, 
 
 def _override(cfg: RunConfig, store: str | None, seed: int | None, split: str | None,
               sampler: dict[str, Any] | None) -> RunConfig:
-    data = {k: v for k, v in {"store": store, "split": split}.items() if v is not None}
+    data: dict[str, Any] = {k: v for k, v in {"store": store, "split": split}.items() if v is not None}
     if data:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
     changes = {k: v for k, v in (sampler or {}).items() if v is not None}
-    if changes:
+    if changes and cfg.sampler is not None:
         cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, **changes))
     return cfg
 

@@ -272,3 +272,20 @@ def test_the_registration_is_the_one_way_in(tmp_path, monkeypatch):
     monkeypatch.setitem(base.BACKENDS, "fake", "fakesched:FakeScheduler")
     assert base.resolve_executor("fake") == ("fake", None)
     assert type(base.choose_backend("fake", tmp_path)).__name__ == "FakeScheduler"
+
+
+def test_log_paths_are_submitits_and_a_recorded_id_that_names_no_job_file_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    slurm = joblogs.output_paths(runs, "slurm", "12_3", "ioussl-r1")
+    assert slurm == ((runs / "_submitit" / "12_3" / "12_3_0_log.out", runs / "_submitit" / "12_3" / "12_3_0_log.err"),
+                     None)
+    local = joblogs.output_paths(runs, "local", "4242", "ioussl-r1")
+    assert local == ((runs / "_submitit" / "local" / "ioussl-r1" / "4242" / "4242_0_log.out",), None)
+    for executor, job_id, name, why in [
+        ("slurm", "../../etc", "x", "is not a SLURM job id"),
+        ("local", "4242", "..", "no usable name"),
+        ("pbs", "12", "x", "no backend answers for"),
+        ("import", "12", None, "an imported result"),
+    ]:
+        outputs, message = joblogs.output_paths(runs, executor, job_id, name)
+        assert outputs == () and why in message, (executor, message)

@@ -325,7 +325,8 @@ def test_an_invalid_run_can_be_retried_and_its_bad_result_is_set_aside(two_finis
 
         def cancel(self, job_ids): ...  # type: ignore[no-untyped-def]
 
-    outcome = jobservice.retry(db, "bad", run_ids=[victim_id], backend=Recorder(Path("_submitit")), factory=lambda *a: None)
+    recorder = Recorder(Path("_submitit"))
+    outcome = jobservice.retry(db, "bad", run_ids=[victim_id], backend=recorder, factory=lambda *a: None)
     assert outcome.job_ids == {victim_id: "77"}
     assert not (Path(victim.run_dir) / "result.json").exists()
     assert len(list(Path(victim.run_dir).glob("result.json.rejected-*"))) == 1

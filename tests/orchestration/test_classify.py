@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import functools
+
+import pytest
 
 from ioussl.backends.base import JobInfo
 from ioussl.backends.slurmtext import STATES
@@ -168,3 +168,9 @@ def test_untrustworthy_files_of_a_vanished_job_make_the_run_invalid():
     files = RunFiles(has_result=True, invalid="events.jsonl line 2: t 1e+300 is not a time")
     change = classify(Observation(run_id="r1", status="RUNNING", job_id="7", info=None, files=files))
     assert change.status == "INVALID" and change.reason.startswith("events.jsonl line 2")
+
+
+def test_without_its_backends_table_a_state_is_unknown_not_read_as_slurm():
+    bare = classify_module.Observation(run_id=1, status="RUNNING", job_id="7", info=info("COMPLETED"), files=RESULT)
+    change = classify(bare)
+    assert change is not None and change.status is None and "unknown scheduler state 'COMPLETED'" in change.reason
