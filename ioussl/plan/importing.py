@@ -134,7 +134,7 @@ def _complete_imported(session, run: Run, note: str) -> None:  # type: ignore[no
         now = utcnow()
         repo.add_attempt(session, run_id=run.id, executor=IMPORTED, status=RunStatus.COMPLETED, reason=note,
                          submitted_at=now, ended_at=now)
-    run.imported = True
+    repo.mark_imported(run)
 
 
 def _mark_parents(session, study: str, source: str, outcome: ImportOutcome) -> None:  # type: ignore[no-untyped-def]

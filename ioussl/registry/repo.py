@@ -130,6 +130,11 @@ def add_axes(study: Study, names: Sequence[str]) -> None:
         study.axes = [*(study.axes or []), *new]
 
 
+def set_notify(study: Study, notify: Any) -> None:
+    """A study's ``[notify]`` settings (a webhook added to its cluster profile after it was planned)."""
+    study.spec = {**(study.spec or {}), "notify": notify}
+
+
 def run_or_none(session: Session, run_id: str) -> Run | None:
     """A run by its exact id."""
     return session.get(Run, run_id)
@@ -289,6 +294,11 @@ def set_status(session: Session, run: Run, new: RunStatus, reason: str | None = 
         run.status_reason = reason
     run.updated_at = utcnow()
     return old != new
+
+
+def mark_imported(run: Run) -> None:
+    """The run's result came from elsewhere (``ioussl import results``), not from a job."""
+    run.imported = True
 
 
 def set_attempt_status(attempt: Attempt, new: RunStatus, reason: str | None = None) -> None:
