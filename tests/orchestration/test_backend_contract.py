@@ -1,4 +1,4 @@
-"""One contract for every scheduler: plan, submit, chain, sync, cancel, logs, retry.
+"""One contract for every scheduler: plan, submit, chain, sync, cancel, logs, retry (and dry run, adoption).
 
 Parametrized over the SLURM backend (real SlurmBackend and submitit, a fake controller behind its argv
 commands), the local backend (real processes) and a test-only scheduler written against the protocol
@@ -28,7 +28,7 @@ from ioussl.backends.local import LocalBackend
 from ioussl.backends.slurm import SlurmBackend
 from ioussl.errors import SubmissionError
 from ioussl.plan.service import plan_grid
-from ioussl.registry import open_registry, opened
+from ioussl.registry import open_registry, opened, repo
 from ioussl.registry.models import Run
 from ioussl.submit import service, submission, workload
 from ioussl.track import joblogs
@@ -289,3 +289,28 @@ def test_log_paths_are_submitits_and_a_recorded_id_that_names_no_job_file_is_ref
     ]:
         outputs, message = joblogs.output_paths(runs, executor, job_id, name)
         assert outputs == () and why in message, (executor, message)
+
+
+def test_a_killed_submits_job_is_adopted_not_submitted_twice(db, sched):
+    pretrain = _runs(db)["pretrain1"]
+    unit = submission.unit_for([pretrain], None)
+    with opened(db) as registry, registry.session() as session:  # the submit's first unit of work ...
+        runs = [repo.get_run(session, pretrain.id)]
+        submission.write_run_files(runs)
+        calls = submission.job_calls(session, unit, workload.make_job)
+        submission.record_intent(session, unit, sched.backend.name, None, arrays=sched.backend.supports_arrays)
+    (job_id,) = sched.backend.submit(unit, calls, None)  # ... and the scheduler took it: then the submit died
+    with opened(db) as registry, registry.session() as session:
+        adopted, reverted, young = submission.adopt_orphans(
+            session, service.Backends(sched.folder, sched.backend), grace_s=0
+        )
+    assert (adopted, reverted, young) == ([pretrain.id], [], 0)
+    attempt = _runs(db)["pretrain1"].attempts[-1]
+    assert (attempt.job_id, attempt.status) == (job_id, "PENDING")
+    assert sched.backend.find_by_name([unit.job_name]) == {unit.job_name: [job_id]}  # one job, not two
+    deadline = time.monotonic() + 60
+    while isinstance(sched.backend, LocalBackend) and sched.backend.query([job_id]).jobs:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)  # a local job runs as soon as it is submitted: let it end
+    _settle(db, sched)
+    assert _runs(db)["pretrain1"].status == S_DONE
