@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ioussl.backends import slurmcmd as scheduler  # noqa: E402
-from ioussl.backends.base import SlurmBackend  # noqa: E402
+from ioussl.backends.slurm import SlurmBackend  # noqa: E402
 from ioussl.registry import open_registry, repo  # noqa: E402
 from ioussl.registry.models import Attempt  # noqa: E402
 from ioussl.status import RunStatus  # noqa: E402

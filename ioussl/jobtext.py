@@ -28,7 +28,6 @@ CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 MAX_TEXT = 4096
 OPTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-DEPENDENCY = re.compile(r"afterok:\d+(?:_\d+)?")
 
 
 def control_character(text: str) -> str | None:
@@ -86,12 +85,6 @@ def check_study_name(name: Any, where: str) -> str:
             f"(starting with a letter or digit), got {name!r}"
         )
     return name.strip()
-
-
-def check_dependency(dependency: str) -> str:
-    if not DEPENDENCY.fullmatch(dependency):
-        raise ConfigError(f"job dependency {dependency!r} is not afterok:<job id>")
-    return dependency
 
 
 def check_parameters(params: Mapping[str, Any]) -> None:

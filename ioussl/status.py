@@ -72,3 +72,16 @@ def check_transition(old: RunStatus, new: RunStatus) -> None:
 
 def is_retryable(status: RunStatus) -> bool:
     return status in _RETRYABLE
+
+
+# An attempt is one job. While its job may still run, it moves as its run does; once it ended it stays ended
+# (a retry is a new attempt). PLANNED on an attempt: its submission never reached the scheduler.
+ATTEMPT_ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
+    status: ALLOWED[status] if status in _ACTIVE else frozenset() for status in RunStatus
+}
+
+
+def check_attempt_transition(old: RunStatus, new: RunStatus) -> None:
+    """Raise IllegalTransition unless an attempt may go from ``old`` to ``new`` (staying put is allowed)."""
+    if old != new and new not in ATTEMPT_ALLOWED[old]:
+        raise IllegalTransition(f"an attempt cannot go from {old} to {new}")

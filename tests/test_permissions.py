@@ -69,7 +69,7 @@ time_min = 5
 
 
 def test_a_submission_under_umask_000_leaves_nothing_group_or_world_writable(tmp_path):
-    from ioussl.backends.base import LocalBackend
+    from ioussl.backends.local import LocalBackend
     from ioussl.plan.service import plan_grid
     from ioussl.submit import service as jobservice
     from ioussl.submit import workload

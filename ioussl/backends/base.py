@@ -1,28 +1,40 @@
-"""Executor adapters: SLURM through submitit's SlurmExecutor, or submitit's LocalExecutor on this machine.
+"""The scheduler seam: what ioussl asks of a backend, and the one mapping of executor names to backends.
 
-Both submit the same callables (RunJob, or the synthetic test workload) and answer the same four
-questions: submit a unit, query jobs, find orphaned jobs by name, cancel jobs. Only this module imports
-submitit's executors (lazily), so planning and status stay light.
+A backend submits the same callables (RunJob, or the synthetic test workload) and answers for its jobs:
+query them, find a crashed submit's job by name, release, cancel. It also owns everything that is
+scheduler-specific, so that submission and tracking never ask which scheduler they talk to:
+
+- its state table (:class:`StateTable`: raw scheduler state -> what it means for the run),
+- its dependency syntax (:meth:`Backend.after`, ``afterok:12`` on SLURM),
+- its log files (:meth:`Backend.log_paths`, from submitit's ``JobPaths``),
+- the translation of :class:`~ioussl.resources.Resources` into its parameters (:meth:`Backend.describe`
+  shows them for ``submit --dry-run``).
+
+Callers branch on capabilities (``supports_dependencies``, ``supports_arrays``, ``runs_here``,
+``uses_cluster_profile``), never on ``name``, which is only recorded in attempts. A new scheduler is one
+module with one class, plus one line in :data:`BACKENDS` (docs/architecture.md, "Adding a scheduler").
+Backends are imported when first used, so planning and status load none they do not need.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import signal
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ioussl.backends import slurmcmd as scheduler
-from ioussl.backends import slurmtext as slurm
-from ioussl.backends.slurmcmd import QueryResult, Runner
-from ioussl.backends.slurmtext import JobInfo, Resources
 from ioussl.errors import ConfigError, SubmissionError
+from ioussl.resources import Resources
+from ioussl.status import RunStatus
 
-EXECUTORS = ("auto", "slurm", "local")
+# The one registration of schedulers: executor name -> "module:class". ``auto`` tries them in this order
+# and takes the first whose ``unavailable()`` says nothing (SLURM where a controller answers, else local).
+BACKENDS: dict[str, str] = {
+    "slurm": "ioussl.backends.slurm:SlurmBackend",
+    "local": "ioussl.backends.local:LocalBackend",
+}
+EXECUTORS = ("auto", *BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -40,223 +52,177 @@ class Unit:
         return "ioussl runs=" + ",".join(self.run_ids)
 
 
+@dataclass(frozen=True)
+class JobInfo:
+    """One job (or one array task) as the scheduler reports it; ``job_id`` is "12" or "12_3"."""
+
+    job_id: str
+    state: str  # the backend's state word, e.g. "CANCELLED" for SLURM's "CANCELLED by 0"
+    raw_state: str = ""
+    name: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    node: str | None = None
+    reason: str | None = None
+    start: str | None = None
+    end: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What one query learnt: jobs by id ("12" or "12_3"), which command answered, how many ran."""
+
+    jobs: dict[str, JobInfo]
+    source: str
+    calls: int
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What one scheduler state means for the run whose job is in it."""
+
+    status: RunStatus  # the run's status; COMPLETED counts only with a result.json (see track/classify.py)
+    waiting: bool = False  # not started, or never will: a blocked fine-tune's job is not followed
+    queued: bool = False  # waiting in the queue: a blocked fine-tune's job is cancelled; the queue's reason shown
+    plain: bool = False  # the run status says it all: the raw state is not repeated in the reason
+
+
+@dataclass(frozen=True)
+class StateTable:
+    """A backend's states, each mapped explicitly; a state missing here is reported, never guessed."""
+
+    scheduler: str  # "SLURM": named in the reason when a job is in a state the table lacks
+    states: Mapping[str, JobState]
+
+    def meaning(self, state: str) -> JobState | None:
+        return self.states.get(state)
+
+
 class Backend(Protocol):
-    """What the engine asks of an executor. Callers branch on the capabilities, never on ``name``
-    (which is only recorded in attempts): ``supports_dependencies`` (the scheduler holds fine-tunes until
-    their pretrain succeeded; otherwise ioussl sequences them itself), ``supports_arrays`` (a unit of
-    several runs is one submission, array task ids "12_3"), ``runs_here`` (jobs run on this machine)."""
+    """What submission and tracking ask of a scheduler (see the module docstring).
+
+    Capabilities: ``supports_dependencies`` (the scheduler holds fine-tunes until their pretrain succeeded;
+    otherwise ioussl sequences them itself), ``supports_arrays`` (a unit of several runs is one submission,
+    array task ids "12_3"), ``runs_here`` (jobs run on this machine), ``uses_cluster_profile`` (the study's
+    account, partition and options reach the scheduler, so a template placeholder there is refused).
+    Constructed as ``Backend(folder)``: ``folder`` is the study's ``_submitit`` directory.
+    """
 
     name: str
     supports_dependencies: bool
     supports_arrays: bool
     runs_here: bool
+    uses_cluster_profile: bool
+    states: StateTable
 
-    def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]: ...
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why jobs cannot go to this scheduler from here (one line), or None: what ``auto`` asks."""
+        ...
 
-    def query(self, job_ids: Iterable[str]) -> QueryResult: ...
+    def check_can_submit(self) -> None:
+        """Raise SubmissionError (one line, with what to do) when this machine cannot submit to it."""
+        ...
 
-    def find_by_name(self, names: Iterable[str]) -> dict[str, list[str]]: ...
+    def after(self, job_id: str) -> str:
+        """The dependency, in this scheduler's words, that holds a job until ``job_id`` has succeeded."""
+        ...
 
-    def job_stored(self, job_id: str, job_name: str) -> bool: ...
+    def describe(self, unit: Unit, dependency: str | None) -> str:
+        """The submission of ``unit`` as this scheduler would get it, on one line (``submit --dry-run``)."""
+        ...
 
-    def release(self, job_ids: Iterable[str]) -> None: ...
+    def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]:
+        """Submit one call per run of ``unit`` (held, where the scheduler can hold); returns their job ids."""
+        ...
 
-    def cancel(self, job_ids: Iterable[str]) -> None: ...
+    def query(self, job_ids: Iterable[str]) -> QueryResult:
+        """Every asked job the scheduler still knows, under the asked id (array tasks included)."""
+        ...
+
+    def held_at_submit(self, info: JobInfo) -> bool:
+        """Whether the job still waits for the release that follows its recorded submission."""
+        ...
+
+    def find_by_name(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """Job name -> ids of the jobs the scheduler holds under it (a killed submit's job is found again)."""
+        ...
+
+    def job_stored(self, job_id: str, job_name: str) -> bool:
+        """Whether submitit finished its side of the job's submission (its pickle exists)."""
+        ...
+
+    def release(self, job_ids: Iterable[str]) -> None:
+        """Let held jobs start (the registry has recorded them)."""
+        ...
+
+    def cancel(self, job_ids: Iterable[str]) -> None:
+        """Stop the jobs; an unknown or ended one is not an error."""
+        ...
+
+    def log_paths(self, job_id: str, job_name: str | None) -> tuple[Path, ...]:
+        """The job's output files (stdout first; they may not exist yet).
+
+        Raises:
+            ConfigError: the recorded job id or name cannot name this scheduler's files.
+        """
+        ...
+
+
+def backend_class(executor: str) -> type[Backend]:
+    """The class registered for ``executor`` in :data:`BACKENDS`.
+
+    Raises:
+        ConfigError: no backend of that name.
+    """
+    target = BACKENDS.get(executor)
+    if target is None:
+        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(('auto', *BACKENDS))}")
+    module, _, attr = target.partition(":")
+    cls: type[Backend] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def resolve_executor(executor: str) -> tuple[str, str | None]:
-    """The concrete executor for a requested one, and why ``auto`` chose local (None otherwise).
-
-    ``auto`` is SLURM only where a controller answers (``scheduler.controller_answers``), else local.
+    """The concrete executor for a requested one, and why ``auto`` did not take the first (None otherwise).
 
     Raises:
         ConfigError: an unknown executor name.
     """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if executor != "auto":
+        backend_class(executor)
         return executor, None
-    why_not = scheduler.controller_answers()
-    return ("local", why_not) if why_not else ("slurm", None)
+    first_refusal = None
+    for name in BACKENDS:
+        why_not = backend_class(name).unavailable()
+        if why_not is None:
+            return name, first_refusal
+        first_refusal = first_refusal or why_not
+    raise SubmissionError(f"no executor can run jobs here: {first_refusal}")
 
 
-def choose_backend(executor: str, folder: Path, runner: Runner = scheduler.run_command) -> Backend:
-    """The backend for a concrete or ``auto`` executor (see :func:`resolve_executor`).
+def choose_backend(executor: str, folder: Path) -> Backend:
+    """The backend for a concrete or ``auto`` executor, ready to submit (see :func:`resolve_executor`).
 
     Raises:
         ConfigError: an unknown executor name.
-        SubmissionError: ``slurm`` asked for where there is no ``sbatch``.
+        SubmissionError: this machine cannot submit to it (``slurm`` without ``sbatch``).
     """
     executor, _ = resolve_executor(executor)
-    if executor == "slurm" and not scheduler.sbatch_available():
-        raise SubmissionError(
-            "--executor slurm: sbatch is not on PATH (not a SLURM login node?); "
-            "use --executor local to run on this machine"
-        )
-    return SlurmBackend(folder, runner) if executor == "slurm" else LocalBackend(folder)
+    backend = backend_class(executor)(folder)  # type: ignore[call-arg]
+    backend.check_can_submit()
+    return backend
 
 
-def backend_for_attempts(executor: str, folder: Path, runner: Runner = scheduler.run_command) -> Backend:
-    """The backend that can answer for existing attempts of this executor (no sbatch check)."""
-    return SlurmBackend(folder, runner) if executor == "slurm" else LocalBackend(folder)
+def backend_for_attempts(executor: str, folder: Path) -> Backend:
+    """The backend that answers for existing attempts of this executor (no submit check).
 
-
-class SlurmBackend:
-    """sbatch through submitit; one sacct (or scontrol/squeue) per query; scancel."""
-
-    name = "slurm"
-    supports_dependencies = True
-    supports_arrays = True
-    runs_here = False
-
-    def __init__(self, folder: Path, runner: Runner = scheduler.run_command) -> None:
-        self.folder = folder
-        self.runner = runner
-
-    def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]:
-        import submitit
-
-        executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=unit.resources.max_requeues)
-        executor.update_parameters(
-            **slurm.submitit_parameters(
-                unit.resources, job_name=unit.job_name, comment=unit.comment, dependency=dependency
-            )
-        )
-        try:
-            # submitit prints sbatch's stderr itself on failure; we report it once, on one line.
-            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-                jobs = [executor.submit(call) for call in calls]
-        except submitit.core.utils.FailedJobError as exc:
-            raise SubmissionError(f"sbatch rejected {unit.job_name}: {scheduler.one_line(str(exc))}") from None
-        return [job.job_id for job in jobs]
-
-    def query(self, job_ids: Iterable[str]) -> QueryResult:
-        return scheduler.query_jobs(job_ids, self.runner)
-
-    def find_by_name(self, names: Iterable[str]) -> dict[str, list[str]]:
-        wanted = set(names)
-        if not wanted:
-            return {}
-        found: dict[str, list[str]] = {}
-        for info in scheduler.controller_jobs(self.runner).values():
-            if info.name in wanted:
-                found.setdefault(info.name, []).append(info.job_id)
-        return found
-
-    def job_stored(self, job_id: str, job_name: str) -> bool:
-        """Whether submitit finished its side of the submission (it stores the job after sbatch answers)."""
-        return _pickle_stored(self.folder / "%j", job_id)
-
-    def release(self, job_ids: Iterable[str]) -> None:
-        scheduler.release_jobs(job_ids, self.runner)
-
-    def cancel(self, job_ids: Iterable[str]) -> None:
-        scheduler.cancel_jobs(job_ids, self.runner)
-
-
-class LocalBackend:
-    """submitit's LocalExecutor: one controller process per run (job id = its pid), no dependencies.
-
-    The controllers outlive ``ioussl submit``; a later process checks them through /proc. Each unit gets
-    its own folder ``<runs>/_submitit/local/<job name>/<pid>``, so a crashed submit's process is found.
+    Raises:
+        SubmissionError: the registry names an executor no backend is registered for (say, one a newer
+            ioussl wrote): its jobs cannot be asked about, which a sync reports and carries on.
     """
-
-    name = "local"
-    supports_dependencies = False
-    supports_arrays = False
-    runs_here = True
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder / "local"
-        self._jobs: dict[str, Any] = {}  # our own children, polled so they do not linger as zombies
-
-    def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]:
-        import submitit
-
-        if dependency:
-            raise SubmissionError("the local executor has no dependencies; ioussl starts fine-tunes itself")
-        executor = submitit.LocalExecutor(
-            folder=self.folder / unit.job_name / "%j", max_num_timeout=unit.resources.max_requeues
-        )
-        executor.update_parameters(
-            timeout_min=unit.resources.time_min,
-            gpus_per_node=unit.resources.gpus_per_node,
-            signal_delay_s=unit.resources.signal_delay_s,
-            stderr_to_stdout=True,
-        )
-        ids = []
-        # The controller copies this process's environment: tell the job how many CPUs it was given, as
-        # SLURM would (SLURM_CPUS_PER_TASK), so that several local jobs do not each use every core.
-        with _environment(IOUSSL_CPUS_PER_TASK=str(unit.resources.cpus_per_task)):
-            for call in calls:
-                job = executor.submit(call)
-                self._jobs[job.job_id] = job
-                ids.append(job.job_id)
-        return ids
-
-    def query(self, job_ids: Iterable[str]) -> QueryResult:
-        """A live controller is RUNNING; an ended one is not reported (its run directory tells the rest)."""
-        jobs = {}
-        for job_id in job_ids:
-            if self._alive(job_id):
-                jobs[job_id] = JobInfo(job_id=job_id, state="RUNNING", raw_state="RUNNING", node="localhost")
-        return QueryResult(jobs, "local", 0)
-
-    def find_by_name(self, names: Iterable[str]) -> dict[str, list[str]]:
-        found = {}
-        for name in names:
-            folder = self.folder / name
-            pids = sorted(p.name for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
-            if pids:
-                found[name] = pids
-        return found
-
-    def job_stored(self, job_id: str, job_name: str) -> bool:
-        return _pickle_stored(self.folder / job_name / "%j", job_id)
-
-    def release(self, job_ids: Iterable[str]) -> None:
-        """Local jobs start at once; nothing is held."""
-
-    def cancel(self, job_ids: Iterable[str]) -> None:
-        for job_id in job_ids:
-            if self._alive(job_id):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(job_id), signal.SIGINT)  # what LocalJob.cancel sends
-
-    def _alive(self, job_id: str) -> bool:
-        job = self._jobs.get(job_id)
-        if job is not None:
-            return job.state == "RUNNING"  # polls (and reaps) our own child
-        return _controller_alive(job_id)
-
-
-def _pickle_stored(folder: Path, job_id: str) -> bool:
-    from submitit.core.utils import JobPaths
-
-    return JobPaths(folder, job_id=job_id).submitted_pickle.exists()
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
     try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _controller_alive(pid: str) -> bool:
-    """A pid from an earlier session: alive, not a zombie, and still a submitit controller (pids wrap)."""
-    proc = Path("/proc") / pid
-    try:
-        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-        status = (proc / "status").read_text()
-    except OSError:
-        return False
-    state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "Z")
-    return b"submitit" in cmdline and state not in ("Z", "X")
+        cls = backend_class(executor)
+    except ConfigError:
+        raise SubmissionError(f"attempts name the executor {executor!r}, which no backend answers for") from None
+    return cls(folder)  # type: ignore[call-arg]

@@ -10,10 +10,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from ioussl.backends import slurmtext as slurm
-from ioussl.backends.slurmtext import JobInfo
+from ioussl.backends.base import JobInfo, QueryResult
 from ioussl.errors import SubmissionError
 
 Runner = Callable[[Sequence[str]], str]
@@ -42,15 +41,6 @@ def one_line(message: str) -> str:
 
 def sbatch_available() -> bool:
     return shutil.which("sbatch") is not None
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    """What one sync learnt from SLURM: jobs by id ("12" or "12_3"), which command answered, how many ran."""
-
-    jobs: dict[str, JobInfo]
-    source: str
-    calls: int
 
 
 def query_jobs(job_ids: Iterable[str], runner: Runner = run_command) -> QueryResult:

@@ -1,7 +1,7 @@
 """SLURM without side effects: job resources -> submitit/sbatch parameters, scheduler output -> JobInfo.
 
 Everything here is pure (no subprocess, no registry) so it is tested with tables and a golden sbatch file;
-``scheduler.py`` runs the commands and ``submission.py`` hands the parameters to submitit's SlurmExecutor.
+``slurmcmd.py`` runs the commands and ``slurm.py`` hands the parameters to submitit's SlurmExecutor.
 The only state query per sync is one ``sacct`` over all active jobs, as submitit's own watcher does
 (``sacct -o JobID,State,NodeList --parsable2 -j ...``); without accounting, one ``scontrol show job``.
 """
@@ -12,16 +12,60 @@ import dataclasses
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ioussl import jobtext as jobscript
+from ioussl.backends.base import JobInfo, JobState, StateTable
+from ioussl.errors import ConfigError
 from ioussl.resources import Resources, placeholder_message, placeholders, resources_for_run  # noqa: F401 (re-exported)
+from ioussl.status import RunStatus
 
 # sacct columns we read, in this order; --parsable2 separates them with "|" and no trailing "|".
 SACCT_FIELDS = ("JobID", "JobIDRaw", "JobName", "State", "ExitCode", "NodeList", "Reason", "Start", "End")
 SQUEUE_FORMAT = "%i|%j|%T|%r|%N|%S|%e"  # with -r: one line per array task
 _NO_VALUE = {"", "None", "None assigned", "Unknown", "N/A", "(null)"}
+JOB_ID = re.compile(r"[0-9]{1,20}(_[0-9]{1,10})?")  # a job, or one task of an array: "12", "12_3"
+DEPENDENCY = re.compile(r"afterok:\d+(?:_\d+)?")
+
+S = RunStatus
+# Every state sacct/squeue/scontrol can print (slurm 22.05 "JOB STATE CODES"), mapped explicitly; a state
+# missing here is reported as unknown, never guessed. COMPLETED counts only with a result.json.
+STATES = StateTable(
+    "SLURM",
+    {
+        "PENDING": JobState(S.PENDING, waiting=True, queued=True, plain=True),
+        "REQUEUED": JobState(S.PENDING, waiting=True),  # a timeout/preemption requeue: it will run again and resume
+        "REQUEUE_HOLD": JobState(S.PENDING, waiting=True),
+        "REQUEUE_FED": JobState(S.PENDING),
+        "RESV_DEL_HOLD": JobState(S.PENDING),
+        "CONFIGURING": JobState(S.PENDING),  # nodes allocated, still booting
+        "RUNNING": JobState(S.RUNNING, plain=True),
+        "COMPLETING": JobState(S.RUNNING),
+        "SIGNALING": JobState(S.RUNNING),
+        "STAGE_OUT": JobState(S.RUNNING),
+        "RESIZING": JobState(S.RUNNING),
+        "SUSPENDED": JobState(S.RUNNING),
+        "STOPPED": JobState(S.RUNNING),
+        "COMPLETED": JobState(S.COMPLETED, plain=True),
+        "FAILED": JobState(S.FAILED),
+        "OUT_OF_MEMORY": JobState(S.FAILED),
+        "NODE_FAIL": JobState(S.FAILED),
+        "BOOT_FAIL": JobState(S.FAILED),
+        "SPECIAL_EXIT": JobState(S.FAILED),
+        "PREEMPTED": JobState(S.FAILED),  # final only when not requeued; a requeued job reports PENDING again
+        "TIMEOUT": JobState(S.TIMEOUT),
+        "DEADLINE": JobState(S.TIMEOUT),
+        "CANCELLED": JobState(S.CANCELLED, waiting=True),  # kill_invalid_depend may have got there first
+        "REVOKED": JobState(S.CANCELLED),
+    },
+)
+
+
+def check_dependency(dependency: str) -> str:
+    """The one dependency ioussl gives sbatch: ``afterok:<job id>`` (the id comes from the registry)."""
+    if not DEPENDENCY.fullmatch(dependency):
+        raise ConfigError(f"job dependency {dependency!r} is not afterok:<job id>")
+    return dependency
 
 
 def submitit_parameters(
@@ -86,22 +130,6 @@ def sbatch_flags(params: Mapping[str, Any], array_size: int | None = None) -> li
     extra = (params.get("additional_parameters") or {}).items()
     flags += [f"--{k}" if v is True else f"--{k}={v}" for k, v in extra]
     return flags
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """One job (or one array task) as the scheduler reports it; ``job_id`` is "12" or "12_3"."""
-
-    job_id: str
-    state: str  # first word, upper case: "CANCELLED by 0" -> "CANCELLED"
-    raw_state: str = ""
-    name: str = ""
-    exit_code: int | None = None
-    signal: int | None = None
-    node: str | None = None
-    reason: str | None = None
-    start: str | None = None
-    end: str | None = None
 
 
 def parse_sacct(text: str) -> dict[str, JobInfo]:

@@ -136,7 +136,6 @@ def sync_for_status(db: str | None, study: str | None) -> SyncOutcome | None:
 
 
 def render_submit(outcome: SubmitOutcome) -> None:
-    from ioussl.backends import slurmtext as slurm
     from ioussl.cli.render import console
 
     verb = "would submit" if outcome.dry_run else "submitted"
@@ -165,15 +164,9 @@ def render_submit(outcome: SubmitOutcome) -> None:
             + (f"  job {jobs}" if jobs else ""),
             markup=False,
         )
-        if outcome.dry_run:
-            array = len(unit.run_ids) if len(unit.run_ids) > 1 else None
-            params = slurm.submitit_parameters(
-                unit.resources,
-                job_name=unit.job_name,
-                comment=unit.comment,
-                dependency="afterok:<pretrain job>" if unit.parent_id else None,
-            )
-            console.print("      sbatch " + " ".join(slurm.sbatch_flags(params, array)), soft_wrap=True, markup=False)
+        command = outcome.commands.get(unit.job_name)
+        if command:
+            console.print("      " + command, soft_wrap=True, markup=False)
     for run_id, why in outcome.skipped:
         console.print(f"skipped {run_id}: {why}", markup=False)
     for message in dict.fromkeys(outcome.warnings):

@@ -1,20 +1,18 @@
 """``ioussl run pretrain|finetune``: run one stage in this process, writing exactly the files a job writes.
 
-For debugging on a node without the orchestrator: the command builds the run config (a profile or a
-config file, plus overrides), writes ``config.json`` into the run directory and calls the same
-``run_stage`` a SLURM job calls. Running it again on the same directory resumes (or returns the result).
+For debugging on a node without the orchestrator: the job entry point (``submit/entrypoint.py``) builds the
+run config (a profile or a config file, plus overrides), writes ``config.json`` into the run directory and
+calls the same ``run_stage`` a SLURM job calls. Running it again on the same directory resumes (or returns the result).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ioussl.cli.options import command_group
-from ioussl.errors import ConfigError
 
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Run directory (created; resumed if it exists).")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="A RunConfig JSON file.")]
@@ -46,8 +44,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """SimSiam pretraining of the Swin UNETR encoder; exports checkpoints/encoder.pt."""
         sampler = {"i_min": i_min, "i_max": i_max, "random_crop": random_crop or None}
-        cfg = _config("pretrain", config, profile, store=store, seed=seed, sampler=sampler)
-        result = _run(cfg, run_dir, None)
+        result = _run("pretrain", run_dir, None, config, profile, store=store, seed=seed, sampler=sampler)
         typer.echo(
             f"pretrain done: {result['epochs']} epochs, {result['steps']} steps, "
             f"loss {result['final_loss']:.4f}, collapse {result['final_collapse']:.3f}; "
@@ -66,8 +63,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Swin UNETR fine-tuning for 13 organs; reports the thesis' per-slice DSC, a 3D DSC on the
         preprocessed grid, and FLARE 2022's DSC and NSD on the original image grid."""
-        cfg = _config("finetune", config, profile, store=store, seed=seed, split=split)
-        result = _run(cfg, run_dir, encoder)
+        result = _run("finetune", run_dir, encoder, config, profile, store=store, seed=seed, split=split)
         flare = result.get("flare")
         flare_text = (
             f"FLARE 2022 ({flare['part']}) DSC {flare['dsc']:.4f} NSD {flare['nsd']:.4f}"
@@ -82,52 +78,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(run_app, name="run")
 
 
-def _config(stage: str, config: Path | None, profile: str | None, **overrides: Any) -> Any:
-    """The run config from ``--config`` or ``--profile`` with the command-line overrides applied."""
-    from ioussl import profiles
-    from ioussl.config import RunConfig
+def _run(stage: str, run_dir: Path, encoder: Path | None, config: Path | None, profile: str | None,
+         **overrides: Any) -> dict[str, Any]:
+    """Build the config (submit/entrypoint.py) and run the stage here as a job would."""
+    from ioussl.submit.entrypoint import prepare_run_config, run_here
 
-    if (config is None) == (profile is None):
-        raise ConfigError("give exactly one of --config FILE or --profile tiny|thesis")
-    if config is not None:
-        if not config.is_file():
-            raise ConfigError(f"config file {config} does not exist")
-        try:
-            cfg = RunConfig.from_json(config.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"config file {config} is not valid JSON: {exc}") from None
-        if cfg.stage != stage:
-            raise ConfigError(f"config file {config} is a {cfg.stage} config, not {stage}")
-    else:
-        cfg = profiles.build(profile or "", stage)  # type: ignore[arg-type]
-    return _override(cfg, **overrides).validate()
-
-
-def _override(
-    cfg: Any, store: str | None, seed: int | None, split: str | None = None, sampler: Any = None
-) -> Any:
-    data = {k: v for k, v in {"store": store, "split": split}.items() if v is not None}
-    if data:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
-    if seed is not None:
-        cfg = dataclasses.replace(cfg, seed=seed)
-    changes = {k: v for k, v in (sampler or {}).items() if v is not None}
-    if changes:
-        cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, **changes))
-    return cfg
-
-
-def _run(cfg: Any, run_dir: Path, encoder: Path | None) -> dict[str, Any]:
-    """Write config.json (refusing to overwrite a different one) and run the stage as a job would."""
-    from ioussl import runfiles
-    from ioussl.submit.entrypoint import load_run_config, run_stage
-
-    path = run_dir / runfiles.CONFIG
-    if path.exists() and load_run_config(run_dir).to_json() != cfg.to_json():
-        raise ConfigError(
-            f"{path} already holds another config; use a new --run-dir to start a different run"
-        )
-    if encoder is not None and not encoder.is_file():
-        raise ConfigError(f"encoder checkpoint {encoder} does not exist")
-    runfiles.atomic_write_text(path, cfg.to_json())
-    return run_stage(run_dir, encoder)
+    return run_here(prepare_run_config(stage, config, profile, **overrides), run_dir, encoder)

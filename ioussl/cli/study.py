@@ -88,9 +88,6 @@ def status(
         render.status_view(view, show_all=show_all)
 
 
-WATCH_IDLE_S = 30.0  # --watch stops when nothing was queued or running for this long (and runs remain planned)
-
-
 def _watch(fetch, interval: float, show_all: bool) -> None:
     """Redraw until every run in view has ended; stop (exit 1) when nothing can move without a user."""
     import functools
@@ -98,19 +95,18 @@ def _watch(fetch, interval: float, show_all: bool) -> None:
 
     from ioussl.cli import render
     from ioussl.errors import NotFound
+    from ioussl.track import progress
 
     view = fetch()
     if view.total == 0:
         raise NotFound("nothing to watch: no runs match (an empty registry, or a study without runs: "
                        "plan one with ioussl plan grid STUDY.toml)")
-    idle_since: float | None = None
+    rule = progress.WatchRule(progress.WATCH_IDLE_S)
     try:
         with render.StatusLive() as live:
             while True:
                 live.show(_watch_heading(view, interval), functools.partial(render.status_view, view, show_all))
-                idle_since = None if view.active else (idle_since or time.monotonic())
-                # Idle for a while, not at one glance: a local submit may be about to start the next run.
-                if view.unfinished == 0 or (idle_since and time.monotonic() - idle_since >= WATCH_IDLE_S):
+                if rule.done(view, time.monotonic()):
                     break
                 time.sleep(interval)
                 view = fetch()

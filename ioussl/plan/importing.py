@@ -17,7 +17,7 @@ from ioussl.plan import expand as planning
 from ioussl.plan.service import PlanOutcome, register_runs
 from ioussl.plan.study import load_study
 from ioussl.registry import opened, repo
-from ioussl.registry.models import Run, utcnow
+from ioussl.registry.models import IMPORTED, Run, utcnow
 from ioussl.status import RunStatus
 
 REQUIRED = ("group", "pretrain_seed", "seed", "dsc")
@@ -132,9 +132,9 @@ def _complete_imported(session, run: Run, note: str) -> None:
     if run.status != RunStatus.COMPLETED:
         repo.set_status(session, run, RunStatus.COMPLETED, reason=f"imported: {note}")
         now = utcnow()
-        repo.add_attempt(session, run_id=run.id, executor="import", status=RunStatus.COMPLETED, reason=note,
+        repo.add_attempt(session, run_id=run.id, executor=IMPORTED, status=RunStatus.COMPLETED, reason=note,
                          submitted_at=now, ended_at=now)
-    run.imported = True
+    repo.mark_imported(run)
 
 
 def _mark_parents(session, study: str, source: str, outcome: ImportOutcome) -> None:

@@ -95,7 +95,7 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
         str(spec.resolve(spec.runs_dir)), str(spec.base_dir), axes=list(spec.sweep.names),
     )
     if not created and (study.spec or {}).get("notify") != summary["notify"]:
-        study.spec = {**(study.spec or {}), "notify": summary["notify"]}  # a webhook added to the profile later
+        repo.set_notify(study, summary["notify"])  # a webhook added to the profile later
     repo.add_axes(study, spec.sweep.names)
     known = repo.existing_hashes(session, study)
     outcome.existing = [run for run in planned if run.run_hash in known]

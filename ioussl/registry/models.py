@@ -101,6 +101,9 @@ class Run(Base):
     result: Mapped[Result | None] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 
+IMPORTED = "import"  # attempts.executor of a result imported from elsewhere: no backend, no job
+
+
 class Attempt(Base):
     """One scheduler job (or array task) for a run. Rows are appended, never replaced."""
 
@@ -109,7 +112,7 @@ class Attempt(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    executor: Mapped[str] = mapped_column(String(16))  # slurm | local | import
+    executor: Mapped[str] = mapped_column(String(16))  # a backend's name (slurm, local), or IMPORTED
     job_id: Mapped[str | None] = mapped_column(String(64))  # "123" or "123_4" for an array task
     array_job_id: Mapped[str | None] = mapped_column(String(64))
     array_index: Mapped[int | None] = mapped_column(Integer)

@@ -27,8 +27,9 @@ from ioussl.registry.models import (
     Study,
     utcnow,
 )
-from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus, check_transition
+from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus, check_attempt_transition, check_transition
 
+NODE_CHARS = 255  # attempts.node
 RESULT_COLUMNS = frozenset({
     "dsc", "dsc_3d", "per_case", "per_organ", "best_epoch", "checkpoint_path", "checkpoint_sha256", "test_dsc",
     "test_dsc_3d", "flare_dsc", "flare_nsd", "flare_part",
@@ -127,6 +128,11 @@ def add_axes(study: Study, names: Sequence[str]) -> None:
     new = [name for name in names if name not in (study.axes or [])]
     if new:
         study.axes = [*(study.axes or []), *new]
+
+
+def set_notify(study: Study, notify: Any) -> None:
+    """A study's ``[notify]`` settings (a webhook added to its cluster profile after it was planned)."""
+    study.spec = {**(study.spec or {}), "notify": notify}
 
 
 def run_or_none(session: Session, run_id: str) -> Run | None:
@@ -290,6 +296,50 @@ def set_status(session: Session, run: Run, new: RunStatus, reason: str | None = 
     return old != new
 
 
+def mark_imported(run: Run) -> None:
+    """The run's result came from elsewhere (``ioussl import results``), not from a job."""
+    run.imported = True
+
+
+def set_attempt_status(attempt: Attempt, new: RunStatus, reason: str | None = None) -> None:
+    """Move an attempt through its transition table (``status.ATTEMPT_ALLOWED``): an ended job stays ended."""
+    check_attempt_transition(RunStatus(attempt.status), new)
+    attempt.status = new
+    if reason is not None:
+        attempt.reason = reason
+
+
+def set_attempt_job(attempt: Attempt, job_id: str, new: RunStatus, reason: str | None = None) -> None:
+    """The job id of an attempt whose submission the scheduler took (an array task as "12_3")."""
+    set_attempt_status(attempt, new, reason)
+    attempt.job_id = job_id
+    attempt.array_job_id = job_id.split("_")[0] if "_" in job_id else None
+
+
+def record_misses(attempt: Attempt, misses: int, reason: str | None) -> None:
+    """How many syncs in a row the scheduler did not list the attempt's job, and why (None keeps the reason)."""
+    attempt.misses = misses
+    if reason is not None:
+        attempt.reason = reason
+
+
+def record_job_report(attempt: Attempt, *, state: str, exit_code: str | None, node: str | None,
+                      started_at: dt.datetime | None, ended_at: dt.datetime | None) -> None:
+    """What the scheduler said of the attempt's job; a value it did not give keeps the recorded one."""
+    attempt.scheduler_state = state
+    if exit_code is not None:
+        attempt.exit_code = exit_code
+    attempt.node = (node or attempt.node or "")[:NODE_CHARS] or None
+    attempt.started_at = started_at or attempt.started_at
+    attempt.ended_at = ended_at or attempt.ended_at
+
+
+def fill_attempt_times(attempt: Attempt, started_at: dt.datetime | None, ended_at: dt.datetime | None) -> None:
+    """Times the job's own events give, where the scheduler gave none."""
+    attempt.started_at = attempt.started_at or started_at
+    attempt.ended_at = attempt.ended_at or ended_at
+
+
 def record_result(session: Session, run: Run, columns: dict[str, Any], payload: dict[str, Any], *,
                   imported: bool = False, source: str | None = None) -> Result:
     """Store (or replace, for the same run) the result; the caller moves the status to COMPLETED.
@@ -399,10 +449,11 @@ def notification_keys(session: Session, study_id: int, keys: Iterable[str]) -> s
     return set(session.scalars(query))
 
 
-def add_notification(session: Session, **fields: Any) -> Notification:
-    row = Notification(**fields)
-    session.add(row)
-    return row
+def add_notifications(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Queue notifications (each key once per study: see ``notification_keys``), flushed so a later query
+    of this unit of work sees them."""
+    session.add_all([Notification(**fields) for fields in rows])
+    session.flush()
 
 
 def unsent_notifications(session: Session, study_id: int, *, claimed_before: dt.datetime, fresh_only: bool,
@@ -416,6 +467,31 @@ def unsent_notifications(session: Session, study_id: int, *, claimed_before: dt.
     if fresh_only:
         query = query.where(Notification.tries == 0)
     return list(session.scalars(query.order_by(Notification.id).limit(limit)))
+
+
+def claim_notifications(rows: Iterable[Notification], now: dt.datetime) -> None:
+    """Mark notifications as being sent (a concurrent sync leaves them alone until the outcome is recorded)."""
+    for row in rows:
+        row.sent_at = now
+
+
+def record_delivery(session: Session, notification_id: int, error: str | None) -> int | None:
+    """How one claimed notification's delivery went: sent, or released for the next sync with the error.
+    Returns how often it was tried (None when the row is gone)."""
+    row = session.get(Notification, notification_id)
+    if row is None:
+        return None
+    row.tries = (row.tries or 0) + 1
+    row.error = error
+    row.sent_at = utcnow() if error is None else None
+    return row.tries
+
+
+def release_notification(session: Session, notification_id: int) -> None:
+    """Give back a claimed notification that was not tried (the next sync sends it)."""
+    row = session.get(Notification, notification_id)
+    if row is not None:
+        row.sent_at = None
 
 
 def has_unsent_notifications(session: Session, study: str) -> bool:

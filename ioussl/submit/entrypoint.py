@@ -9,6 +9,7 @@ importing this module loads no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import socket
 import subprocess
@@ -129,6 +130,63 @@ def run_stage(run_dir: Path, encoder_checkpoint: Path | None = None) -> dict[str
     runfiles.atomic_write_json(run_dir / runfiles.RESULT, result)
     runfiles.record_event(run_dir, "finished", dsc=result.get("dsc"), final_loss=result.get("final_loss"))
     return result
+
+
+def prepare_run_config(stage: str, config: Path | None, profile: str | None, *, store: str | None = None,
+                       seed: int | None = None, split: str | None = None,
+                       sampler: dict[str, Any] | None = None) -> RunConfig:
+    """The run config of ``ioussl run``: from a config file or a profile, with the command line's overrides
+    applied (None leaves a setting alone), validated.
+
+    Raises:
+        ConfigError: not exactly one of ``config`` and ``profile``, a missing or invalid file, or a config
+            of the other stage.
+    """
+    from ioussl import profiles
+
+    if (config is None) == (profile is None):
+        raise ConfigError("give exactly one of --config FILE or --profile tiny|thesis")
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file {config} does not exist")
+        try:
+            cfg = RunConfig.from_json(config.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"config file {config} is not valid JSON: {exc}") from None
+        if cfg.stage != stage:
+            raise ConfigError(f"config file {config} is a {cfg.stage} config, not {stage}")
+    else:
+        cfg = profiles.build(profile or "", stage)  # type: ignore[arg-type]
+    return _override(cfg, store=store, seed=seed, split=split, sampler=sampler).validate()
+
+
+def _override(cfg: RunConfig, store: str | None, seed: int | None, split: str | None,
+              sampler: dict[str, Any] | None) -> RunConfig:
+    data: dict[str, Any] = {k: v for k, v in {"store": store, "split": split}.items() if v is not None}
+    if data:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+    changes = {k: v for k, v in (sampler or {}).items() if v is not None}
+    if changes and cfg.sampler is not None:
+        cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, **changes))
+    return cfg
+
+
+def run_here(cfg: RunConfig, run_dir: Path, encoder: Path | None) -> dict[str, Any]:
+    """``ioussl run``: write ``config.json`` (refusing to overwrite a different one) and run the stage in this
+    process, exactly as a job would (:func:`run_stage`); run again on the same directory, it resumes.
+
+    Raises:
+        ConfigError: the directory holds another config, or the encoder checkpoint does not exist.
+    """
+    path = run_dir / runfiles.CONFIG
+    if path.exists() and load_run_config(run_dir).to_json() != cfg.to_json():
+        raise ConfigError(f"{path} already holds another config; use a new --run-dir to start a different run")
+    if encoder is not None and not encoder.is_file():
+        raise ConfigError(f"encoder checkpoint {encoder} does not exist")
+    runfiles.atomic_write_text(path, cfg.to_json())
+    return run_stage(run_dir, encoder)
 
 
 def _train(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None) -> dict[str, Any]:

@@ -78,10 +78,10 @@ def submit(
         if not dry_run:
             prepare(registry, name, backends, outcome)
         units = _plan(registry, name, run_filter, outcome)
-        if backend.name == "slurm":
+        if backend.uses_cluster_profile:
             _refuse_placeholders(registry, name, units)
         if dry_run or not units:
-            _describe_dependencies(units, outcome)
+            _describe_dependencies(backend, units, outcome)
             return outcome
         factory = factory or submission.default_job_factory()
         if not backend.supports_dependencies:  # ioussl sequences pretrain -> fine-tunes itself
@@ -192,35 +192,41 @@ def _plan(registry: Registry, study: str, run_filter: RunFilter, outcome: Submit
     return units
 
 
-def _describe_dependencies(units: Sequence[Unit], outcome: SubmitOutcome) -> None:
-    """For --dry-run: what each unit would wait for (a pretrain in this submit has no job id yet)."""
+def _describe_dependencies(backend: Backend, units: Sequence[Unit], outcome: SubmitOutcome) -> None:
+    """For --dry-run: what each unit would wait for (a pretrain in this submit has no job id yet), and
+    what the backend would be handed for it."""
     in_batch = {unit.run_ids[0] for unit in units if unit.stage == "pretrain"}
     for unit in units:
         if unit.parent_id is None:
             outcome.dependencies[unit.job_name] = None
         elif unit.parent_id in in_batch:
-            outcome.dependencies[unit.job_name] = f"afterok:<job of ioussl-{unit.parent_id}>"
+            outcome.dependencies[unit.job_name] = backend.after(f"<job of ioussl-{unit.parent_id}>")
         else:
-            outcome.dependencies[unit.job_name] = f"afterok:<current job of {unit.parent_id}> (or none if done)"
+            current = backend.after(f"<current job of {unit.parent_id}>")
+            outcome.dependencies[unit.job_name] = f"{current} (or none if done)"
+        outcome.commands[unit.job_name] = backend.describe(
+            unit, backend.after("<pretrain job>") if unit.parent_id else None
+        )
 
 
 def submit_unit(registry: Registry, backend: Backend, unit: Unit, factory: JobFactory, outcome: SubmitOutcome) -> None:
     """Intent (committed) -> sbatch -> job ids (committed). A rejected sbatch leaves the runs PLANNED."""
     with registry.session() as session:
-        dependency, ready = submission.dependency_for(session, unit)
+        parent_job, ready = submission.waits_for(session, unit)
         if not ready:
             outcome.skipped += [(run_id, "its pretrain has no job id yet") for run_id in unit.run_ids]
             return
         runs = [repo.get_run(session, run_id) for run_id in unit.run_ids]
-        submission.check_job_strings(unit, runs, dependency)
+        submission.check_job_strings(unit, runs, parent_job)
         runfiles.make_private_dir(Path(runs[0].study.runs_dir) / "_submitit")
         submission.write_run_files(runs)
         calls = submission.job_calls(session, unit, factory)
-        submission.record_intent(session, unit, backend.name, dependency, arrays=backend.supports_arrays)
+        submission.record_intent(session, unit, backend.name, parent_job, arrays=backend.supports_arrays)
+    dependency = backend.after(parent_job) if parent_job is not None else None
     try:
         with runfiles.private_dirs():  # submitit's folders and pickles, and the umask the job inherits
             job_ids = backend.submit(unit, calls, dependency)
-    except SubmissionError as exc:
+    except (SubmissionError, ConfigError) as exc:  # refused by the scheduler, or by the backend's last check
         with registry.session() as session:
             submission.record_rejection(session, unit, str(exc))
         raise
@@ -314,7 +320,7 @@ def cancel(
             for run in runs:
                 repo.set_status(session, run, S.CANCELLED, reason="cancelled by user")
                 if run.attempts and run.attempts[-1].status in ACTIVE:
-                    run.attempts[-1].status = S.CANCELLED
+                    repo.set_attempt_status(run.attempts[-1], S.CANCELLED)
                 outcome.cancelled.append(run.id)
         return outcome
 

@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session
 
 from ioussl import jobtext as jobscript
 from ioussl import runfiles
-from ioussl.backends import slurmtext as slurm
 from ioussl.backends.base import Backend, Unit
 from ioussl.errors import ConfigError, SubmissionError
 from ioussl.plan.expand import job_config_json
 from ioussl.registry import repo
 from ioussl.registry.models import Attempt, Run, Study, utcnow
+from ioussl.resources import resources_for_run
 from ioussl.status import RunStatus
 
 S = RunStatus
@@ -61,6 +61,7 @@ class SubmitOutcome:
     units: list[Unit] = field(default_factory=list)
     job_ids: dict[str, str] = field(default_factory=dict)  # run id -> job id
     dependencies: dict[str, str | None] = field(default_factory=dict)  # unit job name -> "afterok:<job>"
+    commands: dict[str, str] = field(default_factory=dict)  # --dry-run: unit job name -> what the backend would get
     skipped: list[tuple[str, str]] = field(default_factory=list)  # run id, why
     adopted: list[str] = field(default_factory=list)
     reverted: list[str] = field(default_factory=list)
@@ -143,7 +144,7 @@ def _key(item: tuple[tuple[str | None, str], list[Run]]) -> tuple[bool, str, str
 
 def unit_for(runs: list[Run], parent_id: str | None) -> Unit:
     runs = sorted(runs, key=lambda r: (r.seed, r.id))
-    resources = slurm.resources_for_run(runs[0].resources, where=f"run {runs[0].id} resources")
+    resources = resources_for_run(runs[0].resources, where=f"run {runs[0].id} resources")
     return Unit(
         run_ids=tuple(r.id for r in runs),
         stage=runs[0].stage,
@@ -153,8 +154,9 @@ def unit_for(runs: list[Run], parent_id: str | None) -> Unit:
     )
 
 
-def dependency_for(session: Session, unit: Unit) -> tuple[str | None, bool]:
-    """("afterok:<job>", ready): a fine-tune array waits for its pretrain's current job; none when done."""
+def waits_for(session: Session, unit: Unit) -> tuple[str | None, bool]:
+    """(job id, ready): a fine-tune array waits for its pretrain's current job; for none when that is done.
+    Not ready: the pretrain has no job id yet. The backend words the dependency (``Backend.after``)."""
     if unit.parent_id is None:
         return None, True
     parent = repo.run_or_none(session, unit.parent_id)
@@ -162,11 +164,11 @@ def dependency_for(session: Session, unit: Unit) -> tuple[str | None, bool]:
         return None, True
     attempt = parent.attempts[-1] if parent.attempts else None
     if parent.status in (S.PENDING, S.RUNNING, S.SUBMITTING) and attempt is not None and attempt.job_id:
-        return f"afterok:{attempt.job_id}", True
+        return attempt.job_id, True
     return None, False
 
 
-def record_intent(session: Session, unit: Unit, executor: str, dependency: str | None, *,
+def record_intent(session: Session, unit: Unit, executor: str, parent_job: str | None, *,
                   arrays: bool = True) -> None:
     """Runs -> SUBMITTING with one attempt each (job name, array index, no job id yet). Before sbatch.
 
@@ -184,7 +186,7 @@ def record_intent(session: Session, unit: Unit, executor: str, dependency: str |
             job_name=unit.job_name,
             status=S.SUBMITTING,
             array_index=index if array else None,
-            depends_on=dependency.split(":", 1)[1] if dependency else None,
+            depends_on=parent_job,
         )
     session.flush()
 
@@ -197,9 +199,7 @@ def record_jobs(session: Session, unit: Unit, job_ids: Sequence[str]) -> dict[st
         attempt = _open_intent(run)
         if attempt is None:
             continue
-        attempt.job_id = job_id
-        attempt.array_job_id = job_id.split("_")[0] if "_" in job_id else None
-        attempt.status = S.PENDING
+        repo.set_attempt_job(attempt, job_id, S.PENDING)
         repo.set_status(session, run, S.PENDING, reason=f"submitted as job {job_id}")
         recorded[run_id] = job_id
     return recorded
@@ -211,8 +211,7 @@ def record_rejection(session: Session, unit: Unit, message: str) -> None:
         run = repo.get_run(session, run_id)
         attempt = _open_intent(run)
         if attempt is not None:
-            attempt.status = S.PLANNED
-            attempt.reason = message
+            repo.set_attempt_status(attempt, S.PLANNED, reason=message)
         repo.set_status(session, run, S.PLANNED, reason=message)
 
 
@@ -221,11 +220,12 @@ def _open_intent(run: Run) -> Attempt | None:
     return attempt if attempt is not None and attempt.job_id is None and attempt.status == S.SUBMITTING else None
 
 
-def check_job_strings(unit: Unit, runs: Sequence[Run], dependency: str | None) -> None:
-    """Every string that reaches the job script, checked again right before it is built (see jobscript)."""
+def check_job_strings(unit: Unit, runs: Sequence[Run], parent_job: str | None) -> None:
+    """Every string that reaches the job script, checked again right before it is built (see jobscript);
+    the backend checks its own dependency syntax as the last gate."""
     jobscript.check_text(unit.job_name, "job name")
-    if dependency is not None:
-        jobscript.check_dependency(dependency)
+    if parent_job is not None:
+        jobscript.check_text(parent_job, "job dependency")
     for run in runs:
         jobscript.check_path(run.run_dir, f"run {run.id} run directory")
         jobscript.check_path(run.study.runs_dir, f"study {run.study.name} runs_dir")
@@ -307,10 +307,7 @@ def _job_ids(attempts: list[Attempt], found: list[str]) -> dict[int, str]:
 def _adopt(session: Session, attempts: list[Attempt], job_ids: dict[int, str]) -> list[str]:
     for attempt in attempts:
         job_id = job_ids[attempt.id]
-        attempt.job_id = job_id
-        attempt.array_job_id = job_id.split("_")[0] if "_" in job_id else None
-        attempt.status = S.PENDING
-        attempt.reason = "adopted after an interrupted submit"
+        repo.set_attempt_job(attempt, job_id, S.PENDING, reason="adopted after an interrupted submit")
         repo.set_status(session, attempt.run, S.PENDING, reason=f"adopted job {job_id}")
     return [a.run_id for a in attempts]
 
@@ -319,12 +316,11 @@ def _revert(session: Session, attempts: list[Attempt], job_ids: dict[int, str] |
     """Back to PLANNED; an unusable orphan job keeps its id in the attempt (cancelled), so none is lost."""
     for attempt in attempts:
         if job_ids:
-            attempt.job_id = job_ids[attempt.id]
-            attempt.status = S.CANCELLED
-            attempt.reason = "submit interrupted before submitit stored the job: orphan job cancelled"
+            repo.set_attempt_job(attempt, job_ids[attempt.id], S.CANCELLED,
+                                 reason="submit interrupted before submitit stored the job: orphan job cancelled")
         else:
-            attempt.status = S.PLANNED
-            attempt.reason = "no job reached the scheduler (submit interrupted before sbatch)"
+            repo.set_attempt_status(attempt, S.PLANNED,
+                                    reason="no job reached the scheduler (submit interrupted before sbatch)")
         repo.set_status(session, attempt.run, S.PLANNED, reason="previous submit was interrupted")
     return [a.run_id for a in attempts]
 

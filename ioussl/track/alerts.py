@@ -28,7 +28,7 @@ from ioussl.jobtext import check_webhook
 from ioussl.registry import repo
 from ioussl.registry.db import Registry
 from ioussl.registry.errors import RegistryBusy
-from ioussl.registry.models import Notification, Run, Study, utcnow
+from ioussl.registry.models import Run, Study, utcnow
 from ioussl.status import RunStatus
 
 S = RunStatus
@@ -67,7 +67,7 @@ def queue(session: Session, study: str, transitions: Iterable[Transition]) -> in
     ended = False
     for run_id, _old, new, why in transitions:
         ended = ended or S(new).is_terminal()
-        run = session.get(Run, run_id)
+        run = repo.run_or_none(session, run_id)
         if S(new) in ALERT_STATES and run is not None and run.study_id == row.id:
             attempt = run.attempts[-1] if run.attempts else None
             key = f"run:{run.id}:attempt:{attempt.id if attempt else 'none'}:{new}"
@@ -77,10 +77,10 @@ def queue(session: Session, study: str, transitions: Iterable[Transition]) -> in
         if counts and set(counts) <= COMPLETE_STATES and counts.get(S.COMPLETED):
             wanted["study:COMPLETED"] = (None, "COMPLETED", study_payload(row, counts))
     known = repo.notification_keys(session, row.id, wanted)
-    for key, (target_run, event, payload) in wanted.items():
-        if key not in known:
-            repo.add_notification(session, study_id=row.id, run_id=target_run, key=key, event=event, payload=payload)
-    session.flush()
+    repo.add_notifications(session, [
+        {"study_id": row.id, "run_id": run_id, "key": key, "event": event, "payload": payload}
+        for key, (run_id, event, payload) in wanted.items() if key not in known
+    ])
     return len(set(wanted) - known)
 
 
@@ -134,9 +134,7 @@ def claim(session: Session, study: str, fresh_only: bool = False) -> list[Delive
         return []
     stale = utcnow() - dt.timedelta(seconds=STALE_CLAIM_S)
     rows = repo.unsent_notifications(session, row.id, claimed_before=stale, fresh_only=fresh_only, limit=PER_SYNC)
-    now = utcnow()
-    for notification in rows:
-        notification.sent_at = now
+    repo.claim_notifications(rows, utcnow())
     return [Delivery(n.id, n.key, url, dict(n.payload or {})) for n in rows]
 
 
@@ -163,19 +161,12 @@ def _record(registry: Registry, outcomes: list[tuple[Delivery, str | None]],
     try:
         with registry.session() as session:
             for delivery, error in outcomes:
-                row = session.get(Notification, delivery.id)
-                if row is None:
-                    continue
-                row.tries = (row.tries or 0) + 1
-                row.error = error
-                row.sent_at = utcnow() if error is None else None
-                if error is not None:
+                tries = repo.record_delivery(session, delivery.id, error)
+                if error is not None and tries is not None:
                     warnings.append(f"webhook: alert {delivery.key} not delivered ({error}); "
-                                    f"tried {row.tries} time(s), the next sync tries again")
+                                    f"tried {tries} time(s), the next sync tries again")
             for delivery in untried:
-                row = session.get(Notification, delivery.id)
-                if row is not None:
-                    row.sent_at = None
+                repo.release_notification(session, delivery.id)
     except RegistryBusy as exc:
         warnings.append(f"webhook: could not record the delivery of {len(outcomes)} alert(s): {exc}")
     return warnings

@@ -5,9 +5,10 @@ record of that job or None, how often the job was missing before, and what the r
 returns ``Change`` objects; ``sync.py`` applies them. No I/O, no registry: tested with tables.
 
 Rules (docs/slurm.md lists them for users):
-- every SLURM state maps explicitly (``SLURM_STATE``); COMPLETED counts only with a result.json, since
-  a job that exited 0 without its result file did not finish its work;
-- a job SLURM no longer reports becomes LOST only after ``LOST_AFTER_MISSES`` syncs in a row, unless the
+- every scheduler state maps explicitly, in its backend's table (``Observation.states``, e.g. SLURM's in
+  ``backends/slurmtext.py``); COMPLETED counts only with a result.json, since a job that exited 0 without
+  its result file did not finish its work;
+- a job the scheduler no longer reports becomes LOST only after ``LOST_AFTER_MISSES`` syncs in a row, unless the
   run directory holds an exit marker (result.json -> COMPLETED, a "failed" event -> FAILED);
 - a fine-tune whose pretrain ended badly becomes BLOCKED, and a job of it still waiting is cancelled,
   so nothing is left pending forever on a cluster without ``kill_invalid_depend``;
@@ -23,7 +24,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ioussl.backends.slurmtext import JobInfo
+from ioussl.backends.base import JobInfo, JobState, StateTable
 from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus
 
 S = RunStatus
@@ -31,36 +32,7 @@ PLANNED, SUBMITTING, PENDING, RUNNING = S.PLANNED, S.SUBMITTING, S.PENDING, S.RU
 COMPLETED, FAILED, TIMEOUT, CANCELLED = S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED
 BLOCKED, LOST = S.BLOCKED, S.LOST
 LOST_AFTER_MISSES = 3
-
-# Every state sacct/squeue/scontrol can print (slurm 22.05 "JOB STATE CODES"), mapped explicitly.
-# None for COMPLETED: it depends on the run directory (see _from_scheduler).
-SLURM_STATE: dict[str, RunStatus | None] = {
-    "PENDING": PENDING,
-    "REQUEUED": PENDING,  # a timeout/preemption requeue: it will run again and resume
-    "REQUEUE_HOLD": PENDING,
-    "REQUEUE_FED": PENDING,
-    "RESV_DEL_HOLD": PENDING,
-    "CONFIGURING": PENDING,  # nodes allocated, still booting
-    "RUNNING": RUNNING,
-    "COMPLETING": RUNNING,
-    "SIGNALING": RUNNING,
-    "STAGE_OUT": RUNNING,
-    "RESIZING": RUNNING,
-    "SUSPENDED": RUNNING,
-    "STOPPED": RUNNING,
-    "COMPLETED": None,
-    "FAILED": FAILED,
-    "OUT_OF_MEMORY": FAILED,
-    "NODE_FAIL": FAILED,
-    "BOOT_FAIL": FAILED,
-    "SPECIAL_EXIT": FAILED,
-    "PREEMPTED": FAILED,  # final only when not requeued; a requeued job reports PENDING again
-    "TIMEOUT": TIMEOUT,
-    "DEADLINE": TIMEOUT,
-    "CANCELLED": CANCELLED,
-    "REVOKED": CANCELLED,
-}
-
+NO_STATES = StateTable("scheduler", {})  # an observation without its backend's table knows no state
 
 @dataclass(frozen=True)
 class RunFiles:
@@ -85,6 +57,7 @@ class Observation:
     misses: int = 0
     info: JobInfo | None = None
     files: RunFiles = RunFiles()
+    states: StateTable = NO_STATES  # what the job's backend says its states mean
 
 
 @dataclass(frozen=True)
@@ -132,22 +105,23 @@ def classify(obs: Observation) -> Change | None:
 
 
 def _blocked(obs: Observation) -> Change | None:
-    """A fine-tune of a dead pretrain: block it; cancel its job if SLURM still holds it waiting."""
-    state = obs.info.state if obs.info else None
-    waiting = state in (None, "PENDING", "REQUEUED", "REQUEUE_HOLD", "CANCELLED")
+    """A fine-tune of a dead pretrain: block it; cancel its job if the scheduler still holds it queued."""
+    meaning = obs.states.meaning(obs.info.state) if obs.info else None
+    waiting = obs.info is None or (meaning is not None and meaning.waiting)
     if obs.status == PLANNED or (obs.status in (SUBMITTING, PENDING) and waiting):
-        cancel = obs.job_id if state == "PENDING" else None
+        cancel = obs.job_id if meaning is not None and meaning.queued else None
         reason = f"pretrain ended {obs.parent_status}"
         return Change(obs.run_id, BLOCKED, reason=reason, info=obs.info, cancel_job=cancel)
     return None
 
 
 def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
-    if info.state not in SLURM_STATE:
-        return Change(obs.run_id, None, reason=f"unknown SLURM state {info.raw_state!r}", info=info)
-    status = SLURM_STATE[info.state]
-    reason = _reason(info)
-    if info.state == "COMPLETED":
+    meaning = obs.states.meaning(info.state)
+    if meaning is None:
+        return Change(obs.run_id, None, reason=f"unknown {obs.states.scheduler} state {info.raw_state!r}", info=info)
+    status = meaning.status
+    reason = _reason(info, meaning)
+    if status == COMPLETED:
         if obs.files.has_result:
             return Change(obs.run_id, COMPLETED, reason=f"job {info.job_id} completed", info=info, ingest=True)
         status, reason = FAILED, "job exited 0 without writing result.json"
@@ -159,7 +133,7 @@ def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
 
 
 def _from_files_only(obs: Observation) -> Change:
-    """SLURM no longer knows the job (accounting purged, controller restarted, local process gone)."""
+    """The scheduler no longer knows the job (accounting purged, controller restarted, local process gone)."""
     if obs.files.invalid:
         return Change(obs.run_id, S.INVALID, reason=obs.files.invalid)
     if obs.files.has_result:
@@ -175,15 +149,15 @@ def _from_files_only(obs: Observation) -> Change:
     return Change(obs.run_id, None, reason=None, misses=misses)
 
 
-def _reason(info: JobInfo) -> str | None:
+def _reason(info: JobInfo, meaning: JobState) -> str | None:
     """A short human reason: the raw state when it says more, plus the exit code or signal."""
     parts = []
-    if info.state not in ("PENDING", "RUNNING", "COMPLETED"):
+    if not meaning.plain:
         parts.append(info.raw_state)
     if info.exit_code:
         parts.append(f"exit code {info.exit_code}")
     if info.signal:
         parts.append(f"signal {info.signal}")
-    if info.state == "PENDING" and info.reason:
+    if meaning.queued and info.reason:
         parts.append(info.reason)
     return ", ".join(parts) or None

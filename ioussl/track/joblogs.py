@@ -1,9 +1,9 @@
 """``ioussl logs RUN``: a run's job output (submitit's stdout and stderr files of its latest attempt, SLURM or
 local) and its events, once or followed until the run has ended.
 
-Where submitit writes: ``<runs_dir>/_submitit/<job id>/<job id>_0_log.out|.err`` for SLURM jobs and array
-tasks, ``<runs_dir>/_submitit/local/<job name>/<pid>/<pid>_0_log.out`` for local ones (backends.py). Job ids
-and names come from the registry and are checked before they become a path, and every file is opened as
+Where submitit writes is the backend's to say (``Backend.log_paths``, from submitit's ``JobPaths``): for
+example ``<runs_dir>/_submitit/<job id>/<job id>_0_log.out|.err`` for SLURM jobs and array tasks. Job ids
+and names come from the registry and are checked by the backend before they become a path, and every file is opened as
 run files are (regular files only, inside the study's runs directory). What a job printed is shown without
 terminal control sequences: a job's output must not be able to drive the user's terminal.
 """
@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from ioussl import runfiles
+from ioussl.backends.base import backend_for_attempts
+from ioussl.errors import IousslError
 from ioussl.registry import repo, unit_of_work
+from ioussl.registry.models import IMPORTED
 from ioussl.runfiles import RunFileError
 from ioussl.status import RunStatus
 from ioussl.track import ingest, resultcheck
 
 FIRST_READ_BYTES = 1 << 20  # of each output file; older output is summarised in one line
 FOLLOW_READ_BYTES = 4 << 20  # at most per poll and file
-JOB_ID = re.compile(r"[0-9]{1,20}(_[0-9]{1,10})?")
-JOB_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")  # no leading dot: never "." or ".."
 CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")  # CSI, ESC x, C0 (not \t \n)
 
 
@@ -78,23 +79,19 @@ def _replace(target: LogTarget, **changes: Any) -> LogTarget:
 
 def output_paths(runs_dir: Path, executor: str, job_id: str | None,
                  job_name: str | None) -> tuple[tuple[Path, ...], str | None]:
-    """submitit's stdout and stderr files of one job, or () and why there are none."""
-    if executor == "import":
+    """The job's output files as its backend names them (stdout first), or () and why there are none."""
+    if executor == IMPORTED:
         return (), "an imported result: no job ran here"
     if not job_id:
         return (), "its job has no id yet (a submission under way or interrupted)"
-    if not JOB_ID.fullmatch(job_id):
-        return (), f"job id {job_id[:40]!r} is not a SLURM or local job id"
-    folder = runs_dir / "_submitit"
-    if executor == "local":
-        if not (job_name and JOB_NAME.fullmatch(job_name)):
-            return (), "the local job has no usable name recorded"
-        folder = folder / "local" / job_name
-    job = folder / job_id
-    if not job.resolve().is_relative_to(runs_dir.resolve()):
-        return (), f"{job} resolves outside the study's runs directory {runs_dir}"
-    stdout, stderr = job / f"{job_id}_0_log.out", job / f"{job_id}_0_log.err"
-    return ((stdout,) if executor == "local" else (stdout, stderr)), None  # local jobs: stderr joins stdout
+    try:
+        outputs = backend_for_attempts(executor, runs_dir / "_submitit").log_paths(job_id, job_name)
+    except IousslError as exc:  # no such backend, or an id or name that names no file of it
+        return (), str(exc)
+    outside = [path for path in outputs if not path.resolve().is_relative_to(runs_dir.resolve())]
+    if outside:
+        return (), f"{outside[0].parent} resolves outside the study's runs directory {runs_dir}"
+    return outputs, None
 
 
 @dataclass

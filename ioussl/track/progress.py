@@ -77,6 +77,24 @@ class StatusView:
     active: int = 0  # of those, submitting, pending or running
 
 
+WATCH_IDLE_S = 30.0  # --watch stops when nothing was queued or running for this long (and runs remain planned)
+
+
+@dataclass
+class WatchRule:
+    """When ``ioussl status --watch`` stops redrawing: every run in view has ended, or nothing was queued or
+    running for ``idle_s`` while runs remain (they wait for ``ioussl submit``). Idle for a while, not at one
+    glance: a local submit may be about to start the next run."""
+
+    idle_s: float = WATCH_IDLE_S
+    idle_since: float | None = None  # monotonic time since which nothing was active
+
+    def done(self, view: StatusView, now: float) -> bool:
+        """Whether to stop after showing ``view`` (``now``: ``time.monotonic()``)."""
+        self.idle_since = None if view.active else (now if self.idle_since is None else self.idle_since)
+        return view.unfinished == 0 or (self.idle_since is not None and now - self.idle_since >= self.idle_s)
+
+
 def status_view(db: str | None, study: str | None = None, stage: str | None = None,
                 statuses: Sequence[RunStatus] | None = None, group: str | None = None,
                 now: float | None = None) -> StatusView:

@@ -17,18 +17,14 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ioussl.backends import slurmtext as slurm
-from ioussl.backends.base import Backend, backend_for_attempts
-from ioussl.backends.slurmcmd import QueryResult
+from ioussl.backends.base import Backend, JobInfo, QueryResult, StateTable, backend_for_attempts
 from ioussl.errors import IllegalTransition, SubmissionError
 from ioussl.registry import repo
 from ioussl.registry.models import Attempt, Run
 from ioussl.runfiles import RunFileError
-from ioussl.status import ACTIVE, RunStatus
+from ioussl.status import ACTIVE, RunStatus, check_attempt_transition
 from ioussl.track import classify, ingest
 from ioussl.track.classify import Change, Observation
-
-NODE_CHARS = 255  # attempts.node
 
 
 @dataclass
@@ -72,15 +68,32 @@ def sync(
     outcome.checked = len(runs)
     if not runs:
         return outcome
-    answers = _query(runs, dict(backends or {}), folder or Path("."), outcome, prefetched or {})
-    observations = [_observe(run, answers) for run in runs]
+    known = _Backends(backends or {}, folder or Path("."))
+    answers = _query(runs, known, outcome, prefetched or {})
+    observations = [_observe(run, answers, known.states) for run in runs]
     by_id = {run.id: run for run in runs}
-    _release_forgotten(runs, observations, dict(backends or {}), folder or Path("."), outcome)
+    _release_forgotten(runs, observations, known, outcome)
     changes = classify.classify_all(obs for obs in observations if obs is not None)
     for change in changes:
         _apply(session, by_id[change.run_id], change, outcome)
-    _cancel_blocked(changes, by_id, dict(backends or {}), folder or Path("."), outcome)
+    _cancel_blocked(changes, by_id, known, outcome)
     return outcome
+
+
+class _Backends:
+    """The backends of one sync by executor name: the given ones, others built on demand for their attempts."""
+
+    def __init__(self, given: Mapping[str, Backend], folder: Path) -> None:
+        self._known = dict(given)
+        self._folder = folder
+        self.states: dict[str, StateTable] = {name: backend.states for name, backend in given.items()}
+
+    def __call__(self, executor: str) -> Backend:
+        """Raises SubmissionError for an executor no backend is registered for."""
+        if executor not in self._known:
+            self._known[executor] = backend_for_attempts(executor, self._folder)
+            self.states[executor] = self._known[executor].states
+        return self._known[executor]
 
 
 def fetch_active(session: Session, study: str | None = None) -> list[Run]:
@@ -102,10 +115,10 @@ def prefetch(
     if not runs:
         return None
     prefetched: Prefetched = {}
+    known = _Backends(backends, folder or Path("."))
     for executor, ids in _job_ids(runs).items():
-        backend = backends.get(executor) or backend_for_attempts(executor, folder or Path("."))
         try:
-            prefetched[executor] = (frozenset(ids), backend.query(ids))
+            prefetched[executor] = (frozenset(ids), known(executor).query(ids))
         except SubmissionError:
             continue  # asked again under the lock, where the failure is recorded
     return prefetched
@@ -122,13 +135,13 @@ def _job_ids(runs: list[Run]) -> dict[str, list[str]]:
 
 
 def _query(
-    runs: list[Run], backends: dict[str, Backend], folder: Path, outcome: SyncOutcome, prefetched: Prefetched
-) -> dict:
+    runs: list[Run], backends: _Backends, outcome: SyncOutcome, prefetched: Prefetched
+) -> dict[str, dict[str, JobInfo] | None]:
     """One query per executor; a failed query leaves its runs unobserved (no miss is counted)."""
-    answers: dict[str, dict[str, slurm.JobInfo] | None] = {}
+    answers: dict[str, dict[str, JobInfo] | None] = {}
     for executor, ids in _job_ids(runs).items():
-        backend = backends.get(executor) or backend_for_attempts(executor, folder)
         try:
+            backend = backends(executor)
             asked, early = prefetched.get(executor, (frozenset(), None))
             result = early if early is not None and set(ids) <= asked else backend.query(ids)
         except SubmissionError as exc:
@@ -141,7 +154,9 @@ def _query(
     return answers
 
 
-def _observe(run: Run, answers: dict) -> Observation | None:
+def _observe(
+    run: Run, answers: dict[str, dict[str, JobInfo] | None], states: Mapping[str, StateTable]
+) -> Observation | None:
     attempt = _latest(run)
     executor = attempt.executor if attempt else None
     jobs = answers.get(executor) if executor else {}
@@ -156,8 +171,9 @@ def _observe(run: Run, answers: dict) -> Observation | None:
         parent_status=str(run.parent.status) if run.parent is not None else None,
         job_id=job_id,
         misses=attempt.misses if attempt else 0,
-        info=slurm.lookup(jobs or {}, job_id) if job_id else None,
+        info=(jobs or {}).get(job_id) if job_id else None,
         files=ingest.read_run_files(run.run_dir, run.study.runs_dir),
+        states=states.get(executor or "", classify.NO_STATES),
     )
 
 
@@ -167,9 +183,7 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
         _update_attempt(attempt, change)
         # The local executor reports no times, and sacct may not yet: the job's own events say when.
         if attempt.started_at is None or attempt.ended_at is None:
-            started, ended = ingest.event_times(run.run_dir, since=attempt.submitted_at)
-            attempt.started_at = attempt.started_at or started
-            attempt.ended_at = attempt.ended_at or ended
+            repo.fill_attempt_times(attempt, *ingest.event_times(run.run_dir, since=attempt.submitted_at))
     new = RunStatus(change.status) if change.status else None
     reason = change.reason
     if change.ingest:
@@ -177,13 +191,16 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
     if new is None:
         return
     old = RunStatus(run.status)
+    moves_attempt = attempt is not None and old in ACTIVE  # the job of an active run: it ends with the run
     try:
+        if attempt is not None and moves_attempt:
+            check_attempt_transition(RunStatus(attempt.status), new)  # before anything changes
         changed = repo.set_status(session, run, new, reason)
     except IllegalTransition as exc:
         outcome.errors.append(f"run {run.id}: {exc}")
         return
-    if attempt is not None and old in ACTIVE:
-        attempt.status = new
+    if attempt is not None and moves_attempt:
+        repo.set_attempt_status(attempt, new)
     if changed:
         outcome.transitions.append((run.id, str(old), str(new), reason))
 
@@ -206,18 +223,18 @@ def _ingest(
 
 
 def _update_attempt(attempt: Attempt, change: Change) -> None:
-    attempt.misses = change.misses
-    if change.reason is not None:
-        attempt.reason = change.reason
+    repo.record_misses(attempt, change.misses, change.reason)
     info = change.info
     if info is None:
         return
-    attempt.scheduler_state = info.raw_state
-    if info.exit_code is not None:
-        attempt.exit_code = f"{info.exit_code}:{info.signal or 0}"
-    attempt.node = (info.node or attempt.node or "")[:NODE_CHARS] or None
-    attempt.started_at = _utc(info.start) or attempt.started_at
-    attempt.ended_at = _utc(info.end) or attempt.ended_at
+    repo.record_job_report(
+        attempt,
+        state=info.raw_state,
+        exit_code=f"{info.exit_code}:{info.signal or 0}" if info.exit_code is not None else None,
+        node=info.node,
+        started_at=_utc(info.start),
+        ended_at=_utc(info.end),
+    )
 
 
 def _utc(text: str | None) -> dt.datetime | None:
@@ -234,8 +251,7 @@ def _utc(text: str | None) -> dt.datetime | None:
 def _release_forgotten(
     runs: list[Run],
     observations: list[Observation | None],
-    backends: dict[str, Backend],
-    folder: Path,
+    backends: _Backends,
     outcome: SyncOutcome,
 ) -> None:
     """Release jobs still held from their submission (a submit killed between recording and releasing).
@@ -247,12 +263,11 @@ def _release_forgotten(
         attempt = _latest(run)
         if obs is None or obs.info is None or attempt is None or attempt.scheduler_state is not None:
             continue
-        if obs.info.state == "PENDING" and obs.info.reason == slurm.HELD_REASON:
+        if backends(attempt.executor).held_at_submit(obs.info):  # answered, so its backend is known
             held.setdefault(attempt.executor, []).append(obs.info.job_id)
     for executor, job_ids in held.items():
-        backend = backends.get(executor) or backend_for_attempts(executor, folder)
         try:
-            backend.release(job_ids)
+            backends(executor).release(job_ids)
         except SubmissionError as exc:
             outcome.errors.append(f"could not release held jobs {', '.join(job_ids)}: {exc}")
 
@@ -260,8 +275,7 @@ def _release_forgotten(
 def _cancel_blocked(
     changes: list[Change],
     runs: dict[str, Run],
-    backends: dict[str, Backend],
-    folder: Path,
+    backends: _Backends,
     outcome: SyncOutcome,
 ) -> None:
     """Cancel the waiting jobs of fine-tunes that just became BLOCKED: never leave them pending forever."""
@@ -271,9 +285,8 @@ def _cancel_blocked(
         if change.cancel_job and attempt is not None:
             by_executor.setdefault(attempt.executor, []).append(change.cancel_job)
     for executor, job_ids in by_executor.items():
-        backend = backends.get(executor) or backend_for_attempts(executor, folder)
         try:
-            backend.cancel(job_ids)
+            backends(executor).cancel(job_ids)
             outcome.cancelled += job_ids
         except SubmissionError as exc:
             outcome.errors.append(f"could not cancel blocked jobs {', '.join(job_ids)}: {exc}")

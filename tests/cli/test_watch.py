@@ -149,9 +149,9 @@ def test_watch_ends_when_every_run_has_ended(study):
 
 
 def test_watch_stops_when_nothing_can_move_without_submit(study, monkeypatch):
-    from ioussl.cli import study as study_cli
+    from ioussl.track import progress
 
-    monkeypatch.setattr(study_cli, "WATCH_IDLE_S", 1.5)
+    monkeypatch.setattr(progress, "WATCH_IDLE_S", 1.5)
     started = time.monotonic()
     result = invoke("status", "--db", study, "--no-sync", "--watch", "1")
     assert time.monotonic() - started >= 1.5
@@ -190,7 +190,7 @@ def test_logs_of_a_planned_run_says_there_is_no_job(study):
 
 
 def _submit_local(db: str, tmp_path: Path, **spec) -> jobservice.SubmitOutcome:
-    from ioussl.backends.base import LocalBackend
+    from ioussl.backends.local import LocalBackend
 
     for run in runs_of(db).values():
         workload.write_spec(run.run_dir, **spec)

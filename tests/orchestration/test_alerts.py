@@ -19,8 +19,8 @@ from sqlalchemy import select
 from studyfiles import tiny_study
 from typer.testing import CliRunner
 
-from ioussl.backends.slurmcmd import QueryResult
-from ioussl.backends.slurmtext import JobInfo
+from ioussl.backends.base import JobInfo, QueryResult
+from ioussl.backends.slurm import SlurmBackend
 from ioussl.errors import ConfigError
 from ioussl.plan.service import plan_grid
 from ioussl.registry import open_registry
@@ -75,15 +75,12 @@ class Hook:
         return [post["body"]["ioussl"]["event"] for post in self.posts]
 
 
-class FakeCluster:
-    """Answers like SLURM; a job's state changes only when the test sets it."""
-
-    name = "slurm"
-    supports_dependencies = True
-    supports_arrays = True
-    runs_here = False
+class FakeCluster(SlurmBackend):
+    """Answers like SLURM; a job's state changes only when the test sets it. SLURM's own states,
+    dependency syntax and log paths come from the SLURM backend."""
 
     def __init__(self) -> None:
+        super().__init__(Path("_submitit"))
         self.jobs: dict[str, JobInfo] = {}
         self.next_id = 500
 

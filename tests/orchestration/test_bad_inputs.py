@@ -301,8 +301,9 @@ def test_an_invalid_run_can_be_retried_and_its_bad_result_is_set_aside(two_finis
     result(dsc=1.7)(Path(victim.run_dir), victim, None)
     invoke(["status", "--db", db])
 
-    class Recorder:
-        name, supports_dependencies, supports_arrays, runs_here = "slurm", True, True, False
+    from ioussl.backends.slurm import SlurmBackend
+
+    class Recorder(SlurmBackend):
         submitted: list = []
 
         def submit(self, unit, calls, dependency):  # type: ignore[no-untyped-def]
@@ -310,7 +311,7 @@ def test_an_invalid_run_can_be_retried_and_its_bad_result_is_set_aside(two_finis
             return ["77"]
 
         def query(self, job_ids):  # type: ignore[no-untyped-def]
-            from ioussl.backends.slurmcmd import QueryResult
+            from ioussl.backends.base import QueryResult
 
             return QueryResult({}, "fake", 1)
 
@@ -324,7 +325,8 @@ def test_an_invalid_run_can_be_retried_and_its_bad_result_is_set_aside(two_finis
 
         def cancel(self, job_ids): ...  # type: ignore[no-untyped-def]
 
-    outcome = jobservice.retry(db, "bad", run_ids=[victim_id], backend=Recorder(), factory=lambda *a: None)
+    recorder = Recorder(Path("_submitit"))
+    outcome = jobservice.retry(db, "bad", run_ids=[victim_id], backend=recorder, factory=lambda *a: None)
     assert outcome.job_ids == {victim_id: "77"}
     assert not (Path(victim.run_dir) / "result.json").exists()
     assert len(list(Path(victim.run_dir).glob("result.json.rejected-*"))) == 1

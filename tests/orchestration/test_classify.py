@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from ioussl.backends.slurmtext import JobInfo
-from ioussl.track.classify import (
-    LOST_AFTER_MISSES,
-    SLURM_STATE,
-    Observation,
-    RunFiles,
-    classify,
-    classify_all,
-)
+from ioussl.backends.base import JobInfo
+from ioussl.backends.slurmtext import STATES
+from ioussl.track import classify as classify_module
+from ioussl.track.classify import LOST_AFTER_MISSES, RunFiles, classify, classify_all
+
+# Observations of SLURM jobs: the table of SLURM's states comes with them, as sync passes it.
+Observation = functools.partial(classify_module.Observation, states=STATES)
 
 
 def info(state: str, exit_code: int = 0, reason: str | None = None, raw: str | None = None) -> JobInfo:
@@ -62,7 +62,7 @@ def test_scheduler_states_map_explicitly(before, record, files, after, reason, i
 
 
 # What a RUNNING run becomes for each state SLURM can print (None = stays RUNNING), written out by hand
-# so that a change to SLURM_STATE has to be made here too, on purpose.
+# so that a change to SLURM's state table has to be made here too, on purpose.
 FROM_RUNNING = {
     **dict.fromkeys(["PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING"], "PENDING"),
     **dict.fromkeys(["RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED"], None),
@@ -74,7 +74,7 @@ FROM_RUNNING = {
 
 
 def test_every_slurm_state_maps_to_its_registry_status():
-    assert set(FROM_RUNNING) == set(SLURM_STATE)
+    assert set(FROM_RUNNING) == set(STATES.states)
     for state, expected in FROM_RUNNING.items():
         files = RESULT if state == "COMPLETED" else RunFiles()
         change = classify(Observation(run_id=1, status="RUNNING", job_id="7", info=info(state), files=files))
@@ -165,8 +165,12 @@ def test_classify_all_blocks_children_on_the_sync_their_parent_fails():
 
 
 def test_untrustworthy_files_of_a_vanished_job_make_the_run_invalid():
-    from ioussl.track.classify import Observation, RunFiles, classify
-
     files = RunFiles(has_result=True, invalid="events.jsonl line 2: t 1e+300 is not a time")
     change = classify(Observation(run_id="r1", status="RUNNING", job_id="7", info=None, files=files))
     assert change.status == "INVALID" and change.reason.startswith("events.jsonl line 2")
+
+
+def test_without_its_backends_table_a_state_is_unknown_not_read_as_slurm():
+    bare = classify_module.Observation(run_id=1, status="RUNNING", job_id="7", info=info("COMPLETED"), files=RESULT)
+    change = classify(bare)
+    assert change is not None and change.status is None and "unknown scheduler state 'COMPLETED'" in change.reason

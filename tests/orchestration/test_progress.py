@@ -141,3 +141,19 @@ def test_the_rate_is_that_of_the_last_epochs(tmp_path):
         fast.append({**line(e, epochs=40), "time": T0 + elapsed, "elapsed_s": elapsed})
     found = read_progress(write(tmp_path / "r", [*slow, *fast]), None, "pretrain", fast[-1]["time"])
     assert found.eta_s == pytest.approx(10 * 30.0)  # 10 epochs left at the recent 30 s, not the mean 39 s
+
+
+def test_watch_stops_when_every_run_ended_or_after_an_idle_spell_not_at_one_idle_glance():
+    from ioussl.track.progress import StatusView, WatchRule
+
+    def view(active: int, unfinished: int) -> StatusView:
+        return StatusView(records=[], total=3, active=active, unfinished=unfinished)
+
+    rule = WatchRule(idle_s=30.0)
+    assert not rule.done(view(active=1, unfinished=3), now=100.0)
+    assert not rule.done(view(active=0, unfinished=2), now=101.0)  # idle at one glance: a local submit may go on
+    assert not rule.done(view(active=0, unfinished=2), now=130.9)
+    assert not rule.done(view(active=1, unfinished=2), now=131.5)  # something started: the idle spell resets
+    assert not rule.done(view(active=0, unfinished=2), now=140.0)
+    assert rule.done(view(active=0, unfinished=2), now=170.0)  # idle for 30 s: nothing moves without a user
+    assert WatchRule().done(view(active=0, unfinished=0), now=0.0)  # every run ended: at once

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from ioussl.errors import IllegalTransition
-from ioussl.status import ALLOWED, RunStatus, can_transition, check_transition, is_retryable
+from ioussl.status import (
+    ALLOWED,
+    ATTEMPT_ALLOWED,
+    RunStatus,
+    can_transition,
+    check_attempt_transition,
+    check_transition,
+    is_retryable,
+)
 
 S = RunStatus
 
@@ -63,3 +71,51 @@ def test_invalid_is_terminal_retryable_and_reached_only_from_active_states():
     check_transition(S.INVALID, S.PLANNED)
     with pytest.raises(IllegalTransition):
         check_transition(S.INVALID, S.COMPLETED)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (S.SUBMITTING, S.PENDING),  # the job id arrived (or the job was adopted)
+        (S.SUBMITTING, S.PLANNED),  # sbatch refused, or no job reached the scheduler
+        (S.SUBMITTING, S.CANCELLED),  # an orphan job cancelled
+        (S.PENDING, S.RUNNING), (S.RUNNING, S.PENDING), (S.RUNNING, S.COMPLETED), (S.PENDING, S.BLOCKED),
+        (S.RUNNING, S.INVALID), (S.PENDING, S.CANCELLED),
+    ],
+)
+def test_attempt_allowed(old, new):
+    check_attempt_transition(old, new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # an ended job stays ended: a retry is a new attempt, never the old one revived
+        (S.FAILED, S.PLANNED), (S.FAILED, S.SUBMITTING), (S.COMPLETED, S.RUNNING), (S.CANCELLED, S.PENDING),
+        (S.PLANNED, S.SUBMITTING), (S.LOST, S.RUNNING), (S.INVALID, S.COMPLETED),
+        (S.PENDING, S.SUBMITTING),  # a job with an id never goes back to being an intent
+    ],
+)
+def test_attempt_refused(old, new):
+    with pytest.raises(IllegalTransition, match=f"an attempt cannot go from {old} to {new}"):
+        check_attempt_transition(old, new)
+
+
+def test_attempt_table_follows_the_run_table_while_active_and_freezes_after():
+    assert set(ATTEMPT_ALLOWED) == set(RunStatus)
+    for status in RunStatus:
+        expected = ALLOWED[status] if status.is_active() else frozenset()
+        assert ATTEMPT_ALLOWED[status] == expected, status
+
+
+def test_registry_refuses_an_illegal_attempt_change_and_leaves_the_row_alone():
+    from ioussl.registry import repo
+    from ioussl.registry.models import Attempt
+
+    attempt = Attempt(run_id="r1", executor="slurm", status=S.FAILED, reason="exit code 1")
+    with pytest.raises(IllegalTransition):
+        repo.set_attempt_status(attempt, S.PENDING, reason="revived")
+    assert attempt.status == S.FAILED and attempt.reason == "exit code 1"
+    attempt = Attempt(run_id="r1", executor="slurm", status=S.SUBMITTING)
+    repo.set_attempt_job(attempt, "12_3", S.PENDING)
+    assert (attempt.status, attempt.job_id, attempt.array_job_id) == (S.PENDING, "12_3", "12")

@@ -17,8 +17,8 @@ from registryfix import write_result
 from sqlalchemy import select
 from studyfiles import tiny_study
 
-from ioussl.backends.slurmcmd import QueryResult
-from ioussl.backends.slurmtext import JobInfo
+from ioussl.backends.base import JobInfo, QueryResult
+from ioussl.backends.slurm import SlurmBackend
 from ioussl.errors import ConfigError, NotFound, SubmissionError
 from ioussl.plan.service import plan_grid
 from ioussl.registry import open_registry
@@ -31,15 +31,12 @@ from ioussl.track.sync import sync
 REPO = Path(__file__).resolve().parents[2]
 
 
-class FakeCluster:
-    """Records every sbatch; jobs change state only when a test says so."""
-
-    name = "slurm"
-    supports_dependencies = True
-    supports_arrays = True
-    runs_here = False
+class FakeCluster(SlurmBackend):
+    """Records every sbatch; jobs change state only when a test says so. SLURM's own states,
+    dependency syntax and log paths come from the SLURM backend."""
 
     def __init__(self) -> None:
+        super().__init__(Path("_submitit"))
         self.submits: list[tuple[tuple[str, ...], str | None, int]] = []
         self.jobs: dict[str, JobInfo] = {}
         self.next_id = 100
@@ -289,7 +286,7 @@ LOCAL_STUDY = tiny_study("local")
 
 
 def test_local_executor_starts_fine_tunes_only_after_their_pretrain(tmp_path):
-    from ioussl.backends.base import LocalBackend
+    from ioussl.backends.local import LocalBackend
     from ioussl.submit import workload
 
     (tmp_path / "study.toml").write_text(LOCAL_STUDY)
