@@ -85,26 +85,31 @@ class AugmentParams:
 
 
 def draw_params(spec: AugmentSpec, n: int, generator: torch.Generator) -> AugmentParams:
-    """Draw every sample's parameters at once, each with the law of the matching MONAI transform."""
+    """Draw every sample's parameters at once, each with the law of the matching MONAI transform.
+
+    An operation missing from ``spec.order`` is never applied, whatever its probability (MONAI's pipeline
+    has no transform for it); the draws are the same either way, so the others' values do not change.
+    """
     u = torch.rand((n, 15), generator=generator, device=generator.device, dtype=torch.float64)
 
     def uniform(col: int, low: float, high: float) -> Tensor:
         return low + (high - low) * u[:, col]
 
-    def applied(col: int, prob: float) -> Tensor:
+    def applied(col: int, op: str) -> Tensor:
+        prob = getattr(spec, f"{op}_prob") if op in spec.order else 0.0
         return u[:, col] < prob  # MONAI: R.rand() < prob
 
-    zoom_on, scale_on, shift_on = applied(0, spec.zoom_prob), applied(6, spec.scale_prob), applied(8, spec.shift_prob)
-    noise_on = applied(13, spec.noise_prob)
+    zoom_on, scale_on, shift_on = applied(0, "zoom"), applied(6, "scale"), applied(8, "shift")
+    noise_on = applied(13, "noise")
     k = torch.clamp(1 + torch.floor(3 * u[:, 5]), max=3).long()  # R.randint(3) + 1
     r_scale, r_shift = spec.scale_range, spec.shift_range
     return AugmentParams(
         zoom=torch.where(zoom_on, uniform(1, *spec.zoom_range), 1.0),
-        flip=torch.stack([applied(2, spec.flip_prob), applied(3, spec.flip_prob)], dim=1),
-        rot90=torch.where(applied(4, spec.rot90_prob), k, 0),
+        flip=torch.stack([applied(2, "flip"), applied(3, "flip")], dim=1),
+        rot90=torch.where(applied(4, "rot90"), k, 0),
         scale=torch.where(scale_on, uniform(7, -r_scale, r_scale), 0.0).float(),
         shift=torch.where(shift_on, uniform(9, -r_shift, r_shift), 0.0).float(),
-        smooth=applied(10, spec.smooth_prob),
+        smooth=applied(10, "smooth"),
         sigma=torch.stack([uniform(11, *spec.sigma_range), uniform(12, *spec.sigma_range)], dim=1).float(),
         noise=noise_on,
         noise_std=torch.where(noise_on, uniform(14, 0.0, spec.noise_std), 0.0).float(),
