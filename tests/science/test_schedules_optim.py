@@ -72,7 +72,7 @@ def test_biases_and_norm_weights_get_no_weight_decay():
 
 def test_finetune_optimizer_is_adamw_over_the_whole_network():
     net = build_swin_unetr(ModelConfig(feature_size=12), 0.0)
-    opt = finetune_optimizer(net, FinetuneConfig(weight_decay=0.05, base_lr=2e-3))  # not the defaults: read, not assumed
+    opt = finetune_optimizer(net, FinetuneConfig(weight_decay=0.05, base_lr=2e-3))  # not the defaults: read, not kept
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8
     groups = {g["name"]: g for g in opt.param_groups}
