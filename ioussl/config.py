@@ -76,6 +76,77 @@ class ModelConfig:
     use_checkpoint: bool = False  # gradient checkpointing trades speed for memory
 
 
+# The augmentation operations: geometric ones move image and label alike, intensity ones the image only.
+GEOMETRIC_OPS = ("zoom", "flip", "rot90")
+INTENSITY_OPS = ("scale", "shift", "smooth", "noise")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """One augmentation pipeline: its operations in order, each one's probability and range (a probability
+    of 0 turns an operation off). The laws are MONAI's: ``science/augment`` runs them batched on the device
+    and as MONAI transforms in the loader.
+
+    Attributes:
+        order: operations from GEOMETRIC_OPS and INTENSITY_OPS, each at most once, in the order applied.
+        zoom_range: zoom factor uniform in [low, high), one factor for both axes.
+        flip_prob: per spatial axis, independently.
+        rot90_prob: then k uniform in {1, 2, 3} quarter turns.
+        scale_range: f uniform in [-r, r): v -> v (1 + f).
+        shift_range: o uniform in [-r, r): v -> v + o.
+        sigma_range: Gaussian smoothing sigma per axis, uniform in [low, high).
+        noise_std: additive Gaussian noise whose std is uniform in [0, noise_std).
+    """
+
+    order: tuple[str, ...] = ()
+    zoom_prob: float = 0.0
+    zoom_range: tuple[float, ...] = (1.0, 1.0)
+    flip_prob: float = 0.0
+    rot90_prob: float = 0.0
+    scale_prob: float = 0.0
+    scale_range: float = 0.0
+    shift_prob: float = 0.0
+    shift_range: float = 0.0
+    smooth_prob: float = 0.0
+    sigma_range: tuple[float, ...] = (0.25, 1.5)
+    noise_prob: float = 0.0
+    noise_std: float = 0.0
+
+
+@dataclass(frozen=True)
+class ViewAugmentConfig(AugmentConfig):
+    """Each SimSiam view's augmentations: thesis protocol §3, in the reference code's order."""
+
+    order: tuple[str, ...] = ("zoom", "flip", "rot90", "scale", "shift", "smooth", "noise")
+    zoom_prob: float = 0.75
+    zoom_range: tuple[float, ...] = (0.8, 1.2)
+    flip_prob: float = 0.5
+    rot90_prob: float = 0.5
+    scale_prob: float = 0.75
+    scale_range: float = 0.1
+    shift_prob: float = 0.75
+    shift_range: float = 0.1
+    smooth_prob: float = 0.25
+    noise_prob: float = 0.25
+    noise_std: float = 0.01
+
+
+@dataclass(frozen=True)
+class CropAugmentConfig(AugmentConfig):
+    """The fine-tuning crops' augmentations: thesis protocol §4, in the reference code's order."""
+
+    order: tuple[str, ...] = ("smooth", "scale", "shift", "noise", "flip", "rot90")
+    flip_prob: float = 0.25
+    rot90_prob: float = 0.25
+    scale_prob: float = 0.15
+    scale_range: float = 0.1
+    shift_prob: float = 0.15
+    shift_range: float = 0.1
+    smooth_prob: float = 0.15
+    noise_prob: float = 0.15
+    noise_std: float = 0.01
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """SimSiam pretraining, Table 4.1."""
@@ -92,6 +163,7 @@ class PretrainConfig:
     amp: bool = True
     steps_per_epoch: int | None = None  # None: floor(slices / batch), as the reference code
     include_labelled: bool = False  # the thesis pretrains on the unlabelled cases only
+    augment: ViewAugmentConfig = added(ViewAugmentConfig())  # [pretrain.augment]: each view's augmentations
 
 
 @dataclass(frozen=True)
@@ -115,6 +187,7 @@ class FinetuneConfig:
     amp: bool = True
     steps_per_epoch: int | None = None  # None: ceil(train slices / batch_size)
     max_val_slices: int | None = None  # tiny profiles only; None scores every validation slice
+    augment: CropAugmentConfig = added(CropAugmentConfig())  # [finetune.augment]: the crops' augmentations
 
 
 @dataclass(frozen=True)
@@ -189,6 +262,11 @@ RANGES: dict[str, str] = {
     "base_lr": ">0", "end_lr": ">=0", "weight_decay": ">=0", "pos": ">=0", "neg": ">=0",
     "momentum": "[0,1)", "sw_overlap": "[0,1)", "pretrain_drop_path": "[0,1)", "finetune_drop_path": "[0,1)",
     "depths": ">=1", "num_heads": ">=1",
+    # [pretrain.augment] and [finetune.augment]: a zoom outside [0.1, 10] empties or blows up a 64-pixel crop,
+    # a scale of -1 or below inverts the image, and sigma 8 already spans a 65-pixel kernel (4 sigma each side).
+    "zoom_prob": "[0,1]", "flip_prob": "[0,1]", "rot90_prob": "[0,1]", "scale_prob": "[0,1]", "shift_prob": "[0,1]",
+    "smooth_prob": "[0,1]", "noise_prob": "[0,1]", "zoom_range": "[0.1,10]", "scale_range": "[0,1)",
+    "shift_range": ">=0", "sigma_range": "(0,8]", "noise_std": ">=0",
 }
 
 
@@ -197,11 +275,36 @@ def validate_ranges(section: Any) -> None:
     """Every number of a config section finite and in its range (RANGES); integers below 2**31."""
     name_of = type(section).__name__.removesuffix("Config").lower()
     for item in dataclasses.fields(section):
-        check_range(name_of, item.name, getattr(section, item.name))
+        value = getattr(section, item.name)
+        if isinstance(value, AugmentConfig):
+            validate_augment(value, f"{name_of}.{item.name}")
+        else:
+            check_range(name_of, item.name, value)
+
+
+def validate_augment(augment: AugmentConfig, section: str) -> None:
+    """An augmentation pipeline's numbers in range, its operations known and each listed once, and its
+    ranges [low, high] pairs; ``section`` names it in messages ("pretrain.augment")."""
+    for item in dataclasses.fields(augment):
+        check_range(section, item.name, getattr(augment, item.name))
+    known = GEOMETRIC_OPS + INTENSITY_OPS
+    for position, op in enumerate(augment.order):
+        if op not in known:
+            raise ConfigError(f"[{section}].order: unknown operation {op!r}; operations: {', '.join(known)}")
+        if op in augment.order[:position]:
+            raise ConfigError(f"[{section}].order lists {op!r} twice")
+    for name in ("zoom_range", "sigma_range"):
+        pair = getattr(augment, name)
+        if len(pair) != 2 or pair[0] > pair[1]:
+            raise ConfigError(f"[{section}].{name} must be [low, high] with low <= high, got {list(pair)}")
 
 
 def check_range(section: str, name: str, value: Any) -> None:
-    """One setting's numbers (each of a tuple's) finite and in its range (RANGES); ConfigError if not."""
+    """One setting's numbers (each of a tuple's) finite and in its range (RANGES); ConfigError if not.
+    A dotted ``name`` ("augment.zoom_prob") is a setting of a table inside ``section``."""
+    if "." in name:
+        table, _, name = name.rpartition(".")
+        section = f"{section}.{table}"
     for number in value if isinstance(value, tuple) else (value,):
         if isinstance(number, bool) or not isinstance(number, int | float):
             continue
@@ -217,8 +320,10 @@ def _in_range(value: float, rule: str | None) -> bool:
         return False
     if rule is None:
         return True
-    if rule == "[0,1)":
-        return 0 <= value < 1
+    if rule[0] in "[(":  # an interval: "[0,1)", "(0,8]"
+        low, high = (float(bound) for bound in rule[1:-1].split(","))
+        above = value >= low if rule[0] == "[" else value > low
+        return above and (value <= high if rule[-1] == "]" else value < high)
     bound = float(rule.lstrip("<>="))
     return value >= bound if rule.startswith(">=") else value > bound
 
@@ -310,7 +415,11 @@ def from_dict(cls: type, raw: Any, where: str) -> Any:
 
 
 def coerce_setting(cls: type, name: str, value: Any, where: str) -> Any:
-    """One setting of a config section as :func:`from_dict` reads it: type checked, a list as a tuple."""
+    """One setting of a config section as :func:`from_dict` reads it: type checked, a list as a tuple.
+    A dotted ``name`` ("augment.zoom_prob") is a setting of a table inside the section."""
+    *tables, name = name.split(".")
+    for table in tables:
+        cls = _type_hints(cls)[table]
     return _coerce(_type_hints(cls)[name], value, where)
 
 

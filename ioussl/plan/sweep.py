@@ -10,7 +10,9 @@
 Axes combine as a product (with the study's intervals and seeds). A key's section says which runs it
 reaches: ``sampler.*`` and ``pretrain.*`` pretrains (each value a pretrain of its own, with its fine-tunes),
 ``finetune.*`` fine-tunes only (the fine-tunes of one pretrain then share it), and ``data.*``, ``model.*``
-and ``runtime.*`` both stages. The IoU interval is not swept here: ``[[intervals]]`` lists it.
+and ``runtime.*`` both stages. The IoU interval is not swept here: ``[[intervals]]`` lists it. A table
+inside a section is reached by one more dot: ``"pretrain.augment.zoom_prob" = [0.5, 0.75]`` varies the
+pretraining views' zoom probability and keeps the view augmentations' other settings.
 
 Each run records its *point*, the swept settings that reach it (``runs.point``): a pretrain its
 pretraining ones, a fine-tune of a pretrain every axis, a no-pretraining fine-tune its fine-tuning ones.
@@ -24,8 +26,8 @@ import difflib
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, get_type_hints
 
 from ioussl import jobtext as jobscript
 from ioussl.config import (
@@ -49,7 +51,19 @@ STAGE_SECTIONS = {
     "finetune": frozenset({"data", "model", "runtime", "finetune"}),
 }
 SET_BY_INTERVALS = frozenset({"sampler.i_min", "sampler.i_max", "sampler.random_crop"})
-SETTINGS = tuple(f"{section}.{item.name}" for section, cls in SECTIONS.items() for item in fields(cls))
+
+
+def _settings(prefix: str, cls: type) -> Iterator[str]:
+    """Dotted names of a section's settings; a table inside it (``pretrain.augment``) gives each of its own."""
+    hints = get_type_hints(cls)
+    for item in fields(cls):
+        if is_dataclass(hints[item.name]):
+            yield from _settings(f"{prefix}.{item.name}", hints[item.name])
+        else:
+            yield f"{prefix}.{item.name}"
+
+
+SETTINGS = tuple(name for section, cls in SECTIONS.items() for name in _settings(section, cls))
 PATH_SETTINGS = frozenset({"data.store", "data.split"})  # strings that reach a job's command line
 
 Point = dict[str, Any]  # dotted setting -> value
@@ -236,8 +250,23 @@ def apply_point(sections: dict[str, Any], point: Point) -> dict[str, Any]:
     for key, value in point.items():
         section, _, name = key.partition(".")
         changes.setdefault(section, {})[name] = value
-    return {name: replace(section, **changes[name]) if name in changes else section
+    return {name: _replaced(section, changes[name]) if name in changes else section
             for name, section in sections.items()}
+
+
+def _replaced(table: Any, changes: dict[str, Any]) -> Any:
+    """A frozen config table with settings replaced; a dotted name ("augment.zoom_prob") reaches into the
+    table inside it, whose other settings stay."""
+    inner: dict[str, dict[str, Any]] = {}
+    direct = {}
+    for name, value in changes.items():
+        head, dot, rest = name.partition(".")
+        if dot:
+            inner.setdefault(head, {})[rest] = value
+        else:
+            direct[name] = value
+    direct.update({head: _replaced(getattr(table, head), nested) for head, nested in inner.items()})
+    return replace(table, **direct)
 
 
 def point_text(point: Point) -> str:

@@ -96,12 +96,20 @@ def test_placeholder_account_warns_at_plan_and_is_refused_at_submit(thesis, tmp_
 
 
 def test_a_filled_in_account_plans_without_warning(tmp_path, repo_root):
+    import sqlite3
+
     shutil.copytree(repo_root / "jobs", tmp_path / "jobs")
+    study = str(tmp_path / "jobs" / "thesis.toml")
+    placeholder = invoke("plan", "grid", study, "--db", str(tmp_path / "placeholder.db"), "--no-check-data")
+    assert placeholder.exit_code == 0 and "warning: " in placeholder.output  # the same study warns unfilled
     profile = tmp_path / "jobs" / "clusters" / "plgrid-v100.toml"
+    assert "FILL-IN-YOUR-GRANT" in profile.read_text()
     profile.write_text(profile.read_text().replace("FILL-IN-YOUR-GRANT", "plgssl2024"))
-    result = invoke("plan", "grid", str(tmp_path / "jobs" / "thesis.toml"), "--db", str(tmp_path / "r.db"),
-                    "--no-check-data")
+    result = invoke("plan", "grid", study, "--db", str(tmp_path / "r.db"), "--no-check-data")
     assert result.exit_code == 0 and "warning" not in result.output
+    with sqlite3.connect(tmp_path / "r.db") as conn:  # planned in full, with the account filled in
+        accounts = [json.loads(row[0])["slurm"]["account"] for row in conn.execute("SELECT resources FROM runs")]
+    assert accounts == ["plgssl2024"] * 34
 
 
 def test_status_lists_groups_in_the_order_report_uses(tmp_path, repo_root):

@@ -285,8 +285,65 @@ def test_a_bad_run_file_marks_only_that_run_invalid(two_finished_runs, case):
     assert f"run {victim_id} INVALID: " in table.stdout  # shown by status
 
 
-def test_there_are_at_least_forty_cases():
+def _run_dir_state(run_dir: Path) -> tuple:
+    """What a run directory holds, comparable: each entry's kind and content (a link's target). ``finished_at``
+    is left out where it is a number: each valid result.json is written anew, at its own time."""
+    if run_dir.is_symlink():
+        return ("link", os.readlink(run_dir))
+    entries = []
+    for path in sorted(run_dir.rglob("*")):
+        if path.is_symlink():
+            entries.append((str(path.relative_to(run_dir)), "link", os.readlink(path)))
+        elif path.is_fifo() or path.is_dir():
+            entries.append((str(path.relative_to(run_dir)), "fifo" if path.is_fifo() else "dir"))
+        else:
+            data = path.read_bytes()
+            try:
+                payload = json.loads(data)
+            except (ValueError, RecursionError):
+                payload = None
+            if isinstance(payload, dict) and isinstance(payload.get("finished_at"), float):
+                data = json.dumps({**payload, "finished_at": 0}, sort_keys=True).encode()
+            entries.append((str(path.relative_to(run_dir)), "file", data))
+    return tuple(entries)
+
+
+def test_there_are_at_least_forty_cases(two_finished_runs, tmp_path):
+    """Forty cases by their effect, not by the table's length: no two run-file cases damage a run the same way
+    and none leaves it as it was (a case copied under a new name, or a no-op, would pass a count), and no two
+    refused commands are the same command on the same files."""
+    import sqlite3
+
     assert len(RUN_FILE_CASES) + len(REFUSED_CASES) >= 40 and len(RUN_FILE_CASES) >= 40
+    db, (victim_id, other_id) = two_finished_runs
+    registry = open_registry(db)
+    with registry.session(write=False) as session:
+        victim, other = repo.get_run(session, victim_id), repo.get_run(session, other_id)
+        _ = victim.study, other.study
+    registry.dispose()
+    run_dir = Path(victim.run_dir)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(run_dir, pristine, symlinks=True)
+    seen = {_run_dir_state(run_dir): "the valid files"}
+    for name, (damage, _) in RUN_FILE_CASES.items():
+        damage(run_dir, victim, other)
+        state = _run_dir_state(run_dir)
+        assert state not in seen, f"run-file case {name!r} leaves the run as {seen[state]!r} does"
+        seen[state] = name
+        run_dir.unlink() if run_dir.is_symlink() else shutil.rmtree(run_dir)
+        shutil.rmtree(run_dir.parent.parent / "elsewhere", ignore_errors=True)
+        shutil.copytree(pristine, run_dir, symlinks=True)
+    commands: dict[tuple, str] = {}
+    for number, (name, (build, _, env)) in enumerate(REFUSED_CASES.items()):
+        root = tmp_path / f"refused{number}"
+        root.mkdir()
+        with contextlib.closing(sqlite3.connect(root / "registry.db")) as conn:
+            conn.execute("CREATE TABLE metrics (x)")  # for the case that drops it
+        args = tuple(arg.replace(str(root), "<root>") for arg in build(root, str(root / "registry.db")))
+        files = tuple(sorted((p.name, p.read_bytes()) for p in root.iterdir() if p.suffix in (".toml", ".csv")))
+        key = (args, files, tuple(sorted(env.items())))
+        assert key not in commands, f"refused case {name!r} is the command of {commands[key]!r}"
+        commands[key] = name
 
 
 def test_an_invalid_run_can_be_retried_and_its_bad_result_is_set_aside(two_finished_runs):

@@ -72,8 +72,20 @@ def test_pretrain_loss_plot_fits_negative_losses_and_labels_its_groups(tmp_path)
 
 
 def test_plots_are_png_files(tmp_path):
+    import matplotlib.colors
+    import matplotlib.image
+    import numpy as np
+
     path = plot_collapse(_curves(), tmp_path / "sub" / "c.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(path)[..., :3]  # decodes: a whole PNG, not just its signature
+    fig = collapse_figure(_curves())
+    width, height = fig.get_size_inches() * 120  # the dpi the report writes at
+    assert pixels.shape[:2] == (round(height), round(width))
+    assert (pixels < 0.9).any(axis=-1).mean() > 0.01  # not a blank canvas
+    for line in fig.axes[0].get_lines():  # each group's curve is drawn in its colour
+        colour = np.array(matplotlib.colors.to_rgb(line.get_color()))
+        assert (np.abs(pixels - colour).max(axis=-1) < 0.05).sum() > 50, line.get_label()
 
 
 def test_report_plot_on_an_imported_registry_says_why_there_is_no_collapse_plot(thesis_db, tmp_path):

@@ -14,12 +14,29 @@ from ioussl.submit.entrypoint import git_state
 from ioussl.track.ingest import ingest
 
 
-def test_git_state_names_this_checkout(repo_root):
+def test_git_state_names_this_checkout(repo_root, tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    if not (repo_root / ".git").exists() or shutil.which("git") is None:
+        assert git_state() == {"git_commit": None, "git_dirty": None}
+        return
+
+    def git(where, *args: str) -> str:  # type: ignore[no-untyped-def]
+        command = ["git", "-C", str(where), "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+    # Run from inside another repository: the state is the ioussl checkout's, not the working directory's.
+    git(tmp_path, "init", "-q")
+    (tmp_path / "f").write_text("x")
+    git(tmp_path, "add", "f")
+    git(tmp_path, "commit", "-qm", "other")
+    monkeypatch.chdir(tmp_path)
     state = git_state()
-    if (repo_root / ".git").exists():
-        assert len(state["git_commit"]) == 40 and isinstance(state["git_dirty"], bool)
-    else:
-        assert state == {"git_commit": None, "git_dirty": None}
+    assert state["git_commit"] == git(repo_root, "rev-parse", "HEAD") != git(tmp_path, "rev-parse", "HEAD")
+    assert state["git_dirty"] is bool(git(repo_root, "status", "--porcelain", "--untracked-files=no"))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))  # git missing: the versions carry provenance alone
+    assert git_state() == {"git_commit": None, "git_dirty": None}
 
 
 def test_ingested_result_records_provenance_and_the_report_names_the_commit(repo_root, db, tmp_path):

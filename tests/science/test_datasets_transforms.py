@@ -7,6 +7,7 @@ import pytest
 import torch
 from datafix import *  # noqa: F403 (session fixtures; a conftest.py here would collide with other branches)
 
+from ioussl.config import ViewAugmentConfig
 from ioussl.errors import DataError
 from ioussl.science.augment.transforms import RandIoUCropPaird, pretrain_view_augment
 from ioussl.science.sampling.sampler import box_iou, pair_exists, sample_crop_pairs
@@ -46,11 +47,23 @@ def test_iou_crop_single_key_views_and_seeding():
 
 def test_view_augment_keeps_shape_and_changes_views():
     augment = pretrain_view_augment()
+    # protocol §3, in the reference order: which transforms, how likely, how strong
+    kinds = [type(t).__name__ for t in augment.transforms]
+    assert kinds == ["RandZoom", "RandFlip", "RandFlip", "RandRotate90", "RandScaleIntensity", "RandShiftIntensity",
+                     "RandGaussianSmooth", "RandGaussianNoise"]  # fmt: skip
+    assert [t.prob for t in augment.transforms] == [0.75, 0.5, 0.5, 0.5, 0.75, 0.75, 0.25, 0.25]
+    zoom, flip0, flip1, rot, scale, shift, smooth, noise = augment.transforms
+    assert (tuple(zoom.min_zoom), tuple(zoom.max_zoom), zoom.keep_size) == ((0.8,), (1.2,), True)
+    assert (flip0.flipper.spatial_axis, flip1.flipper.spatial_axis, rot.max_k) == (0, 1, 3)
+    assert tuple(scale.factors) == (-0.1, 0.1) and tuple(shift.offsets) == (-0.1, 0.1)
+    assert tuple(smooth.sigma_x) == tuple(smooth.sigma_y) == (0.25, 1.5) and (noise.mean, noise.std) == (0.0, 0.01)
     augment.set_random_state(seed=0)
     view = torch.rand(1, 96, 96)
-    outs = [torch.as_tensor(augment(view)) for _ in range(4)]
-    assert all(o.shape == (1, 96, 96) for o in outs)
-    assert not torch.equal(outs[0], outs[1])
+    outs = [torch.as_tensor(augment(view)).as_subclass(torch.Tensor) for _ in range(20)]
+    assert all(o.shape == (1, 96, 96) and o.dtype == torch.float32 for o in outs)
+    assert len({o.numpy().tobytes() for o in [view, *outs]}) == 21  # each view its own draws, none the input
+    flip_only = pretrain_view_augment(spec=ViewAugmentConfig(order=("flip",), flip_prob=1.0))  # a run's own spec
+    assert torch.equal(torch.as_tensor(flip_only(view)).as_subclass(torch.Tensor), view.flip(1, 2))
 
 
 def test_pretrain_dataset_items_and_reproducible_loader(synth_store):

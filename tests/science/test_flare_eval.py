@@ -123,9 +123,33 @@ def test_the_label_itself_scores_one_after_the_round_trip(fixture, request):
 
 
 def test_synthetic_cases_are_reoriented_and_scored_along_their_head_foot_axis(synth_store):
-    grids = [synth_store.source_grid(c) for c in synth_store.labelled_cases()]
-    assert len({g["source_axcodes"] for g in grids}) > 1  # random orientations in the files
-    assert all(g["source_axcodes"][slice_axis(g)] in "SI" for g in grids)
+    grids = {case: synth_store.source_grid(case) for case in synth_store.labelled_cases()}
+    assert len({g["source_axcodes"] for g in grids.values()}) > 1  # random orientations in the files
+    assert all(g["source_axcodes"][slice_axis(g)] in "SI" for g in grids.values())
+    assert len({slice_axis(g) for g in grids.values()}) > 1  # so one fixed axis is wrong for some case
+    for case, grid in grids.items():
+        truth, spacing = synth_store.source_label(case)
+        axis = slice_axis(grid)
+        others = tuple(a for a in range(3) if a != axis)
+        for organ in SLICE_RANGE_ORGANS:
+            labelled = np.flatnonzero((truth == organ).any(axis=others))
+            assert len(labelled) >= 3, (case, organ)
+            # The organisers score [first, last) along the head-foot axis: the last slice does not count there,
+            # and it does along any other axis; the first counts.
+            missing_last = _without(truth, organ, axis, labelled[-1])
+            assert organ_scores(truth, missing_last, organ, spacing, axis)["dsc"] == 1.0, (case, organ)
+            assert all(organ_scores(truth, missing_last, organ, spacing, other)["dsc"] < 1.0
+                       for other in others), (case, organ)  # fmt: skip
+            missing_first = _without(truth, organ, axis, labelled[0])
+            assert organ_scores(truth, missing_first, organ, spacing, axis)["dsc"] < 1.0, (case, organ)
+
+
+def _without(truth: np.ndarray, organ: int, axis: int, index: int) -> np.ndarray:
+    """``truth`` with ``organ`` erased from its slice ``index`` along ``axis``."""
+    pred = truth.copy()
+    cut = pred[(slice(None),) * axis + (index,)]
+    cut[cut == organ] = 0
+    return pred
 
 
 def test_a_wrong_prediction_scores_below_one_on_the_original_grid(real_store):

@@ -72,7 +72,26 @@ def test_biases_and_norm_weights_get_no_weight_decay():
 
 def test_finetune_optimizer_is_adamw_over_the_whole_network():
     net = build_swin_unetr(ModelConfig(feature_size=12), 0.0)
-    opt = finetune_optimizer(net, FinetuneConfig())
+    opt = finetune_optimizer(net, FinetuneConfig(weight_decay=0.05, base_lr=2e-3))  # not the defaults: read, not kept
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8
-    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert list(groups) == ["model/decay", "model/no_decay"] and all(g["lr"] == 2e-3 for g in opt.param_groups)
+    assert groups["model/decay"]["weight_decay"] == 0.05 and groups["model/no_decay"]["weight_decay"] == 0.0
+    # every parameter in exactly one group
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in net.parameters())
+    names = {id(p): n for n, p in net.named_parameters()}
+    decayed = {names[id(p)] for p in groups["model/decay"]["params"]}
+    plain = {names[id(p)] for p in groups["model/no_decay"]["params"]}
+    # The split of the reference code, by name: weights of convolutions and linear layers and the 2-D relative
+    # position tables decay; biases and the norms' 1-D weights do not.
+    for name in ("swinViT.patch_embed.proj.weight", "swinViT.layers1.0.blocks.0.attn.relative_position_bias_table",
+                 "swinViT.layers1.0.blocks.0.mlp.linear1.weight", "encoder1.layer.conv1.conv.weight",
+                 "out.conv.conv.weight"):  # fmt: skip
+        assert name in decayed, name
+    for name in ("swinViT.patch_embed.proj.bias", "swinViT.layers1.0.blocks.0.norm1.weight",
+                 "swinViT.layers1.0.blocks.0.attn.qkv.bias", "out.conv.conv.bias"):  # fmt: skip
+        assert name in plain, name
+    assert all(n.endswith(".bias") or "norm" in n for n in plain), sorted(plain)
+    assert not any(n.endswith(".bias") for n in decayed)

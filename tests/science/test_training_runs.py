@@ -114,6 +114,12 @@ def test_tiny_pretrain_then_finetune_on_synthetic_data(synthetic, tmp_path):
     assert len(lines) == 2 and all(keys <= set(r) for r in lines)
     _check_finetune_result(result)
     assert set(result["test"]["per_case"]) == {"SYN_Tr_0003"} and 0.0 <= result["test"]["dsc"] <= 1.0
+    # The fine-tune started from this pretrain's encoder, all of it (not a fresh network with a matching name).
+    encoder = ckpt.load(Path(pre["checkpoint"]))
+    assert result["encoder"]["matched"] == len(encoder["model"]) and result["encoder"]["unexpected"] == []
+    assert result["encoder"]["source_config_hash"] == encoder["config_hash"]
+    assert len({line["loss"] for line in lines}) == 2  # the pretraining epochs differ: it trained
+    # Learning itself (the loss falls, weights move, the DSC rises) is tested in test_learning.py.
 
 
 @pytest.mark.slow

@@ -2,8 +2,9 @@
 
 The loader only cuts crops. Right after the transfer, every view (pretraining) or crop (fine-tuning) of a
 batch gets its own random parameters and the whole batch is transformed at once, on whatever device holds it.
-Parameter laws and functional forms are MONAI's, from the same ``AugmentSpec`` that ``transforms.py`` turns
-into the per-sample MONAI reference (``data.augment_on = "loader"``):
+Parameter laws and functional forms are MONAI's, from the same ``AugmentSpec`` (the run config's
+``pretrain.augment`` / ``finetune.augment``) that ``transforms.py`` turns into the per-sample MONAI reference
+(``data.augment_on = "loader"``):
 
 * zoom ``RandZoom(keep_size=True, bilinear, constant padding)``: ``floor(side * z)`` pixels resampled like
   ``F.interpolate``, then centre-cropped or zero-padded back (``ResizeWithPadOrCrop``); nearest for labels;
@@ -21,52 +22,37 @@ where compute is scarce and reading an index costs nothing, it runs on the selec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-GEOMETRIC = ("zoom", "flip", "rot90")
-INTENSITY = ("scale", "shift", "smooth", "noise")
+from ioussl.config import GEOMETRIC_OPS, INTENSITY_OPS, AugmentConfig, CropAugmentConfig, ViewAugmentConfig
+
+GEOMETRIC, INTENSITY = GEOMETRIC_OPS, INTENSITY_OPS
 TRUNCATED = 4.0  # MONAI GaussianFilter's default: the kernel spans 4 sigma on each side
 
 
 @dataclass(frozen=True)
-class AugmentSpec:
-    """Probabilities, ranges and order of one augmentation pipeline (a probability of 0 turns an op off).
+class AugmentSpec(AugmentConfig):
+    """An augmentation pipeline ready to run: the settings of :class:`ioussl.config.AugmentConfig` (a run
+    config's ``pretrain.augment`` or ``finetune.augment``), its operations checked at construction.
 
-    Attributes:
-        order: the operations in the reference order; geometric ones apply to image and label alike,
-            intensity ones to the image only.
-        zoom_range: zoom factor uniform in [low, high), one factor for both axes.
-        flip_prob: per spatial axis, independently.
-        rot90_prob: then k uniform in {1, 2, 3} quarter turns.
-        scale_range: f uniform in [-r, r): v -> v (1 + f).
-        shift_range: o uniform in [-r, r): v -> v + o.
-        sigma_range: smoothing sigma per axis, uniform in [low, high).
-        noise_std: the noise's std is uniform in [0, noise_std).
+    Raises:
+        ValueError: an unknown or repeated operation in ``order``.
     """
-
-    order: tuple[str, ...]
-    zoom_prob: float = 0.0
-    zoom_range: tuple[float, float] = (1.0, 1.0)
-    flip_prob: float = 0.0
-    rot90_prob: float = 0.0
-    scale_prob: float = 0.0
-    scale_range: float = 0.0
-    shift_prob: float = 0.0
-    shift_range: float = 0.0
-    smooth_prob: float = 0.0
-    sigma_range: tuple[float, float] = (0.25, 1.5)
-    noise_prob: float = 0.0
-    noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.order) - set(GEOMETRIC) - set(INTENSITY)
         if unknown or len(set(self.order)) != len(self.order):
             raise ValueError(f"augmentation order {self.order} has unknown or repeated operations")
+
+    @classmethod
+    def of(cls, config: AugmentConfig) -> AugmentSpec:
+        """The spec of a config's augmentation settings (``cfg.pretrain.augment``, ``cfg.finetune.augment``)."""
+        return cls(**{item.name: getattr(config, item.name) for item in fields(AugmentConfig)})
 
     @property
     def max_tail(self) -> int:
@@ -74,17 +60,10 @@ class AugmentSpec:
         return int(max(float(np.float32(self.sigma_range[1])) * TRUNCATED, 0.5) + 0.5)
 
 
-# Thesis-protocol.md §3 (pretraining views) and §4 (fine-tuning crops); transforms.py builds MONAI's from these.
-PRETRAIN_VIEW = AugmentSpec(
-    order=("zoom", "flip", "rot90", "scale", "shift", "smooth", "noise"),
-    zoom_prob=0.75, zoom_range=(0.8, 1.2), flip_prob=0.5, rot90_prob=0.5, scale_prob=0.75, scale_range=0.1,
-    shift_prob=0.75, shift_range=0.1, smooth_prob=0.25, noise_prob=0.25, noise_std=0.01,
-)  # fmt: skip
-FINETUNE = AugmentSpec(
-    order=("smooth", "scale", "shift", "noise", "flip", "rot90"),
-    flip_prob=0.25, rot90_prob=0.25, scale_prob=0.15, scale_range=0.1, shift_prob=0.15, shift_range=0.1,
-    smooth_prob=0.15, noise_prob=0.15, noise_std=0.01,
-)  # fmt: skip
+# Thesis-protocol.md §3 (pretraining views) and §4 (fine-tuning crops): the run config's defaults, which
+# transforms.py also builds MONAI's from.
+PRETRAIN_VIEW = AugmentSpec.of(ViewAugmentConfig())
+FINETUNE = AugmentSpec.of(CropAugmentConfig())
 
 
 @dataclass(frozen=True)
@@ -106,26 +85,31 @@ class AugmentParams:
 
 
 def draw_params(spec: AugmentSpec, n: int, generator: torch.Generator) -> AugmentParams:
-    """Draw every sample's parameters at once, each with the law of the matching MONAI transform."""
+    """Draw every sample's parameters at once, each with the law of the matching MONAI transform.
+
+    An operation missing from ``spec.order`` is never applied, whatever its probability (MONAI's pipeline
+    has no transform for it); the draws are the same either way, so the others' values do not change.
+    """
     u = torch.rand((n, 15), generator=generator, device=generator.device, dtype=torch.float64)
 
     def uniform(col: int, low: float, high: float) -> Tensor:
         return low + (high - low) * u[:, col]
 
-    def applied(col: int, prob: float) -> Tensor:
+    def applied(col: int, op: str) -> Tensor:
+        prob = getattr(spec, f"{op}_prob") if op in spec.order else 0.0
         return u[:, col] < prob  # MONAI: R.rand() < prob
 
-    zoom_on, scale_on, shift_on = applied(0, spec.zoom_prob), applied(6, spec.scale_prob), applied(8, spec.shift_prob)
-    noise_on = applied(13, spec.noise_prob)
+    zoom_on, scale_on, shift_on = applied(0, "zoom"), applied(6, "scale"), applied(8, "shift")
+    noise_on = applied(13, "noise")
     k = torch.clamp(1 + torch.floor(3 * u[:, 5]), max=3).long()  # R.randint(3) + 1
     r_scale, r_shift = spec.scale_range, spec.shift_range
     return AugmentParams(
         zoom=torch.where(zoom_on, uniform(1, *spec.zoom_range), 1.0),
-        flip=torch.stack([applied(2, spec.flip_prob), applied(3, spec.flip_prob)], dim=1),
-        rot90=torch.where(applied(4, spec.rot90_prob), k, 0),
+        flip=torch.stack([applied(2, "flip"), applied(3, "flip")], dim=1),
+        rot90=torch.where(applied(4, "rot90"), k, 0),
         scale=torch.where(scale_on, uniform(7, -r_scale, r_scale), 0.0).float(),
         shift=torch.where(shift_on, uniform(9, -r_shift, r_shift), 0.0).float(),
-        smooth=applied(10, spec.smooth_prob),
+        smooth=applied(10, "smooth"),
         sigma=torch.stack([uniform(11, *spec.sigma_range), uniform(12, *spec.sigma_range)], dim=1).float(),
         noise=noise_on,
         noise_std=torch.where(noise_on, uniform(14, 0.0, spec.noise_std), 0.0).float(),

@@ -32,7 +32,7 @@ from monai.transforms import (
     RandZoomd,
 )
 
-from ioussl.config import SamplerMode
+from ioussl.config import AugmentConfig, SamplerMode
 from ioussl.science.augment.batchaug import FINETUNE, PRETRAIN_VIEW, AugmentSpec
 from ioussl.science.sampling.sampler import CropPair, sample_crop_pair
 
@@ -100,9 +100,10 @@ def _crop_shape(crop_size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     return (int(crop_size),) * ndim if isinstance(crop_size, int | np.integer) else tuple(crop_size)
 
 
-def pretrain_view_augment(spatial_dims: int = 2) -> Compose:
-    """One view's augmentations for SimSiam, in the reference order (protocol §3): apply per view."""
-    return Compose(monai_transforms(PRETRAIN_VIEW, spatial_dims=spatial_dims))
+def pretrain_view_augment(spatial_dims: int = 2, spec: AugmentConfig = PRETRAIN_VIEW) -> Compose:
+    """One view's augmentations for SimSiam (``spec``: a run's ``pretrain.augment``; by default the reference
+    order and laws, protocol §3): apply per view."""
+    return Compose(monai_transforms(AugmentSpec.of(spec), spatial_dims=spatial_dims))
 
 
 def monai_transforms(spec: AugmentSpec, keys: Sequence[str] | None = None, spatial_dims: int = 2) -> list:
@@ -150,6 +151,7 @@ def finetune_crop(
     )
 
 
-def finetune_augment() -> Compose:
-    """The fine-tuning augmentations after cropping, in the reference code's order (protocol §4)."""
-    return Compose(monai_transforms(FINETUNE, keys=("image", "label")))
+def finetune_augment(spec: AugmentConfig = FINETUNE) -> Compose:
+    """The fine-tuning augmentations after cropping (``spec``: a run's ``finetune.augment``; by default the
+    reference code's order and laws, protocol §4)."""
+    return Compose(monai_transforms(AugmentSpec.of(spec), keys=("image", "label")))

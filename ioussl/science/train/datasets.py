@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ioussl.config import SamplerMode
+from ioussl.config import AugmentConfig, SamplerMode
 from ioussl.errors import DataError
+from ioussl.science.augment.batchaug import FINETUNE, PRETRAIN_VIEW
 from ioussl.science.augment.transforms import finetune_augment, finetune_crop, pretrain_view_augment
 from ioussl.science.data.store import SliceStore
 from ioussl.science.sampling.sampler import check_interval_feasible, sample_crop_pairs
@@ -73,7 +74,7 @@ class PretrainPairDataset(_Seeded):
         i_max: float,
         random_crop: bool = False,
         mode: str = "exact",
-        augment: bool = True,
+        augment: bool | AugmentConfig = True,
         seed: int = 0,
     ) -> None:
         self.store, self.crop, self.mode = store, int(crop), mode
@@ -84,7 +85,8 @@ class PretrainPairDataset(_Seeded):
         # (their pairs are flagged fallbacks, counted by the training loop).
         largest = tuple(store.shapes(self.ids).max(axis=0).tolist())
         check_interval_feasible(largest, (self.crop, self.crop), self.i_min, self.i_max)
-        self.augment = pretrain_view_augment() if augment else None
+        spec = augment if isinstance(augment, AugmentConfig) else PRETRAIN_VIEW  # True: the thesis' views
+        self.augment = pretrain_view_augment(spec=spec) if augment else None
         super().__init__(seed)
 
     def _set_transform_seed(self, seed: int) -> None:
@@ -179,14 +181,15 @@ class FinetuneSliceDataset(_Seeded):
         crops_per_slice: int = 2,
         pos: float = 1.0,
         neg: float = 1.0,
-        augment: bool = True,
+        augment: bool | AugmentConfig = True,
         seed: int = 0,
     ) -> None:
         self.store = store
         self.ids = np.asarray(slice_ids, dtype=np.int64)
         _check_slices_fit(store, self.ids, int(crop))
         self.cropper = finetune_crop(int(crop), crops_per_slice, pos, neg)
-        self.augment = finetune_augment() if augment else None
+        spec = augment if isinstance(augment, AugmentConfig) else FINETUNE  # True: the thesis' crop augmentations
+        self.augment = finetune_augment(spec) if augment else None
         super().__init__(seed)
 
     def _set_transform_seed(self, seed: int) -> None:

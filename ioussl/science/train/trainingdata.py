@@ -97,7 +97,8 @@ def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
     device_mode = cfg.data.augment_on == "device"
     dataset = (PretrainCropBatches if device_mode else PretrainPairDataset)(
         store, ids, cfg.data.crop, sampler.i_min, sampler.i_max, random_crop=sampler.random_crop,
-        mode=sampler.mode, augment=not device_mode, seed=derived_seed(cfg.seed, epoch, "pairs"),
+        mode=sampler.mode, augment=False if device_mode else cfg.pretrain.augment,
+        seed=derived_seed(cfg.seed, epoch, "pairs"),
     )  # fmt: skip
     order = derived_seed(cfg.seed, epoch, "order")
     return make_pretrain_loader(dataset, cfg.pretrain.batch_size, workers, order, torch.cuda.is_available())
@@ -112,7 +113,8 @@ def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
     ft = cfg.finetune
     dataset = FinetuneSliceDataset(
         store, ids, cfg.data.crop, crops_per_slice=ft.crops_per_slice, pos=ft.pos, neg=ft.neg,
-        augment=cfg.data.augment_on == "loader", seed=derived_seed(cfg.seed, epoch, "crops"),
+        augment=ft.augment if cfg.data.augment_on == "loader" else False,
+        seed=derived_seed(cfg.seed, epoch, "crops"),
     )  # fmt: skip
     order = derived_seed(cfg.seed, epoch, "order")
     return make_finetune_loader(dataset, ft.batch_size, workers, order, torch.cuda.is_available())
@@ -126,10 +128,11 @@ def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     """
     if cfg.data.augment_on == "loader":
         return lambda batch, epoch, step: (runtime.to_device(batch["view1"]), runtime.to_device(batch["view2"]))
-    from ioussl.science.augment.batchaug import PRETRAIN_VIEW, StepAugment
+    from ioussl.science.augment.batchaug import AugmentSpec, StepAugment
     from ioussl.science.data.store import dequantise_tensor
 
-    augment = StepAugment(PRETRAIN_VIEW, cfg.seed, runtime.device)
+    assert cfg.pretrain is not None
+    augment = StepAugment(AugmentSpec.of(cfg.pretrain.augment), cfg.seed, runtime.device)
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
         views = augment.views(dequantise_tensor(batch["views"], runtime.device), epoch, step)
@@ -144,9 +147,10 @@ def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     both, nearest for labels; intensity on the image only)."""
     if cfg.data.augment_on == "loader":
         return lambda batch, epoch, step: (runtime.to_device(batch["image"]), runtime.to_device(batch["label"]))
-    from ioussl.science.augment.batchaug import FINETUNE, StepAugment
+    from ioussl.science.augment.batchaug import AugmentSpec, StepAugment
 
-    augment = StepAugment(FINETUNE, cfg.seed, runtime.device)
+    assert cfg.finetune is not None
+    augment = StepAugment(AugmentSpec.of(cfg.finetune.augment), cfg.seed, runtime.device)
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
         image = batch["image"].to(runtime.device, non_blocking=True)
