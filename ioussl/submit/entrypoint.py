@@ -60,6 +60,18 @@ def job_environment() -> dict[str, Any]:
     return info
 
 
+def job_rank() -> int:
+    """This task's global rank in a job of several tasks (one per GPU); 0 outside submitit or with one task.
+
+    Only rank 0 writes the run's events and ``result.json``; training's own writers ask the science
+    runtime (``Runtime.is_main``), which knows the same rank from ``torch.distributed``.
+    """
+    try:
+        return int(submitit.JobEnvironment().global_rank)
+    except (RuntimeError, KeyError, ValueError):
+        return 0
+
+
 def provenance(device: dict[str, Any] | None) -> dict[str, Any]:
     """Versions, host and device that produced a result."""
     versions = {}
@@ -109,6 +121,8 @@ def run_stage(run_dir: Path, encoder_checkpoint: Path | None = None) -> dict[str
                 f"{run_dir / runfiles.RESULT} belongs to another config than {runfiles.CONFIG}"
             )
         return done
+    if job_rank() != 0:  # a follower task of a multi-GPU job: it trains in step with rank 0, writes nothing
+        return _train(cfg, run_dir, encoder_checkpoint)
     runfiles.record_event(run_dir, "started", stage=cfg.stage, **job_environment())
     try:
         result = _train(cfg, run_dir, encoder_checkpoint)
