@@ -44,6 +44,8 @@ def submitit_parameters(
     }
     if res.nodes != 1:
         params["nodes"] = res.nodes
+    if res.max_running is not None:  # submitit writes --array=0-K%min(K+1, N) for an array
+        params["array_parallelism"] = res.max_running
     if res.setup:
         params["setup"] = list(res.setup)
     optional = {
@@ -76,13 +78,14 @@ def sbatch_flags(params: Mapping[str, Any], array_size: int | None = None) -> li
     renamed = {"job_name": "job-name", "gpus_per_node": "gpus-per-node", "cpus_per_task": "cpus-per-task"}
     flags = []
     for key, value in params.items():
-        if key in ("additional_parameters", "signal_delay_s", "stderr_to_stdout", "setup"):
+        if key in ("additional_parameters", "signal_delay_s", "stderr_to_stdout", "setup", "array_parallelism"):
             continue
         flags.append(f"--{renamed.get(key, key.replace('_', '-'))}={value}")
     if "signal_delay_s" in params:
         flags.append(f"--signal=USR2@{params['signal_delay_s']}")
     if array_size:
-        flags.append(f"--array=0-{array_size - 1}")
+        throttle = params.get("array_parallelism")
+        flags.append(f"--array=0-{array_size - 1}" + (f"%{min(array_size, throttle)}" if throttle else ""))
     extra = (params.get("additional_parameters") or {}).items()
     flags += [f"--{k}" if v is True else f"--{k}={v}" for k, v in extra]
     return flags
