@@ -54,7 +54,8 @@ def job_environment() -> dict[str, Any]:
     info: dict[str, Any] = {"node": socket.gethostname()}
     try:
         env = submitit.JobEnvironment()
-        info.update(job_id=env.job_id, array_index=env.array_task_id, node=env.hostname)
+        info.update(job_id=env.job_id, array_index=env.array_task_id, node=env.hostname,
+                    world_size=env.num_tasks, hosts=",".join(env.hostnames))
     except (RuntimeError, KeyError, ValueError):
         pass  # not inside a submitit job: ``ioussl run`` or a test
     return info
@@ -169,6 +170,8 @@ class RunJob(submitit.helpers.Checkpointable):
         return run_stage(Path(self.run_dir), encoder)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on timeout / preemption: note it, then requeue this same callable."""
-        runfiles.record_event(Path(self.run_dir), "requeued")
+        """Called by submitit on timeout / preemption: note it (and why), then requeue this same callable."""
+        from ioussl.submit.requeue import record_requeue
+
+        record_requeue(self.run_dir)
         return super().checkpoint(*args, **kwargs)

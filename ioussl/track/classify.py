@@ -147,6 +147,11 @@ def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
         return Change(obs.run_id, None, reason=f"unknown SLURM state {info.raw_state!r}", info=info)
     status = SLURM_STATE[info.state]
     reason = _reason(info)
+    if info.state == "PREEMPTED" and obs.files.last_event == "requeued":
+        # The job checkpointed and asked to be requeued (a job that is not requeued notes "failed" after it):
+        # SLURM shows the preempted incarnation for a moment before the requeued one. It waits; it is not
+        # dead, so never FAILED, never an alert, and its fine-tunes' afterok still holds.
+        status, reason = PENDING, f"requeued after {info.raw_state}"
     if info.state == "COMPLETED":
         if obs.files.has_result:
             return Change(obs.run_id, COMPLETED, reason=f"job {info.job_id} completed", info=info, ingest=True)

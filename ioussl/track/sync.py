@@ -27,6 +27,7 @@ from ioussl.runfiles import RunFileError
 from ioussl.status import ACTIVE, RunStatus
 from ioussl.track import classify, ingest
 from ioussl.track.classify import Change, Observation
+from ioussl.track.requeues import job_story
 
 NODE_CHARS = 255  # attempts.node
 
@@ -170,6 +171,7 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
             started, ended = ingest.event_times(run.run_dir, since=attempt.submitted_at)
             attempt.started_at = attempt.started_at or started
             attempt.ended_at = attempt.ended_at or ended
+        _note_job_story(attempt, run.run_dir)
     new = RunStatus(change.status) if change.status else None
     reason = change.reason
     if change.ingest:
@@ -203,6 +205,15 @@ def _ingest(
     if new == RunStatus.COMPLETED and not found:
         return RunStatus.FAILED, "result.json vanished"
     return new, reason
+
+
+def _note_job_story(attempt: Attempt, run_dir: str) -> None:
+    """Record the job's requeues (preemption, time limit), world size and hosts from its events."""
+    story = job_story(run_dir, since=attempt.submitted_at)
+    if story.requeues != list(attempt.requeues or []):
+        attempt.requeues = story.requeues
+    attempt.world_size = story.world_size or attempt.world_size
+    attempt.hosts = story.hosts or attempt.hosts
 
 
 def _update_attempt(attempt: Attempt, change: Change) -> None:
