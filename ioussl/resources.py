@@ -37,6 +37,7 @@ class Resources:
     max_parallel: int | None = None  # local executor: jobs at once
     signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint, then requeue
     max_requeues: int = 3  # timeouts/preemptions a job may be requeued for (submitit's max_num_timeout)
+    max_running: int | None = None  # runs of this stage at once: SLURM arrays get --array=0-K%N, local too
 
     def gpus(self) -> int:
         """GPUs one job holds, for the GPU-hours estimate (gres "gpu:v100:2" -> 2)."""
@@ -58,6 +59,7 @@ _INT_KEYS = (
     "signal_delay_s",
     "max_requeues",
     "max_parallel",
+    "max_running",
 )
 _STR_KEYS = ("partition", "account", "qos", "constraint", "exclude", "gres")
 
@@ -98,7 +100,7 @@ def _table(value: Any, where: str) -> dict[str, str]:
 
 # key -> smallest allowed value (and every integer fits a 32-bit column)
 _INT_MIN = {"gpus_per_node": 0, "nodes": 1, "cpus_per_task": 1, "time_min": 1, "signal_delay_s": 0,
-            "max_requeues": 0, "max_parallel": 1}
+            "max_requeues": 0, "max_parallel": 1, "max_running": 1}
 
 
 def _check_types(merged: Mapping[str, Any], where: str) -> None:

@@ -71,9 +71,11 @@ SlurmdLogFile=$LOG_DIR/slurmd.log
 SchedulerType=sched/backfill
 # Start trivial test jobs at once (batch_sched_delay, default 3 s) and look at jobs whose BeginTime passed
 # (a requeued job) every 2 s rather than every 60 s.
-SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2,preempt_send_user_signal
 DependencyParameters=kill_invalid_depend
 SelectType=select/cons_tres
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 JobAcctGatherType=jobacct_gather/linux
@@ -86,6 +88,11 @@ KillWait=5
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=8 RealMemory=8000 Gres=gpu:v100:2 Features=v100 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
+# Preemption tests: a job of partition "preemptible" is requeued (PreemptMode=REQUEUE) when a job of the
+# higher-tier partition "urgent" needs its resources; preempt_send_user_signal gives it the job's own --signal (USR2)
+# at once, and GraceTime the seconds to checkpoint before it is killed and requeued.
+PartitionName=preemptible Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=20
+PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 CONF
   cat >"$CONF_DIR/gres.conf" <<CONF
 AutoDetect=off

@@ -85,6 +85,7 @@ class JobState:
     waiting: bool = False  # not started, or never will: a blocked fine-tune's job is not followed
     queued: bool = False  # waiting in the queue: a blocked fine-tune's job is cancelled; the queue's reason shown
     plain: bool = False  # the run status says it all: the raw state is not repeated in the reason
+    requeueable: bool = False  # a job that noted "requeued" (preempted, time limit) comes back: it waits
 
 
 @dataclass(frozen=True)

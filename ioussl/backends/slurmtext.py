@@ -52,7 +52,7 @@ STATES = StateTable(
         "NODE_FAIL": JobState(S.FAILED),
         "BOOT_FAIL": JobState(S.FAILED),
         "SPECIAL_EXIT": JobState(S.FAILED),
-        "PREEMPTED": JobState(S.FAILED),  # final only when not requeued; a requeued job reports PENDING again
+        "PREEMPTED": JobState(S.FAILED, requeueable=True),  # final only when the job did not note "requeued"
         "TIMEOUT": JobState(S.TIMEOUT),
         "DEADLINE": JobState(S.TIMEOUT),
         "CANCELLED": JobState(S.CANCELLED, waiting=True),  # kill_invalid_depend may have got there first
@@ -88,6 +88,8 @@ def submitit_parameters(
     }
     if res.nodes != 1:
         params["nodes"] = res.nodes
+    if res.max_running is not None:  # submitit writes --array=0-K%min(K+1, N) for an array
+        params["array_parallelism"] = res.max_running
     if res.setup:
         params["setup"] = list(res.setup)
     optional = {
@@ -120,13 +122,14 @@ def sbatch_flags(params: Mapping[str, Any], array_size: int | None = None) -> li
     renamed = {"job_name": "job-name", "gpus_per_node": "gpus-per-node", "cpus_per_task": "cpus-per-task"}
     flags = []
     for key, value in params.items():
-        if key in ("additional_parameters", "signal_delay_s", "stderr_to_stdout", "setup"):
+        if key in ("additional_parameters", "signal_delay_s", "stderr_to_stdout", "setup", "array_parallelism"):
             continue
         flags.append(f"--{renamed.get(key, key.replace('_', '-'))}={value}")
     if "signal_delay_s" in params:
         flags.append(f"--signal=USR2@{params['signal_delay_s']}")
     if array_size:
-        flags.append(f"--array=0-{array_size - 1}")
+        throttle = params.get("array_parallelism")
+        flags.append(f"--array=0-{array_size - 1}" + (f"%{min(array_size, throttle)}" if throttle else ""))
     extra = (params.get("additional_parameters") or {}).items()
     flags += [f"--{k}" if v is True else f"--{k}={v}" for k, v in extra]
     return flags

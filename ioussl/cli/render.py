@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ioussl.plan.sweep import format_value, point_text
+from ioussl.track.requeues import requeue_summary
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -123,7 +124,7 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False,
         table.add_row(
             record.id, record.stage, _opt(record.pretrain_seed), str(record.seed),
             f"[{style}]{record.status.value}[/]" + ("*" if record.imported else ""),
-            record.job_id or "-", str(record.attempts), _run_elapsed(record, progress),
+            record.job_id or "-", _tries(record), _run_elapsed(record, progress),
             *(_live_cells(progress) if extra else ()),
             "-" if record.dsc is None else f"{record.dsc:.3f}",
         )
@@ -132,6 +133,8 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False,
     for record in records:
         counts[record.status.value] = counts.get(record.status.value, 0) + 1
     console.print(", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+    for record in [r for r in records if r.requeue_reasons][:20]:
+        console.print(f"run {record.id} {requeue_summary(record.requeue_reasons)}", markup=False, soft_wrap=True)
     invalid = [record for record in records if record.status.value == "INVALID"]
     for record in invalid[:20]:
         console.print(f"run {record.id} INVALID: {record.status_reason}", markup=False, soft_wrap=True)
@@ -140,6 +143,11 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False,
 
 
 LIVE_COLUMNS = ("epoch", "step", "loss|val DSC", "speed", "ETA")
+
+
+def _tries(record: RunRecord) -> str:
+    """Attempts, and the latest one's requeues (same job, resumed): "1 +2rq"."""
+    return str(record.attempts) + (f" +{len(record.requeue_reasons)}rq" if record.requeue_reasons else "")
 RUNNING_SHOWN = 50  # rows of the running table under a summary
 
 
@@ -245,6 +253,8 @@ def status_json(records: Sequence[RunRecord], live: Mapping[str, LiveProgress] |
             "elapsed_s": r.elapsed_s, "dsc": r.dsc, "dsc_3d": r.dsc_3d, "imported": r.imported,
             "run_dir": r.run_dir, "test_dsc": r.test_dsc, "flare_dsc": r.flare_dsc, "flare_nsd": r.flare_nsd,
             "flare_part": r.flare_part, "point": dict(r.point),
+            "requeues": len(r.requeue_reasons), "requeue_reasons": list(r.requeue_reasons),
+            "world_size": r.world_size,
             "progress": live[r.id].to_json() if r.id in live else None, "waits_for_submit": r.id in waiting_ids,
         }
         for r in records

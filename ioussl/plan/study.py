@@ -33,7 +33,8 @@ STUDY_SECTIONS = ("study", "data", "model", "runtime", "sampler", "pretrain", "f
                   "resources", "slurm", "sweep")
 STUDY_KEYS = ("name", "description", "cluster", "runs_dir")
 INTERVAL_KEYS = ("name", "i_min", "i_max", "random_crop")
-RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additional")
+RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additional", "max_running",
+                 "signal_delay_s", "max_requeues")
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus_per_node", "exclude", "setup",
               "additional", "max_parallel")
 NOTIFY_KEYS = ("webhook",)

@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ioussl.status import RunStatus
 
-SCHEMA_VERSION = 2  # also kept in schema_info, so an ioussl of schema 1 refuses this registry
+SCHEMA_VERSION = 3  # also kept in schema_info, so an ioussl of schema 1 refuses this registry
 
 
 def utcnow() -> dt.datetime:
@@ -128,6 +128,11 @@ class Attempt(Base):
     submitted_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # One entry per requeue of this job (preemption or time limit): {"reason", "t", "step"}; the job and the
+    # attempt stay the same (schema v3).
+    requeues: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    world_size: Mapped[int | None] = mapped_column(Integer)  # processes (one per GPU), from the job itself
+    hosts: Mapped[str | None] = mapped_column(Text)  # its nodes, comma separated
 
     run: Mapped[Run] = relationship(back_populates="attempts")
 

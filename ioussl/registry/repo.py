@@ -70,6 +70,8 @@ class RunRecord(NamedTuple):
     flare_nsd: float | None = None
     flare_part: str | None = None  # "val" or "test": the cases FLARE scored
     point: Mapping[str, Any] = MappingProxyType({})  # runs.point: the swept settings reaching this run
+    requeue_reasons: tuple[str, ...] = ()  # the latest attempt's requeues (preempted, time limit), in order
+    world_size: int | None = None  # the latest attempt's processes (one per GPU), when the job said
 
     @property
     def elapsed_s(self) -> float | None:
@@ -528,6 +530,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
             Run.pretrain_seed, Run.parent_id, Run.status, Run.status_reason, Run.run_dir, Run.imported,
             last.job_id, latest.c.n, last.started_at, last.ended_at, Result.dsc, Result.dsc_3d,
             Result.test_dsc, Result.flare_dsc, Result.flare_nsd, Result.flare_part, cast(Run.point, Text),
+            cast(last.requeues, Text), last.world_size,
         )
         .join(Study, Run.study_id == Study.id)
         .outerjoin(latest, latest.c.run_id == Run.id)
@@ -550,7 +553,17 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
     # RunRecord's field order, so a record is the row with its attempt count and point filled in. Status and
     # the booleans arrive converted by their column types (Enum, Boolean).
     rows = session.connection().execute(query).fetchall()
-    return [RunRecord._make((*row[:15], row[15] or 0, *row[16:24], points.load(row[24]))) for row in rows]
+    requeues = JsonTexts()
+    return [
+        RunRecord._make((*row[:15], row[15] or 0, *row[16:24], points.load(row[24]), _reasons(requeues, row[25]), row[26]))
+        for row in rows
+    ]
+
+
+def _reasons(texts: JsonTexts, text: str | None) -> tuple[str, ...]:
+    """The reasons of an attempt's requeues (``attempts.requeues``), in order."""
+    entries = texts.load(text, default=[])
+    return tuple(str(e.get("reason", "unknown")) for e in entries if isinstance(e, dict))
 
 
 class JsonTexts:

@@ -19,8 +19,8 @@ from ioussl.registry.errors import OldSchema
 from ioussl.registry.models import SCHEMA_VERSION, Base, SchemaInfo
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-REVISION_VERSION = {"0001": 1, "0002": 2}  # Alembic revision -> schema version
-HEAD = "0002"
+REVISION_VERSION = {"0001": 1, "0002": 2, "0003": 3}  # Alembic revision -> schema version
+HEAD = "0003"
 V1_TABLES = frozenset({"schema_info", "studies", "runs", "attempts", "results", "metrics", "provenance"})
 NETWORK_FS = frozenset({
     "nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs",

@@ -1,4 +1,5 @@
-"""Where and how a job runs: device, mixed precision, speed options, seeding, RNG state, loader workers.
+"""Where and how a job runs: device, mixed precision, speed options, seeding, RNG state, loader workers,
+and this process's rank among the processes of the job (``Ranks``: only the main rank writes).
 
 CUDA when present (bf16 autocast where the GPU supports it, fp16 with a gradient scaler otherwise,
 channels-last and ``cudnn.benchmark`` as options), CPU otherwise. ``deterministic`` turns the speed options
@@ -12,7 +13,7 @@ import contextlib
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -23,12 +24,58 @@ from ioussl.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes of one job (one per GPU): rank 0 of 1 without
+    ``torch.distributed``. Only the main rank writes run files, checkpoints and progress (nanoGPT's
+    ``master_process``, DINO's ``is_main_process``), so the writers ask this, never the environment."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size or self.local_rank < 0:
+            raise ConfigError(f"rank {self.rank} (local {self.local_rank}) does not fit world size {self.world_size}")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current_ranks() -> Ranks:
+    """The ranks of this process: from the initialised default process group, else rank 0 of 1."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0") or 0))
+    return Ranks()
+
+
+@dataclass(frozen=True)
 class Runtime:
     """Resolved run-time choices; ``dtype`` is the autocast type or None for plain fp32."""
 
     device: torch.device
     dtype: torch.dtype | None
     channels_last: bool
+    ranks: Ranks = field(default_factory=Ranks)
+
+    @property
+    def rank(self) -> int:
+        return self.ranks.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.ranks.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files, checkpoints and progress (rank 0)."""
+        return self.ranks.is_main
+
+    def follower_summary(self, stage: str) -> dict[str, Any]:
+        """What a non-main rank returns from a stage: it wrote nothing, so it has no result of its own."""
+        return {"stage": stage, "rank": self.rank, "world_size": self.world_size}
 
     @property
     def needs_scaler(self) -> bool:
@@ -54,12 +101,13 @@ class Runtime:
         return {"device": str(self.device), "device_name": name, "autocast": str(self.dtype)}
 
 
-def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
+def resolve_runtime(cfg: RuntimeConfig, amp: bool, ranks: Ranks | None = None) -> Runtime:
     """Pick the device and precision and set global backend flags.
 
     Args:
         cfg: the run's runtime settings.
         amp: whether the stage asks for mixed precision (Table 4.1: yes for both stages).
+        ranks: this process's ranks; default: from ``torch.distributed`` (rank 0 of 1 without it).
 
     Raises:
         ConfigError: CUDA was requested but is not available.
@@ -67,7 +115,13 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
     has_cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not has_cuda:
         raise ConfigError("runtime.device is 'cuda' but no CUDA device is available")
+    ranks = ranks if ranks is not None else current_ranks()
     device = torch.device("cuda" if cfg.device != "cpu" and has_cuda else "cpu")
+    if device.type == "cuda" and ranks.world_size > 1:
+        # One process per GPU: local rank i takes GPU i of those it sees (all of the node's, or only its own
+        # when CUDA_VISIBLE_DEVICES was narrowed per task), never every rank on GPU 0 (submitit #1704).
+        device = torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     dtype = autocast_dtype(cfg.precision, amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
@@ -82,7 +136,7 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool) -> Runtime:
         # running several at once) would oversubscribe it.
         torch.set_num_threads(allocated_cpus())
     channels_last = cfg.channels_last and device.type == "cuda" and not cfg.deterministic
-    return Runtime(device=device, dtype=dtype, channels_last=channels_last)
+    return Runtime(device=device, dtype=dtype, channels_last=channels_last, ranks=ranks)
 
 
 def autocast_dtype(precision: str, amp: bool, device: torch.device) -> torch.dtype | None:

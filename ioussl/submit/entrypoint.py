@@ -55,10 +55,23 @@ def job_environment() -> dict[str, Any]:
     info: dict[str, Any] = {"node": socket.gethostname()}
     try:
         env = submitit.JobEnvironment()
-        info.update(job_id=env.job_id, array_index=env.array_task_id, node=env.hostname)
+        info.update(job_id=env.job_id, array_index=env.array_task_id, node=env.hostname,
+                    world_size=env.num_tasks, hosts=",".join(env.hostnames))
     except (RuntimeError, KeyError, ValueError):
         pass  # not inside a submitit job: ``ioussl run`` or a test
     return info
+
+
+def job_rank() -> int:
+    """This task's global rank in a job of several tasks (one per GPU); 0 outside submitit or with one task.
+
+    Only rank 0 writes the run's events and ``result.json``; training's own writers ask the science
+    runtime (``Runtime.is_main``), which knows the same rank from ``torch.distributed``.
+    """
+    try:
+        return int(submitit.JobEnvironment().global_rank)
+    except (RuntimeError, KeyError, ValueError):
+        return 0
 
 
 def provenance(device: dict[str, Any] | None) -> dict[str, Any]:
@@ -110,6 +123,8 @@ def run_stage(run_dir: Path, encoder_checkpoint: Path | None = None) -> dict[str
                 f"{run_dir / runfiles.RESULT} belongs to another config than {runfiles.CONFIG}"
             )
         return done
+    if job_rank() != 0:  # a follower task of a multi-GPU job: it trains in step with rank 0, writes nothing
+        return _train(cfg, run_dir, encoder_checkpoint)
     runfiles.record_event(run_dir, "started", stage=cfg.stage, **job_environment())
     try:
         result = _train(cfg, run_dir, encoder_checkpoint)
@@ -213,6 +228,8 @@ class RunJob(submitit.helpers.Checkpointable):
         return run_stage(Path(self.run_dir), encoder)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on timeout / preemption: note it, then requeue this same callable."""
-        runfiles.record_event(Path(self.run_dir), "requeued")
+        """Called by submitit on timeout / preemption: note it (and why), then requeue this same callable."""
+        from ioussl.submit.requeue import record_requeue
+
+        record_requeue(self.run_dir)
         return super().checkpoint(*args, **kwargs)

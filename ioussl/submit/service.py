@@ -26,9 +26,9 @@ from ioussl.registry import opened, repo
 from ioussl.registry.db import Registry
 from ioussl.registry.errors import RegistryBusy
 from ioussl.registry.models import Run
-from ioussl.resources import placeholder_message, placeholders
+from ioussl.resources import placeholder_message, placeholders, resources_for_run
 from ioussl.status import ACTIVE, DEFAULT_RETRY, RunStatus, is_retryable
-from ioussl.submit import submission
+from ioussl.submit import submission, throttle
 from ioussl.submit.submission import JobFactory, RunFilter, SubmitOutcome
 from ioussl.track import alerts
 from ioussl.track.sync import SyncOutcome, prefetch, sync
@@ -269,7 +269,8 @@ def _run_local(
             ]
             # Pretrains first: each one unlocks fine-tunes, so the slots stay busy to the end.
             ready.sort(key=lambda r: (r.stage != "pretrain", r.created_at, r.id))
-            units = [submission.unit_for([r], None) for r in ready[: max(0, limit - len(running))]]
+            chosen = throttle.startable(ready, running, limit, _stage_max_running)
+            units = [submission.unit_for([r], None) for r in chosen]
         if deliveries:
             outcome.warnings = alerts.send(registry, deliveries)  # how the latest try went
             alerts_tried = time.monotonic()
@@ -281,6 +282,11 @@ def _run_local(
         for unit in units:
             submit_unit(registry, backend, unit, factory, outcome)
         time.sleep(LOCAL_POLL_S)
+
+
+def _stage_max_running(run: Run) -> int | None:
+    """The run's ``resources.max_running`` (its stage's limit of runs at once), as SLURM applies to arrays."""
+    return resources_for_run(run.resources or {}).max_running
 
 
 @dataclass

@@ -36,6 +36,10 @@ class SyntheticJob(submitit.helpers.Checkpointable):
         self.encoder_checkpoint = encoder_checkpoint
 
     def __call__(self) -> dict[str, Any]:
+        from ioussl.submit.entrypoint import job_environment, job_rank
+
+        if job_rank() != 0:  # a second task of a multi-task job: like training's followers, it writes nothing
+            return {"rank": job_rank()}
         run_dir = Path(self.run_dir)
         spec = {**DEFAULTS, **(runfiles.read_json(run_dir / WORKLOAD) or {})}
         config = runfiles.read_json(run_dir / runfiles.CONFIG)
@@ -45,7 +49,7 @@ class SyntheticJob(submitit.helpers.Checkpointable):
             1 for e in runfiles.read_jsonl(run_dir / runfiles.EVENTS) if e.get("event") == "started"
         )
         start_step = _last_step(run_dir) + 1
-        runfiles.record_event(run_dir, "started", attempt=starts, resume_step=start_step)
+        runfiles.record_event(run_dir, "started", attempt=starts, resume_step=start_step, **job_environment())
         if starts <= spec["fail_attempts"]:
             message = f"synthetic failure on start {starts} of {spec['fail_attempts']}"
             runfiles.record_event(run_dir, "failed", error=message)
@@ -65,7 +69,9 @@ class SyntheticJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on USR2 (timeout or preemption): note it; progress is already on disk."""
-        runfiles.record_event(Path(self.run_dir), "requeued", step=_last_step(Path(self.run_dir)))
+        from ioussl.submit.requeue import record_requeue
+
+        record_requeue(self.run_dir, step=_last_step(Path(self.run_dir)))
         return super().checkpoint(*args, **kwargs)
 
 

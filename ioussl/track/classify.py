@@ -121,6 +121,11 @@ def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
         return Change(obs.run_id, None, reason=f"unknown {obs.states.scheduler} state {info.raw_state!r}", info=info)
     status = meaning.status
     reason = _reason(info, meaning)
+    if meaning.requeueable and obs.files.last_event == "requeued":
+        # The job checkpointed and asked to be requeued (a job that is not requeued notes "failed" after it):
+        # the scheduler shows the preempted incarnation for a moment before the requeued one. It waits; it is
+        # not dead, so never FAILED, never an alert, and its fine-tunes' dependency still holds.
+        status, reason = PENDING, f"requeued after {info.raw_state}"
     if status == COMPLETED:
         if obs.files.has_result:
             return Change(obs.run_id, COMPLETED, reason=f"job {info.job_id} completed", info=info, ingest=True)

@@ -25,6 +25,7 @@ from ioussl.runfiles import RunFileError
 from ioussl.status import ACTIVE, RunStatus, check_attempt_transition
 from ioussl.track import classify, ingest
 from ioussl.track.classify import Change, Observation
+from ioussl.track.requeues import job_story
 
 
 @dataclass
@@ -184,6 +185,7 @@ def _apply(session: Session, run: Run, change: Change, outcome: SyncOutcome) -> 
         # The local executor reports no times, and sacct may not yet: the job's own events say when.
         if attempt.started_at is None or attempt.ended_at is None:
             repo.fill_attempt_times(attempt, *ingest.event_times(run.run_dir, since=attempt.submitted_at))
+        _note_job_story(attempt, run.run_dir)
     new = RunStatus(change.status) if change.status else None
     reason = change.reason
     if change.ingest:
@@ -220,6 +222,15 @@ def _ingest(
     if new == RunStatus.COMPLETED and not found:
         return RunStatus.FAILED, "result.json vanished"
     return new, reason
+
+
+def _note_job_story(attempt: Attempt, run_dir: str) -> None:
+    """Record the job's requeues (preemption, time limit), world size and hosts from its events."""
+    story = job_story(run_dir, since=attempt.submitted_at)
+    if story.requeues != list(attempt.requeues or []):
+        attempt.requeues = story.requeues
+    attempt.world_size = story.world_size or attempt.world_size
+    attempt.hosts = story.hosts or attempt.hosts
 
 
 def _update_attempt(attempt: Attempt, change: Change) -> None:

@@ -40,6 +40,10 @@ TABLE = [
         "BeginTime",
         False,
     ),
+    # Preempted and requeued (PreemptMode=REQUEUE): waiting again, not FAILED; not requeued: FAILED.
+    ("RUNNING", info("PREEMPTED"), RunFiles(last_event="requeued"), "PENDING", "requeued after PREEMPTED", False),
+    ("RUNNING", info("PREEMPTED"), RunFiles(last_event="started"), "FAILED", "PREEMPTED", True),
+    ("RUNNING", info("PREEMPTED"), FAILED_EVENT, "FAILED", "PREEMPTED", True),
     ("RUNNING", info("COMPLETED"), RESULT, "COMPLETED", "job 7 completed", True),
     ("RUNNING", info("COMPLETED"), RunFiles(), "FAILED", "without writing result.json", True),
     ("RUNNING", info("FAILED", exit_code=1), FAILED_EVENT, "FAILED", "exit code 1: TrainingError", True),

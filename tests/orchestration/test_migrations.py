@@ -19,7 +19,7 @@ from ioussl.errors import RegistryError
 from ioussl.registry import migrate, open_registry, schema
 from ioussl.registry.db import parse_target
 from ioussl.registry.errors import OldSchema
-from ioussl.registry.models import Base
+from ioussl.registry.models import SCHEMA_VERSION, Base
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 V1 = FIXTURES / "registry-v1.db"
@@ -51,7 +51,7 @@ def assert_rows_survived(before: dict[str, list[dict]], db: str) -> None:
     after = v1_rows(db)
     for table, rows in before.items():
         if table == "schema_info":
-            assert after[table] == [{"key": "version", "value": "2"}]
+            assert after[table] == [{"key": "version", "value": str(SCHEMA_VERSION)}]
             continue
         projected = [
             {column: row[RENAMED.get((table, column), column)] for column in rows[0]} for row in after[table]
@@ -71,7 +71,7 @@ def test_the_v1_example_upgrades_with_every_row_and_the_same_table_4_2(v1_copy):
     assert sum(map(len, before.values())) > 90  # 34 runs, 34 attempts, 24 results, ...
     result = CliRunner().invoke(app, ["db", "upgrade", "--db", v1_copy])
     assert result.exit_code == 0, result.output
-    assert "backed up" in result.stdout and "from schema version 1 to 2" in result.stdout
+    assert "backed up" in result.stdout and "from schema version 1 to 3" in result.stdout
     assert_rows_survived(before, v1_copy)
     assert report(v1_copy, "csv") == (FIXTURES / "registry-v1.report.csv").read_text()
     fingerprint = re.search(r"fingerprint \w+ over \d+ run\(s\)", (FIXTURES / "registry-v1.report.md").read_text())
@@ -118,10 +118,10 @@ def test_plan_refuses_an_old_registry(v1_copy, repo_root):
 def test_db_current_says_what_the_registry_holds(v1_copy):
     result = CliRunner().invoke(app, ["db", "current", "--db", v1_copy])
     assert result.exit_code == 0
-    assert "schema version 1 (revision none: pre-Alembic v1); this ioussl: 2; run `ioussl db upgrade`" in result.stdout
+    assert "schema version 1 (revision none: pre-Alembic v1); this ioussl: 3; run `ioussl db upgrade`" in result.stdout
     migrate.upgrade(v1_copy)
     result = CliRunner().invoke(app, ["db", "current", "--db", v1_copy])
-    assert "schema version 2 (revision 0002)" in result.stdout and "up to date" in result.stdout
+    assert "schema version 3 (revision 0003)" in result.stdout and "up to date" in result.stdout
 
 
 def test_a_failed_upgrade_changes_nothing(v1_copy, monkeypatch):

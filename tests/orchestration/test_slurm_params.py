@@ -50,6 +50,8 @@ def test_stage_settings_override_the_cluster_profile():
         ({"mem_gb": -1}, "mem_gb: expected a positive number"),
         ({"slurm": {"partition": 7}}, "partition: expected a string"),
         ({"slurm": {"setup": "module load x"}}, "setup: expected a list of shell lines"),
+        ({"max_running": 0}, "max_running: expected an integer >= 1, got 0"),
+        ({"max_running": True}, "max_running: expected an integer, got True"),
     ],
 )
 def test_bad_resources_name_the_key(change, message):
@@ -95,9 +97,16 @@ def test_sbatch_flags_for_dry_run():
     assert "--signal=USR2@120" in flags and "--cpus-per-task=8" in flags
 
 
-@pytest.mark.parametrize("name, array", [("sbatch_pretrain.txt", None), ("sbatch_finetune_array.txt", 2)])
-def test_sbatch_script_matches_golden_file(name, array, tmp_path):
-    res = slurm.resources_for_run({**PROFILE, "slurm": {**PROFILE["slurm"], "gres": "gpu:v100:1"}})
+@pytest.mark.parametrize(
+    "name, array, stage",
+    [
+        ("sbatch_pretrain.txt", None, {}),
+        ("sbatch_finetune_array.txt", 2, {}),
+        ("sbatch_finetune_throttled.txt", 5, {"max_running": 2}),  # --array=0-4%2
+    ],
+)
+def test_sbatch_script_matches_golden_file(name, array, stage, tmp_path):
+    res = slurm.resources_for_run({**PROFILE, **stage, "slurm": {**PROFILE["slurm"], "gres": "gpu:v100:1"}})
     dependency = "afterok:41" if array else None
     params = slurm.submitit_parameters(
         res, job_name="ioussl-s1-r7", comment="ioussl runs=7,8", dependency=dependency
@@ -108,3 +117,14 @@ def test_sbatch_script_matches_golden_file(name, array, tmp_path):
     if os.environ.get("IOUSSL_UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+def test_max_running_throttles_an_array_and_only_an_array():
+    res = slurm.resources_for_run({**PROFILE, "max_running": 3})
+    params = slurm.submitit_parameters(res, job_name="x")
+    assert params["array_parallelism"] == 3
+    assert "--array=0-9%3" in slurm.sbatch_flags(params, array_size=10)
+    assert "--array=0-1%2" in slurm.sbatch_flags(params, array_size=2)  # never more slots than tasks
+    assert not any(flag.startswith(("--array", "--array-parallelism")) for flag in slurm.sbatch_flags(params))
+    unthrottled = slurm.submitit_parameters(slurm.resources_for_run(PROFILE), job_name="x")
+    assert "array_parallelism" not in unthrottled and "--array=0-9" in slurm.sbatch_flags(unthrottled, 10)

@@ -6,7 +6,8 @@ so a run resumes from ``last.pt`` and a fine-tune refuses an encoder of another 
 that names the file. The thesis' checkpoints held bare weights only (thesis protocol notes §3, §7).
 
 Both stages resume the same way (``resume``, ``save_last``): restore weights, optimiser, scaler and RNG
-states from ``last.pt``, drop metrics lines of epochs after it, and note a ``resumed`` event.
+states from ``last.pt``, drop metrics lines of epochs after it, and note a ``resumed`` event. Every process
+of a multi-GPU job reads ``last.pt``; only the main rank (``Runtime.is_main``) writes anything.
 """
 
 from __future__ import annotations
@@ -132,14 +133,16 @@ def resume(state: StepState, cfg: RunConfig, run_dir: Path, store: str) -> Resum
     """
     path = run_dir / runfiles.CHECKPOINTS / LAST
     metrics = run_dir / runfiles.METRICS
+    main = state.runtime.is_main
     if not path.exists():
-        if metrics.exists():  # an attempt that died before its first checkpoint: start the curve afresh
+        if metrics.exists() and main:  # an attempt that died before its first checkpoint: start afresh
             runfiles.atomic_write_text(metrics, "")
         return ResumePoint()
     payload = restore(state, path, cfg, store)
-    kept = truncate_metrics(metrics, payload["epoch"])
+    kept = truncate_metrics(metrics, payload["epoch"], write=main)
     point = ResumePoint(payload["epoch"] + 1, payload["step"], kept, payload)
-    runfiles.record_event(run_dir, "resumed", epoch=point.epoch, step=point.step)
+    if main:
+        runfiles.record_event(run_dir, "resumed", epoch=point.epoch, step=point.step)
     return point
 
 
@@ -175,16 +178,23 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def truncate_metrics(metrics: Path, last_epoch: int) -> list[dict[str, Any]]:
-    """Keep the metrics lines of epochs up to ``last_epoch`` (atomically) and return them."""
+def truncate_metrics(metrics: Path, last_epoch: int, write: bool = True) -> list[dict[str, Any]]:
+    """Keep the metrics lines of epochs up to ``last_epoch`` (atomically, when ``write``) and return them."""
     kept = [r for r in runfiles.read_jsonl(metrics) if _is_count(r.get("epoch")) and r["epoch"] <= last_epoch]
-    runfiles.atomic_write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    if write:
+        runfiles.atomic_write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     return kept
 
 
 def save_last(state: StepState, cfg: RunConfig, run_dir: Path, epoch: int, step: int, **extra: Any) -> None:
-    """Everything needed to continue after ``epoch``: weights, optimiser, scaler, schedule position, RNG."""
+    """Everything needed to continue after ``epoch``: weights, optimiser, scaler, schedule position, RNG.
+
+    Written by the main rank only; the others hold the same weights (DDP keeps them in step).
+    """
     from ioussl.science.runtime import rng_state
+
+    if not state.runtime.is_main:
+        return
 
     payload = {
         **describe(cfg, "last"),

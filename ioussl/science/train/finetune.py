@@ -74,7 +74,7 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     state, encoder = build_state(cfg, runtime, steps, encoder_checkpoint)
     point = ckpt.resume(state, cfg, run_dir, store.fingerprint)
     selection = Selection.from_checkpoint(point.payload, run_dir)
-    progress = Progress("finetune", ft.epochs, steps, first_epoch=point.epoch)
+    progress = Progress("finetune", ft.epochs, steps, first_epoch=point.epoch, main=runtime.is_main)
     progress.start(point.step, runtime.describe(), point.resumed)
     workers, loss_fn, feed = loader_workers(cfg.data.num_workers), segmentation_loss(), finetune_feed(cfg, runtime)
     val = val_loader(store, val_ids, workers)
@@ -93,7 +93,10 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
         slices_per_s = stats["crops_per_s"] / ft.crops_per_slice
         line = progress.line(epoch, step, slices_per_s, **stats, **scores, **selection.last_scores())
         ckpt.save_last(state, cfg, run_dir, epoch, step, progress=selection.to_dict(), store=store.fingerprint)
-        runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
+        if runtime.is_main:
+            runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
+    if not runtime.is_main:  # the main rank scores the best checkpoint and reports
+        return runtime.follower_summary("finetune")
     result = summarise_run(state, cfg, run_dir, store, parts, selection, encoder, steps)
     stopped = " (early stopped)" if result["early_stopped"] else ""
     best = f"best DSC {result['dsc']:.4f} at epoch {result['best_epoch'] + 1}"
@@ -207,7 +210,8 @@ def validate_and_select(
             "step": step,
             "scores": scores,
         }
-        ckpt.save_atomic(payload, run_dir / runfiles.CHECKPOINTS / ckpt.BEST)
+        if state.runtime.is_main:  # every rank scores (the same weights) and selects alike; one writes
+            ckpt.save_atomic(payload, run_dir / runfiles.CHECKPOINTS / ckpt.BEST)
     return {
         "val_dsc": scores["dsc"],
         "val_dsc_3d": scores["dsc_3d"],

@@ -53,7 +53,7 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     state = build_state(cfg, runtime, steps)
     point = ckpt.resume(state, cfg, run_dir, store.fingerprint)
     step, last = point.step, (point.metrics[-1] if point.metrics else {})
-    progress = Progress("pretrain", cfg.pretrain.epochs, steps, first_epoch=point.epoch)
+    progress = Progress("pretrain", cfg.pretrain.epochs, steps, first_epoch=point.epoch, main=runtime.is_main)
     progress.start(step, runtime.describe(), point.resumed)
     workers, feed = loader_workers(cfg.data.num_workers), pretrain_feed(cfg, runtime)
     for epoch in range(point.epoch, cfg.pretrain.epochs):
@@ -64,9 +64,12 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         step += steps
         last = progress.line(epoch, step, stats["pairs_per_s"], **stats)
         ckpt.save_last(state, cfg, run_dir, epoch, step, store=store.fingerprint)
-        runfiles.append_jsonl(run_dir / runfiles.METRICS, last)
+        if runtime.is_main:
+            runfiles.append_jsonl(run_dir / runfiles.METRICS, last)
     if not last:
         raise DataError("pretraining ran no epoch (pretrain.epochs is 0)")
+    if not runtime.is_main:  # the main rank exports the encoder and reports; this process only trained
+        return runtime.follower_summary("pretrain")
     summary = export_encoder(cast(SimSiam, state.model), cfg, run_dir, last, steps)
     progress.end(f"{summary['epochs']} epochs, {summary['steps']:,} steps, final loss {summary['final_loss']:.4f}")
     return {**summary, "store_fingerprint": store.fingerprint, "device": runtime.describe()}

@@ -4,7 +4,8 @@ The metrics line carries what a live ``status`` needs without reading anything e
 ``epochs`` (total), ``step`` and ``steps_total``, ``time`` (unix seconds), ``elapsed_s`` (since this attempt
 started), ``items_per_s`` (pairs/s when pretraining, slices/s when fine-tuning) and the stage's numbers
 (``loss``; fine-tuning adds ``val_dsc`` on evaluated epochs and ``last_val_dsc`` once one happened). The
-stdout lines (a start line, one per epoch, an end line) are what a SLURM log shows.
+stdout lines (a start line, one per epoch, an end line) are what a SLURM log shows. Only the main rank
+prints (``main``): the other processes of a multi-GPU job train the same epochs in step with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Progress:
     steps_per_epoch: int
     first_epoch: int = 0
     began: float = field(default_factory=time.perf_counter)
+    main: bool = True  # Runtime.is_main: whether this process prints
 
     @property
     def steps_total(self) -> int:
@@ -34,7 +36,7 @@ class Progress:
             head = f"resuming at epoch {self.first_epoch + 1}/{self.epochs}, step {step:,}/{self.steps_total:,}"
         else:
             head = f"starting {self.epochs} epochs x {self.steps_per_epoch:,} steps"
-        say(self.stage, f"{head} on {where}")
+        self._say(f"{head} on {where}")
 
     def line(self, epoch: int, step: int, items: float, **stats: Any) -> dict[str, Any]:
         """The metrics.jsonl line of ``epoch`` (``items`` per second over the epoch), printed as well."""
@@ -46,12 +48,16 @@ class Progress:
         }  # fmt: skip
         done = epoch + 1 - self.first_epoch
         eta = elapsed / max(done, 1) * (self.epochs - epoch - 1)
-        say(self.stage, f"epoch {epoch + 1}/{self.epochs} step {step:,}/{self.steps_total:,} {_numbers(line)}"
-                        f"; elapsed {_clock(elapsed)}, eta {_clock(eta)}")  # fmt: skip
+        self._say(f"epoch {epoch + 1}/{self.epochs} step {step:,}/{self.steps_total:,} {_numbers(line)}"
+                  f"; elapsed {_clock(elapsed)}, eta {_clock(eta)}")  # fmt: skip
         return line
 
     def end(self, summary: str) -> None:
-        say(self.stage, f"done: {summary} (this attempt {_clock(time.perf_counter() - self.began)})")
+        self._say(f"done: {summary} (this attempt {_clock(time.perf_counter() - self.began)})")
+
+    def _say(self, text: str) -> None:
+        if self.main:
+            say(self.stage, text)
 
 
 def say(stage: str, text: str) -> None:
