@@ -555,7 +555,8 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
     rows = session.connection().execute(query).fetchall()
     requeues = JsonTexts()
     return [
-        RunRecord._make((*row[:15], row[15] or 0, *row[16:24], points.load(row[24]), _reasons(requeues, row[25]), row[26]))
+        RunRecord._make((*row[:15], row[15] or 0, *row[16:24], points.load(row[24]),
+                         _reasons(requeues, row[25]), row[26]))
         for row in rows
     ]
 
