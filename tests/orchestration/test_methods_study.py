@@ -99,3 +99,32 @@ def test_plan_grid_dry_run_of_the_methods_study(repo_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert "pretrain.method" in result.output and "GPU" in result.output
     assert not (tmp_path / "r.db").exists()  # a dry run writes nothing
+
+
+@pytest.fixture
+def thesis_db(repo_root, db):
+    from ioussl.plan.importing import import_results
+
+    import_results(repo_root / "jobs" / "thesis.toml", repo_root / "jobs" / "thesis-table-4.2.csv", db,
+                   source="thesis Table 4.2")  # fmt: skip
+    return db
+
+
+def test_report_plots_dino_collapse_statistics_only_where_recorded(thesis_db, tmp_path):
+    from ioussl.registry import open_registry, repo
+    from ioussl.report.service import report_study
+
+    before = report_study(thesis_db, "thesis", plot_dir=tmp_path / "none", html_path=tmp_path / "none.html")
+    assert not any(p.name.startswith("teacher") for p in before.plots)  # SimSiam-only: no DINO figure, no note
+    assert "DINO" not in (tmp_path / "none.html").read_text() and not any("teacher" in s for s in before.skipped)
+    with open_registry(thesis_db, create=False).session() as session:
+        for n, record in enumerate(repo.list_runs(session, study="thesis", stage="pretrain")[:2]):
+            repo.record_metrics(session, record.id, [("teacher_entropy", e, None, 6.0 - e - n) for e in range(3)])
+            repo.record_metrics(session, record.id, [("teacher_kl_uniform", e, None, 0.1 * e) for e in range(3)])
+    after = report_study(thesis_db, "thesis", plot_dir=tmp_path / "fig", html_path=tmp_path / "r.html")
+    names = {p.name for p in after.plots}
+    assert {"teacher_entropy_per_epoch.png", "teacher_kl_uniform_per_epoch.png"} <= names
+    for path in (p for p in after.plots if p.suffix == ".png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (tmp_path / "r.html").read_text()
+    assert "DINO: teacher output entropy" in html and "DINO: the teacher&#x27;s mean distribution" in html
