@@ -160,3 +160,19 @@ def test_a_method_in_one_test_file_runs_through_the_real_loop(synthetic, tmp_pat
     assert len(lines) == 1 and math.isfinite(lines[0]["loss"]) and lines[0]["toy_steps"] == 3
     net = build_swin_unetr(cfg.model, 0.0)
     assert load_encoder(net, Path(summary["checkpoint"]), cfg.model)["missing"] == []
+
+
+def test_the_thesis_dino_checkpoint_loads_as_an_encoder(tmp_path):
+    """main_dino.py saved ``student[0].model.state_dict()``: the bare Swin weights, keys unprefixed."""
+    cfg = profiles.tiny("finetune")
+    torch.manual_seed(3)
+    swin = build_swin_unetr(cfg.model, 0.0).swinViT
+    with torch.no_grad():
+        for param in swin.parameters():
+            param.add_(1.0)  # unmistakably not a fresh initialisation
+    path = tmp_path / "test_ssl.pt"
+    torch.save(swin.state_dict(), path)
+    net = build_swin_unetr(cfg.model, 0.0)
+    report = load_encoder(net, path, cfg.model)
+    assert report["matched"] == len(swin.state_dict()) and report["missing"] == [] and report["unexpected"] == []
+    assert all(torch.equal(value, swin.state_dict()[key]) for key, value in net.swinViT.state_dict().items())
