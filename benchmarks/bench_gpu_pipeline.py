@@ -2,7 +2,7 @@
 
 1. A synthetic slice store written directly (abdomen phantoms of ``synth.synth_volume``, quantised as
    preprocessing does; no NIfTI round trip): 160 unlabelled cases x 32 slices of 320 x 320 = 5,120 slices.
-2. The model step alone: ``train_one_epoch_simsiam`` on views already on the GPU, with the state the job
+2. The model step alone: ``train_one_epoch_pretrain`` on views already on the GPU, with the state the job
    builds (``pretrain.build_state``: SGD fused, channels-last, autocast as ``precision = auto`` picks).
 3. The real ``run_pretrain`` (store, IoU sampler [0.3, 0.6], loader workers, device augmentations, model step,
    checkpoints) for 2 epochs; epoch 2 is the measured one (its loader's workers start inside it, as every
@@ -82,7 +82,7 @@ def job_config(store: Path, smoke: bool, compile_: bool, steps: int, workers: in
 def model_step_alone(cfg, warmup: int, steps: int) -> dict:  # type: ignore[no-untyped-def]
     """Pairs/s of the job's own training state on views already on the device (no loader, no augmentation)."""
     from ioussl.science.runtime import resolve_runtime, seed_everything
-    from ioussl.science.train.engine import train_one_epoch_simsiam
+    from ioussl.science.train.engine import train_one_epoch_pretrain
     from ioussl.science.train.pretrain import build_state
 
     seed_everything(0)
@@ -93,9 +93,9 @@ def model_step_alone(cfg, warmup: int, steps: int) -> dict:  # type: ignore[no-u
     batch = {"view1": torch.rand(shape, device=runtime.device), "view2": torch.rand(shape, device=runtime.device),
              "fallback": torch.zeros(n, dtype=torch.bool), "iou": torch.zeros(n, dtype=torch.float64)}  # fmt: skip
     began = time.perf_counter()
-    train_one_epoch_simsiam(state, itertools.repeat(batch), 0, warmup)
+    train_one_epoch_pretrain(state, itertools.repeat(batch), 0, warmup)
     warm_s = time.perf_counter() - began
-    stats = train_one_epoch_simsiam(state, itertools.repeat(batch), warmup, steps)  # ends with its one sync
+    stats = train_one_epoch_pretrain(state, itertools.repeat(batch), warmup, steps)  # ends with its one sync
     return {"pairs_per_s": stats["pairs_per_s"], "warmup_s": warm_s, "device": runtime.describe()}
 
 

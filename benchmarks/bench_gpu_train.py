@@ -30,12 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ioussl.config import FinetuneConfig, ModelConfig, PretrainConfig  # noqa: E402
-from ioussl.science.models.swin import SimSiam, build_swin_unetr  # noqa: E402
+from ioussl import profiles  # noqa: E402
+from ioussl.config import FinetuneConfig, ModelConfig  # noqa: E402
+from ioussl.science.models.swin import build_swin_unetr  # noqa: E402
 from ioussl.science.runtime import Runtime  # noqa: E402
-from ioussl.science.train.engine import StepState, train_one_epoch_seg, train_one_epoch_simsiam  # noqa: E402
+from ioussl.science.train.engine import StepState, train_one_epoch_pretrain, train_one_epoch_seg  # noqa: E402
 from ioussl.science.train.losses import segmentation_loss  # noqa: E402
-from ioussl.science.train.optim import finetune_optimizer, pretrain_optimizer  # noqa: E402
+from ioussl.science.train.methods.simsiam import SimSiamMethod  # noqa: E402
+from ioussl.science.train.optim import finetune_optimizer  # noqa: E402
 
 V100_PAIRS_PER_S = 443.0  # the thesis' V100 (thesis protocol notes: 14.9 GPU-h for 185,500 steps of 128 pairs)
 TARGET_FACTOR = 5.0
@@ -90,8 +92,8 @@ def measure(stage: str, variant: Variant, args: argparse.Namespace, device: torc
                       channels_last=variant.channels_last)  # fmt: skip
     fused = variant.fused and device.type == "cuda"
     if stage == "pretrain":
-        model = SimSiam(replace(model_cfg), PretrainConfig()).to(device)
-        opt = pretrain_optimizer(model, PretrainConfig(), fused=fused)
+        model = SimSiamMethod(replace(profiles.thesis("pretrain"), model=model_cfg), steps_per_epoch=1).to(device)
+        opt = model.make_optimizer(fused=fused)
         batch = args.pretrain_batch
     else:
         model = build_swin_unetr(model_cfg, 0.0).to(device)
@@ -99,15 +101,14 @@ def measure(stage: str, variant: Variant, args: argparse.Namespace, device: torc
         batch = args.finetune_batch
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if variant.compile:
-        model = torch.compile(model)
-    state = StepState(model, opt, runtime.grad_scaler(), runtime, lambda i: 1e-3)
+    compiled = torch.compile(model) if variant.compile else None
+    state = StepState(model, opt, runtime.grad_scaler(), runtime, lambda i: 1e-3, compiled=compiled)
     batches = _batches(device, stage, batch, args.crop)
     loss_fn = segmentation_loss()
 
     def run(steps: int) -> dict[str, Any]:
         if stage == "pretrain":
-            return train_one_epoch_simsiam(state, batches, 0, steps)
+            return train_one_epoch_pretrain(state, batches, 0, steps)
         return train_one_epoch_seg(state, batches, loss_fn, 0, steps)
 
     began = time.perf_counter()

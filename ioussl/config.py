@@ -145,11 +145,37 @@ class CropAugmentConfig(AugmentConfig):
     smooth_prob: float = 0.15
     noise_prob: float = 0.15
     noise_std: float = 0.01
+# The pretraining methods ioussl/science/train/methods/ implements (its ``register`` adds any other), checked here
+# without importing torch.
+PRETRAIN_METHODS: list[str] = ["simsiam", "dino"]
+
+
+@dataclass(frozen=True)
+class DinoConfig:
+    """DINO pretraining as the thesis' main_dino.py runs it (thesis protocol notes §5); used when
+    ``pretrain.method = "dino"``, in place of the SimSiam optimiser settings of [pretrain]."""
+
+    out_dim: int = 1024  # the last layer, the softmax's dimension
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04  # linear from this to teacher_temp over warmup_teacher_temp_epochs
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+    teacher_momentum: float = 0.9995  # EMA momentum of the teacher at step 0, cosine to 1 at the end
+    base_lr: float = 5e-5  # AdamW, peak after the warm-up
+    end_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04  # cosine from this to weight_decay_end; biases and norms get none
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # each parameter's gradient norm clipped on its own; 0: no clipping
+    freeze_last_layer_epochs: int = 1  # the last layer does not learn in these first epochs
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """SimSiam pretraining, Table 4.1."""
+    """SimSiam pretraining, Table 4.1 (or another method: ``method``)."""
 
     batch_size: int = 128
     epochs: int = 100
@@ -164,6 +190,18 @@ class PretrainConfig:
     steps_per_epoch: int | None = None  # None: floor(slices / batch), as the reference code
     include_labelled: bool = False  # the thesis pretrains on the unlabelled cases only
     augment: ViewAugmentConfig = added(ViewAugmentConfig())  # [pretrain.augment]: each view's augmentations
+    # The self-supervised method: "simsiam" (the thesis) or "dino" (the thesis' main_dino.py). The optimiser
+    # settings above (base_lr ... pred_hidden_dim) are SimSiam's; DINO's are all in [pretrain.dino].
+    method: str = added("simsiam")
+    dino: DinoConfig | None = added(None)  # present exactly when method = "dino" (its defaults if not given)
+
+    def __post_init__(self) -> None:
+        # One run, one config: the DINO section belongs to DINO runs only, so a [pretrain.dino] table in a study
+        # that sweeps the method reaches its DINO runs and equal runs keep equal ids.
+        if self.method != "dino" and self.dino is not None:
+            object.__setattr__(self, "dino", None)
+        elif self.method == "dino" and self.dino is None:
+            object.__setattr__(self, "dino", DinoConfig())
 
 
 @dataclass(frozen=True)
@@ -188,6 +226,9 @@ class FinetuneConfig:
     steps_per_epoch: int | None = None  # None: ceil(train slices / batch_size)
     max_val_slices: int | None = None  # tiny profiles only; None scores every validation slice
     augment: CropAugmentConfig = added(CropAugmentConfig())  # [finetune.augment]: the crops' augmentations
+    # Which encoder of a DINO pretraining to start from (DINO's authors evaluate the teacher). SimSiam has one
+    # encoder, which both names select.
+    init_from: Literal["teacher", "student"] = added("teacher")
 
 
 @dataclass(frozen=True)
@@ -231,6 +272,8 @@ class RunConfig:
                 validate_ranges(section)
         if self.sampler is not None:
             validate_interval(self.sampler.i_min, self.sampler.i_max)
+        if self.pretrain is not None:
+            validate_method(self.pretrain)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +310,9 @@ RANGES: dict[str, str] = {
     "zoom_prob": "[0,1]", "flip_prob": "[0,1]", "rot90_prob": "[0,1]", "scale_prob": "[0,1]", "shift_prob": "[0,1]",
     "smooth_prob": "[0,1]", "noise_prob": "[0,1]", "zoom_range": "[0.1,10]", "scale_range": "[0,1)",
     "shift_range": ">=0", "sigma_range": "(0,8]", "noise_std": ">=0",
+    "out_dim": ">=1", "hidden_dim": ">=1", "bottleneck_dim": ">=1", "student_temp": ">0", "teacher_temp": ">0",
+    "warmup_teacher_temp": ">0", "warmup_teacher_temp_epochs": ">=0", "center_momentum": "[0,1)",
+    "teacher_momentum": "[0,1]", "weight_decay_end": ">=0", "clip_grad": ">=0", "freeze_last_layer_epochs": ">=0",
 }
 
 
@@ -326,6 +372,16 @@ def _in_range(value: float, rule: str | None) -> bool:
         return above and (value <= high if rule[-1] == "]" else value < high)
     bound = float(rule.lstrip("<>="))
     return value >= bound if rule.startswith(">=") else value > bound
+
+
+def validate_method(pretrain: PretrainConfig) -> None:
+    """A known ``pretrain.method``, and the numbers of its [pretrain.dino] section in range."""
+    if pretrain.method not in PRETRAIN_METHODS:
+        raise ConfigError(f"[pretrain].method must be one of {', '.join(map(repr, PRETRAIN_METHODS))}, "
+                          f"got {pretrain.method!r}")  # fmt: skip
+    if pretrain.dino is not None:
+        for item in dataclasses.fields(pretrain.dino):
+            check_range("pretrain.dino", item.name, getattr(pretrain.dino, item.name))
 
 
 def validate_interval(i_min: float, i_max: float) -> None:

@@ -49,6 +49,7 @@ class CurveSpec:
     ylabel: str
     title: str
     unit_range: bool  # the values are scores in [0, 1]
+    only_some: bool = False  # recorded by some methods only (DINO): left out without a note where absent
 
 
 ORGAN_TITLE = "DSC per organ"  # the one figure that spans the page (a column per organ)
@@ -61,6 +62,10 @@ CURVES = (
               False),
     CurveSpec("val_dsc", "finetune", "val_dsc", "per-slice DSC, validation cases",
               "Validation DSC during fine-tuning", True),
+    CurveSpec("teacher_entropy", "pretrain", "teacher_entropy", "teacher entropy (nats; log out_dim: flat targets)",
+              "DINO: teacher output entropy", False, only_some=True),
+    CurveSpec("teacher_kl_uniform", "pretrain", "teacher_kl_uniform", "KL(mean teacher distribution || uniform)",
+              "DINO: the teacher's mean distribution against uniform", False, only_some=True),
 )
 
 
@@ -132,6 +137,8 @@ def _figures(inputs: HtmlInputs) -> tuple[list[str], list[str]]:
     ]
     for spec in CURVES:
         curves = inputs.curves.get(spec.key) or {}
+        if spec.only_some and not curves:
+            continue
         wanted.append((spec.title, "Thin lines: runs; thick lines: the group mean.",
                        _curve_builder(plots, curves, spec) if curves else None,
                        f"no {spec.stage} run recorded a per-epoch {spec.metric!r} series"))

@@ -80,6 +80,15 @@ def plot_pretrain_loss(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]
     return _save(fig, path)
 
 
+def plot_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], path: Path, ylabel: str,
+                title: str) -> Path:
+    """Any per-epoch pretraining series (DINO's teacher entropy, its KL from uniform) as a PNG, laid out as the
+    collapse figure with a y-range fitted to the data."""
+    fig = curves_figure(curves, ylabel=ylabel, title=f"{title} (thin: runs, thick: group mean)", unit_range=False,
+                        legend_title="group")
+    return _save(fig, path)
+
+
 def _fitted_range(values: Sequence[float]) -> tuple[float, float]:
     """The data's range with a margin (at least 0.01 either side), kept within [0, 1] where the data is."""
     finite = [v for v in values if math.isfinite(v)]

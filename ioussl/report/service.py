@@ -46,7 +46,7 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         records = [record for row in studies for record in repo.list_runs(session, study=row.name)]
         footer = provenance_footer(session, records, registry.location)
         curves = {metric: _metric_curves(session, records, (axes, orders), "pretrain", metric)
-                  for metric in ("collapse", "loss")} if plot_dir else {}
+                  for metric in ("collapse", "loss", *DINO_SERIES)} if plot_dir else {}
         html_series = _html_series(session, records, (axes, orders)) if html_path else {}
         per_organ = repo.result_per_organ(session, [row.name for row in studies]) \
             if html_path else {}
@@ -140,6 +140,14 @@ def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: d
     outcome.plots.append(path)
 
 
+# DINO's collapse statistics (docs/training.md says how to read them): metric -> (y label, title)
+DINO_SERIES = {
+    "teacher_entropy": ("teacher entropy (nats; log out_dim: flat targets)", "DINO: teacher output entropy"),
+    "teacher_kl_uniform": ("KL(mean teacher distribution || uniform) (nats)",
+                           "DINO: the teacher's mean distribution against uniform"),
+}
+
+
 def _write_plots(outcome: ReportOutcome, curves: dict[str, Curves], records: list[repo.RunRecord], plot_dir: Path,
                  pairs_json: Path | None) -> None:
     """The DSC per group, the collapse and the pretraining loss per epoch, the pair analysis if given."""
@@ -153,6 +161,9 @@ def _write_plots(outcome: ReportOutcome, curves: dict[str, Curves], records: lis
         outcome.skipped.append(f"collapse plot skipped: {_no_collapse_reason(records)}")
     if curves["loss"]:
         outcome.plots.append(plots.plot_pretrain_loss(curves["loss"], plot_dir / "pretrain_loss_per_epoch.png"))
+    for metric, (ylabel, title) in DINO_SERIES.items():  # DINO runs only: no figure (and no note) without them
+        if curves.get(metric):
+            outcome.plots.append(plots.plot_curves(curves[metric], plot_dir / f"{metric}_per_epoch.png", ylabel, title))
     if pairs_json is not None:
         outcome.plots.append(plots.plot_pairs(plots.read_pairs(pairs_json), plot_dir / "pair_semantics.png"))
     if not outcome.plots:

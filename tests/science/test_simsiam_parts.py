@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -121,14 +122,15 @@ def test_an_epoch_reads_the_device_back_once_not_per_step(monkeypatch):
     from ioussl import profiles
     from ioussl.science.augment import batchaug
     from ioussl.science.runtime import resolve_runtime
-    from ioussl.science.train.engine import StepState, train_one_epoch_simsiam
-    from ioussl.science.train.optim import pretrain_optimizer
+    from ioussl.science.train.engine import StepState, train_one_epoch_pretrain
+    from ioussl.science.train.methods.simsiam import SimSiamMethod
     from ioussl.science.train.trainingdata import pretrain_feed
 
     cfg = profiles.tiny("pretrain")
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, proj_dim=64, pred_hidden_dim=16))
     runtime = resolve_runtime(cfg.runtime, amp=False)
-    model = SimSiam(cfg.model, PretrainConfig(proj_dim=64, pred_hidden_dim=16))
-    state = StepState(model, pretrain_optimizer(model, cfg.pretrain), runtime.grad_scaler(), runtime, lambda s: 0.01)
+    model = SimSiamMethod(cfg, steps_per_epoch=5)
+    state = StepState(model, model.make_optimizer(fused=False), runtime.grad_scaler(), runtime)
     batch = {"views": torch.randint(0, 65535, (8, 1, 64, 64), dtype=torch.int32).to(torch.uint16),
              "fallback": torch.tensor([False, True, False, False]), "iou": torch.full((4,), 0.5, dtype=torch.float64)}
     real_augment = batchaug.augment
@@ -144,7 +146,7 @@ def test_an_epoch_reads_the_device_back_once_not_per_step(monkeypatch):
     counts = []
     for steps in (2, 5):
         reads.clear()
-        stats = train_one_epoch_simsiam(state, itertools.repeat(batch), 0, steps, pretrain_feed(cfg, runtime))
+        stats = train_one_epoch_pretrain(state, itertools.repeat(batch), 0, steps, pretrain_feed(cfg, runtime))
         counts.append(len(reads))
     assert counts[0] == counts[1], reads
     assert stats["fallback_rate"] == 0.25 and stats["mean_iou"] == 0.5 and math.isfinite(stats["loss"])

@@ -18,7 +18,7 @@ from ioussl import profiles, runfiles
 from ioussl.config import RunConfig
 from ioussl.errors import DataError, TrainingError
 from ioussl.science.train import checkpoint as ckpt
-from ioussl.science.train import engine, pretrain
+from ioussl.science.train import losses, pretrain
 from ioussl.science.train.finetune import run_finetune
 from ioussl.science.train.pretrain import run_pretrain
 
@@ -180,7 +180,7 @@ def test_interrupted_pretraining_resumes_bit_for_bit(synthetic, tmp_path, monkey
     cfg = _with_augment_on(profiles.tiny("pretrain", store=synthetic["store"]), augment_on)
     straight = run_pretrain(cfg, tmp_path / "straight")
     with monkeypatch.context() as patch:
-        _interrupt_on_call(patch, pretrain, "train_one_epoch_simsiam", call=2)
+        _interrupt_on_call(patch, pretrain, "train_one_epoch_pretrain", call=2)
         with pytest.raises(Interrupted):
             run_pretrain(cfg, tmp_path / "resumed")
     assert len(_curve(tmp_path / "resumed")) == 1  # epoch 0 finished and checkpointed
@@ -242,7 +242,7 @@ def test_metrics_lines_carry_what_a_live_status_needs(synthetic, tmp_path, capsy
 
 
 def test_non_finite_loss_stops_naming_the_step(synthetic, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "simsiam_loss", lambda *tensors: tensors[1].sum() * float("nan"))
+    monkeypatch.setattr(losses, "simsiam_loss", lambda *tensors: tensors[1].sum() * float("nan"))
     with pytest.raises(TrainingError, match="non-finite loss nan at step 0"):
         run_pretrain(profiles.tiny("pretrain", store=synthetic["store"]), tmp_path)
     assert not (tmp_path / runfiles.RESULT).exists()

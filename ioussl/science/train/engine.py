@@ -1,4 +1,4 @@
-"""The loops only: one SimSiam epoch, one segmentation epoch, one evaluation (MAE's engine split).
+"""The loops only: one pretraining epoch (any method), one segmentation epoch, one evaluation (MAE's engine split).
 
 Setup (models, data, resume) lives in ``pretrain.py`` / ``finetune.py``; these functions take ready objects,
 run a fixed number of steps and return plain numbers, so they run the same on a laptop CPU and a GPU node.
@@ -17,9 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ioussl.errors import TrainingError
-from ioussl.science.evaluate.metrics import CollapseMeter, slice_dsc
+from ioussl.science.evaluate.metrics import slice_dsc
 from ioussl.science.runtime import Runtime, eval_mode
-from ioussl.science.train.losses import simsiam_loss
 from ioussl.science.train.optim import set_lr
 
 
@@ -31,7 +30,7 @@ class StepState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     runtime: Runtime
-    schedule: Callable[[int], float]
+    schedule: Callable[[int], float] | None = None  # lr per step (fine-tuning); a pretraining method sets its own
     epoch: int = 0
     compiled: nn.Module | None = None  # torch.compile(model) for the training forward; model keeps the weights
 
@@ -91,32 +90,34 @@ def _default_feed(keys: tuple[str, ...], runtime: Runtime) -> Feed:
     return lambda batch, epoch, step: tuple(runtime.to_device(batch[key]) for key in keys)
 
 
-def train_one_epoch_simsiam(
+def train_one_epoch_pretrain(
     state: StepState, batches: Iterator[dict], start_step: int, steps: int, feed: Feed | None = None
 ) -> dict:
-    """``steps`` SimSiam updates; each view has its own forward pass (per-view BN statistics).
+    """``steps`` updates of the pretraining method ``state.model`` (a ``methods.PretrainMethod``): SimSiam,
+    DINO or any registered one; the method computes the loss and its statistics, the loop does the rest.
 
     Args:
         feed: puts a batch's two views on the device, ready for the model (and augments them there when
             ``data.augment_on`` is "device"); default: move ``view1`` and ``view2`` as they are.
     """
-    state.model.train()
+    method = state.model
+    method.train()
     feed = feed or _default_feed(("view1", "view2"), state.runtime)
-    meter, sums, pairs = CollapseMeter(), EpochSums(state.runtime.device), 0
-    lr = state.schedule(start_step)
+    sums, pairs, hyper = EpochSums(state.runtime.device), 0, {}
     began = time.perf_counter()
     for step in range(start_step, start_step + steps):
         batch = next(batches)
-        lr = state.schedule(step)
-        set_lr(state.optimizer, lr)
+        hyper = method.set_hyper(state.optimizer, step, state.epoch)
         view1, view2 = feed(batch, state.epoch, step)
         with state.runtime.autocast():
-            z1, p1 = state.forward(view1)
-            z2, p2 = state.forward(view2)
-            loss = simsiam_loss(z1, p1, z2, p2)
-        _optimise(state, loss)
+            loss = method.loss(state.forward, view1, view2, state.epoch)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        method.before_update(state.optimizer, state.scaler, state.epoch)
+        state.scaler.step(state.optimizer)  # fused optimisers take the scaler's inf check without a sync
+        state.scaler.update()
+        method.after_update(step, state.epoch)
         sums.add_loss(loss, step)
-        meter.update(p1)
         sums.fallbacks += _on(batch["fallback"], sums.loss).sum()
         sums.iou += _on(batch["iou"], sums.loss).sum()
         pairs += view1.shape[0]
@@ -124,8 +125,8 @@ def train_one_epoch_simsiam(
     seconds = time.perf_counter() - began
     return {
         "loss": totals["loss"] / steps,
-        "lr": lr,
-        "collapse": meter.value(),
+        **hyper,
+        **method.collapse(),
         "fallback_rate": totals["fallbacks"] / max(1, pairs),
         "mean_iou": totals["iou"] / max(1, pairs),
         "pairs_per_s": pairs / max(seconds, 1e-9),
@@ -152,6 +153,7 @@ def train_one_epoch_seg(
     Args:
         feed: puts a batch's ``image`` and ``label`` on the device (augmenting them there in device mode).
     """
+    assert state.schedule is not None, "fine-tuning needs its lr schedule"
     state.model.train()
     feed = feed or _default_feed(("image", "label"), state.runtime)
     sums, crops = EpochSums(state.runtime.device), 0

@@ -122,7 +122,7 @@ def build_state(
     ft = cfg.finetune
     assert ft is not None
     network = build_swin_unetr(cfg.model, cfg.model.finetune_drop_path).to(runtime.device)
-    encoder = load_encoder(network, Path(encoder_checkpoint), cfg.model) if encoder_checkpoint else None
+    encoder = load_encoder(network, Path(encoder_checkpoint), cfg.model, ft.init_from) if encoder_checkpoint else None
     if runtime.channels_last:
         network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stub
     optimizer = finetune_optimizer(network, ft, fused=runtime.device.type == "cuda")

@@ -1,4 +1,5 @@
-"""SimSiam pretraining of the 2D Swin UNETR encoder on IoU-constrained positives (thesis §4.4, Table 4.1).
+"""Self-supervised pretraining of the 2D Swin UNETR encoder on IoU-constrained positives: SimSiam (thesis §4.4,
+Table 4.1), DINO (the thesis' main_dino.py) or any method registered in ``methods`` (``pretrain.method``).
 
 ``run_pretrain(cfg, run_dir)`` is the whole job: it resumes from ``checkpoints/last.pt`` when present, writes
 one ``metrics.jsonl`` line and one stdout line per epoch, and exports the encoder for fine-tuning. It imports
@@ -7,7 +8,6 @@ nothing from the orchestration layer, so it runs the same in a test, on a laptop
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,13 +16,12 @@ import torch
 from ioussl import runfiles
 from ioussl.config import RunConfig
 from ioussl.errors import ConfigError, DataError
-from ioussl.science.models.swin import SimSiam
 from ioussl.science.runtime import Runtime, compile_for_training, loader_workers, resolve_runtime, seed_everything
 from ioussl.science.train import checkpoint as ckpt
-from ioussl.science.train.engine import StepState, cycle, train_one_epoch_simsiam
-from ioussl.science.train.optim import pretrain_optimizer
+from ioussl.science.train.engine import StepState, cycle, train_one_epoch_pretrain
+from ioussl.science.train.methods import build_method
+from ioussl.science.train.methods.base import PretrainMethod
 from ioussl.science.train.progress import Progress
-from ioussl.science.train.schedules import cosine_lr
 from ioussl.science.train.trainingdata import (
     derived_seed,
     open_store,
@@ -60,7 +59,7 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         state.epoch = epoch
         seed_everything(derived_seed(cfg.seed, epoch, "model"))  # drop path: same draws after a resume
         batches = cycle(pretrain_loader(store, ids, cfg, epoch, workers))
-        stats = train_one_epoch_simsiam(state, batches, step, steps, feed)
+        stats = train_one_epoch_pretrain(state, batches, step, steps, feed)
         step += steps
         last = progress.line(epoch, step, stats["pairs_per_s"], **stats)
         ckpt.save_last(state, cfg, run_dir, epoch, step, store=store.fingerprint)
@@ -76,18 +75,15 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def build_state(cfg: RunConfig, runtime: Runtime, steps: int) -> StepState:
-    """SimSiam on the device, SGD over six groups, the per-iteration cosine schedule of Table 4.1."""
-    pre = cfg.pretrain
-    assert pre is not None
-    model = SimSiam(cfg.model, pre).to(runtime.device)
+    """The method on the device with its optimiser; it schedules its own hyperparameters per step (SimSiam:
+    SGD over six groups and the per-iteration cosine of Table 4.1)."""
+    method = build_method(cfg, steps)
+    model = method.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stub
-    optimizer = pretrain_optimizer(model, pre, fused=runtime.device.type == "cuda")
-    total, warmup = steps * pre.epochs, steps * pre.warmup_epochs
-    schedule = functools.partial(cosine_lr, total_steps=total, base_lr=pre.base_lr, end_lr=pre.end_lr,
-                                 warmup_steps=warmup)  # fmt: skip
-    return StepState(model, optimizer, runtime.grad_scaler(), runtime, schedule,
-                     compiled=compile_for_training(model, cfg.runtime))
+    optimizer = method.make_optimizer(fused=runtime.device.type == "cuda")
+    compiled = compile_for_training(model, cfg.runtime)
+    return StepState(model, optimizer, runtime.grad_scaler(), runtime, compiled=compiled)
 
 
 def steps_per_epoch(num_slices: int, cfg: RunConfig) -> int:
@@ -104,10 +100,11 @@ def steps_per_epoch(num_slices: int, cfg: RunConfig) -> int:
     return steps
 
 
-def export_encoder(model: SimSiam, cfg: RunConfig, run_dir: Path, last: dict[str, Any], steps: int) -> dict:
-    """Write ``encoder.pt`` (the ``swinViT`` state dict + config + hash) and summarise the run."""
+def export_encoder(method: PretrainMethod, cfg: RunConfig, run_dir: Path, last: dict[str, Any], steps: int) -> dict:
+    """Write ``encoder.pt`` (the ``swinViT`` state dict as ``model``, DINO's student's beside it as ``student``,
+    config + hash) and summarise the run."""
     path = run_dir / runfiles.CHECKPOINTS / ckpt.ENCODER
-    ckpt.save_atomic({**ckpt.describe(cfg, "encoder"), "model": model.encoder_state_dict()}, path)
+    ckpt.save_atomic({**ckpt.describe(cfg, "encoder"), **method.encoder_states(), "method": method.name}, path)
     return {
         "stage": "pretrain",
         "final_loss": last["loss"],

@@ -1,0 +1,91 @@
+"""One DINO training step against one SimSiam step, same shapes, same process: the time ratio.
+
+Each method is built through the registry exactly as ``run_pretrain`` builds it and stepped through the loop's
+own hooks (``set_hyper``, ``loss``, backward, ``before_update``, optimiser step, ``after_update``) on random
+views: no data loading, so the ratio is the methods' compute alone. The issue's bound: a DINO step costs at
+most 1.3x a SimSiam step at the thesis' shapes (96² crops, batch 128, C 48). On a shared 2-core CPU the full
+batch takes minutes per step: ``--batch`` lowers it (the ratio is what is compared).
+
+    python benchmarks/bench_dino_step.py [--batch 128] [--crop 96] [--feature-size 48] [--steps 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from ioussl import profiles  # noqa: E402
+from ioussl.config import ModelConfig, RunConfig  # noqa: E402
+from ioussl.science.runtime import resolve_runtime  # noqa: E402
+from ioussl.science.train.methods import build_method  # noqa: E402
+
+
+def config(method: str, batch: int, crop: int, feature_size: int, device: str) -> RunConfig:
+    """The thesis' pretraining config with the given shapes and method, on ``device`` in fp32 or autocast."""
+    cfg = profiles.thesis("pretrain")
+    pretrain = dataclasses.replace(cfg.pretrain, method=method, batch_size=batch)
+    runtime = dataclasses.replace(cfg.runtime, device=device, precision="fp32" if device == "cpu" else "auto")
+    return dataclasses.replace(cfg, model=ModelConfig(feature_size=feature_size), pretrain=pretrain,
+                               data=dataclasses.replace(cfg.data, crop=crop), runtime=runtime).validate()  # fmt: skip
+
+
+def seconds_per_step(cfg: RunConfig, steps: int) -> float:
+    """Median wall time of ``steps`` training steps after one warm-up step."""
+    assert cfg.pretrain is not None
+    runtime = resolve_runtime(cfg.runtime, cfg.pretrain.amp)
+    torch.manual_seed(0)
+    method = build_method(cfg, steps_per_epoch=1000).to(runtime.device)
+    optimizer = method.make_optimizer(fused=runtime.device.type == "cuda")
+    scaler = runtime.grad_scaler()
+    shape = (cfg.pretrain.batch_size, 1, cfg.data.crop, cfg.data.crop)
+    view1, view2 = torch.rand(shape, device=runtime.device), torch.rand(shape, device=runtime.device)
+    method.train()
+    times = []
+    for step in range(steps + 1):
+        began = time.perf_counter()
+        method.set_hyper(optimizer, step, epoch=1)  # epoch 1: the last layer learns, as in most of a run
+        with runtime.autocast():
+            loss = method.loss(method, view1, view2, epoch=1)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        method.before_update(optimizer, scaler, epoch=1)
+        scaler.step(optimizer)
+        scaler.update()
+        method.after_update(step, epoch=1)
+        float(loss.detach())  # wait for the device
+        if step:
+            times.append(time.perf_counter() - began)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--crop", type=int, default=96)
+    parser.add_argument("--feature-size", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    args = parser.parse_args()
+    times = {}
+    for method in ("simsiam", "dino"):
+        cfg = config(method, args.batch, args.crop, args.feature_size, args.device)
+        times[method] = seconds_per_step(cfg, args.steps)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device {device}, batch {args.batch}, crop {args.crop}, C {args.feature_size}, load {load:.2f}")
+    for method, seconds in times.items():
+        print(f"{method:8s} {seconds:8.3f} s/step  {args.batch / seconds:8.1f} pairs/s")
+    print(f"ratio dino/simsiam {times['dino'] / times['simsiam']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
