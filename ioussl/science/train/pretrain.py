@@ -69,7 +69,7 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         raise DataError("pretraining ran no epoch (pretrain.epochs is 0)")
     if not runtime.is_main:  # the main rank exports the encoder and reports; this process only trained
         return runtime.follower_summary("pretrain")
-    summary = export_encoder(cast(SimSiam, state.model), cfg, run_dir, last, steps)
+    summary = export_encoder(cast(PretrainMethod, state.model), cfg, run_dir, last, steps)
     progress.end(f"{summary['epochs']} epochs, {summary['steps']:,} steps, final loss {summary['final_loss']:.4f}")
     return {**summary, "store_fingerprint": store.fingerprint, "device": runtime.describe()}
 
