@@ -36,8 +36,10 @@ def test_the_default_is_left_out_of_the_hash_and_3d_is_hashed():
         (lambda: _run(crop=48, spatial_dims=3), "multiple of 32"),
         (lambda: _run("finetune", crop=32, spatial_dims=3), "at least 64 for finetune in 3D"),
         (lambda: _run(crop=32), "at least 64, got 32"),  # 2D is as before
-        (lambda: dataclasses.replace(_run(spatial_dims=3), data=DataConfig(crop=64, augment_on="loader")),
-         "augments on the device only"),
+        (
+            lambda: dataclasses.replace(_run(spatial_dims=3), data=DataConfig(crop=64, augment_on="loader")),
+            "augments on the device only",
+        ),
     ],
 )
 def test_bad_3d_settings_are_one_line_errors(config, message):
