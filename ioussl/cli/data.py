@@ -26,6 +26,9 @@ def preprocess(
     out: Annotated[Path, typer.Argument(help="Store directory (created; rerun to resume).")],
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     min_size: Annotated[int, typer.Option(help="Pad X and Y to at least this (the crop side).")] = 96,
+    min_depth: Annotated[
+        int, typer.Option(min=0, help="Pad Z to at least this (0: no padding; 3D training needs the cube's side).")
+    ] = 0,
     allow_non_ct: Annotated[
         bool,
         typer.Option(
@@ -45,7 +48,7 @@ def preprocess(
         report = preprocess_dataset(
             input_dir,
             out,
-            PreprocessSettings(min_size=min_size, allow_non_ct=allow_non_ct),
+            PreprocessSettings(min_size=min_size, allow_non_ct=allow_non_ct, min_depth=min_depth),
             workers=workers,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )

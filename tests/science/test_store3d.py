@@ -71,3 +71,26 @@ def test_an_array_that_is_not_the_indexed_volume_is_refused_for_slices_and_sub_v
     fresh = type(store)(store.root)
     with pytest.raises(DataError, match="index says"):
         fresh.image(int(fresh.slice_ids(["A"])[0]))
+
+
+def test_preprocessing_pads_the_depth_for_3d_and_the_labels_still_map_back(tmp_path):
+    import json
+
+    from ioussl.science.data.grid import to_source_grid
+    from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
+    from ioussl.science.data.store import SliceStore
+    from ioussl.science.data.synth import synth_dataset
+
+    synth_dataset(tmp_path / "raw", cases=1, unlabelled=0, seed=5, size=48, slices=12)
+    flat, deep = tmp_path / "flat", tmp_path / "deep"
+    assert preprocess_dataset(tmp_path / "raw", flat, PreprocessSettings(min_size=48)).failed == []
+    assert preprocess_dataset(tmp_path / "raw", deep, PreprocessSettings(min_size=48, min_depth=64)).failed == []
+    (case,) = SliceStore(deep).labelled_cases()
+    z_flat, z_deep = SliceStore(flat).volume_shape(case)[0], SliceStore(deep).volume_shape(case)[0]
+    assert z_flat < 64 == z_deep  # padded to the cube's side, X and Y as before
+    assert SliceStore(flat).volume_shape(case)[1:] == SliceStore(deep).volume_shape(case)[1:]
+    assert "min_depth" not in json.loads((flat / "settings.json").read_text())  # older stores' records unchanged
+    assert json.loads((deep / "settings.json").read_text())["min_depth"] == 64
+    store = SliceStore(deep)
+    truth, _ = store.source_label(case)
+    np.testing.assert_array_equal(to_source_grid(store.volume(case)[1], store.source_grid(case)), truth)
