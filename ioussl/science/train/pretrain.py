@@ -77,7 +77,7 @@ def build_state(cfg: RunConfig, runtime: Runtime, steps: int) -> StepState:
     pre = cfg.pretrain
     assert pre is not None
     model = SimSiam(cfg.model, pre).to(runtime.device)
-    if runtime.channels_last:
+    if runtime.channels_last and cfg.model.spatial_dims == 2:  # channels_last is a 4D layout
         model = model.to(memory_format=torch.channels_last)
     optimizer = pretrain_optimizer(model, pre, fused=runtime.device.type == "cuda")
     total, warmup = steps * pre.epochs, steps * pre.warmup_epochs
