@@ -88,3 +88,20 @@ def test_spatial_dims_is_sweepable_and_read_from_a_study(tmp_path):
     with pytest.raises(ConfigError, match="spatial_dims"):
         parse_study(tomllib.loads(STUDY.replace("feature_size = 12", "feature_size = 12\nspatial_dims = 1")),
                     path=None, base_dir=tmp_path)  # fmt: skip
+
+
+def test_the_3d_thesis_study_is_the_thesis_grid_on_volumes():
+    from pathlib import Path
+
+    from ioussl.plan.study import load_study
+
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    flat, cubes = (planning.expand_grid(load_study(jobs / name)) for name in ("thesis.toml", "thesis-3d.toml"))
+    assert len(cubes) == len(flat) == 34
+    assert sorted((r.stage, r.group, r.seed, r.pretrain_seed) for r in cubes) == sorted(
+        (r.stage, r.group, r.seed, r.pretrain_seed) for r in flat
+    )
+    assert {r.config.model.spatial_dims for r in cubes} == {3} and {r.config.data.crop for r in cubes} == {96}
+    assert not {r.run_hash for r in cubes} & {r.run_hash for r in flat}
+    for run in cubes:
+        run.config.validate()
