@@ -74,6 +74,9 @@ class ModelConfig:
     pretrain_drop_path: float = 0.1
     finetune_drop_path: float = 0.0
     use_checkpoint: bool = False  # gradient checkpointing trades speed for memory
+    # 2: slices, square crops (the thesis); 3: volumes, cubic crops (data.crop = 96 means 96³), MONAI's Swin
+    # UNETR with spatial_dims = 3 (issue 20). Added after runs were planned: 2 keeps every existing run id.
+    spatial_dims: int = added(2)
 
 
 # The augmentation operations: geometric ones move image and label alike, intensity ones the image only.
@@ -266,7 +269,9 @@ class RunConfig:
             raise ConfigError("a finetune run needs [finetune] settings")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        validate_model(self.model, self.data.crop)
+        validate_model(self.model, self.data.crop, self.stage)
+        if self.model.spatial_dims == 3 and self.data.augment_on != "device":
+            raise ConfigError('model.spatial_dims = 3 augments on the device only: set data.augment_on = "device"')
         for section in (self.data, self.model, self.sampler, self.pretrain, self.finetune):
             if section is not None:
                 validate_ranges(section)
@@ -391,11 +396,18 @@ def validate_interval(i_min: float, i_max: float) -> None:
         raise ConfigError(f"IoU interval [{i_min}, {i_max}] is reversed: i_min must be <= i_max")
 
 
-def validate_model(model: ModelConfig, crop: int) -> None:
+def validate_model(model: ModelConfig, crop: int, stage: str | None = None) -> None:
+    """The architecture's own limits; ``stage`` None (a study, whose runs include fine-tunes) is the strictest."""
+    if isinstance(model.spatial_dims, bool) or model.spatial_dims not in (2, 3):
+        raise ConfigError(f"model.spatial_dims must be 2 (slices) or 3 (volumes), got {model.spatial_dims!r}")
     # SwinUNETR downsamples 5 times by 2 (patch 2, four merges): sides must be divisible by 32, and the
     # deepest stage needs at least 2x2 positions for batch-norm statistics, hence >= 64 when training.
-    if crop % 32 != 0 or crop < 64:
-        raise ConfigError(f"crop side must be a multiple of 32 and at least 64, got {crop}")
+    # In 3D, SimSiam pretraining uses the encoder alone (layer norms only), so 32³ cubes train there; the
+    # segmentation network's instance norms need 2x2x2 deepest positions, hence >= 64 for fine-tuning.
+    smallest = 32 if model.spatial_dims == 3 and stage == "pretrain" else 64
+    if crop % 32 != 0 or crop < smallest:
+        cubes = f" for {stage or 'a study'} in 3D" if model.spatial_dims == 3 else ""
+        raise ConfigError(f"crop side must be a multiple of 32 and at least {smallest}{cubes}, got {crop}")
     if model.feature_size <= 0 or model.feature_size % 12 != 0:
         raise ConfigError(f"feature_size must be a positive multiple of 12, got {model.feature_size}")
     if len(model.depths) != 4 or len(model.num_heads) != 4:

@@ -55,7 +55,9 @@ def run_demo(settings: DemoSettings, db: str | None, say: Say, progress: Callabl
     db = db or str(workdir / "registry.db")
     raw = workdir / "raw"
     _synthesise(raw, settings, say)
-    _preprocess(raw, store, max([spec.data.crop, *spec.sweep.values().get("data.crop", [])]), say)
+    crop = max([spec.data.crop, *spec.sweep.values().get("data.crop", [])])
+    cubes = 3 in (spec.model.spatial_dims, *spec.sweep.values().get("model.spatial_dims", []))
+    _preprocess(raw, store, crop, say, depth=crop if cubes else 0)
     if split is not None:
         _split(store, split, settings, say)
     return _run_study(settings, db, say, progress, plot_dir=workdir / "plots")
@@ -75,11 +77,12 @@ def _synthesise(raw: Path, settings: DemoSettings, say: Say) -> None:
     atomic_write_text(marker, "ok\n")
 
 
-def _preprocess(raw: Path, store: Path, crop: int, say: Say) -> None:
-    """The slice store, every slice padded to at least ``crop`` (the largest a study's sweep asks for)."""
+def _preprocess(raw: Path, store: Path, crop: int, say: Say, depth: int = 0) -> None:
+    """The slice store, every slice padded to at least ``crop`` (the largest a study's sweep asks for), and
+    every volume to ``depth`` slices (a 3D study's cube side; 0 for 2D)."""
     from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
 
-    report = preprocess_dataset(raw, store, PreprocessSettings(min_size=crop), workers=2)
+    report = preprocess_dataset(raw, store, PreprocessSettings(min_size=crop, min_depth=depth), workers=2)
     say(f"2/5 preprocessing: {len(report.done)} volume(s) done, {len(report.skipped)} reused -> {store}")
     if report.failed:
         raise ConfigError(f"preprocessing failed for {', '.join(case for case, _ in report.failed)}")

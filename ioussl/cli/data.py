@@ -26,6 +26,9 @@ def preprocess(
     out: Annotated[Path, typer.Argument(help="Store directory (created; rerun to resume).")],
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     min_size: Annotated[int, typer.Option(help="Pad X and Y to at least this (the crop side).")] = 96,
+    min_depth: Annotated[
+        int, typer.Option(min=0, help="Pad Z to at least this (0: no padding; 3D training needs the cube's side).")
+    ] = 0,
     allow_non_ct: Annotated[
         bool,
         typer.Option(
@@ -45,7 +48,7 @@ def preprocess(
         report = preprocess_dataset(
             input_dir,
             out,
-            PreprocessSettings(min_size=min_size, allow_non_ct=allow_non_ct),
+            PreprocessSettings(min_size=min_size, allow_non_ct=allow_non_ct, min_depth=min_depth),
             workers=workers,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
@@ -138,6 +141,9 @@ def pairs(
         list[str] | None, typer.Option(metavar="<i_min,i_max>", help="'i_min,i_max'; repeat. Default: thesis' four.")
     ] = None,
     crop: Annotated[int, typer.Option(help="Crop side.")] = 96,
+    spatial_dims: Annotated[
+        int, typer.Option(min=2, max=3, help="2: pairs of squares per slice; 3: pairs of cubes per volume.")
+    ] = 2,
     passes: Annotated[int, typer.Option(help="Passes over the slices per interval.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     plot: Annotated[Path, typer.Option(help="PNG to write.")] = Path("pairs-organ-overlap.png"),
@@ -150,7 +156,13 @@ def pairs(
     from rich.table import Table
 
     from ioussl.science.data.splits import check_split_cases, load_split
-    from ioussl.science.sampling.analysis import THESIS_INTERVALS, THESIS_SHARED, organ_overlap, plot_overlap
+    from ioussl.science.sampling.analysis import (
+        THESIS_INTERVALS,
+        THESIS_SHARED,
+        organ_overlap,
+        organ_overlap_3d,
+        plot_overlap,
+    )
 
     slice_store = _open_store(store)
     cases = slice_store.labelled_cases()
@@ -163,12 +175,16 @@ def pairs(
     if not cases:
         raise DataError(f"{store}: no labelled cases to analyse")
     intervals = [_parse_interval(t) for t in interval] if interval else list(THESIS_INTERVALS)
-    rows = organ_overlap(slice_store, slice_store.slice_ids(cases), intervals, crop, passes, seed)
+    reference = THESIS_SHARED if spatial_dims == 2 else {}  # the thesis measured slices: no reference for cubes
+    if spatial_dims == 3:
+        rows = organ_overlap_3d(slice_store, cases, intervals, crop, passes, seed)
+    else:
+        rows = organ_overlap(slice_store, slice_store.slice_ids(cases), intervals, crop, passes, seed)
     table = Table(title=f"Pairs sharing an organ ({len(cases)} cases, {passes} passes, crop {crop})")
     for name in ("interval", "pairs", "counted", "shared", "fraction", "thesis", "fallbacks"):
         table.add_column(name, justify="right")
     for r in rows:
-        ref = THESIS_SHARED.get((r.i_min, r.i_max))
+        ref = reference.get((r.i_min, r.i_max))
         table.add_row(
             f"[{r.i_min:g}, {r.i_max:g}]", str(r.pairs), str(r.counted), str(r.shared),
             f"{r.fraction:.3f}", "-" if ref is None else f"{ref:.2f}", str(r.fallbacks),

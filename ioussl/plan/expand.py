@@ -177,23 +177,27 @@ def check_data(spec: StudySpec) -> list[str]:
     lazily). A sweep over data settings checks each distinct data section once.
     """
     warnings = []
-    for (data, include_labelled), pretrains in _data_variants(spec).items():
+    for (data, include_labelled, dims), pretrains in _data_variants(spec).items():
         where = f" ({point_text(_data_point(spec, data))})" if data != spec.data else ""
         _check_paths(spec, data)
         if pretrains and spec.intervals:
-            warnings += _check_intervals(spec, data, include_labelled, where)
+            warnings += _check_intervals(spec, data, include_labelled, where, dims)
+        if dims == 3:
+            _check_training_volumes(spec, data, where)
     return warnings
 
 
-def _data_variants(spec: StudySpec) -> dict[tuple[DataConfig, bool], bool]:
-    """Each distinct (data section, include_labelled) of the study's runs -> whether pretrains use it."""
-    base = {"data": spec.data, "pretrain": spec.pretrain}
-    variants: dict[tuple[DataConfig, bool], bool] = {}
+def _data_variants(spec: StudySpec) -> dict[tuple[DataConfig, bool, int], bool]:
+    """Each distinct (data section, include_labelled, model.spatial_dims) of the study's runs -> whether
+    pretrains use it."""
+    base = {"data": spec.data, "pretrain": spec.pretrain, "model": spec.model}
+    variants: dict[tuple[DataConfig, bool, int], bool] = {}
     for point, _ in spec.sweep.pretrain_groups():
         sections = apply_point(base, point)
-        variants[(sections["data"], sections["pretrain"].include_labelled)] = True
+        variants[(sections["data"], sections["pretrain"].include_labelled, sections["model"].spatial_dims)] = True
     for point in spec.sweep.baseline_points():
-        variants.setdefault((apply_point(base, point)["data"], spec.pretrain.include_labelled), False)
+        sections = apply_point(base, point)
+        variants.setdefault((sections["data"], spec.pretrain.include_labelled, sections["model"].spatial_dims), False)
     return variants
 
 
@@ -212,17 +216,28 @@ def _check_paths(spec: StudySpec, data: DataConfig) -> None:
         raise DataError(f"split file not found: {spec.resolve(data.split)}")
 
 
-def _check_intervals(spec: StudySpec, data: DataConfig, include_labelled: bool, where: str) -> list[str]:
+def _check_intervals(
+    spec: StudySpec, data: DataConfig, include_labelled: bool, where: str, dims: int = 2
+) -> list[str]:
+    """In 2D every pretraining slice is an image; in 3D every pretraining volume, with cubes (cuboid IoU)."""
     from ioussl.science.data.store import SliceStore
-    from ioussl.science.sampling.sampler import check_interval_feasible, feasible_mask
 
     store_path = spec.resolve(data.store)
     store = SliceStore(store_path)
     cases = store.unlabelled_cases() + (store.labelled_cases() if include_labelled else [])
     if not cases:
         raise DataError(f"data store {store_path} has no unlabelled cases to pretrain on")
-    shapes = store.shapes(store.slice_ids(cases))
-    crop = (data.crop, data.crop)
+    if dims == 3:
+        return _intervals_on(spec, store.volume_shapes(cases), (data.crop,) * 3, "volume", store_path, where)
+    return _intervals_on(spec, store.shapes(store.slice_ids(cases)), (data.crop, data.crop), "slice", store_path,
+                         where)  # fmt: skip
+
+
+def _intervals_on(
+    spec: StudySpec, shapes: Any, crop: tuple[int, ...], unit: str, store_path: Path, where: str
+) -> list[str]:
+    from ioussl.science.sampling.sampler import check_interval_feasible, feasible_mask
+
     warnings = []
     for interval in spec.intervals:
         mask = feasible_mask(shapes, crop, interval.i_min, interval.i_max)
@@ -232,12 +247,29 @@ def _check_intervals(spec: StudySpec, data: DataConfig, include_labelled: bool, 
                                         interval.i_max)
             except ConfigError as exc:
                 raise ConfigError(f"interval {interval.label}{where}: {exc}") from None
-            raise ConfigError(f"interval {interval.label}{where}: no slice of {store_path} can meet it with crop "
+            raise ConfigError(f"interval {interval.label}{where}: no {unit} of {store_path} can meet it with crop "
                               f"{crop}")
         if not mask.all():
-            warnings.append(f"interval {interval.label}{where}: {1 - mask.mean():.1%} of the pretraining slices cannot "
-                            "meet it with this crop; they give flagged, counted fallback pairs")
+            warnings.append(f"interval {interval.label}{where}: {1 - mask.mean():.1%} of the pretraining {unit}s "
+                            "cannot meet it with this crop; they give flagged, counted fallback pairs")
     return warnings
+
+
+def _check_training_volumes(spec: StudySpec, data: DataConfig, where: str) -> None:
+    """3D fine-tuning cuts cubes from its training volumes: each must hold one (validation volumes need not:
+    sliding-window inference pads them)."""
+    from ioussl.science.data.splits import load_split
+    from ioussl.science.data.store import SliceStore
+
+    store = SliceStore(spec.resolve(data.store))
+    cases = store.labelled_cases()
+    if data.split is not None:
+        train = set(load_split(spec.resolve(data.split)).get("train") or [])
+        cases = [c for c in cases if c in train]
+    for case, shape in zip(cases, store.volume_shapes(cases).tolist(), strict=True):
+        if min(shape) < data.crop:
+            raise DataError(f"3D fine-tuning{where}: volume {case} of {store.root} is {tuple(shape)} (Z, H, W), "
+                            f"smaller than the {data.crop}³ crop")
 
 
 def job_config_json(config_json: str, base_dir: str) -> str:

@@ -49,6 +49,9 @@ class PreprocessSettings:
     hu_min: float = -500.0
     hu_max: float = 500.0
     min_size: int = 96  # X and Y are padded to at least this (the crop side)
+    # Z padded to at least this (0: not padded, the thesis' 2D store); 3D training needs the cube's side, as the
+    # reference's 3D preprocessing pads to 96³. Recorded only when set, so existing stores keep their fingerprint.
+    min_depth: int = 0
     allow_non_ct: bool = False  # skip the check that each image is plausible CT in HU (ctcheck.py)
 
 
@@ -181,7 +184,8 @@ def normalise_with_grid(
             Spacingd(keys, pixdim=settings.spacing, mode=modes),
             ScaleIntensityRanged("image", settings.hu_min, settings.hu_max, 0.0, 1.0, clip=True),
             CropForegroundd(keys, source_key="image", margin=0, allow_smaller=True),
-            SpatialPadd(keys, spatial_size=(settings.min_size, settings.min_size, -1), method="symmetric"),
+            SpatialPadd(keys, spatial_size=(settings.min_size, settings.min_size, settings.min_depth or -1),
+                        method="symmetric"),  # fmt: skip
         ]
     )
     with torch.no_grad():
@@ -293,9 +297,17 @@ def finished_meta(out_root: Path, case: str) -> dict | None:
     return meta
 
 
+def settings_record(settings: PreprocessSettings) -> dict:
+    """The settings as the store records them: ``min_depth`` only when set (older stores lack it)."""
+    record = asdict(settings)
+    if not record["min_depth"]:
+        del record["min_depth"]
+    return record
+
+
 def _check_settings(out_root: Path, settings: PreprocessSettings) -> None:
     path = out_root / "settings.json"
-    wanted = json.loads(json.dumps(asdict(settings)))
+    wanted = json.loads(json.dumps(settings_record(settings)))
     if path.is_file():
         existing = {"allow_non_ct": False, **json.loads(path.read_text())}  # stores made before the CT check
         if existing != wanted:
@@ -348,7 +360,7 @@ def preprocess_dataset(
             report.failed.append((case, outcome))
         if progress:
             progress(finished, total)
-    write_index(out_root, {"settings": asdict(settings)}, list(metas.values()))
+    write_index(out_root, {"settings": settings_record(settings)}, list(metas.values()))
     return report
 
 

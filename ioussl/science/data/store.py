@@ -138,6 +138,8 @@ class SliceStore:
         """A crop of a slice as stored (uint16, a view of the memory map): ``dequantise`` gives the values."""
         pos, z = int(self._case_of[idx]), int(self._z[idx])
         (y, x), (h, w) = start, size
+        if y < 0 or x < 0 or y + h > self._hw[idx, 0] or x + w > self._hw[idx, 1]:  # NumPy would clip silently
+            raise DataError(f"{self.root}: crop at {(y, x)} of size {(h, w)} leaves slice {idx} {self.shape(idx)}")
         return self._image_array(pos)[z, y : y + h, x : x + w]
 
     def label(self, idx: int) -> np.ndarray:
@@ -182,6 +184,50 @@ class SliceStore:
         label = np.asarray(self._label_array(pos)) if self._entries[case]["labelled"] else None
         return image, label
 
+    def volume_shape(self, case: str) -> tuple[int, int, int]:
+        """(Z, H, W) of a case's volume, from the index (no array is opened)."""
+        pos = self._position(case)
+        first, end = int(self._first[pos]), int(self._first[pos + 1])
+        if end <= first:
+            raise DataError(f"{self.root}: case {case} has no slices in the index")
+        h, w = self._hw[first]
+        return end - first, int(h), int(w)
+
+    def volume_shapes(self, cases: Sequence[str]) -> np.ndarray:
+        """[n, 3] (Z, H, W) volume shapes of many cases (the 3D sampler's image shapes)."""
+        return np.asarray([self.volume_shape(c) for c in cases], dtype=np.int64).reshape(-1, 3)
+
+    def stored_subvolume(self, case: str, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """A sub-volume (Z, H, W) as stored (uint16, a view of the memory map: only its pages are read)."""
+        pos = self._position(case)
+        return self._image_array(pos)[self._region(case, start, size)]
+
+    def subvolume(self, case: str, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """A sub-volume as float32 in [0, 1], read straight from the memory map."""
+        return _dequantise(self.stored_subvolume(case, start, size))
+
+    def label_subvolume(self, case: str, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """A sub-volume of a case's labels as uint8; DataError for an unlabelled case."""
+        pos = self._position(case)
+        return np.asarray(self._label_array(pos)[self._region(case, start, size)])
+
+    def label_volume(self, case: str) -> np.ndarray:
+        """A case's whole label volume (Z, H, W) uint8, as a read-only memory map."""
+        return self._label_array(self._position(case))
+
+    def _region(self, case: str, start: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
+        """The slices of a box inside a case's volume; DataError when it leaves the volume (NumPy would
+        silently return a smaller array)."""
+        shape = self.volume_shape(case)
+        start_t, size_t = tuple(int(s) for s in start), tuple(int(s) for s in size)
+        if len(start_t) != 3 or len(size_t) != 3:
+            raise DataError(f"{self.root}: a sub-volume needs 3 start and 3 size values, got {start_t}, {size_t}")
+        if any(b < 0 or n < 1 or b + n > s for b, n, s in zip(start_t, size_t, shape, strict=True)):
+            raise DataError(
+                f"{self.root}: sub-volume at {start_t} of size {size_t} leaves case {case}'s volume {shape}"
+            )
+        return tuple(slice(b, b + n) for b, n in zip(start_t, size_t, strict=True))
+
     def _entry(self, case: str) -> dict:
         if case not in self._entries:
             raise DataError(f"{self.root}: unknown case {case!r}")
@@ -207,9 +253,17 @@ class SliceStore:
     def _open(self, case: str, kind: str) -> np.ndarray:
         path = case_array_path(self.root, case, kind)
         try:
-            return np.load(path, mmap_mode="r")
+            array = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot open ({exc})") from None
+        # Slices and sub-volumes are read from this map: it must be the volume the index describes.
+        expected, dtype = self.volume_shape(case), IMAGE_DTYPE if kind == "image" else LABEL_DTYPE
+        if array.shape != expected or array.dtype != np.dtype(dtype):
+            raise DataError(
+                f"{path}: holds {array.dtype} {array.shape}, the store's index says {dtype} {expected} "
+                f"(changed or damaged store; preprocess again)"
+            )
+        return array
 
 
 def case_array_path(root: Path, case: str, kind: str) -> Path:

@@ -137,10 +137,20 @@ def evaluate_flare(
 def model_predictor(
     model: torch.nn.Module, store: Any, runtime: Any, window: Mapping[str, Any]
 ) -> Callable[[str], np.ndarray]:
-    """case -> argmax labels (Z, H, W) of ``model`` over all the case's slices (sliding window, as in validation)."""
+    """case -> argmax labels (Z, H, W) of ``model`` over all the case's slices (sliding window, as in validation);
+    with ``window["spatial_dims"] == 3``, over the whole volume with cubes."""
     from monai.inferers import sliding_window_inference
 
     from ioussl.science.runtime import eval_mode
+
+    def predict_volume(case: str) -> np.ndarray:
+        image, _ = store.volume(case)
+        with eval_mode(model), runtime.autocast():
+            volume = runtime.to_device(torch.from_numpy(image)[None, None])
+            logits = sliding_window_inference(
+                volume, (window["roi"],) * 3, window["sw_batch_size"], model, overlap=window["overlap"]
+            )
+        return logits[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
 
     def predict(case: str) -> np.ndarray:
         image, _ = store.volume(case)
@@ -156,4 +166,4 @@ def model_predictor(
                 out[start : start + batch.shape[0]] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return out
 
-    return predict
+    return predict_volume if window.get("spatial_dims", 2) == 3 else predict

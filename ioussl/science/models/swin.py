@@ -32,7 +32,7 @@ def build_swin_unetr(model: ModelConfig, drop_path: float) -> nn.Module:
         num_heads=model.num_heads,
         dropout_path_rate=drop_path,
         use_checkpoint=model.use_checkpoint,
-        spatial_dims=2,
+        spatial_dims=model.spatial_dims,  # 2: slices (the thesis); 3: volumes (issue 20)
         normalize=True,
     )
 
@@ -53,7 +53,7 @@ class SwinEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         deepest = self.swin(x, normalize=True)[4]  # [N, 16C, H/32, W/32]
-        return deepest.mean(dim=(2, 3))
+        return deepest.mean(dim=tuple(range(2, deepest.ndim)))  # over H, W (and D in 3D)
 
 
 class SimSiam(nn.Module):

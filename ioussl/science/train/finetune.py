@@ -36,6 +36,7 @@ from ioussl.science.runtime import (
     seed_everything,
 )
 from ioussl.science.train import checkpoint as ckpt
+from ioussl.science.train import volumes
 from ioussl.science.train.engine import Evaluation, StepState, cycle, evaluate, train_one_epoch_seg
 from ioussl.science.train.losses import segmentation_loss
 from ioussl.science.train.optim import finetune_optimizer
@@ -77,7 +78,7 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     progress = Progress("finetune", ft.epochs, steps, first_epoch=point.epoch, main=runtime.is_main)
     progress.start(point.step, runtime.describe(), point.resumed)
     workers, loss_fn, feed = loader_workers(cfg.data.num_workers), segmentation_loss(), finetune_feed(cfg, runtime)
-    val = val_loader(store, val_ids, workers)
+    val = val_loader(store, val_ids, workers, cfg.model.spatial_dims)
     for epoch in range(point.epoch, ft.epochs):
         if selection.stopped:
             break
@@ -109,8 +110,8 @@ def training_slices(store: Any, cfg: RunConfig) -> tuple[dict[str, list[str]], n
     ft = cfg.finetune
     assert ft is not None
     parts = finetune_split(store, cfg)
-    train_ids = np.asarray(store.slice_ids(parts["train"]))
-    val_ids = subsample(np.asarray(store.slice_ids(parts["val"])), ft.max_val_slices)
+    train_ids = training_items(store, parts["train"], cfg)
+    val_ids = subsample(training_items(store, parts["val"], cfg), ft.max_val_slices)
     steps = ft.steps_per_epoch or max(1, math.ceil(len(train_ids) / ft.batch_size))
     return parts, train_ids, val_ids, steps
 
@@ -123,7 +124,7 @@ def build_state(
     assert ft is not None
     network = build_swin_unetr(cfg.model, cfg.model.finetune_drop_path).to(runtime.device)
     encoder = load_encoder(network, Path(encoder_checkpoint), cfg.model, ft.init_from) if encoder_checkpoint else None
-    if runtime.channels_last:
+    if runtime.channels_last and cfg.model.spatial_dims == 2:  # channels_last is a 4D layout
         network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stub
     optimizer = finetune_optimizer(network, ft, fused=runtime.device.type == "cuda")
     schedule = functools.partial(
@@ -201,7 +202,7 @@ def validate_and_select(
 ) -> dict[str, Any]:
     """Score the validation slices, keep ``best.pt`` on strict improvement, count evaluations for patience."""
     assert cfg.finetune is not None
-    scores = score(evaluate(state.model, val, state.runtime, window(cfg), cfg.model.out_channels))
+    scores = score(evaluator(cfg)(state.model, val, state.runtime, window(cfg), cfg.model.out_channels))
     if selection.record(scores, epoch, cfg.finetune.patience):
         payload = {
             **ckpt.describe(cfg, "best"),
@@ -226,7 +227,20 @@ def window(cfg: RunConfig) -> dict[str, Any]:
         "roi": cfg.data.crop,
         "sw_batch_size": cfg.finetune.sw_batch_size,
         "overlap": cfg.finetune.sw_overlap,
+        "spatial_dims": cfg.model.spatial_dims,  # 3: cubes of side roi over whole volumes
     }
+
+
+def training_items(store: Any, cases: list[str], cfg: RunConfig) -> np.ndarray:
+    """What a fine-tune loader iterates over: the cases' slice ids in 2D, their volumes' store positions in 3D."""
+    if cfg.model.spatial_dims == 3:
+        return volumes.case_ids(store, cases)
+    return np.asarray(store.slice_ids(cases))
+
+
+def evaluator(cfg: RunConfig) -> Any:
+    """Slices scored per slice and per case (2D), or whole volumes scored per case (3D: no per-slice DSC)."""
+    return volumes.evaluate_volumes if cfg.model.spatial_dims == 3 else evaluate
 
 
 def score(evaluation: Evaluation) -> dict[str, Any]:
@@ -235,8 +249,11 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
         case: preprocessed_case_dsc(counts, FLARE_ORGANS) for case, counts in sorted(evaluation.counts.items())
     }
     per_organ, dsc_3d = summarise_cases(per_case)
+    # 3D runs have no per-slice DSC (a 2D metric): their selection score and headline is the 3D DSC, named so.
+    per_slice = bool(evaluation.slice_scores)
     return {
-        "dsc": evaluation.dsc,
+        "dsc": evaluation.dsc if per_slice else dsc_3d,
+        "dsc_metric": "per-slice" if per_slice else "dsc_3d",
         "dsc_3d": dsc_3d,
         "per_case": per_case,
         "per_organ": per_organ,
@@ -287,9 +304,9 @@ def score_test(state: StepState, cfg: RunConfig, store: Any, cases: list[str], b
     """Score the best checkpoint once on the held-out test cases (never used for selection)."""
     assert cfg.finetune is not None
     ckpt.load_state(state.model, ckpt.load(best_path)["model"], best_path)
-    ids = subsample(np.asarray(store.slice_ids(cases)), cfg.finetune.max_val_slices)
-    loader = val_loader(store, ids, loader_workers(cfg.data.num_workers))
-    return score(evaluate(state.model, loader, state.runtime, window(cfg), cfg.model.out_channels))
+    ids = subsample(training_items(store, cases, cfg), cfg.finetune.max_val_slices)
+    loader = val_loader(store, ids, loader_workers(cfg.data.num_workers), cfg.model.spatial_dims)
+    return score(evaluator(cfg)(state.model, loader, state.runtime, window(cfg), cfg.model.out_channels))
 
 
 def finetune_flare(

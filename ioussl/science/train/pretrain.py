@@ -79,7 +79,7 @@ def build_state(cfg: RunConfig, runtime: Runtime, steps: int) -> StepState:
     SGD over six groups and the per-iteration cosine of Table 4.1)."""
     method = build_method(cfg, steps)
     model = method.to(runtime.device)
-    if runtime.channels_last:
+    if runtime.channels_last and cfg.model.spatial_dims == 2:  # channels_last is a 4D layout
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stub
     optimizer = method.make_optimizer(fused=runtime.device.type == "cuda")
     compiled = compile_for_training(model, cfg.runtime)

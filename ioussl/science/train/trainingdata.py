@@ -45,6 +45,10 @@ def check_crop_fits(store: Any, cases: list[str], crop: int) -> None:
 
 def pretrain_slice_ids(store: Any, cfg: RunConfig) -> np.ndarray:
     """The unlabelled cases' slices (plus the labelled ones if ``pretrain.include_labelled``)."""
+    if cfg.model.spatial_dims == 3:  # volumes and cubes (issue 20)
+        from ioussl.science.train import volumes
+
+        return volumes.pretrain_case_ids(store, cfg)
     assert cfg.pretrain is not None
     cases = list(store.unlabelled_cases())
     if cfg.pretrain.include_labelled:
@@ -90,6 +94,10 @@ def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
     With ``data.augment_on = "device"`` the loader only cuts the crops (whole batches, uint16) and
     ``pretrain_feed`` augments them on the device; with "loader" each view is augmented here by MONAI.
     """
+    if cfg.model.spatial_dims == 3:  # volumes and cubes (issue 20)
+        from ioussl.science.train import volumes
+
+        return volumes.pretrain_loader(store, ids, cfg, epoch, workers)
     from ioussl.science.train.datasets import PretrainCropBatches, PretrainPairDataset, make_pretrain_loader
 
     assert cfg.sampler is not None and cfg.pretrain is not None
@@ -107,6 +115,10 @@ def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
 def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
     """Batches of ``batch_size`` slices x ``crops_per_slice`` crops (pos/neg-balanced centres); augmented
     here in "loader" mode, by ``finetune_feed`` on the device in "device" mode."""
+    if cfg.model.spatial_dims == 3:  # volumes and cubes (issue 20)
+        from ioussl.science.train import volumes
+
+        return volumes.finetune_loader(store, ids, cfg, epoch, workers)
     from ioussl.science.train.datasets import FinetuneSliceDataset, make_finetune_loader
 
     assert cfg.finetune is not None
@@ -126,6 +138,10 @@ def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     Device mode: transfer the stored crops, dequantise and augment them there (each view its own draws,
     seeded by run seed, epoch and step); loader mode: the views are already augmented.
     """
+    if cfg.model.spatial_dims == 3:  # volumes and cubes (issue 20)
+        from ioussl.science.train import volumes
+
+        return volumes.pretrain_feed(cfg, runtime)
     if cfg.data.augment_on == "loader":
         return lambda batch, epoch, step: (runtime.to_device(batch["view1"]), runtime.to_device(batch["view2"]))
     from ioussl.science.augment.batchaug import AugmentSpec, StepAugment
@@ -145,6 +161,10 @@ def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
 def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tuple[Tensor, Tensor]]:
     """(batch, epoch, step) -> crops and labels on the device; augmented there in device mode (geometry on
     both, nearest for labels; intensity on the image only)."""
+    if cfg.model.spatial_dims == 3:  # volumes and cubes (issue 20)
+        from ioussl.science.train import volumes
+
+        return volumes.finetune_feed(cfg, runtime)
     if cfg.data.augment_on == "loader":
         return lambda batch, epoch, step: (runtime.to_device(batch["image"]), runtime.to_device(batch["label"]))
     from ioussl.science.augment.batchaug import AugmentSpec, StepAugment
@@ -161,8 +181,12 @@ def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     return feed
 
 
-def val_loader(store: Any, ids: np.ndarray, workers: int) -> DataLoader:
-    """Whole slices one at a time (their sizes differ), in store order."""
+def val_loader(store: Any, ids: np.ndarray, workers: int, spatial_dims: int = 2) -> DataLoader:
+    """Whole slices one at a time (their sizes differ), in store order; whole volumes in 3D."""
+    if spatial_dims == 3:
+        from ioussl.science.train import volumes
+
+        return volumes.val_loader(store, ids, workers)
     from ioussl.science.train.datasets import ValSliceDataset, make_val_loader
 
     return make_val_loader(ValSliceDataset(store, ids), batch_size=1, num_workers=workers)
