@@ -64,8 +64,9 @@ def metrics(db: str | None = None, study: Studies = None, run: str | Sequence[st
 def report(db: str | None = None, study: Studies = None, by: str | Sequence[str] | None = None,
            ddof: int = 0) -> pd.DataFrame:
     """``ioussl report`` as a table: one row per group with ``study``, ``group``, its value on each ``by`` axis,
-    ``mean``, ``std``, ``n``, ``planned``, ``delta``, ``paired_delta``, ``paired_n``, ``ci95_low``, ``ci95_high``,
-    and the group's ``values`` and ``run_ids`` as lists.
+    ``mean``, ``std``, ``n``, ``planned``, ``delta`` and its interval ``delta_ci95_low``, ``delta_ci95_high``
+    (or ``ci_note``: "n too small ..."), the ``test`` each row names, its ``p`` and ``p_holm``, ``pairing``,
+    ``metric``, the group mean's ``mean_ci95_low`` and ``mean_ci95_high``, and ``values`` and ``run_ids`` as lists.
 
     Args:
         db: the registry.

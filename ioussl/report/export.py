@@ -96,14 +96,16 @@ def report_frame(report: Report) -> pd.DataFrame:
 
     from ioussl.report.tables import GroupRow
 
-    skip = {"group", "study", "axes", "ci95"}
+    skip = {"group", "study", "axes", "mean_ci", "delta_ci"}
     rows = []
     for row in report.rows:
         numbers = {f.name: getattr(row, f.name) for f in dataclasses.fields(GroupRow) if f.name not in skip}
-        low, high = row.ci95 if row.ci95 else (None, None)
+        low, high = row.delta_ci if row.delta_ci else (None, None)
+        mean_low, mean_high = row.mean_ci if row.mean_ci else (None, None)
         rows.append({"study": row.study, "group": row.group,
                      **{axis: _cell(value) for axis, value in row.axes.items()},
-                     **numbers, "n": row.n, "ddof": report.ddof, "ci95_low": low, "ci95_high": high,
+                     **numbers, "n": row.n, "ddof": report.ddof, "delta_ci95_low": low, "delta_ci95_high": high,
+                     "mean_ci95_low": mean_low, "mean_ci95_high": mean_high,
                      "values": list(row.values), "run_ids": list(row.run_ids)})
     import pandas as pd
 

@@ -167,7 +167,7 @@ def _organ_caption(report: Report) -> str:
 # ---- tables ----
 
 # The report's columns that compare a group with the baseline: a table of their own, like the terminal's.
-AGAINST_BASELINE = ("Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm")
+AGAINST_BASELINE = ("Δ baseline", "Δ 95% CI", "test", "p", "p Holm")
 
 
 def _report_tables(report: Report) -> str:
@@ -191,14 +191,11 @@ def _html_table(report: Report, head: list[str], cells: list[list[str]], columns
 
 
 def _significant(row: tables.GroupRow) -> bool:
-    return row.p_paired_holm is not None and row.p_paired_holm < 0.05
+    return row.p_holm is not None and row.p_holm < 0.05
 
 
 def _legend(report: Report) -> str:
-    lines = tables.legend_lines(report) + [
-        "95% CI: Student-t interval of the group mean; Δ baseline: difference of the means; "
-        "paired Δ (n): mean difference to the baseline fine-tune with the same seed over n pairs.",
-    ]
+    lines = tables.legend_lines(report)
     return "<ul class='legend'>" + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>"
 
 
