@@ -123,7 +123,8 @@ def _figures(inputs: HtmlInputs) -> tuple[list[str], list[str]]:
     from ioussl.report import plots
 
     wanted: list[tuple[str, str, Callable[[], Any] | None, str]] = [
-        ("DSC per group", "Each fine-tune's DSC (dots), the group mean ± std (bar), the baseline's mean (dashed).",
+        ("DSC per group", "Each fine-tune's score (dots), the group mean with its 95% CI (nested bootstrap; the "
+         "std, in grey, where the group has too few pretrainings for one), the baseline's mean (dashed).",
          (lambda: plots.dsc_figure(inputs.report)) if any(r.values for r in inputs.report.rows) else None,
          "no fine-tune has a DSC yet"),
         (ORGAN_TITLE, _organ_caption(inputs.report),
