@@ -22,7 +22,7 @@ import pandas as pd
 
 from ioussl.report import export
 
-__all__ = ["metrics", "report", "runs"]
+__all__ = ["cases", "metrics", "report", "runs"]
 
 Studies = str | Sequence[str] | None
 
@@ -59,6 +59,18 @@ def metrics(db: str | None = None, study: Studies = None, run: str | Sequence[st
 
         raise ConfigError(f"stage must be pretrain or finetune, got {stage!r}")
     return export.metrics_frame(db, study, runs=_listed(run), names=_listed(names), stage=stage)
+
+
+def cases(db: str | None = None, study: Studies = None) -> pd.DataFrame:
+    """FLARE 2022's per-case scores in long form: ``study, run_id, interval, pretrain_seed, seed``, one column
+    per swept setting, then ``part`` ("val" or "test"), ``case``, ``organ``, ``flare_dsc``, ``flare_nsd``
+    (None where the organ could not be scored). One row per fine-tune, case and organ that FLARE scored.
+
+    Args:
+        db: the registry.
+        study: one study, several, or None for all of them.
+    """
+    return export.cases_frame(db, study)
 
 
 def report(db: str | None = None, study: Studies = None, by: str | Sequence[str] | None = None,
