@@ -127,6 +127,9 @@ class RuntimeConfig:
     channels_last: bool = True
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile the training step: 1.9x pretraining on an H100, 1-2 min warm-up
+    # TF32 matmuls and convolutions on Ampere+ GPUs (unless deterministic); false with precision = "fp16"
+    # replicates the thesis' V100 numerics (issue 21.8). Added later: runs planned before keep their ids.
+    tf32: bool = added(True)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,27 @@ def flare_sections(session: Any, run_ids: Iterable[str]) -> dict[str, Mapping[st
     return found
 
 
+def numerics(session: Any, run_ids: Sequence[str]) -> dict[str, int]:
+    """"autocast torch.bfloat16, TF32 on, compiled" -> runs, from each result's provenance (issue 21.8);
+    results recorded before the numerics were (no ``tf32`` key) say "not recorded"."""
+    counts: dict[str, int] = {}
+    for start in range(0, len(run_ids), 900):
+        query = select(Result.payload["provenance"]["device"]).where(Result.run_id.in_(run_ids[start:start + 900]))
+        for (device,) in session.execute(query):
+            key = _numerics_text(device)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _numerics_text(device: Any) -> str:
+    if not isinstance(device, Mapping) or not isinstance(device.get("tf32"), bool):
+        return "precision, TF32 and compile not recorded"
+    autocast = device.get("autocast")
+    precision = {"torch.float16": "fp16 autocast", "torch.bfloat16": "bf16 autocast"}.get(str(autocast), "fp32")
+    return (f"{precision}, TF32 {'on' if device['tf32'] else 'off'}, "
+            f"{'compiled' if device.get('compile') is True else 'eager'} on {str(device.get('device_name'))[:64]}")
+
+
 def case_rows(run_id: str, flare: Mapping[str, Any]) -> list[CaseRow]:
     """The run's per-case, per-organ scores, in case then organ order (invalid entries left out)."""
     part = flare.get("part") if flare.get("part") in ("val", "test") else "?"

@@ -114,6 +114,12 @@ def provenance_footer(session, records: list[repo.RunRecord], location: str) -> 
              f"code of the recorded results: {code}"]
     if imported:
         lines.append(f"{imported} fine-tune result(s) imported from outside ioussl (see ioussl status --json)")
+    from ioussl.report.cases import numerics
+
+    kinds = numerics(session, [r.id for r in records if r.stage == "finetune" and not r.imported])
+    if kinds:
+        lines.append("numerics of the recorded fine-tunes: " +
+                     "; ".join(f"{kind} ({n} run(s))" for kind, n in sorted(kinds.items())))
     return tuple(lines)
 
 

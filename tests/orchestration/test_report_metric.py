@@ -67,7 +67,10 @@ def small(db, tmp_path):  # type: ignore[no-untyped-def]
                 if run.stage == "finetune":
                     flare = flares[run.id] = _flare(run, number)
                     columns = {"dsc": 0.7, "flare_dsc": flare["dsc"], "flare_nsd": flare["nsd"], "flare_part": "test"}
-                    repo.record_result(session, run, columns, {"dsc": 0.7, "flare": flare})
+                    device = {"device": "cuda", "device_name": "NVIDIA H100", "autocast": "torch.bfloat16",
+                              "tf32": True, "compile": number % 2 == 0}
+                    repo.record_result(session, run, columns, {"dsc": 0.7, "flare": flare,
+                                                               "provenance": {"device": device}})
                 repo.set_status(session, run, RunStatus.COMPLETED)
         registry.dispose()
         return flares
@@ -110,6 +113,15 @@ def test_the_study_file_chooses_the_metric_and_bad_choices_are_one_line(small, d
         plan_grid(tmp_path / "bad.toml", db, check_data=False)
     result = CliRunner().invoke(app, ["report", "--db", db, "--metric", "iou"])
     assert result.exit_code != 0 and "unknown report metric" in result.output and "Traceback" not in result.output
+
+
+def test_the_report_states_the_numerics_of_its_results(small, db):
+    """Issue 21.8: precision, TF32 and compile of each recorded fine-tune, counted in the footer (every format,
+    the HTML report's included)."""
+    small()
+    footer = "\n".join(report_study(db, "small").report.footer)
+    assert "numerics of the recorded fine-tunes: bf16 autocast, TF32 on, compiled on NVIDIA H100 (" in footer
+    assert "bf16 autocast, TF32 on, eager on NVIDIA H100 (" in footer
 
 
 def test_metric_names_match_the_study_files():
