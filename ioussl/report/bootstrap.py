@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 RESAMPLES = 4000  # Δ's percentile interval from 4,000 resamples: its ends move by < 0.1 SE between seeds
 MIN_UNITS = 3  # fewer independent units (pretrainings, or baseline runs) in a group: "n too small"
+NOMINAL_UNITS = 8  # from this many units a side the interval covers 94-95% (benchmarks/bench_coverage.py)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def compare(members: Sequence[Member], baseline: Sequence[Member], *, test: str 
     return {"delta": delta, "delta_ci": None if interval is None else (interval.low, interval.high),
             "ci_note": note, "resamples": interval.resamples if interval else 0,
             "cases_resampled": interval.cases_resampled if interval else 0,
-            "test": name, "p": p, "pairing": pairing, "units": units}
+            "test": name, "p": p, "pairing": pairing, "units": units, "baseline_units": base_units}
 
 
 def _test(group: Design, base: Design, test: str, unit_word: str, pairing: str) -> tuple[str, float | None]:

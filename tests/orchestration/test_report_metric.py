@@ -91,6 +91,9 @@ def test_flare_metric_with_case_resampling_and_case_tests(small, db):
     assert list(row.values) == pytest.approx([flares[r]["nsd"] for r in row.run_ids], rel=1e-12)
     assert row.cases_resampled == len(CASES) and row.delta_ci[0] <= row.delta <= row.delta_ci[1]
     assert row.test == "Welch (runs)"  # one fine-tune per pretraining
+    from ioussl.report.tables import legend_lines
+
+    assert any("rests on fewer than 8 units a side" in line for line in legend_lines(report))  # 3 vs 3: said
     paired = {r.group: r for r in report_study(db, "small", metric="flare_dsc", test="cases").report.rows}
     a = _case_means(flares, paired["[0.3, 0.6]"].run_ids, "dsc")
     b = _case_means(flares, paired["no pretraining"].run_ids, "dsc")
