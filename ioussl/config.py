@@ -115,6 +115,10 @@ class FinetuneConfig:
     amp: bool = True
     steps_per_epoch: int | None = None  # None: ceil(train slices / batch_size)
     max_val_slices: int | None = None  # tiny profiles only; None scores every validation slice
+    # FLARE's evaluation rules (issue 21.7): "2022" (the challenge's code) or "2024" (NSD 0 where DSC < 0.2),
+    # and the organisers' 4-decimal rounding of each value. Added later: runs planned before keep their ids.
+    flare_rules: Literal["2022", "2024"] = added("2022")
+    flare_round: bool = added(False)
 
 
 @dataclass(frozen=True)
