@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 RESAMPLES = 4000  # Δ's percentile interval from 4,000 resamples: its ends move by < 0.1 SE between seeds
 MIN_UNITS = 3  # fewer independent units (pretrainings, or baseline runs) in a group: "n too small"
+BANK_FROM = 8  # units with more fine-tunes than this draw from a bank of within-unit resampled means
+BANK = 512
 NOMINAL_UNITS = 8  # from this many units a side the interval covers 94-95% (benchmarks/bench_coverage.py)
 
 
@@ -124,6 +126,8 @@ def _resampled_means(design: Design, rng: np.random.Generator, resamples: int,
 
     sizes = np.array([len(unit) for unit in design.units])
     offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    if weights is None and int(sizes.max()) > BANK_FROM:
+        return _banked_means(design, sizes, rng, resamples)
     if weights is None:
         scores = np.broadcast_to(np.array([v for unit in design.units for v in unit], dtype=float),
                                  (resamples, int(sizes.sum())))
@@ -133,6 +137,11 @@ def _resampled_means(design: Design, rng: np.random.Generator, resamples: int,
     units = rng.integers(0, len(sizes), size=(resamples, len(sizes)))
     widest = int(sizes.max())
     rows = np.arange(resamples)[:, None]
+    if (sizes == widest).all() and resamples * len(sizes) * widest <= 4_000_000:
+        # Every unit the same size (the usual grid): one draw of all runs of all resamples, no loop.
+        picks = rng.integers(0, widest, size=(resamples, len(sizes) * widest)) + \
+            np.repeat(offsets[units], widest, axis=1)
+        return scores[rows, picks].mean(axis=1)
     total = np.zeros(resamples)
     count = np.zeros(resamples)
     for slot in range(len(sizes)):
@@ -143,6 +152,22 @@ def _resampled_means(design: Design, rng: np.random.Generator, resamples: int,
         total += np.where(inside, scores[rows, np.where(inside, picks, 0)], 0.0).sum(axis=1)
         count += sizes[drawn]
     return total / count
+
+
+def _banked_means(design: Design, sizes: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """The same resampling for units of many fine-tunes (a sweep's rows pooled by ``--by``): each unit's
+    within-unit resampled means are drawn once, BANK of them, and each resample picks one per drawn unit.
+    Drawing every fine-tune of every resample would cost resamples x runs (4 million draws for a row of
+    1,000 fine-tunes); the bank costs units x BANK x fine-tunes, for the same distribution up to Monte Carlo
+    error of the within-unit part."""
+    import numpy as np
+
+    bank = np.stack([np.asarray(unit, dtype=float)[rng.integers(0, len(unit), size=(BANK, len(unit)))].mean(axis=1)
+                     for unit in design.units])  # (units, BANK)
+    units = rng.integers(0, len(sizes), size=(resamples, len(sizes)))
+    means = bank[units, rng.integers(0, BANK, size=units.shape)]
+    weights = sizes[units]  # each drawn unit weighs as many fine-tunes as it has
+    return (means * weights).sum(axis=1) / weights.sum(axis=1)
 
 
 def case_weighted(run: CaseScores, weights: np.ndarray) -> np.ndarray:

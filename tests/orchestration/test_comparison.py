@@ -192,3 +192,16 @@ def test_outputs_name_the_test_and_the_resamples(grid):
     assert "p_paired" not in head and "paired_delta" not in head
     assert "Welch (pretrainings)" in to_latex(report)
     assert "metric: dsc = the thesis' per-slice DSC" in to_markdown(report)
+
+
+def test_units_of_many_fine_tunes_resample_from_a_bank_with_the_same_interval(monkeypatch):
+    """A sweep's pooled row (pretrainings of 20 fine-tunes): the banked within-unit draws give the interval
+    the full draws give, up to Monte Carlo error."""
+    rng = np.random.default_rng(9)
+    group, base = _nested(rng, 12, 20, 0.01), Design(tuple((v,) for v in 0.8 + rng.normal(0, 0.01, 10)))
+    banked = bootstrap.delta_interval(group, base, resamples=20_000, seed=3)
+    monkeypatch.setattr(bootstrap, "BANK_FROM", 10_000)
+    full = bootstrap.delta_interval(group, base, resamples=20_000, seed=3)
+    width = full.high - full.low
+    assert banked.low == pytest.approx(full.low, abs=0.05 * width)
+    assert banked.high == pytest.approx(full.high, abs=0.05 * width)
