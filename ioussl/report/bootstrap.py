@@ -17,6 +17,7 @@ benchmarks/bench_coverage.py measures how often the interval covers a known Δ i
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -91,6 +92,9 @@ def delta_interval(group: Design, baseline: Design, *, resamples: int = RESAMPLE
         weights = np.zeros((resamples, len(cases)))
         np.add.at(weights, (np.arange(resamples)[:, None], draws), 1.0)
     deltas = _resampled_means(group, rng, resamples, weights) - _resampled_means(baseline, rng, resamples, weights)
+    deltas = deltas[np.isfinite(deltas)]  # a case draw in which a run scored no organ at all: left out
+    if len(deltas) < resamples // 2:
+        return None
     tail = (1 - level) / 2
     low, high = np.quantile(deltas, [tail, 1 - tail])
     return DeltaInterval(float(low), float(high), resamples, len(cases))
@@ -178,9 +182,10 @@ def case_weighted(run: CaseScores, weights: np.ndarray) -> np.ndarray:
     present = ~np.isnan(run.values)
     sums = weights @ np.where(present, run.values, 0.0)
     counts = weights @ present.astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no organ scored in a draw: NaN, left out by the caller
         organ_means = sums / counts
-    return np.nanmean(organ_means, axis=1)
+        return np.nanmean(organ_means, axis=1)
 
 
 def run_score(run: CaseScores) -> float:

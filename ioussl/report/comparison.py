@@ -17,6 +17,8 @@ A row whose test cannot run (too few units, different cases) falls back to ``wel
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,10 +91,12 @@ def _test(group: Design, base: Design, test: str, unit_word: str, pairing: str) 
     if test in ("cases", "wilcoxon"):
         cases = bootstrap.shared_cases(group, base)
         if len(cases) >= 2:
-            a, b = case_means(group), case_means(base)
+            pairs = [(x, y) for x, y in zip(case_means(group), case_means(base), strict=True)
+                     if math.isfinite(x) and math.isfinite(y)]  # a case no organ of which was scored: left out
+            a, b = [x for x, _ in pairs], [y for _, y in pairs]
             if test == "cases":
-                return f"paired t by case ({len(cases)})", statistics.paired_t_pvalue(a, b)
-            return f"Wilcoxon by case ({len(cases)})", statistics.wilcoxon_pvalue(a, b)
+                return f"paired t by case ({len(a)})", statistics.paired_t_pvalue(a, b)
+            return f"Wilcoxon by case ({len(a)})", statistics.wilcoxon_pvalue(a, b)
         fallback = ", no shared cases"
     what = "pretrainings" if unit_word != "run" else "runs"
     unknown = ", pairing unknown" if pairing == UNKNOWN else ""
@@ -104,8 +108,10 @@ def case_means(design: Design) -> list[float]:
     import numpy as np
 
     assert design.cases is not None
-    per_run = [np.nanmean(run.values, axis=1) for unit in design.cases for run in unit]
-    return [float(v) for v in np.mean(per_run, axis=0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a case none of whose organs was scored: NaN
+        per_run = [np.nanmean(run.values, axis=1) for unit in design.cases for run in unit]
+        return [float(v) for v in np.nanmean(per_run, axis=0)]
 
 
 def case_scores_of(per_case: Mapping[str, Mapping[str, Any]], measure: str) -> CaseScores | None:
@@ -122,4 +128,6 @@ def case_scores_of(per_case: Mapping[str, Mapping[str, Any]], measure: str) -> C
             value = (per_case[case].get(organ) or {}).get(measure)
             if value is not None:
                 values[i, j] = float(value)
+    if np.isnan(values).all():  # nothing scored: no case-level information
+        return None
     return CaseScores(cases, values)

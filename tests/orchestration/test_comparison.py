@@ -205,3 +205,23 @@ def test_units_of_many_fine_tunes_resample_from_a_bank_with_the_same_interval(mo
     width = full.high - full.low
     assert banked.low == pytest.approx(full.low, abs=0.05 * width)
     assert banked.high == pytest.approx(full.high, abs=0.05 * width)
+
+
+def test_per_case_scores_without_any_organ_are_input_not_a_crash():
+    """Scores read back from the registry: a run whose cases scored nothing has no case-level information,
+    and a case nothing was scored on is left out of the case test (never a NaN p or interval)."""
+    names = ("a", "b", "c", "d")
+    assert comparison.case_scores_of({"a": {"liver": {"dsc": None}}}, "dsc") is None
+    rng = np.random.default_rng(2)
+
+    def member(run_id, unit, level):  # type: ignore[no-untyped-def]
+        values = np.clip(level + rng.normal(0, 0.05, (4, 2)), 0, 1)
+        values[3] = np.nan  # case d: no organ scored in any run
+        scores = CaseScores(names, values)
+        return comparison.Member(run_id, bootstrap.run_score(scores), unit, cases=scores)
+
+    group = [member(f"g{i}", f"p{i}", 0.8) for i in range(3)]
+    base = [member(f"b{i}", f"b{i}", 0.7) for i in range(3)]
+    result = comparison.compare(group, base, test="cases", resamples=300)
+    assert result["test"] == "paired t by case (3)" and np.isfinite(result["p"])  # case d left out
+    assert result["delta_ci"] is not None and all(np.isfinite(result["delta_ci"]))
