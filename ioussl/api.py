@@ -74,7 +74,7 @@ def cases(db: str | None = None, study: Studies = None) -> pd.DataFrame:
 
 
 def report(db: str | None = None, study: Studies = None, by: str | Sequence[str] | None = None,
-           ddof: int = 0) -> pd.DataFrame:
+           ddof: int = 0, metric: str | None = None, test: str | None = None) -> pd.DataFrame:
     """``ioussl report`` as a table: one row per group with ``study``, ``group``, its value on each ``by`` axis,
     ``mean``, ``std``, ``n``, ``planned``, ``delta`` and its interval ``delta_ci95_low``, ``delta_ci95_high``
     (or ``ci_note``: "n too small ..."), the ``test`` each row names, its ``p`` and ``p_holm``, ``pairing``,
@@ -85,10 +85,12 @@ def report(db: str | None = None, study: Studies = None, by: str | Sequence[str]
         study: one study or several (side by side); None: the registry's only study.
         by: axes to group by, e.g. ``"pretrain.base_lr,interval"`` (default: every swept setting, then interval).
         ddof: 0 for the population std (as the thesis), 1 for the sample std.
+        metric: ``dsc``, ``flare_dsc`` or ``flare_nsd`` (default: the study file's ``[report] metric``, else dsc).
+        test: ``welch``, ``cases`` or ``wilcoxon`` (default: ``[report] test``, else welch).
     """
     from ioussl.report.service import report_study
 
-    return export.report_frame(report_study(db, study, ddof=ddof, by=by).report)
+    return export.report_frame(report_study(db, study, ddof=ddof, by=by, metric=metric, test=test).report)
 
 
 def _listed(value: str | Sequence[str] | None) -> list[str]:

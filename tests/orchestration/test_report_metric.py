@@ -144,6 +144,8 @@ def test_organ_table_export_and_api_carry_the_per_case_scores(small, db, tmp_pat
     assert liver.mean == pytest.approx(np.mean([flares[r]["per_organ"]["liver"]["dsc"] for r in run_ids]))
     assert liver.n == 3 and liver.ci is not None and liver.ci[0] <= liver.mean <= liver.ci[1]
     assert {measure for _, _, measure in rows} == {"DSC", "NSD"}
+    table = api.report(db, "small", metric="flare_nsd", test="wilcoxon")
+    assert list(table.metric) == ["flare_nsd"] * 2 and table.test[1].startswith("Wilcoxon by case")
     frame = api.cases(db, "small")
     assert len(frame) == 6 * len(CASES) * len(ORGANS)
     one = frame[(frame.run_id == run_ids[0]) & (frame.case == "case2") & (frame.organ == "spleen")]
