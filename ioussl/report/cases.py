@@ -49,6 +49,17 @@ def flare_sections(session: Any, run_ids: Iterable[str]) -> dict[str, Mapping[st
     return found
 
 
+def pairing_known(session: Any, run_ids: Sequence[str]) -> set[str]:
+    """The imported runs whose import said their pretraining is known (``pairing = known`` in the CSV)."""
+    known: set[str] = set()
+    for start in range(0, len(run_ids), 900):
+        query = select(Result.run_id, Result.payload["pairing_known"]).where(
+            Result.run_id.in_(run_ids[start:start + 900]))
+        # SQLite's JSON extraction gives 1 for true, PostgreSQL's True
+        known.update(run_id for run_id, flag in session.execute(query) if flag in (True, 1))
+    return known
+
+
 def numerics(session: Any, run_ids: Sequence[str]) -> dict[str, int]:
     """"autocast torch.bfloat16, TF32 on, compiled" -> runs, from each result's provenance (issue 21.8);
     results recorded before the numerics were (no ``tf32`` key) say "not recorded"."""

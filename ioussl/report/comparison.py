@@ -37,7 +37,7 @@ class Member:
     run_id: str
     value: float
     unit: str  # its pretraining's run id (a baseline run: its own id)
-    imported: bool = False
+    imported: bool = False  # imported without a known pretraining (its nesting unknown): compared unpaired
     cases: CaseScores | None = None
 
 

@@ -60,8 +60,11 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         # FLARE's per-case scores: read only when the metric or the test uses them (a payload per run).
         wanted = metric != "dsc" or test != "welch" or organs
         sections = case_scores.flare_sections(session, finetunes) if wanted else {}
+        imported = [r.id for r in records if r.imported and r.stage == "finetune"]
+        known = case_scores.pairing_known(session, imported) if imported else set()
     report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders, metric=metric, test=test,
-                          case_scores=case_scores.case_table(sections) if metric != "dsc" else None)
+                          case_scores=case_scores.case_table(sections) if metric != "dsc" else None,
+                          pairing_known=known)
     report = dataclasses.replace(report, footer=footer)
     outcome = ReportOutcome(report, pretrain_losses=curves.get("loss", {}))
     if organs:

@@ -100,7 +100,7 @@ class Report:
 def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_order: Sequence[str] = (), *,
                  by: Sequence[str] = (INTERVAL,), orders: Mapping[str, StudyOrder] | None = None,
                  metric: str = "dsc", test: str = "welch", case_scores: CaseTable | None = None,
-                 resamples: int = bootstrap.RESAMPLES) -> Report:
+                 resamples: int = bootstrap.RESAMPLES, pairing_known: Iterable[str] = ()) -> Report:
     """Group fine-tunes, compute mean/std and compare each setting with its no-pretraining baseline.
 
     Args:
@@ -112,6 +112,7 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_
         metric: one of :data:`METRICS`.
         test: one of ``comparison.TESTS``.
         case_scores: run id -> metric -> per-case scores (FLARE's), for case resampling and case tests.
+        pairing_known: imported runs whose pretraining is known (their import said so): nested like others.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
@@ -126,7 +127,7 @@ def build_report(records: Sequence[RunRecord], study: str, ddof: int = 0, group_
                      if score(r, cases[key], metric) is None)
     several = len(orders) > 1
     baselines = grouping.Baselines(groups)
-    context = _Context(metric, test, case_scores or {}, resamples)
+    context = _Context(metric, test, case_scores or {}, resamples, frozenset(pairing_known))
     fields = []
     for key in grouping.sort_keys(groups, orders):
         base_key = baselines.of(key)
@@ -147,6 +148,7 @@ class _Context:
     test: str
     case_scores: CaseTable
     resamples: int
+    pairing_known: frozenset[str] = frozenset()
 
 
 def group_cases(runs: Sequence[RunRecord], metric: str = "dsc") -> str:
@@ -215,7 +217,8 @@ def _row_fields(runs: list[RunRecord], ddof: int, baseline: list[RunRecord] | No
 def _members(done: Sequence[RunRecord], cases: str, context: _Context) -> list[comparison.Member]:
     """Each scored run as the comparison sees it: value, unit (its pretraining; a baseline run is its own),
     whether imported, and its per-case scores of the metric where recorded."""
-    return [comparison.Member(r.id, float(score(r, cases, context.metric)), r.parent_id or r.id, r.imported,  # type: ignore[arg-type]
+    return [comparison.Member(r.id, float(score(r, cases, context.metric)), r.parent_id or r.id,  # type: ignore[arg-type]
+                              r.imported and r.id not in context.pairing_known,
                               context.case_scores.get(r.id, {}).get(context.metric))
             for r in done]
 

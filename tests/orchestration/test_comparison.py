@@ -225,3 +225,25 @@ def test_per_case_scores_without_any_organ_are_input_not_a_crash():
     result = comparison.compare(group, base, test="cases", resamples=300)
     assert result["test"] == "paired t by case (3)" and np.isfinite(result["p"])  # case d left out
     assert result["delta_ci"] is not None and all(np.isfinite(result["delta_ci"]))
+
+
+def test_an_import_that_knows_its_pairing_is_nested_like_ioussls_own(repo_root, db, tmp_path, table_4_2):
+    """`pairing = known` in the CSV: the pretrain seed column is the truth, so pretraining means are the units."""
+    from ioussl.errors import DataError
+    from ioussl.plan.importing import import_results
+    from ioussl.report.service import report_study
+
+    text = (repo_root / "jobs" / "thesis-table-4.2.csv").read_text().splitlines()
+    known = tmp_path / "known.csv"
+    known.write_text("\n".join([text[0] + ",pairing", *(line + ",known" for line in text[1:])]) + "\n")
+    import_results(repo_root / "jobs" / "thesis.toml", known, db, source="pairing known")
+    rows = {row.group: row for row in report_study(db, "thesis").report.rows}
+    runs = table_4_2["[0.3, 0.6]"]
+    means = [np.mean([float(r["dsc"]) for r in runs if r["pretrain_seed"] == seed]) for seed in ("1", "2")]
+    base = [float(r["dsc"]) for r in table_4_2[BASELINE]]
+    assert rows["[0.3, 0.6]"].test == "Welch (pretrainings)" and rows["[0.3, 0.6]"].pairing == "nested"
+    assert rows["[0.3, 0.6]"].p == pytest.approx(stats.ttest_ind(means, base, equal_var=False).pvalue, rel=1e-10)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([text[0] + ",pairing", text[1] + ",maybe"]) + "\n")
+    with pytest.raises(DataError, match="pairing must be known or unknown, got 'maybe'"):
+        import_results(repo_root / "jobs" / "thesis.toml", bad, db, source="x")
