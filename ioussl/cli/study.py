@@ -216,7 +216,9 @@ def report(
 @import_app.command("results")
 def import_results(
     study_file: Annotated[Path, typer.Argument(help="The study the results belong to (TOML).")],
-    results_csv: Annotated[Path, typer.Argument(help="CSV: group, pretrain_seed, seed, dsc [, dsc_3d, note, pairing (known|unknown)].")],
+    results_csv: Annotated[
+        Path, typer.Argument(help="CSV: group, pretrain_seed, seed, dsc [, dsc_3d, note, pairing (known|unknown)].")
+    ],
     source: Annotated[str, typer.Option("--source", help="Where the numbers come from (kept with each result).")],
     db: DbOption = None,
     base_dir: Annotated[
