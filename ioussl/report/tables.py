@@ -358,6 +358,9 @@ def legend_lines(report: Report) -> list[str]:
         names = sorted({row.test for row in tested})
         lines.append(f"p: two-sided, the test each row names ({'; '.join(names)}); p Holm: Holm's adjustment "
                      f"over the {len(tested)} setting(s) tested{family}")
+    if any(row.pairing == comparison.NESTED and row.p is not None for row in report.rows):
+        lines.append("pairing: each fine-tune within its pretraining, each baseline run on its own (never by seed "
+                     "number)")
     if any(row.pairing == comparison.UNKNOWN for row in report.rows):
         lines.append("pairing unknown: imported results do not say which fine-tune belongs to which pretraining; "
                      "their fine-tunes are compared unpaired (Welch t over runs), which treats them as independent")

@@ -192,6 +192,7 @@ def test_outputs_name_the_test_and_the_resamples(grid):
     assert "p_paired" not in head and "paired_delta" not in head
     assert "Welch (pretrainings)" in to_latex(report)
     assert "metric: dsc = the thesis' per-slice DSC" in to_markdown(report)
+    assert "pairing: each fine-tune within its pretraining" in to_markdown(report)
 
 
 def test_units_of_many_fine_tunes_resample_from_a_bank_with_the_same_interval(monkeypatch):
