@@ -1,6 +1,7 @@
 """Run every benchmarks/bench_*.py in turn (each prints its own numbers); `make bench`.
 
-CPU: bench_augment (device vs loader augmentation, loader pairs/s per worker), bench_demo_pretrain (the
+CPU: bench_augment (device vs loader augmentation, loader pairs/s per worker), bench_coverage (issue 21: how
+often the report's 95% CI of Δ covers a known Δ in 1,000 simulated nested studies), bench_demo_pretrain (the
 demo's pretrainings end to end, device vs loader mode; add --before DIR by hand to compare with older code),
 bench_loader, bench_registry, bench_sampler, bench_submit, bench_sweep (issue 10: planning, export, status
 and report at 10,000 runs), bench_sync, bench_train_cpu. The bench_gpu_*

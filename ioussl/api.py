@@ -22,7 +22,7 @@ import pandas as pd
 
 from ioussl.report import export
 
-__all__ = ["metrics", "report", "runs"]
+__all__ = ["cases", "metrics", "report", "runs"]
 
 Studies = str | Sequence[str] | None
 
@@ -61,21 +61,36 @@ def metrics(db: str | None = None, study: Studies = None, run: str | Sequence[st
     return export.metrics_frame(db, study, runs=_listed(run), names=_listed(names), stage=stage)
 
 
+def cases(db: str | None = None, study: Studies = None) -> pd.DataFrame:
+    """FLARE 2022's per-case scores in long form: ``study, run_id, interval, pretrain_seed, seed``, one column
+    per swept setting, then ``part`` ("val" or "test"), ``case``, ``organ``, ``flare_dsc``, ``flare_nsd``
+    (None where the organ could not be scored). One row per fine-tune, case and organ that FLARE scored.
+
+    Args:
+        db: the registry.
+        study: one study, several, or None for all of them.
+    """
+    return export.cases_frame(db, study)
+
+
 def report(db: str | None = None, study: Studies = None, by: str | Sequence[str] | None = None,
-           ddof: int = 0) -> pd.DataFrame:
+           ddof: int = 0, metric: str | None = None, test: str | None = None) -> pd.DataFrame:
     """``ioussl report`` as a table: one row per group with ``study``, ``group``, its value on each ``by`` axis,
-    ``mean``, ``std``, ``n``, ``planned``, ``delta``, ``paired_delta``, ``paired_n``, ``ci95_low``, ``ci95_high``,
-    and the group's ``values`` and ``run_ids`` as lists.
+    ``mean``, ``std``, ``n``, ``planned``, ``delta`` and its interval ``delta_ci95_low``, ``delta_ci95_high``
+    (or ``ci_note``: "n too small ..."), the ``test`` each row names, its ``p`` and ``p_holm``, ``pairing``,
+    ``metric``, the group mean's ``mean_ci95_low`` and ``mean_ci95_high``, and ``values`` and ``run_ids`` as lists.
 
     Args:
         db: the registry.
         study: one study or several (side by side); None: the registry's only study.
         by: axes to group by, e.g. ``"pretrain.base_lr,interval"`` (default: every swept setting, then interval).
         ddof: 0 for the population std (as the thesis), 1 for the sample std.
+        metric: ``dsc``, ``flare_dsc`` or ``flare_nsd`` (default: the study file's ``[report] metric``, else dsc).
+        test: ``welch``, ``cases`` or ``wilcoxon`` (default: ``[report] test``, else welch).
     """
     from ioussl.report.service import report_study
 
-    return export.report_frame(report_study(db, study, ddof=ddof, by=by).report)
+    return export.report_frame(report_study(db, study, ddof=ddof, by=by, metric=metric, test=test).report)
 
 
 def _listed(value: str | Sequence[str] | None) -> list[str]:

@@ -232,6 +232,10 @@ class FinetuneConfig:
     # Which encoder of a DINO pretraining to start from (DINO's authors evaluate the teacher). SimSiam has one
     # encoder, which both names select.
     init_from: Literal["teacher", "student"] = added("teacher")
+    # FLARE's evaluation rules (issue 21.7): "2022" (the challenge's code) or "2024" (NSD 0 where DSC < 0.2),
+    # and the organisers' 4-decimal rounding of each value. Added later: runs planned before keep their ids.
+    flare_rules: Literal["2022", "2024"] = added("2022")
+    flare_round: bool = added(False)
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,9 @@ class RuntimeConfig:
     channels_last: bool = True
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile the training step: 1.9x pretraining on an H100, 1-2 min warm-up
+    # TF32 matmuls and convolutions on Ampere+ GPUs (unless deterministic); false with precision = "fp16"
+    # replicates the thesis' V100 numerics (issue 21.8). Added later: runs planned before keep their ids.
+    tf32: bool = added(True)
 
 
 @dataclass(frozen=True)

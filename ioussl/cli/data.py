@@ -94,9 +94,32 @@ def split(
     thesis: Annotated[
         bool, typer.Option("--thesis", help="Write the thesis' fixed FLARE22 15/35 split.")
     ] = False,
+    keep_train: Annotated[
+        bool,
+        typer.Option("--keep-train", help="With --cases SPLIT.json: keep its training cases and split its "
+                                          "validation cases into --val (selection) and --test (reporting)."),
+    ] = False,
 ) -> None:
     """Write a seeded train/val(/test) split of a store's labelled cases or of a list of cases, or the thesis' split."""
-    from ioussl.science.data.splits import THESIS_SPLIT, check_split_cases, make_split, read_case_list, split_to_json
+    from ioussl.science.data.splits import (
+        THESIS_SPLIT,
+        check_split_cases,
+        keep_train_split,
+        load_split,
+        make_split,
+        read_case_list,
+        split_to_json,
+    )
+
+    if keep_train:
+        if cases is None or store is not None or thesis:
+            raise DataError("--keep-train splits the validation part of a split JSON: give --cases SPLIT.json only")
+        result = keep_train_split(load_split(cases), train, val, test, seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(split_to_json(result, f"the training cases of {cases.name}; its validation cases split "
+                                             f"(seed {seed}) into selection and test"))
+        typer.echo(", ".join(f"{part} {len(ids)}" for part, ids in result.items()) + f" -> {out}")
+        return
 
     if thesis:
         result, comment = THESIS_SPLIT, "FLARE2022 custom 15/35 split of the thesis"

@@ -63,6 +63,16 @@ def export_metrics(
     _wrote(export.write_frame(frame, output, chosen))
 
 
+@export_app.command("cases")
+def export_cases(db: DbOption = None, study: StudiesOption = None, fmt: FormatOption = None,
+                 output: OutputOption = None) -> None:
+    """FLARE's per-case scores: one row per fine-tune, case and organ, with its DSC and NSD and the run's axes."""
+    from ioussl.report import export
+
+    chosen = export.format_for(output, fmt.value if fmt else None)
+    _wrote(export.write_frame(export.cases_frame(db, study), output, chosen))
+
+
 def _wrote(path: Path | None) -> None:
     if path is not None:
         typer.echo(f"wrote {path}", err=True)

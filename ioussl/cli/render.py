@@ -48,6 +48,10 @@ def plan_outcome(outcome: PlanOutcome) -> None:
            if outcome.resources_updated else "")
     )
     _plan_size(outcome)
+    if outcome.detectable is not None:
+        console.print(outcome.detectable.line(), markup=False, soft_wrap=True)
+    elif outcome.power_note:
+        console.print(outcome.power_note, markup=False, soft_wrap=True)
     for warning in outcome.warnings:
         console.print(f"warning: {warning}", markup=False, soft_wrap=True)
     if len(outcome.new) > SUMMARY_ABOVE:
@@ -266,6 +270,8 @@ def report(outcome: ReportOutcome, fmt: str, table: bool = True) -> None:
     """The report table in ``fmt`` (unless ``table`` is off), then which figures were written or skipped."""
     if table:
         report_table(outcome.report, fmt)
+    if outcome.organs:
+        organ_table(outcome, fmt)
     for line in [f"wrote {path}" for path in outcome.plots] + outcome.skipped:
         print(line, file=sys.stderr)  # whole lines: a path must not wrap
 
@@ -281,15 +287,17 @@ def report_table(report: Report, fmt: str) -> None:
     # against the baseline, and (where recorded) the other scores of the same runs.
     head, cells = fmt_report.table(report)
     if len(cells) > SUMMARY_ABOVE:  # a large sweep's rows: plain columns (rich takes seconds for thousands)
-        print(f"{report.study}: DSC per group (std ddof={report.ddof}), {len(cells)} groups")
+        print(f"{report.study}: {fmt_report.METRICS[report.metric]} per group (std ddof={report.ddof}), "
+              f"{len(cells)} groups")
         print(plain_columns(head, cells), end="")
         for line in fmt_report.footer_lines(report):
             print(line)
         return
     values = head[: head.index("n") + 1]
-    stats = ["group", "Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm"]
+    stats = ["group", "Δ baseline", "Δ 95% CI", "test", "p", "p Holm"]
     others = ["group", "cases", *fmt_report.optional_columns(report)]
-    titles = [f"{report.study}: DSC per group (std ddof={report.ddof})", "statistics", "other scores"]
+    titles = [f"{report.study}: {fmt_report.METRICS[report.metric]} per group (std ddof={report.ddof})",
+              "against the baseline", "other scores"]
     for title, names in zip(titles, (values, stats, others), strict=True):
         if names is others and len(others) == 2:
             continue
@@ -301,6 +309,26 @@ def report_table(report: Report, fmt: str) -> None:
         console.print(part)
     for line in fmt_report.footer_lines(report):
         console.print(line, markup=False)
+
+
+def organ_table(outcome: ReportOutcome, fmt: str) -> None:
+    """``report --organs``: FLARE's DSC and NSD per group and organ (CSV in --format csv, else plain columns)."""
+    import csv
+    import io
+
+    from ioussl.report.cases import organ_table as cells_of
+
+    head, cells = cells_of(outcome.organs)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["group", "organ", "measure", "mean", "ci95_low", "ci95_high", "n"])
+        for row in outcome.organs:
+            writer.writerow([row.group, row.organ, row.measure, row.mean, *(row.ci or (None, None)), row.n])
+        print("\n" + buffer.getvalue(), end="")
+        return
+    print("\nper organ (FLARE 2022, mean over each group's runs; 95% CI: nested bootstrap)")
+    print(plain_columns(head, cells), end="")
 
 
 def plain_columns(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

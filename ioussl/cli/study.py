@@ -40,12 +40,34 @@ def plan_grid(
         int | None,
         typer.Option("--max-runs", min=1, help="Refuse a study that expands to more runs [default 5000]."),
     ] = None,
+    sd: Annotated[
+        str | None,
+        typer.Option("--sd", metavar="<sd[,baseline_sd]>",
+                     help="With --dry-run: the SD of a pretraining's mean score (and of a baseline run's), for "
+                          "the smallest Δ the seeds detect at 80% power [default: the study's [report] sd]."),
+    ] = None,
+    sd_from: Annotated[
+        str | None,
+        typer.Option("--sd-from", metavar="<study>",
+                     help="With --dry-run: take those SDs from an earlier study in the registry."),
+    ] = None,
 ) -> None:
     """Validate a study and add its grid of runs (pretrains, fine-tunes, baseline); twice adds nothing."""
     from ioussl.cli import render
     from ioussl.plan.service import plan_grid as plan
 
-    render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data, max_runs=max_runs))
+    if (sd is not None or sd_from is not None) and not dry_run:
+        raise ConfigError("--sd and --sd-from size the dry run's power: give --dry-run too")
+    render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data, max_runs=max_runs,
+                             sd=_numbers(sd, "--sd") if sd is not None else None, sd_from=sd_from))
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    """"0.01" or "0.01,0.005" as numbers; a one-line error otherwise."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} takes numbers separated by commas, got {text!r}") from None
 
 
 def status(
@@ -154,8 +176,23 @@ def report(
                      help="Also write the whole report as one self-contained HTML file (tables, statistics, "
                           "figures, every run, provenance; opens without network)."),
     ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", metavar="<dsc|flare_dsc|flare_nsd>",
+                     help="The score per run: the thesis' per-slice DSC, or FLARE 2022's DSC or NSD (the ones to "
+                          "publish) [default: the study file's [report] metric, else dsc]."),
+    ] = None,
+    test: Annotated[
+        str | None,
+        typer.Option("--test", metavar="<welch|cases|wilcoxon>",
+                     help="Against the baseline: Welch on pretraining means, or paired by test case (t or "
+                          "Wilcoxon; needs FLARE's per-case scores) [default: [report] test, else welch]."),
+    ] = None,
+    organs: Annotated[
+        bool, typer.Option("--organs", help="Also print FLARE's DSC and NSD per group and organ, with 95% CIs.")
+    ] = False,
 ) -> None:
-    """Mean ± std DSC per group, each run's DSC, n, the difference to the no-pretraining baseline and its tests.
+    """Mean ± std per group, each run's score, n, Δ to the no-pretraining baseline with its 95% CI, and a test.
 
     Groups are the IoU intervals (Table 4.2), or any axes of a sweep with --by; several --study give
     their rows side by side.
@@ -167,14 +204,17 @@ def report(
         raise ConfigError("--pairs is plotted into the --plot folder or the --html report: give one of them too")
     if not table and plot is None and html is None:
         raise ConfigError("--no-table without --plot DIR or --html FILE leaves nothing to report")
-    outcome = report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, html_path=html, by=by)
+    outcome = report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, html_path=html, by=by,
+                           metric=metric, test=test, organs=organs)
     render.report(outcome, fmt, table=table)
 
 
 @import_app.command("results")
 def import_results(
     study_file: Annotated[Path, typer.Argument(help="The study the results belong to (TOML).")],
-    results_csv: Annotated[Path, typer.Argument(help="CSV: group, pretrain_seed, seed, dsc [, dsc_3d, note].")],
+    results_csv: Annotated[
+        Path, typer.Argument(help="CSV: group, pretrain_seed, seed, dsc [, dsc_3d, note, pairing (known|unknown)].")
+    ],
     source: Annotated[str, typer.Option("--source", help="Where the numbers come from (kept with each result).")],
     db: DbOption = None,
     base_dir: Annotated[

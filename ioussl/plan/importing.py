@@ -2,8 +2,10 @@
 
 CSV columns: ``group`` (a report row, e.g. ``[0.3, 0.6]`` or ``no pretraining``), ``pretrain_seed`` (empty
 for the baseline), ``seed`` (the fine-tune seed), ``dsc`` (thesis per-slice DSC) and optionally ``dsc_3d``
-and ``note``. Every row is checked before anything is written; imported runs are marked as such, with the
-source note, and never overwrite a result that ioussl recorded itself.
+and ``note``, and ``pairing``: ``known`` where the row's pretrain seed really is the pretraining its
+fine-tune came from, else ``unknown`` (the default: the thesis' Table 4.2 does not say which DSC is whose,
+and the report then compares such runs unpaired). Every row is checked before anything is written; imported
+runs are marked as such, with the source note, and never overwrite a result that ioussl recorded itself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from ioussl.registry.models import IMPORTED, Run, utcnow
 from ioussl.status import RunStatus
 
 REQUIRED = ("group", "pretrain_seed", "seed", "dsc")
-OPTIONAL = ("dsc_3d", "note")
+OPTIONAL = ("dsc_3d", "note", "pairing")
+PAIRINGS = ("known", "unknown")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ImportRow:
     dsc: float
     dsc_3d: float | None
     note: str | None
+    pairing: str = "unknown"  # whether the row's pretrain seed is known to be its fine-tune's pretraining
 
 
 @dataclass
@@ -87,9 +91,12 @@ def _parse_row(path: Path, line: int, raw: dict[str, str | None]) -> ImportRow:
     for name, value in (("dsc", dsc), ("dsc_3d", dsc_3d)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise DataError(f"{path}:{line}: {name} must lie in [0, 1], got {value}")
+    pairing = (raw.get("pairing") or "").strip() or "unknown"
+    if pairing not in PAIRINGS:
+        raise DataError(f"{path}:{line}: pairing must be known or unknown, got {pairing!r}")
     return ImportRow(line=line, group=(raw.get("group") or "").strip(),
                      pretrain_seed=number("pretrain_seed", int, optional=True), seed=number("seed", int),
-                     dsc=dsc, dsc_3d=dsc_3d, note=(raw.get("note") or "").strip() or None)
+                     dsc=dsc, dsc_3d=dsc_3d, note=(raw.get("note") or "").strip() or None, pairing=pairing)
 
 
 def import_results(study_file: str | Path, results_csv: str | Path, db: str | None, source: str,
@@ -118,12 +125,16 @@ def import_results(study_file: str | Path, results_csv: str | Path, db: str | No
 def _import_one(session, run: Run, row: ImportRow, source: str, outcome: ImportOutcome) -> None:
     if run.result is not None and not run.result.imported:
         raise DataError(f"run {run.id} already has a result recorded by ioussl; an import never overwrites it")
-    if run.result is not None and run.result.dsc == row.dsc and run.result.dsc_3d == row.dsc_3d:
+    known = row.pairing == "known"
+    if run.result is not None and run.result.dsc == row.dsc and run.result.dsc_3d == row.dsc_3d \
+            and bool((run.result.payload or {}).get("pairing_known")) == known:
         outcome.unchanged += 1
         return
     note = f"{source}{' - ' + row.note if row.note else ''}"
-    repo.record_result(session, run, {"dsc": row.dsc, "dsc_3d": row.dsc_3d},
-                       {"dsc": row.dsc, "dsc_3d": row.dsc_3d, "imported_from": note}, imported=True, source=note)
+    payload = {"dsc": row.dsc, "dsc_3d": row.dsc_3d, "imported_from": note}
+    if known:  # only where said: a registry imported before keeps its payloads (and the report its reading)
+        payload["pairing_known"] = True
+    repo.record_result(session, run, {"dsc": row.dsc, "dsc_3d": row.dsc_3d}, payload, imported=True, source=note)
     _complete_imported(session, run, note)
     outcome.imported += 1
 

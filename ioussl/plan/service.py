@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ioussl.errors import ConfigError
 from ioussl.plan import expand as planning
 from ioussl.plan.expand import PlannedRun
 from ioussl.plan.study import StudySpec, load_study, spec_summary
 from ioussl.registry import opened, repo
 from ioussl.registry.db import MissingRegistry
 from ioussl.registry.errors import AlreadyRecorded
+
+if TYPE_CHECKING:
+    from ioussl.plan.power import Detectable
 
 
 @dataclass
@@ -25,6 +32,8 @@ class PlanOutcome:
     warnings: list[str] = field(default_factory=list)
     axes: dict[str, list[object]] = field(default_factory=dict)  # swept setting -> its values (file order)
     gpu_hours_per_run: dict[str, float] = field(default_factory=dict)  # stage -> GPU-hours one run requests
+    detectable: Detectable | None = None  # dry run: the smallest Δ its seeds detect at 80% power
+    power_note: str = ""  # dry run without a spread to compute it from: how to give one
 
     def counts(self, runs: list[PlannedRun]) -> dict[str, int]:
         """Runs per stage (pretrain, finetune) among ``runs``."""
@@ -36,7 +45,8 @@ class PlanOutcome:
 
 
 def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, check_data: bool = True,
-              base_dir: str | None = None, max_runs: int | None = None) -> PlanOutcome:
+              base_dir: str | None = None, max_runs: int | None = None, sd: Sequence[float] | None = None,
+              sd_from: str | None = None) -> PlanOutcome:
     """Validate the study, refuse it above the size cap, expand its grid, add the runs not yet recorded.
 
     Race-free: the runs are written under the registry's write lock, so planners running at once create
@@ -48,7 +58,9 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     planned = planning.expand_grid(spec)
     warnings = (planning.check_data(spec) if check_data else []) + planning.placeholder_warnings(spec)
     if dry_run:
-        return _dry_run(db, spec, planned, warnings)
+        outcome = _dry_run(db, spec, planned, warnings)
+        _with_power(outcome, spec, planned, db, sd, sd_from)
+        return outcome
     with opened(db, create=True) as registry:
         for last_try in (False, True):
             outcome = _outcome(spec, warnings)
@@ -75,6 +87,36 @@ def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warning
     return outcome
 
 
+def _with_power(outcome: PlanOutcome, spec: StudySpec, planned: list[PlannedRun], db: str | None,
+                sd: Sequence[float] | None, sd_from: str | None) -> None:
+    """The detectable Δ of the planned seeds, from ``sd`` (a pretraining mean's SD [, a baseline run's]),
+    else the spreads of study ``sd_from`` in the registry, else the study file's [report] sd/baseline_sd."""
+    from ioussl.plan import power
+
+    if sd:
+        if len(sd) > 2 or not all(0 < value < 1 for value in sd):
+            raise ConfigError(f"--sd takes one or two standard deviations in (0, 1), got {list(sd)}")
+        spreads, source = (sd[0], sd[-1]), "given"
+    elif sd_from:
+        with opened(db) as registry, registry.session(write=False) as session:
+            repo.find_study(session, sd_from)
+            found = power.spreads_from(repo.list_runs(session, study=sd_from, stage="finetune"))
+        if found is None:
+            raise ConfigError(f"study {sd_from!r} has too few scored runs for a spread (2 pretrainings per setting "
+                              "and 2 baseline runs at least)")
+        spreads, source = found[:2], f"study {sd_from}: {found[2]} pretrainings, {found[3]} baseline runs"
+    elif "sd" in spec.report:
+        spreads, source = (spec.report["sd"], spec.report.get("baseline_sd", spec.report["sd"])), "[report] sd"
+    else:
+        outcome.power_note = ("detectable Δ: give the spread with --sd SD[,BASELINE_SD], --sd-from STUDY or "
+                              "[report] sd in the study file")
+        return
+    settings = len({(run.group, json.dumps(dict(run.point), sort_keys=True, default=str)) for run in planned
+                    if run.stage == "pretrain"})
+    outcome.detectable = power.detectable(spreads[0], spreads[1], len(spec.pretrain_seeds),
+                                          len(spec.baseline_seeds), settings, source)
+
+
 def _outcome(spec: StudySpec, warnings: list[str]) -> PlanOutcome:
     from ioussl.resources import resources_for_run
 
@@ -96,6 +138,8 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
     )
     if not created and (study.spec or {}).get("notify") != summary["notify"]:
         repo.set_notify(study, summary["notify"])  # a webhook added to the profile later
+    if not created and (study.spec or {}).get("report") != summary.get("report"):
+        repo.set_report(study, summary.get("report"))  # [report] edited after planning
     repo.add_axes(study, spec.sweep.names)
     known = repo.existing_hashes(session, study)
     outcome.existing = [run for run in planned if run.run_hash in known]

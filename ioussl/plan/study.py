@@ -38,6 +38,9 @@ RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additi
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus_per_node", "exclude", "setup",
               "additional", "max_parallel")
 NOTIFY_KEYS = ("webhook",)
+STUDY_SECTIONS += ("report",)  # how the study is reported and planned for power (issue 21): no run's identity
+REPORT_METRICS = ("dsc", "flare_dsc", "flare_nsd")  # report/tables.py METRICS has the same keys (tested)
+REPORT_TESTS = ("welch", "cases", "wilcoxon")  # report/comparison.py TESTS
 MAX_SEED = 2**32  # seeds lie in [0, 2**32): what numpy and torch accept
 MAX_LABEL = 64  # runs.group
 
@@ -78,6 +81,7 @@ class StudySpec:
     sweep: Sweep = field(default_factory=Sweep)  # [sweep] axes; empty: the thesis grid
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     notify: dict[str, Any] = field(default_factory=dict)  # the cluster profile's [notify] (webhook alerts)
+    report: dict[str, Any] = field(default_factory=dict)  # [report]: metric, test, sd, baseline_sd (checked)
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative).expanduser()
@@ -148,7 +152,23 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
         sweep=parse_sweep(raw.get("sweep"), f"{where} [sweep]"),
         raw=raw,
         notify=notify,
+        report=parse_report(raw.get("report", {}), f"{where} [report]"),
     )
+
+
+def parse_report(table: Any, where: str) -> dict[str, Any]:
+    """[report]: ``metric`` and ``test`` (the report's defaults for this study), ``sd`` and ``baseline_sd``
+    (the standard deviation of a pretraining's mean score and of a baseline run's, for the dry run's power)."""
+    section = _checked(table, ("metric", "test", "sd", "baseline_sd"), where)
+    for key, valid in (("metric", REPORT_METRICS), ("test", REPORT_TESTS)):
+        if key in section and section[key] not in valid:
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(valid)}, got {_short(section[key])}")
+    for key in ("sd", "baseline_sd"):
+        value = section.get(key)
+        if key in section and (isinstance(value, bool) or not isinstance(value, int | float)
+                               or not 0 < value < 1):
+            raise ConfigError(f"{where}: {key} must be a number in (0, 1), got {_short(value)}")
+    return section
 
 
 def _name_and_runs_dir(head: Any, where: str) -> tuple[str, str]:
@@ -266,6 +286,8 @@ def spec_summary(spec: StudySpec) -> dict[str, Any]:
         "raw": spec.raw,
         "notify": dict(spec.notify),
     }
+    if spec.report:
+        summary["report"] = dict(spec.report)
     if spec.sweep:
         summary["sweep"] = spec.sweep.values()
     return summary

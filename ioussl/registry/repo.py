@@ -137,6 +137,11 @@ def set_notify(study: Study, notify: Any) -> None:
     study.spec = {**(study.spec or {}), "notify": notify}
 
 
+def set_report(study: Study, report: Any) -> None:
+    """A study's ``[report]`` settings (the headline metric), edited after it was planned."""
+    study.spec = {**(study.spec or {}), "report": report}
+
+
 def run_or_none(session: Session, run_id: str) -> Run | None:
     """A run by its exact id."""
     return session.get(Run, run_id)

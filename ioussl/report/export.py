@@ -90,20 +90,50 @@ def metrics_frame(db: str | None, study: str | Sequence[str] | None = None, runs
     return _frame(columns)
 
 
+CASE_HEAD = ("study", "run_id", "interval", "pretrain_seed", "seed")
+CASE_TAIL = ("part", "case", "organ", "flare_dsc", "flare_nsd")
+
+
+def cases_frame(db: str | None, study: str | Sequence[str] | None = None) -> pd.DataFrame:
+    """FLARE's per-case scores in long form: one row per (fine-tune, case, organ) with the run's axes, the part
+    of the split scored ("val" or "test") and the organ's DSC and NSD (None: not scored)."""
+    from ioussl.report.cases import case_rows, flare_sections
+
+    with opened(db) as registry, registry.session(write=False) as session:
+        studies, axes = _studies(session, study)
+        about = {r.id: r for name in studies for r in repo.list_runs(session, study=name, stage="finetune")}
+        sections = flare_sections(session, about)
+    columns: dict[str, list[Any]] = {name: [] for name in (*CASE_HEAD, *axes, *CASE_TAIL)}
+    for run_id in sorted(sections, key=lambda r: (about[r].study, about[r].group, about[r].pretrain_seed or 0,
+                                                  about[r].seed, r)):
+        record = about[run_id]
+        for row in case_rows(run_id, sections[run_id]):
+            for name, cell in zip(CASE_HEAD, (record.study, run_id, record.group, record.pretrain_seed, record.seed),
+                                  strict=True):
+                columns[name].append(cell)
+            for name in axes:
+                columns[name].append(_cell(record.point.get(name)))
+            for name, cell in zip(CASE_TAIL, (row.part, row.case, row.organ, row.dsc, row.nsd), strict=True):
+                columns[name].append(cell)
+    return _frame(columns)
+
+
 def report_frame(report: Report) -> pd.DataFrame:
     """One row per report group: study, group, its value on each --by axis, then every GroupRow number."""
     import dataclasses
 
     from ioussl.report.tables import GroupRow
 
-    skip = {"group", "study", "axes", "ci95"}
+    skip = {"group", "study", "axes", "mean_ci", "delta_ci"}
     rows = []
     for row in report.rows:
         numbers = {f.name: getattr(row, f.name) for f in dataclasses.fields(GroupRow) if f.name not in skip}
-        low, high = row.ci95 if row.ci95 else (None, None)
+        low, high = row.delta_ci if row.delta_ci else (None, None)
+        mean_low, mean_high = row.mean_ci if row.mean_ci else (None, None)
         rows.append({"study": row.study, "group": row.group,
                      **{axis: _cell(value) for axis, value in row.axes.items()},
-                     **numbers, "n": row.n, "ddof": report.ddof, "ci95_low": low, "ci95_high": high,
+                     **numbers, "n": row.n, "ddof": report.ddof, "delta_ci95_low": low, "delta_ci95_high": high,
+                     "mean_ci95_low": mean_low, "mean_ci95_high": mean_high,
                      "values": list(row.values), "run_ids": list(row.run_ids)})
     import pandas as pd
 

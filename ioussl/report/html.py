@@ -128,7 +128,8 @@ def _figures(inputs: HtmlInputs) -> tuple[list[str], list[str]]:
     from ioussl.report import plots
 
     wanted: list[tuple[str, str, Callable[[], Any] | None, str]] = [
-        ("DSC per group", "Each fine-tune's DSC (dots), the group mean ± std (bar), the baseline's mean (dashed).",
+        ("DSC per group", "Each fine-tune's score (dots), the group mean with its 95% CI (nested bootstrap; the "
+         "std, in grey, where the group has too few pretrainings for one), the baseline's mean (dashed).",
          (lambda: plots.dsc_figure(inputs.report)) if any(r.values for r in inputs.report.rows) else None,
          "no fine-tune has a DSC yet"),
         (ORGAN_TITLE, _organ_caption(inputs.report),
@@ -174,7 +175,7 @@ def _organ_caption(report: Report) -> str:
 # ---- tables ----
 
 # The report's columns that compare a group with the baseline: a table of their own, like the terminal's.
-AGAINST_BASELINE = ("Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm")
+AGAINST_BASELINE = ("Δ baseline", "Δ 95% CI", "test", "p", "p Holm")
 
 
 def _report_tables(report: Report) -> str:
@@ -198,14 +199,11 @@ def _html_table(report: Report, head: list[str], cells: list[list[str]], columns
 
 
 def _significant(row: tables.GroupRow) -> bool:
-    return row.p_paired_holm is not None and row.p_paired_holm < 0.05
+    return row.p_holm is not None and row.p_holm < 0.05
 
 
 def _legend(report: Report) -> str:
-    lines = tables.legend_lines(report) + [
-        "95% CI: Student-t interval of the group mean; Δ baseline: difference of the means; "
-        "paired Δ (n): mean difference to the baseline fine-tune with the same seed over n pairs.",
-    ]
+    lines = tables.legend_lines(report)
     return "<ul class='legend'>" + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>"
 
 

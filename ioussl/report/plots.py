@@ -14,7 +14,7 @@ from typing import Any
 
 from ioussl.errors import DataError
 from ioussl.plan.expand import BASELINE_GROUP
-from ioussl.report.tables import HELD_OUT, Report
+from ioussl.report.tables import HELD_OUT, METRICS, Report
 
 
 def _figure(width: float, height: float):
@@ -116,19 +116,34 @@ def _mean_curve(runs: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, 
     return [(epoch, sum(values) / len(values)) for epoch, values in sorted(by_epoch.items())]
 
 
+MIN_SPAN = 0.05  # the narrowest y range drawn: a DSC axis is never zoomed onto a spread of 0.001
+
+
 def dsc_figure(report: Report):
-    """Each fine-tune's DSC as a point, the group mean ± std as a bar, the baseline's mean as a dashed line."""
+    """Each fine-tune's score as a point, the group mean with its 95% interval (nested bootstrap; the std
+    where the group has too few pretrainings for one, said in the legend), the baseline's mean as a dashed
+    line. The y-axis spans at least MIN_SPAN and says so when it does not start at 0."""
     rows = [row for row in report.rows if row.values]
     if not rows:
         raise DataError("no fine-tune has a DSC yet: nothing to plot")
     fig = _figure(max(6, 1.3 * len(rows)), 4.5)
     ax = fig.subplots()
+    labelled: set[str] = set()
     for x, row in enumerate(rows):
         spread = [x + 0.08 * (i - (row.n - 1) / 2) for i in range(row.n)]
         ax.scatter(spread, row.values, s=22, color="tab:blue", zorder=3,
                    label="one fine-tune" if x == 0 else None)
-        ax.errorbar([x], [row.mean], yerr=[row.std or 0.0], fmt="_", color="black", markersize=22, capsize=6,
-                    zorder=4, label="mean ± std" if x == 0 else None)
+        if row.mean_ci is not None:
+            low, high = row.mean_ci
+            kind, color = "mean, 95% CI (nested bootstrap)", "black"
+        else:
+            low = high = row.mean or 0.0
+            low, high = low - (row.std or 0.0), high + (row.std or 0.0)
+            kind, color = "mean ± std (n too small for a CI)", "tab:gray"
+        mean = row.mean or 0.0
+        ax.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="_", color=color, markersize=22,
+                    capsize=6, zorder=4, label=kind if kind not in labelled else None)
+        labelled.add(kind)
     baselines = [row for row in rows if row.baseline]  # several (a sweep, studies side by side): no one line
     baseline = baselines[0] if len(baselines) == 1 else None
     if baseline is not None and baseline.mean is not None:
@@ -138,11 +153,26 @@ def dsc_figure(report: Report):
     cases = {row.cases for row in rows}
     where = ("held-out test cases" if cases == {HELD_OUT} else "selection cases" if HELD_OUT not in cases
              else "see the cases column")
-    ax.set(xlabel="pretraining (IoU interval of the positive pairs)", ylabel=f"DSC (per slice, {where})",
-           title=f"{report.study}: DSC per group (mean ± std, ddof={report.ddof})")
+    low, high = y_range([v for row in rows for v in (*row.values, *(row.mean_ci or ()))])
+    ax.set_ylim(low, high)
+    zoom = "" if (low, high) == (0.0, 1.0) else f"; y-axis zoomed to [{low:.2f}, {high:.2f}]"
+    ax.set(xlabel="pretraining (IoU interval of the positive pairs)", ylabel=f"{METRICS[report.metric]} ({where})",
+           title=f"{report.study}: {METRICS[report.metric]} per group{zoom}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def y_range(values: Sequence[float]) -> tuple[float, float]:
+    """[0, 1] where the scores spread over most of it; else a window of at least MIN_SPAN around them, inside
+    [0, 1] (the title says it is zoomed)."""
+    low, high = min(values), max(values)
+    if high - low > 0.5:
+        return 0.0, 1.0
+    span = max(MIN_SPAN, 1.3 * (high - low))
+    centre = (low + high) / 2
+    bottom = min(max(0.0, centre - span / 2), 1.0 - span)
+    return round(bottom, 4), round(bottom + span, 4)
 
 
 def plot_dsc(report: Report, path: Path) -> Path:

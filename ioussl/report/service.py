@@ -12,6 +12,7 @@ from ioussl.errors import ConfigError, DataError
 from ioussl.plan.order import in_group_order, study_group_order
 from ioussl.registry import opened, repo
 from ioussl.report import grouping
+from ioussl.report.cases import OrganRow
 from ioussl.report.grouping import StudyOrder
 from ioussl.report.tables import Report
 
@@ -22,18 +23,22 @@ class ReportOutcome:
     plots: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one line per figure not drawn, and why
     pretrain_losses: Curves = field(default_factory=dict)  # with figures: the SimSiam loss per epoch, by row
+    organs: list[OrganRow] = field(default_factory=list)  # with --organs: per group and organ, DSC and NSD
 
 
 def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 0, plot_dir: Path | None = None,
                  pairs_json: Path | None = None, html_path: Path | None = None,
-                 by: str | Sequence[str] | None = None) -> ReportOutcome:
+                 by: str | Sequence[str] | None = None, *, metric: str | None = None, test: str | None = None,
+                 organs: bool = False) -> ReportOutcome:
     """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures
     (PNG files into ``plot_dir``) and a self-contained HTML report (``html_path``).
 
     ``study`` may name several studies: their rows side by side. ``by`` groups by any of their axes
     (``grouping.resolve_by``; default: each swept setting, then the interval, which for a study without a
-    sweep is the thesis table).
+    sweep is the thesis table). ``metric`` and ``test`` default to the study file's ``[report]`` (else the
+    per-slice DSC and Welch's test on pretraining means); ``organs`` adds the per-organ table.
     """
+    from ioussl.report import cases as case_scores
     from ioussl.report.tables import build_report
 
     names = [study] if isinstance(study, str) else list(dict.fromkeys(study or []))
@@ -50,15 +55,46 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         html_series = _html_series(session, records, (axes, orders)) if html_path else {}
         per_organ = repo.result_per_organ(session, [row.name for row in studies]) \
             if html_path else {}
-    report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders)
+        metric, test = report_choices(studies, metric, test)
+        finetunes = [r.id for r in records if r.stage == "finetune"]
+        # FLARE's per-case scores: read only when the metric or the test uses them (a payload per run).
+        wanted = metric != "dsc" or test != "welch" or organs
+        sections = case_scores.flare_sections(session, finetunes) if wanted else {}
+        imported = [r.id for r in records if r.imported and r.stage == "finetune"]
+        known = case_scores.pairing_known(session, imported) if imported else set()
+    report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders, metric=metric, test=test,
+                          case_scores=case_scores.case_table(sections) if metric != "dsc" else None,
+                          pairing_known=known)
     report = dataclasses.replace(report, footer=footer)
     outcome = ReportOutcome(report, pretrain_losses=curves.get("loss", {}))
+    if organs:
+        units = {r.id: r.parent_id or r.id for r in records}
+        groups = [(row.group, [(run_id, units[run_id]) for run_id in row.run_ids]) for row in report.rows]
+        outcome.organs = case_scores.organ_rows(groups, sections)
+        if not outcome.organs:
+            outcome.skipped.append("per-organ table skipped: no run of the report recorded FLARE's per-organ scores")
     if plot_dir:
         _write_plots(outcome, curves, records, plot_dir, pairs_json)
     if html_path:
         runs = in_group_order(records, {name: order.groups for name, order in orders.items()})
         _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json)
     return outcome
+
+
+def report_choices(studies: Sequence[object], metric: str | None, test: str | None) -> tuple[str, str]:
+    """The metric and test asked for, else the first study's ``[report]`` choice, else the defaults; one-line
+    errors for anything else."""
+    from ioussl.report.comparison import TESTS
+    from ioussl.report.tables import METRICS
+
+    chosen = {}
+    for name, given, valid, default in (("metric", metric, METRICS, "dsc"), ("test", test, TESTS, "welch")):
+        filed = [((row.spec or {}).get("report") or {}).get(name) for row in studies]  # type: ignore[attr-defined]
+        value = given or next((v for v in filed if v), None) or default
+        if value not in valid:
+            raise ConfigError(f"unknown report {name} {value!r}; valid: {', '.join(valid)}")
+        chosen[name] = value
+    return chosen["metric"], chosen["test"]
 
 
 def check_html_path(path: Path) -> None:
@@ -81,6 +117,12 @@ def provenance_footer(session, records: list[repo.RunRecord], location: str) -> 
              f"code of the recorded results: {code}"]
     if imported:
         lines.append(f"{imported} fine-tune result(s) imported from outside ioussl (see ioussl status --json)")
+    from ioussl.report.cases import numerics
+
+    kinds = numerics(session, [r.id for r in records if r.stage == "finetune" and not r.imported])
+    if kinds:
+        lines.append("numerics of the recorded fine-tunes: " +
+                     "; ".join(f"{kind} ({n} run(s))" for kind, n in sorted(kinds.items())))
     return tuple(lines)
 
 

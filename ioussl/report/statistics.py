@@ -99,3 +99,17 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 def _no_spread(values: Sequence[float]) -> bool:
     """All values equal up to float rounding (a t statistic would divide by zero)."""
     return max(values) - min(values) <= 1e-12 * max(1.0, max(abs(v) for v in values))
+
+
+def wilcoxon_pvalue(values: Sequence[float], matched: Sequence[float]) -> float | None:
+    """Two-sided Wilcoxon signed-rank test of ``values`` against ``matched`` (pairs: the same case), as
+    scipy.stats.wilcoxon computes it (zero differences dropped, exact distribution for small samples);
+    None below 2 pairs or where every difference is zero."""
+    if len(values) != len(matched):
+        raise ValueError(f"signed-rank test: {len(values)} values against {len(matched)} matched ones")
+    differences = [a - b for a, b in zip(values, matched, strict=True)]
+    if len(differences) < 2 or all(abs(d) <= 1e-12 for d in differences):
+        return None
+    from scipy import stats  # only a report asking for this test pays scipy.stats' import
+
+    return float(stats.wilcoxon(values, matched).pvalue)

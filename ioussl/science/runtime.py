@@ -76,6 +76,8 @@ class Runtime:
     def follower_summary(self, stage: str) -> dict[str, Any]:
         """What a non-main rank returns from a stage: it wrote nothing, so it has no result of its own."""
         return {"stage": stage, "rank": self.rank, "world_size": self.world_size}
+    tf32: bool = False  # TF32 matmuls and convolutions in effect (CUDA only)
+    compile: bool = False  # the training step asked torch.compile (it may have fallen back to eager)
 
     @property
     def needs_scaler(self) -> bool:
@@ -98,7 +100,9 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {"device": str(self.device), "device_name": name, "autocast": str(self.dtype)}
+        # The numerics a result was computed with (issue 21.8): recorded in its provenance, shown by the report.
+        return {"device": str(self.device), "device_name": name, "autocast": str(self.dtype), "tf32": self.tf32,
+                "compile": self.compile}
 
 
 def resolve_runtime(cfg: RuntimeConfig, amp: bool, ranks: Ranks | None = None) -> Runtime:
@@ -125,8 +129,8 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool, ranks: Ranks | None = None) -
     dtype = autocast_dtype(cfg.precision, amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic
-        torch.backends.cudnn.allow_tf32 = not cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32 and not cfg.deterministic
+        torch.backends.cudnn.allow_tf32 = cfg.tf32 and not cfg.deterministic
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Set either way: the flag is process-wide, and a previous run in this process may have set it.
@@ -136,7 +140,9 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool, ranks: Ranks | None = None) -
         # running several at once) would oversubscribe it.
         torch.set_num_threads(allocated_cpus())
     channels_last = cfg.channels_last and device.type == "cuda" and not cfg.deterministic
-    return Runtime(device=device, dtype=dtype, channels_last=channels_last, ranks=ranks)
+    tf32 = device.type == "cuda" and cfg.tf32 and not cfg.deterministic
+    return Runtime(device=device, dtype=dtype, channels_last=channels_last, ranks=ranks, tf32=tf32,
+                   compile=cfg.compile)
 
 
 def autocast_dtype(precision: str, amp: bool, device: torch.device) -> torch.dtype | None:

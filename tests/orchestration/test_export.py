@@ -140,8 +140,9 @@ def test_report_as_a_table(finished):
     # Its run recorded held-out test cases: the group's number is theirs, the selection cases' beside it.
     assert (done.n, done.planned, done["mean"], done["values"]) == (1, 2, 0.79, [0.79])
     assert (done.cases, done.selection_mean, done.flare_dsc, done.flare_part) == ("test", 0.8, 0.81, "test")
-    assert {"std", "ci95_low", "ci95_high", "delta", "paired_delta", "paired_n", "run_ids", "p_paired",
-            "p_paired_holm", "p_welch", "p_welch_holm", "baseline"} <= set(frame.columns)
+    assert {"std", "delta_ci95_low", "delta_ci95_high", "ci_note", "delta", "test", "p", "p_holm", "pairing",
+            "mean_ci95_low", "mean_ci95_high", "run_ids", "metric", "baseline"} <= set(frame.columns)
+    assert not {"paired_delta", "p_paired", "p_welch"} & set(frame.columns)
     assert list(frame.baseline) == [True, False, True, False]
 
 

@@ -195,7 +195,7 @@ def test_chromium_renders_the_report_with_every_image_and_no_console_error(brows
     keys = scores[0] + against[0][1:]
     shown = [dict(zip(keys, s + a[1:], strict=True)) for s, a in zip(scores[1:], against[1:], strict=True)]
     assert shown == [dict(zip(head, line, strict=True)) for line in cells]
-    assert against[0] == ["group", "Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm"]
+    assert against[0] == ["group", "Δ baseline", "Δ 95% CI", "test", "p", "p Holm"]
     assert "held-out test" in scores[1] and "FLARE NSD" in scores[0]
     assert len(runs_table) == 1 + 34
     failed = next(row for row in runs_table if "FAILED" in row)

@@ -31,6 +31,27 @@ def test_dsc_plot_has_axis_labels_and_a_dashed_baseline_at_its_mean(thesis_db):
     assert any("no pretraining" in t.get_text() for t in ax.get_legend().get_texts())
 
 
+def test_dsc_plot_never_zooms_onto_a_tiny_range_without_saying_so(repo_root, db):
+    """Issue 21.9: scores within 0.001 of each other once filled a whole axis; now it spans >= 0.05, the title
+    says it is zoomed, and a group with enough pretrainings shows its interval, the others their std, labelled."""
+    from ioussl.plan.service import plan_grid
+    from ioussl.report.plots import MIN_SPAN
+    from ioussl.report.tables import build_report
+    from ioussl.track.listing import status_rows
+
+    plan_grid(repo_root / "jobs" / "thesis.toml", db, check_data=False)
+    records = [r._replace(dsc=0.8 + 0.0001 * (r.seed + (r.pretrain_seed or 0))) if r.stage == "finetune" else r
+               for r in status_rows(db)]
+    report = build_report(records, "thesis")
+    ax = dsc_figure(report).axes[0]
+    bottom, top = ax.get_ylim()
+    assert top - bottom >= MIN_SPAN - 1e-9 and bottom <= 0.8 <= top
+    assert f"y-axis zoomed to [{bottom:.2f}, {top:.2f}]" in ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "mean ± std (n too small for a CI)" in labels  # 2 pretrainings per setting
+    assert "mean, 95% CI (nested bootstrap)" in labels  # the baseline's 4 runs
+
+
 def _curves() -> dict[str, list[list[tuple[int, float]]]]:
     """Three epochs of two groups, all between 0.90 and 0.96 (as real collapse curves bunch together)."""
     return {"[0, 0]": [[(0, 0.95), (1, 0.93), (2, 0.92)], [(0, 0.96), (1, 0.94), (2, 0.93)]],

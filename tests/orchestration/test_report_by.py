@@ -83,7 +83,9 @@ def test_by_crop_and_interval_compares_each_row_with_the_baseline_of_its_crop(re
     assert row.n == row.planned == 8
     assert row.mean == pytest.approx(0.6 + 0.03125 + 0.02 + 0.015)
     assert row.delta == pytest.approx(row.mean - 0.515)
-    assert row.paired_n == 8 and row.paired_delta == pytest.approx(0.6 + 0.03125 + 0.02 - 0.5)  # seeds cancel
+    # units: its 4 pretrainings (2 learning rates x 2 seeds) against the crop's 2 baseline runs (too few for a CI)
+    assert (row.test, row.units, row.pairing, row.delta_ci) == ("Welch (pretrainings)", 4, "nested", None)
+    assert "n too small (4 pretraining(s) vs 2 baseline run(s)" in row.ci_note
     assert rows["data.crop=64, [0, 0]"].delta == pytest.approx(0.5 + 0.03125 + 0.015 - 0.415)
     lines = list(csv.DictReader(io.StringIO(to_csv(report))))  # the axes as columns of their own, at the end
     assert list(lines[0])[-3:] == ["study", "data.crop", "interval"]
@@ -105,7 +107,7 @@ def test_the_default_for_a_sweep_is_every_axis_then_the_interval(db, tmp_path):
     assert lr == [0.05] * 4 + [0.0125] * 4  # as the study file lists them, not sorted
 
 
-def test_by_a_pretraining_setting_alone_pools_the_baseline_and_pairs_by_seed_and_crop(db, tmp_path):
+def test_by_a_pretraining_setting_alone_pools_the_baseline_and_nests_fine_tunes_in_pretrainings(db, tmp_path):
     completed_sweep(db, tmp_path)
     rows = {row.group: row for row in report_study(db, "sw", by=["pretrain.base_lr"]).report.rows}
     assert list(rows) == ["no pretraining", "pretrain.base_lr=0.05", "pretrain.base_lr=0.0125"]
@@ -113,8 +115,10 @@ def test_by_a_pretraining_setting_alone_pools_the_baseline_and_pairs_by_seed_and
     assert base.n == 4 and base.axes == {"pretrain.base_lr": None}
     high = rows["pretrain.base_lr=0.05"]
     assert high.n == 16 and high.delta == pytest.approx(high.mean - base.mean)
-    # each fine-tune pairs with the baseline fine-tune of its seed and crop: crop and seed cancel
-    assert high.paired_n == 16 and high.paired_delta == pytest.approx(0.1 + 0.05 + 0.01)
+    # 16 fine-tunes in 8 pretrainings (2 crops x 2 intervals x 2 seeds, 2 fine-tunes each) against 4 baseline
+    # runs: enough units a side for Δ's interval
+    assert high.units == 8 and high.test == "Welch (pretrainings)"
+    assert high.delta_ci is not None and high.delta_ci[0] <= high.delta <= high.delta_ci[1]
 
 
 def test_several_studies_side_by_side_each_against_its_own_baseline(db, tmp_path, repo_root):
@@ -169,20 +173,20 @@ def test_statistics_hold_by_axes_and_each_study_is_its_own_holm_family(db, tmp_p
     completed_sweep(db, tmp_path)
     alone = {row.group: row for row in report_study(db, "thesis").report.rows}
     both = {row.group: row for row in report_study(db, ["sw", "thesis"], by="interval").report.rows}
-    assert sum(row.p_paired_holm is not None for row in alone.values()) == 5
+    assert sum(row.p_holm is not None for row in alone.values()) == 5
     for group, row in alone.items():  # a study beside another keeps its own tests and Holm family
         beside = both[f"thesis: {group}"]
-        assert (beside.p_paired, beside.p_paired_holm, beside.p_welch_holm, beside.ci95, beside.cases) == (
-            row.p_paired, row.p_paired_holm, row.p_welch_holm, row.ci95, row.cases)
+        assert (beside.p, beside.p_holm, beside.test, beside.delta_ci, beside.mean_ci, beside.cases) == (
+            row.p, row.p_holm, row.test, row.delta_ci, row.mean_ci, row.cases)
     rows = {row.group: row for row in report_study(db, "sw", by="data.crop,interval").report.rows}
-    tested = {group: row for group, row in rows.items() if row.p_paired is not None}
+    tested = {group: row for group, row in rows.items() if row.p is not None}
     assert sorted(tested) == ["data.crop=64, [0, 0]", "data.crop=64, [0.3, 0.6]", "data.crop=96, [0, 0]",
                               "data.crop=96, [0.3, 0.6]"]
-    smallest = min(tested.values(), key=lambda row: row.p_paired)
-    assert smallest.p_paired_holm == pytest.approx(min(1.0, 4 * smallest.p_paired))  # Holm over the 4 tested
-    assert all(row.ci95 is not None and row.cases == "val" for row in rows.values())
+    smallest = min(tested.values(), key=lambda row: row.p)
+    assert smallest.p_holm == pytest.approx(min(1.0, 4 * smallest.p))  # Holm over the 4 tested
+    assert all(row.cases == "val" for row in rows.values())
     assert [row.baseline for row in rows.values()] == [True, False, False, True, False, False]
-    assert rows["data.crop=96, no pretraining"].p_paired is None  # never tested against itself
+    assert rows["data.crop=96, no pretraining"].p is None  # never tested against itself
 
 
 def test_the_html_report_by_axes_and_across_studies(db, tmp_path, repo_root):

@@ -1,5 +1,6 @@
 """The two thesis study files: Table 4.2's replication runs the thesis' sampler, and the honest-split study is
-the same grid on a 15 / 15 / 20 split of the same 50 labelled cases, written by `ioussl data split --cases`."""
+the same grid on the thesis' 15 training cases with its 35 validation cases split 15 / 20, written by
+`ioussl data split --cases --keep-train`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ioussl.plan.expand import expand_grid
 from ioussl.plan.study import load_study
 from ioussl.science.data.splits import THESIS_SPLIT, load_split
 
-SPLIT = "splits/flare22-15-15-20-seed0.json"
+SPLIT = "splits/flare22-thesis-train-15-val-15-test-20-seed0.json"
 
 
 def test_the_replication_pretrains_with_the_thesis_algorithm_1(repo_root):
@@ -36,17 +37,21 @@ def test_the_test_split_study_is_the_thesis_grid_on_another_split(repo_root):
         assert dataclasses.replace(mine.config, data=same_data) == theirs.config  # nothing else differs
 
 
-def test_the_committed_test_split_is_15_15_20_of_the_thesis_cases(repo_root):
+def test_the_committed_test_split_keeps_the_thesis_training_cases(repo_root):
+    """Issue 21.6: the models train on the thesis' 15 cases; its 35 validation cases become 15 + 20."""
     split = load_split(repo_root / "jobs" / SPLIT)
     assert {part: len(cases) for part, cases in split.items()} == {"train": 15, "val": 15, "test": 20}
-    assert sorted(c for cases in split.values() for c in cases) == sorted(THESIS_SPLIT["train"] + THESIS_SPLIT["val"])
+    assert split["train"] == sorted(THESIS_SPLIT["train"])
+    assert sorted(split["val"] + split["test"]) == sorted(THESIS_SPLIT["val"])
 
 
 def test_data_split_rewrites_the_committed_file_from_the_thesis_case_list(repo_root, tmp_path):
     out = tmp_path / "split.json"
     args = ["data", "split", str(out), "--cases", str(repo_root / "jobs" / "splits" / "flare22-thesis.json"),
-            "--train", "15", "--val", "15", "--test", "20", "--seed", "0"]  # fmt: skip
+            "--keep-train", "--train", "15", "--val", "15", "--test", "20", "--seed", "0"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert out.read_text() == (repo_root / "jobs" / SPLIT).read_text()
-    assert json.loads(out.read_text())["_comment"] == "seeded split (seed 0) of the 50 cases of flare22-thesis.json"
+    assert json.loads(out.read_text())["_comment"].startswith("the training cases of flare22-thesis.json")
+    refused = CliRunner().invoke(app, [*args[:-8], "--train", "14", "--val", "15", "--test", "20"])
+    assert refused.exit_code != 0 and "keeps the split's 15 training cases" in refused.output

@@ -201,3 +201,34 @@ def test_a_changed_label_copy_is_refused(synth_store, tmp_path):
     parts = {"train": [], "val": [], "test": [entry["case"]]}
     out = finetune_flare(model, None, SliceStore(root), parts, tmp_path / "best.pt", {})
     assert list(out) == ["flare_skipped"] and "checksum differs" in out["flare_skipped"]
+
+
+def test_the_2024_rule_sets_nsd_to_0_below_dsc_0_2_and_rounding_is_the_organisers():
+    """Issue 21.7: a poor prediction (a small blob at the liver's edge: DSC < 0.2, part of its surface within
+    tolerance) has an NSD under the 2022 code and 0 under the 2024 revision; rounding is to 4 decimals."""
+    truth = _tube(z=(10, 30), label=LIVER)
+    pred = np.zeros_like(truth)
+    pred[15:17, 16:18, 10:13] = LIVER
+    old = organ_scores(truth, pred, LIVER, (1.0, 1.0, 2.0), 2)
+    new = organ_scores(truth, pred, LIVER, (1.0, 1.0, 2.0), 2, rules="2024")
+    assert old["dsc"] == new["dsc"] < 0.2 and old["nsd"] > 0.0 and new["nsd"] == 0.0
+    good = _tube(z=(12, 32), label=LIVER)  # DSC 0.9: both versions compute the NSD
+    assert organ_scores(truth, good, LIVER, (1, 1, 2), 2, "2024") == organ_scores(truth, good, LIVER, (1, 1, 2), 2)
+    exact = case_scores(truth, pred, (1.0, 1.0, 2.0), 2)
+    rounded = case_scores(truth, pred, (1.0, 1.0, 2.0), 2, rounded=True)
+    assert rounded["liver"]["nsd"] == round(exact["liver"]["nsd"], 4) != exact["liver"]["nsd"]
+    with pytest.raises(DataError, match="unknown FLARE rules '2023'"):
+        case_scores(truth, pred, (1, 1, 1), 2, rules="2023")
+
+
+def test_flare_rules_are_settings_that_keep_old_run_ids():
+    from ioussl.config import RunConfig, config_hash
+    from ioussl.errors import ConfigError
+
+    base = RunConfig.from_dict({"stage": "finetune", "seed": 1, "finetune": {}})
+    same = RunConfig.from_dict({"stage": "finetune", "seed": 1, "finetune": {"flare_rules": "2022"}})
+    newer = RunConfig.from_dict({"stage": "finetune", "seed": 1, "finetune": {"flare_rules": "2024",
+                                                                               "flare_round": True}})
+    assert config_hash(same) == config_hash(base) != config_hash(newer)
+    with pytest.raises(ConfigError):
+        RunConfig.from_dict({"stage": "finetune", "seed": 1, "finetune": {"flare_rules": "2023"}})

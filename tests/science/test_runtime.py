@@ -88,3 +88,18 @@ def test_auto_precision_uses_bf16_only_where_the_gpu_computes_it_natively(
     finally:  # resolve_runtime sets these process-wide for CUDA
         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = flags[:2]
         torch.backends.cuda.matmul.allow_tf32 = flags[2]
+
+
+def test_the_numerics_are_described_and_tf32_is_a_setting_that_keeps_old_ids():
+    """Issue 21.8: precision, TF32 and compile reach the result's provenance (``describe``); ``runtime.tf32``
+    left at its default is not hashed, set to false it is."""
+    from ioussl.config import RunConfig, config_hash
+
+    described = resolve_runtime(RuntimeConfig(device="cpu", compile=True, tf32=False), amp=True).describe()
+    assert (described["autocast"], described["tf32"], described["compile"]) == ("None", False, True)
+    assert resolve_runtime(RuntimeConfig(device="cpu"), amp=True).describe()["tf32"] is False  # no TF32 on a CPU
+    base = RunConfig.from_dict({"stage": "finetune", "seed": 1, "finetune": {}})
+    assert "tf32" not in base.to_json()
+    thesis = RunConfig.from_dict({"stage": "finetune", "seed": 1, "finetune": {},
+                                  "runtime": {"precision": "fp16", "tf32": False}})
+    assert '"tf32":false' in thesis.to_json() and config_hash(thesis) != config_hash(base)

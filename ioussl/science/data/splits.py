@@ -117,6 +117,19 @@ def make_split(
     return split
 
 
+def keep_train_split(split: dict[str, list[str]], n_train: int, n_val: int, n_test: int,
+                     seed: int = 0) -> dict[str, list[str]]:
+    """``split``'s training cases unchanged, its validation cases split (seeded) into ``n_val`` selection and
+    ``n_test`` test cases: a held-out test part without changing what the models train on (issue 21.6)."""
+    if "val" not in split or "train" not in split:
+        raise DataError("--keep-train needs a split with a train and a val part")
+    if n_train != len(split["train"]):
+        raise DataError(f"--keep-train keeps the split's {len(split['train'])} training cases; --train {n_train} "
+                        "asks for another number")
+    rest = make_split(split["val"], 0, n_val, n_test, seed)
+    return {"train": sorted(split["train"]), "val": rest["val"], **({"test": rest["test"]} if n_test else {})}
+
+
 def split_to_json(split: dict[str, list[str]], comment: str | None = None) -> str:
     body = ({"_comment": comment} if comment else {}) | split
     return json.dumps(body, indent=2) + "\n"

@@ -8,11 +8,15 @@ with the spacing of its header:
 - organ absent from the ground truth and the prediction: DSC 1, NSD 1; only in the prediction: 0, 0;
 - aorta (5), inferior vena cava (6) and oesophagus (10): both masks are first cut to the ground truth's
   slices along the head-foot axis, from its first labelled slice up to, but excluding, its last one (the
-  organisers slice ``z_lower:z_upper``); an organ on a single slice then leaves nothing to score (NaN there,
-  null here, left out of the means);
+  organisers slice ``z_lower:z_upper``); an organ on a single slice then leaves nothing to score (the
+  organisers' code raises ``ValueError: zero-size array`` there; null here, left out of the means);
 - DSC = 2|P∩G| / (|P| + |G|); NSD = the share of both surfaces within the organ's tolerance (mm) of the other,
   surfaces measured in surface elements (DeepMind's surface-distance, which MONAI's
   ``compute_surface_dice(use_subvoxels=True)`` reproduces to 1e-7: tested against the organisers' file).
+
+Rules by version (``finetune.flare_rules``): "2022" (the challenge's code, above) or "2024" (the organisers'
+revision for FLARE 2024: an organ's NSD is 0, not computed, where its DSC is below 0.2). The official
+scripts write each value rounded to 4 decimals; ``finetune.flare_round`` does the same before the means.
 
 Predictions are made on the preprocessed grid and mapped back with ``grid.to_source_grid``.
 """
@@ -34,6 +38,9 @@ TOLERANCE_MM: dict[int, float] = {
     1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0, 5: 2.0, 6: 2.0, 7: 2.0, 8: 2.0, 9: 2.0, 10: 3.0, 11: 5.0, 12: 7.0, 13: 3.0,
 }  # fmt: skip
 SLICE_RANGE_ORGANS = frozenset({5, 6, 10})  # aorta, inferior vena cava, oesophagus
+RULES = ("2022", "2024")
+NSD_FROM_DSC_2024 = 0.2  # the 2024 rule: below this DSC the NSD is 0
+OFFICIAL_DECIMALS = 4  # the organisers' CSV rounding
 PREDICT_BATCH = 8  # slices per sliding-window call
 
 Scores = dict[str, float | None]
@@ -50,9 +57,10 @@ def _bounding_slices(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
 
 
 def organ_scores(
-    truth: np.ndarray, pred: np.ndarray, organ: int, spacing: Sequence[float], head_foot_axis: int
-) -> Scores:
-    """FLARE 2022's DSC and NSD of one organ in one case (see the module docstring for the rules)."""
+    truth: np.ndarray, pred: np.ndarray, organ: int, spacing: Sequence[float], head_foot_axis: int,
+    rules: str = "2022",
+) -> Scores:  # fmt: skip
+    """FLARE's DSC and NSD of one organ in one case under ``rules`` (see the module docstring)."""
     from monai.metrics import compute_dice, compute_surface_dice
 
     gt, pr = truth == organ, pred == organ
@@ -72,6 +80,8 @@ def organ_scores(
     box = _bounding_slices(gt | pr)
     y, y_pred = (torch.from_numpy(np.ascontiguousarray(m[box]))[None, None] for m in (gt, pr))
     dsc = float(compute_dice(y_pred.float(), y.float(), include_background=True)[0, 0])
+    if rules == "2024" and dsc < NSD_FROM_DSC_2024:
+        return {"dsc": dsc, "nsd": 0.0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI warns about empty masks, which are handled above
         nsd = compute_surface_dice(
@@ -82,12 +92,21 @@ def organ_scores(
 
 
 def case_scores(
-    truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float], head_foot_axis: int
-) -> dict[str, Scores]:
-    """All 13 organs of one case; ``truth`` and ``pred`` are label volumes on the same (original) grid."""
+    truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float], head_foot_axis: int, rules: str = "2022",
+    rounded: bool = False,
+) -> dict[str, Scores]:  # fmt: skip
+    """All 13 organs of one case; ``truth`` and ``pred`` are label volumes on the same (original) grid.
+    ``rounded``: each value to the organisers' 4 decimals, as their CSV holds it."""
+    if rules not in RULES:
+        raise DataError(f"unknown FLARE rules {rules!r}; valid: {', '.join(RULES)}")
     if truth.shape != pred.shape:
         raise DataError(f"prediction shape {pred.shape} differs from the ground truth's {truth.shape}")
-    return {name: organ_scores(truth, pred, organ, spacing, head_foot_axis) for organ, name in FLARE_ORGANS.items()}
+    scores = {name: organ_scores(truth, pred, organ, spacing, head_foot_axis, rules)
+              for organ, name in FLARE_ORGANS.items()}
+    if rounded:
+        scores = {name: {m: None if v is None else round(v, OFFICIAL_DECIMALS) for m, v in pair.items()}
+                  for name, pair in scores.items()}
+    return scores
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -109,8 +128,9 @@ def summarise(per_case: Mapping[str, Mapping[str, Scores]]) -> tuple[dict[str, S
 
 
 def evaluate_flare(
-    store: Any, cases: Sequence[str], part: str, predict: Callable[[str], np.ndarray]
-) -> dict[str, Any]:
+    store: Any, cases: Sequence[str], part: str, predict: Callable[[str], np.ndarray], rules: str = "2022",
+    rounded: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """The ``flare`` section of result.json: FLARE 2022's scores of ``predict`` on ``cases``.
 
     Args:
@@ -118,6 +138,7 @@ def evaluate_flare(
         cases: labelled cases to score.
         part: "val" or "test", which part of the split ``cases`` are.
         predict: case -> predicted labels (Z, H, W) on the store's preprocessed grid.
+        rules: "2022" or "2024" (the NSD rule); rounded: the organisers' 4-decimal rounding of each value.
 
     Raises:
         DataError: the store cannot map back (format 1), a label copy is missing or corrupt, or no case.
@@ -129,9 +150,10 @@ def evaluate_flare(
         grid = store.source_grid(case)
         truth, spacing = store.source_label(case)
         pred = to_source_grid(predict(case), grid)
-        per_case[case] = case_scores(truth, pred, spacing, slice_axis(grid))
+        per_case[case] = case_scores(truth, pred, spacing, slice_axis(grid), rules, rounded)
     per_organ, dsc, nsd = summarise(per_case)
-    return {"part": part, "dsc": dsc, "nsd": nsd, "per_organ": per_organ, "per_case": per_case}
+    return {"part": part, "dsc": dsc, "nsd": nsd, "per_organ": per_organ, "per_case": per_case, "rules": rules,
+            "rounded": rounded}
 
 
 def model_predictor(

@@ -296,7 +296,8 @@ def summarise_run(
     }
     if "test" in parts:
         result["test"] = score_test(state, cfg, store, parts["test"], best_path)
-    result.update(finetune_flare(state.model, state.runtime, store, parts, best_path, window(cfg)))
+    result.update(finetune_flare(state.model, state.runtime, store, parts, best_path, window(cfg),
+                                 rules=cfg.finetune.flare_rules, rounded=cfg.finetune.flare_round))
     return result
 
 
@@ -311,7 +312,7 @@ def score_test(state: StepState, cfg: RunConfig, store: Any, cases: list[str], b
 
 def finetune_flare(
     model: torch.nn.Module, runtime: Any, store: Any, parts: Mapping[str, list[str]], best_path: Path,
-    window: Mapping[str, Any],
+    window: Mapping[str, Any], *, rules: str = "2022", rounded: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """``{"flare": section}`` for a fine-tuned run's best checkpoint, on the test cases if the split has
     them, else on the validation cases; ``{"flare_skipped": reason}`` when the store cannot be scored so (a
@@ -322,7 +323,8 @@ def finetune_flare(
         for case in parts[part]:  # before any prediction: a format 1 store is known at once
             store.source_grid(case)
         ckpt.load_state(model, ckpt.load(best_path)["model"], best_path)
-        section = evaluate_flare(store, parts[part], part, model_predictor(model, store, runtime, window))
+        section = evaluate_flare(store, parts[part], part, model_predictor(model, store, runtime, window),
+                                 rules, rounded)
     except DataError as exc:
         print(f"FLARE evaluation skipped: {exc}", file=sys.stderr)
         return {"flare_skipped": str(exc)}
