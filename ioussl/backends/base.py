@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from ioussl.backends import slurmcmd as scheduler
 from ioussl.backends import slurmtext as slurm
+from ioussl.backends.controllerio import controller_output
 from ioussl.backends.slurmcmd import QueryResult, Runner
 from ioussl.backends.slurmtext import JobInfo, Resources
 from ioussl.errors import ConfigError, SubmissionError
@@ -187,7 +188,8 @@ class LocalBackend:
         ids = []
         # The controller copies this process's environment: tell the job how many CPUs it was given, as
         # SLURM would (SLURM_CPUS_PER_TASK), so that several local jobs do not each use every core.
-        with _environment(IOUSSL_CPUS_PER_TASK=str(unit.resources.cpus_per_task)):
+        with _environment(IOUSSL_CPUS_PER_TASK=str(unit.resources.cpus_per_task)), \
+                controller_output(self.folder / unit.job_name):
             for call in calls:
                 job = executor.submit(call)
                 self._jobs[job.job_id] = job

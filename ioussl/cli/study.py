@@ -40,12 +40,23 @@ def plan_grid(
         int | None,
         typer.Option("--max-runs", min=1, help="Refuse a study that expands to more runs [default 5000]."),
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", metavar="<key=value>",
+                     help="Override a setting of the study file, e.g. -s pretrain.epochs=50 (repeatable; "
+                          "validated as the file is, recorded with the study)."),
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Archive the recorded runs this study file no longer plans (hidden "
+                                           "from status and report, kept, restorable).")
+    ] = False,
 ) -> None:
     """Validate a study and add its grid of runs (pretrains, fine-tunes, baseline); twice adds nothing."""
     from ioussl.cli import render
     from ioussl.plan.service import plan_grid as plan
 
-    render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data, max_runs=max_runs))
+    render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data, max_runs=max_runs,
+                             prune=prune, overrides=tuple(overrides or ())))
 
 
 def status(

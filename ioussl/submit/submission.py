@@ -68,6 +68,9 @@ class SubmitOutcome:
     dry_run: bool = False
     fell_back: str | None = None  # why --executor auto runs on this machine (no sbatch, no controller)
     warnings: list[str] = field(default_factory=list)  # e.g. a webhook alert the local loop could not deliver
+    resumed: list[str] = field(default_factory=list)  # interrupted runs this submit starts again
+    # Runs this (local) submit ran that ended without a result: run id -> status (the exit code says so).
+    failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def gpu_hours(self) -> float:

@@ -107,7 +107,7 @@ def event_times(run_dir: str | Path, since: dt.datetime) -> tuple[dt.datetime | 
         moment = dt.datetime.fromtimestamp(t, dt.UTC).replace(tzinfo=None)
         if event["event"] == "started" and start is None:
             start = moment
-        elif event["event"] in ("finished", "failed"):
+        elif event["event"] in ("finished", "failed", "interrupted"):
             end = moment
     return start, end
 
