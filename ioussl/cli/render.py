@@ -136,7 +136,8 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False,
     # Every column as wide as its widest cell, so nothing but the reason is ever cut; the reason gets the rest
     # of the line (rich would otherwise shrink every column and print "PL…").
     widths = [max([len(name)] + [len(_plain(row[i])) for row in rows if row]) for i, name in enumerate(names)]
-    widths[0] = max(len(records[0].id), 4)  # a long group label folds in its row instead of widening "run"
+    # Group labels head their blocks in the "run" column: as wide as the longest (a longer one folds).
+    widths[0] = max(widths[0], min(LABEL_WIDTH, max(len(h) for h in headings if h is not None)))
     room = console.width - sum(widths) - 3 * (len(names) + 1) - 1
     table = Table(title="runs")
     for name, width in zip(names, widths, strict=True):
@@ -198,6 +199,7 @@ def _plain(cell: str) -> str:
 
 
 WIDE_COLUMNS = 110  # narrower terminals get the essential columns only
+LABEL_WIDTH = 28
 MIN_REASON = 8
 REASON_WIDTH = 60
 QUIET_REASONS = frozenset({"PLANNED", "COMPLETED"})  # their reason says nothing a user needs at a glance

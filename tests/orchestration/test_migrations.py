@@ -51,7 +51,7 @@ def assert_rows_survived(before: dict[str, list[dict]], db: str) -> None:
     after = v1_rows(db)
     for table, rows in before.items():
         if table == "schema_info":
-            assert after[table] == [{"key": "version", "value": "2"}]
+            assert after[table] == [{"key": "version", "value": "3"}]
             continue
         projected = [
             {column: row[RENAMED.get((table, column), column)] for column in rows[0]} for row in after[table]
@@ -71,7 +71,7 @@ def test_the_v1_example_upgrades_with_every_row_and_the_same_table_4_2(v1_copy):
     assert sum(map(len, before.values())) > 90  # 34 runs, 34 attempts, 24 results, ...
     result = CliRunner().invoke(app, ["db", "upgrade", "--db", v1_copy])
     assert result.exit_code == 0, result.output
-    assert "backed up" in result.stdout and "from schema version 1 to 2" in result.stdout
+    assert "backed up" in result.stdout and "from schema version 1 to 3" in result.stdout
     assert_rows_survived(before, v1_copy)
     assert report(v1_copy, "csv") == (FIXTURES / "registry-v1.report.csv").read_text()
     fingerprint = re.search(r"fingerprint \w+ over \d+ run\(s\)", (FIXTURES / "registry-v1.report.md").read_text())
@@ -118,10 +118,10 @@ def test_plan_refuses_an_old_registry(v1_copy, repo_root):
 def test_db_current_says_what_the_registry_holds(v1_copy):
     result = CliRunner().invoke(app, ["db", "current", "--db", v1_copy])
     assert result.exit_code == 0
-    assert "schema version 1 (revision none: pre-Alembic v1); this ioussl: 2; run `ioussl db upgrade`" in result.stdout
+    assert "schema version 1 (revision none: pre-Alembic v1); this ioussl: 3; run `ioussl db upgrade`" in result.stdout
     migrate.upgrade(v1_copy)
     result = CliRunner().invoke(app, ["db", "current", "--db", v1_copy])
-    assert "schema version 2 (revision 0002)" in result.stdout and "up to date" in result.stdout
+    assert "schema version 3 (revision 0003)" in result.stdout and "up to date" in result.stdout
 
 
 def test_a_failed_upgrade_changes_nothing(v1_copy, monkeypatch):
@@ -266,3 +266,24 @@ def test_head_is_the_last_revision_and_a_new_registry_is_stamped_with_it(registr
     with registry.connection(write=False) as conn:
         assert MigrationContext.configure(conn).get_current_revision() == schema.HEAD
     registry.dispose()
+
+
+def test_v3_adds_archived_at_empty_so_that_no_run_is_hidden_by_the_upgrade(v1_copy):
+    migrate.upgrade(v1_copy, backup=False)
+    with sqlite3.connect(v1_copy) as conn:
+        archived = conn.execute("SELECT COUNT(*), COUNT(archived_at) FROM runs").fetchone()
+    assert archived[0] > 0 and archived[1] == 0
+    result = CliRunner().invoke(app, ["status", "--db", v1_copy, "--no-sync", "--json"])
+    assert result.exit_code == 0 and len(__import__("json").loads(result.stdout)) == archived[0]
+
+
+def test_an_unknown_migration_revision_is_named_in_one_line(tmp_path):
+    registry_db = str(tmp_path / "registry.db")
+    open_registry(registry_db).dispose()
+    with sqlite3.connect(registry_db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'f00d'")
+    result = CliRunner().invoke(app, ["status", "--db", registry_db])
+    assert result.exit_code == 1
+    assert "is at migration revision 'f00d', schema version 3, which this ioussl does not know (it knows " \
+           "revisions up to 0003, schema 3): upgrade ioussl" in result.stderr
+    assert "newer than this ioussl understands (3)" not in result.stderr
