@@ -172,6 +172,16 @@ def run_dir_links_to(where: str) -> Callable[[Path, Any, Any], None]:
     return apply
 
 
+def _result_of_same_config_other_parent(run_dir: Path, run: Any) -> None:
+    """What a fine-tune of the same config but another encoder (here: a pretrain's) would have written: the
+    config hash matches, the identity does not (a fine-tune's config does not name its pretrain)."""
+    from ioussl.config import RunConfig, run_hash
+
+    payload = valid_result(run)
+    payload["run_hash"] = run_hash(RunConfig.from_json(run.config), "ab" * 32)
+    (run_dir / "result.json").write_text(json.dumps(payload))
+
+
 def foreign_config_hash(run_dir: Path, run: Any, other: Any) -> None:
     payload = valid_result(run)
     payload["config_hash"] = valid_result(other)["config_hash"]
@@ -226,6 +236,11 @@ RUN_FILE_CASES: dict[str, tuple[Callable[[Path, Any, Any], None], str]] = {
     "metric step -1": (line_in("metrics.jsonl", '{"epoch": 5, "step": -1, "loss": 1}'), "step -1 is outside"),
     "per_case not an object": (result(per_case=[1]), "per_case must be an object"),
     "run_hash not hex": (result(run_hash="g" * 64), "run_hash must be 64 hex digits"),
+    "run_hash zeros, own config": (result(run_hash="0" * 64), "run_hash 000000000000... is not this run's identity"),
+    "another run's result, same config": (lambda run_dir, run, other: _result_of_same_config_other_parent(
+        run_dir, run), "is not this run's identity"),
+    "epochs 0, best_epoch 10**9": (result(epochs=0, best_epoch=10**9), "result.json: epochs 0 is outside [1,"),
+    "best_epoch 10**9": (result(best_epoch=10**9), "best_epoch 1000000000 is not below epochs 3"),
 }
 
 
