@@ -46,6 +46,13 @@ class _OneLineErrors(TyperGroup):
             except KeyboardInterrupt:  # a command without its own handling: no traceback, the shell's code
                 typer.echo("interrupted", err=True)
                 raise typer.Exit(INTERRUPTED_EXIT) from None
+            except LookupError as exc:  # SQLAlchemy reading a stored value outside an enum (an edited registry)
+                if "is not among the defined enum values" not in str(exc):
+                    raise
+                value = str(exc).split(" is not among", 1)[0]
+                typer.echo(f"error: the registry holds status {value}, which this ioussl does not know: a row "
+                           "was edited by hand or written by another version; fix it or restore a backup", err=True)
+                raise typer.Exit(1) from None
             except IousslError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None

@@ -32,6 +32,7 @@ class PlanOutcome:
     pruned: list[str] = field(default_factory=list)  # of those, archived by --prune
     restored: list[str] = field(default_factory=list)  # archived runs the study file plans again: visible again
     overrides: list[str] = field(default_factory=list)  # -s key=value given on the command line
+    prune: bool = False  # archive the recorded runs the study file no longer plans (--prune)
 
     def counts(self, runs: list[PlannedRun]) -> dict[str, int]:
         """Runs per stage (pretrain, finetune) among ``runs``."""
@@ -54,15 +55,16 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     spec = load_study(study_file, base_dir=base_dir, overrides=overrides)
     planning.check_plan_size(spec, max_runs)
     planned = planning.expand_grid(spec)
+    planning.check_split_files(spec)
     warnings = (planning.check_data(spec) if check_data else []) + planning.placeholder_warnings(spec)
     if dry_run:
         return _dry_run(db, spec, planned, warnings, prune)
     with opened(db, create=True) as registry:
         for last_try in (False, True):
-            outcome = _outcome(spec, warnings)
+            outcome = dataclasses.replace(_outcome(spec, warnings), prune=prune)
             try:
                 with registry.session() as session:
-                    return register_runs(session, spec, planned, outcome, prune=prune)
+                    return register_runs(session, spec, planned, outcome)
             except AlreadyRecorded:
                 if last_try:
                     raise
@@ -72,14 +74,14 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
 def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warnings: list[str],
              prune: bool = False) -> PlanOutcome:
     """What a plan would add; nothing is written (and no registry is created)."""
-    outcome = dataclasses.replace(_outcome(spec, warnings), dry_run=True)
+    outcome = dataclasses.replace(_outcome(spec, warnings), dry_run=True, prune=prune)
     with ExitStack() as stack:
         try:
             registry = stack.enter_context(opened(db, create=False))
         except MissingRegistry:  # against no registry: everything is new, and nothing is created
             registry = stack.enter_context(opened("sqlite://", create=True))
         with registry.session(write=False) as session:
-            register_runs(session, spec, planned, outcome, prune=prune)
+            register_runs(session, spec, planned, outcome)
             session.rollback()
     return outcome
 
@@ -93,8 +95,7 @@ def _outcome(spec: StudySpec, warnings: list[str]) -> PlanOutcome:
                        overrides=list(spec.overrides))
 
 
-def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome,
-                  prune: bool = False) -> PlanOutcome:
+def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
     """Record the study (and its sweep axes) and insert its runs not yet recorded, in one statement.
 
     Resources are not part of a run's identity: a cluster profile edited after planning (say, the account
@@ -120,7 +121,7 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
     outcome.resources_updated = len(stale)
     repo.add_runs(session, study, [_run_row(spec, run) for run in outcome.new])
     if not created:
-        _reconcile(session, study, planned, outcome, prune)
+        _reconcile(session, study, planned, outcome, outcome.prune)
     return outcome
 
 

@@ -137,6 +137,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except RecursionError:  # tables or inline tables nested thousands deep
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{path}: malformed TOML: {exc}"[:300]) from None
 
 
 def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> StudySpec:
