@@ -117,7 +117,11 @@ class SlurmBackend:
     def submit(self, unit: Unit, calls: Sequence[Callable[[], Any]], dependency: str | None) -> list[str]:
         import submitit
 
-        executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=unit.resources.max_requeues)
+        try:
+            executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=unit.resources.max_requeues)
+        except RuntimeError as exc:  # submitit's "Could not detect srun": sbatch exists, srun does not
+            raise SubmissionError(f"cannot submit {unit.job_name}: {scheduler.one_line(str(exc))} (is srun on PATH "
+                                  "on this login node? --executor local runs on this machine)") from None
         executor.update_parameters(
             **slurm.submitit_parameters(
                 unit.resources, job_name=unit.job_name, comment=unit.comment, dependency=dependency

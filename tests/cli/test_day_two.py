@@ -239,3 +239,15 @@ def test_a_webhook_that_trickles_its_answer_cannot_hold_a_command():
     stop.set()
     server.close()
     assert answer == "the webhook did not answer within 1.5 s" and took < 3
+
+
+def test_sbatch_without_srun_is_one_line_and_leaves_the_runs_planned(study, tmp_path, monkeypatch):
+    db, _ = study
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "sbatch").write_text("#!/bin/sh\necho 'Submitted batch job 5'\n")
+    (folder / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", str(folder))  # sbatch, and no srun anywhere
+    result = invoke("submit", "--db", db, "--executor", "slurm")
+    one_line_error(result, 'Could not detect "srun"')
+    assert {r["status"] for r in rows(db).values()} == {"PLANNED"}  # not left SUBMITTING
