@@ -251,3 +251,25 @@ def test_sbatch_without_srun_is_one_line_and_leaves_the_runs_planned(study, tmp_
     result = invoke("submit", "--db", db, "--executor", "slurm")
     one_line_error(result, 'Could not detect "srun"')
     assert {r["status"] for r in rows(db).values()} == {"PLANNED"}  # not left SUBMITTING
+
+
+@pytest.mark.parametrize("option, target, what", [("--html", "out/r.html", "the HTML report out/r.html"),
+                                                  ("--plot", "plots", "the figures into plots")])
+def test_a_file_size_limit_while_writing_the_report_is_one_line(tmp_path, option, target, what):
+    import os
+    import resource
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(Path(__file__).resolve().parents[2] / "registry.db.example", tmp_path / "r.db")
+
+    def limit() -> None:  # as `ulimit -f 40`: a full disk for files over 40 KiB (the HTML is ~80 KiB)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, 40 * 1024))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "ioussl", "report", "--db", "r.db", "--no-table", option, target],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: cannot write {what}: File too large"], done.stderr
