@@ -146,6 +146,9 @@ def get_run(session: Session, run_id: str) -> Run:
             return matches[0]
         if len(matches) > 1:
             raise NotFound(f"run id prefix {run_id!r} is ambiguous")
+    elif run_id:
+        raise NotFound(f"unknown run {run_id!r}: a run id prefix needs at least 4 characters "
+                       "(ioussl status lists the ids)")
     raise NotFound(f"unknown run {run_id!r}")
 
 

@@ -114,8 +114,20 @@ def test_split_rejects_bad_case_lists_in_one_line(tmp_path):
         (["--cases", tmp_path / "none.txt"], "none.txt: cannot read the case list"),
         (["--cases", twice, "--store", store], "give either --store"),
         ([], "give either --store"),
-        (["--cases", two, "--train", 2, "--val", 2], "cannot split 2 cases into train 2 + val 2 + test 0"),
+        (["--cases", two, "--train", 2, "--val", 2], "cannot split 2 case(s) into train 2 + val 2 + test 0: "
+                                                      "choose --train, --val (and --test) of at least 1 that add up "
+                                                      "to at most 2"),
     ]:
         result = _invoke("data", "split", tmp_path / "out.json", *args)
         assert result.exit_code == 1 and message in result.output, (args, result.output)
         assert result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_split_defaults_fit_a_small_store_instead_of_failing(tmp_path):
+    cases = tmp_path / "ten.txt"
+    cases.write_text("\n".join(f"CASE_{i:02d}" for i in range(10)))
+    out = tmp_path / "small.json"
+    result = _invoke("data", "split", out, "--cases", cases, "--test", 2)  # no --train/--val: 30% of 8, the rest
+    assert result.exit_code == 0, result.output
+    parts = json.loads(out.read_text())
+    assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (2, 6, 2)

@@ -273,3 +273,30 @@ def test_a_file_size_limit_while_writing_the_report_is_one_line(tmp_path, option
     assert done.returncode == 1 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: cannot write {what}: File too large"], done.stderr
+
+
+def test_newcomer_traps_say_what_to_do(study, tmp_path, monkeypatch):
+    db, _ = study
+    short = invoke("logs", "7e7", "--db", db)
+    one_line_error(short, "unknown run '7e7': a run id prefix needs at least 4 characters")
+    monkeypatch.chdir(tmp_path / "runs" if (tmp_path / "runs").is_dir() else tmp_path)
+    monkeypatch.delenv("IOUSSL_DB", raising=False)
+    elsewhere = invoke("status", "--db", str(tmp_path / "nowhere" / "registry.db"))
+    one_line_error(elsewhere, "or point to yours with --db PATH or $IOUSSL_DB")
+
+
+def test_a_cancelled_run_stops_its_clock(study):
+    import datetime as dt
+
+    db, _ = study
+    set_status(db, {"pretrain1": S.RUNNING})
+    registry = open_registry(db, create=False)
+    with registry.session() as session:
+        attempt = session.scalar(select(Attempt))
+        attempt.started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=5)
+        attempt.executor, attempt.job_id = "slurm", None  # nothing to scancel: only the registry changes
+    registry.dispose()
+    assert invoke("cancel", "--db", db, "--run", rows(db)["pretrain1"]["id"], "--yes").exit_code == 0
+    first = rows(db)["pretrain1"]["elapsed_s"]
+    time.sleep(1.1)
+    assert first is not None and 299 <= first < 330 and rows(db)["pretrain1"]["elapsed_s"] == first
