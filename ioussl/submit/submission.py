@@ -253,7 +253,8 @@ def write_run_files(runs: Iterable[Run]) -> None:
         path = Path(run.run_dir) / runfiles.CONFIG
         text = job_config_json(run.config, run.study.base_dir)
         if not path.exists() or path.read_text() != text:
-            runfiles.atomic_write_text(path, text)
+            with runfiles.private_dirs():  # what the job reads: never group or world writable, whatever the umask
+                runfiles.atomic_write_text(path, text)
 
 
 def job_calls(session: Session, unit: Unit, factory: JobFactory) -> list[Callable[[], Any]]:

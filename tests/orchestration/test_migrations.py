@@ -134,8 +134,9 @@ def test_a_failed_upgrade_changes_nothing(v1_copy, monkeypatch):
 
     monkeypatch.setattr(migrate, "_run_revisions", fail_after_migrating)
     with pytest.raises(RegistryError, match="simulated failure"):
-        migrate.upgrade(v1_copy, backup=False)
+        migrate.upgrade(v1_copy)
     assert dump(v1_copy) == before  # the DDL was rolled back with the rest
+    assert list(Path(v1_copy).parent.glob("*.bak")) == []  # and no backup of an unchanged registry is left
     with pytest.raises(OldSchema):
         open_registry(v1_copy)
 
