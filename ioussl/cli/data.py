@@ -40,6 +40,7 @@ def preprocess(
 
     from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
 
+    _check_out_folder(out)
     with Progress(transient=True) as bar:
         task = bar.add_task("preprocessing", total=None)
         report = preprocess_dataset(
@@ -115,6 +116,15 @@ def split(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(split_to_json(result, comment))
     typer.echo(", ".join(f"{part} {len(cases)}" for part, cases in result.items()) + f" -> {out}")
+
+
+def _check_out_folder(out: Path) -> None:
+    """The store folder, or the nearest of its parents that exists, must be a folder: say so in one line."""
+    for where in (out, *out.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise DataError(f"cannot write the store {out}: {where} is a file, not a folder")
+            return
 
 
 THESIS_TRAIN, THESIS_VAL = 15, 35

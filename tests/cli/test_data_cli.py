@@ -61,9 +61,11 @@ def test_preprocess_lists_failures_and_exits_nonzero(tmp_path):
 
 def test_bad_input_is_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("a file where the store's folder should go")
     for args, message in [
         (("data", "preprocess", tmp_path / "empty", tmp_path / "s"), "no cases found"),
         (("data", "preprocess", tmp_path / "nope", tmp_path / "s"), "input folder does not exist"),
+        (("data", "preprocess", tmp_path, tmp_path / "afile" / "store"), "afile is a file, not a folder"),
         (("analyze", "pairs", tmp_path / "empty"), "not a slice store"),
         (("data", "split", tmp_path / "x.json"), "give either --store"),
         (("data", "synth", tmp_path / "o", "--cases", 0, "--unlabelled", 0), "at least one case"),
