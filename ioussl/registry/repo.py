@@ -573,6 +573,8 @@ def export_metrics(session: Session, studies: Sequence[str], run_ids: Sequence[s
     )
     if run_ids:
         query = query.where(Metric.run_id.in_(list(run_ids)))
+    else:  # archived runs only when asked for by id
+        query = query.where(NOT_ARCHIVED)
     if names:
         query = query.where(Metric.name.in_(list(names)))
     if stage is not None:
