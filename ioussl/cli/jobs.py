@@ -186,11 +186,12 @@ def render_submit(outcome: SubmitOutcome) -> None:
         tree = "  └─ " if unit.parent_id else ""
         console.print(
             f"{tree}{unit.job_name}: {what}"
-            + (f"  waits {dependency}" if dependency else "")
+            + (("  starts once its pretrain completed" if outcome.executor == "local" else f"  waits {dependency}")
+               if dependency else "")
             + (f"  job {jobs}" if jobs else ""),
             markup=False,
         )
-        if outcome.dry_run:
+        if outcome.dry_run and outcome.executor != "local":  # no sbatch on this machine
             array = len(unit.run_ids) if len(unit.run_ids) > 1 else None
             params = slurm.submitit_parameters(
                 unit.resources,

@@ -300,3 +300,13 @@ def test_a_cancelled_run_stops_its_clock(study):
     first = rows(db)["pretrain1"]["elapsed_s"]
     time.sleep(1.1)
     assert first is not None and 299 <= first < 330 and rows(db)["pretrain1"]["elapsed_s"] == first
+
+
+def test_a_local_dry_run_speaks_of_this_machine_not_of_sbatch(study):
+    db, _ = study
+    result = invoke("submit", "--db", db, "--executor", "local", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "would submit 3 run(s) (local): on this machine, no sbatch" in result.stdout
+    assert "sbatch " not in result.stdout.replace("no sbatch", "") and "GPU-hours" not in result.stdout
+    assert "--gpus-per-node" not in result.stdout and "afterok" not in result.stdout
+    assert "2 fine-tune(s) of" in result.stdout and "starts once its pretrain completed" in result.stdout
