@@ -310,3 +310,13 @@ def test_a_local_dry_run_speaks_of_this_machine_not_of_sbatch(study):
     assert "sbatch " not in result.stdout.replace("no sbatch", "") and "GPU-hours" not in result.stdout
     assert "--gpus-per-node" not in result.stdout and "afterok" not in result.stdout
     assert "2 fine-tune(s) of" in result.stdout and "starts once its pretrain completed" in result.stdout
+
+
+def test_retry_dry_run_names_what_it_would_start_again_and_changes_nothing(study):
+    db, _ = study
+    set_status(db, {"pretrain1": S.FAILED, "finetune1": S.BLOCKED})
+    before = dump(db)
+    dry = invoke("retry", "--db", db, "--study", "daytwo", "--dry-run")
+    ids = rows(db)
+    assert dry.exit_code == 0 and dry.stdout.startswith("study daytwo: would retry 2 run(s): ")
+    assert ids["pretrain1"]["id"] in dry.stdout and ids["finetune1"]["id"] in dry.stdout and dump(db) == before
