@@ -353,7 +353,7 @@ def report_table(report: Report, fmt: str) -> None:
     # against the baseline, and (where recorded) the other scores of the same runs.
     head, cells = fmt_report.table(report)
     if len(cells) > SUMMARY_ABOVE:  # a large sweep's rows: plain columns (rich takes seconds for thousands)
-        print(f"{report.study}: DSC per group (std ddof={report.ddof}), {len(cells)} groups")
+        print(f"{report.study}: {_cases_label(report)} per group (std ddof={report.ddof}), {len(cells)} groups")
         print(plain_columns(head, cells), end="")
         for line in fmt_report.footer_lines(report):
             print(line)
@@ -361,7 +361,8 @@ def report_table(report: Report, fmt: str) -> None:
     values = head[: head.index("n") + 1]
     stats = ["group", "Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm"]
     others = ["group", "cases", *fmt_report.optional_columns(report)]
-    titles = [f"{report.study}: DSC per group (std ddof={report.ddof})", "statistics", "other scores"]
+    titles = [f"{report.study}: {_cases_label(report)} per group (std ddof={report.ddof})", "statistics",
+              "other scores"]
     for title, names in zip(titles, (values, stats, others), strict=True):
         if names is others and len(others) == 2:
             continue
@@ -373,6 +374,15 @@ def report_table(report: Report, fmt: str) -> None:
         console.print(part)
     for line in fmt_report.footer_lines(report):
         console.print(line, markup=False)
+
+
+def _cases_label(report: Report) -> str:
+    """Which DSC the table holds: "val DSC" (validation cases, as `status` shows), "test DSC" (held-out test
+    cases), or both (the "cases" column says which row)."""
+    from ioussl.report.tables import HELD_OUT
+
+    kinds = {row.cases == HELD_OUT for row in report.rows}
+    return {frozenset({True}): "test DSC", frozenset({False}): "val DSC"}.get(frozenset(kinds), "val/test DSC")
 
 
 def plain_columns(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

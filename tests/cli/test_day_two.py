@@ -320,3 +320,26 @@ def test_retry_dry_run_names_what_it_would_start_again_and_changes_nothing(study
     ids = rows(db)
     assert dry.exit_code == 0 and dry.stdout.startswith("study daytwo: would retry 2 run(s): ")
     assert ids["pretrain1"]["id"] in dry.stdout and ids["finetune1"]["id"] in dry.stdout and dump(db) == before
+
+
+def test_the_report_title_says_which_cases_its_dsc_is_on(tmp_path):
+    import shutil
+
+    db = tmp_path / "r.db"
+    shutil.copy(Path(__file__).resolve().parents[2] / "registry.db.example", db)
+    result = invoke("report", "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert "thesis: val DSC per group (std ddof=0)" in " ".join(result.stdout.split())
+
+
+def test_the_cases_label_follows_the_rows():
+    from types import SimpleNamespace
+
+    from ioussl.cli.render import _cases_label
+
+    def report(*cases: str) -> SimpleNamespace:
+        return SimpleNamespace(rows=[SimpleNamespace(cases=c) for c in cases])
+
+    assert _cases_label(report("test", "test")) == "test DSC"
+    assert _cases_label(report("val")) == "val DSC"
+    assert _cases_label(report("val", "test")) == "val/test DSC"
