@@ -15,7 +15,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ioussl.errors import Interrupted
@@ -95,9 +95,10 @@ def resume_interrupted(registry: Registry, study: str, run_filter: RunFilter) ->
 
 
 def interrupt_local(registry: Registry, study: str, backend: Backend, stop: StopRequest,
-                    command: str = "submit") -> Interrupted:
-    """Stop the study's running jobs of this (local) backend, record them INTERRUPTED, and return the
-    one-line error that says so and how to resume (the caller raises it).
+                    command: str = "submit", started: Collection[str] | None = None) -> Interrupted:
+    """Stop the study's running jobs of this (local) backend that this process ``started`` (None: all of
+    them), record them INTERRUPTED, and return the one-line error that says so and how to resume (the caller
+    raises it). Jobs another ``ioussl`` started run on.
 
     The jobs get what a local cancel sends (SIGINT): a job notes "interrupted" in its events and ends; a sync
     then records what finished meanwhile, and every run still active becomes INTERRUPTED: never LOST, no alert.
@@ -107,7 +108,7 @@ def interrupt_local(registry: Registry, study: str, backend: Backend, stop: Stop
     with registry.session(write=False) as session:
         running = {run.id: run.attempts[-1].job_id for run in repo.study_runs(session, study)
                    if run.status in ACTIVE and run.attempts and run.attempts[-1].executor == backend.name
-                   and run.attempts[-1].job_id}
+                   and run.attempts[-1].job_id and (started is None or run.id in started)}
     why = f"stopped by {stop.signal_name or 'a stop request'} during `ioussl {command}`"
     if not running:
         return Interrupted(interrupted_line(why, []))

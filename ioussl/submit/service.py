@@ -266,7 +266,7 @@ def _run_local(
     alerts_tried = time.monotonic()
     while True:
         if stop is not None and stop.is_set():
-            raise interrupt_local(registry, study, backend, stop, command)
+            raise interrupt_local(registry, study, backend, stop, command, started=set(outcome.job_ids))
         with registry.session() as session:
             synced = sync(session, study=study, backends=backends)
             retry = time.monotonic() - alerts_tried >= ALERT_RETRY_S  # not every second while a webhook is down
