@@ -18,7 +18,6 @@ import pytest
 from studyfiles import tiny_study
 from typer.testing import CliRunner
 
-from ioussl.backends.base import _controller_alive
 from ioussl.cli import app
 from ioussl.plan.service import plan_grid
 from ioussl.submit import workload
@@ -45,6 +44,15 @@ def study(tmp_path) -> str:
     db = str(tmp_path / "registry.db")
     plan_grid(tmp_path / "study.toml", db, check_data=False)
     return db
+
+
+def _alive(pid: str) -> bool:
+    """The process exists and is not a zombie (read from /proc, as the local backend does)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return not any(line.startswith("State:") and line.split()[1] in ("Z", "X") for line in status.splitlines())
 
 
 def _default_signals() -> None:
@@ -83,7 +91,9 @@ def test_a_signal_stops_a_local_submit_cleanly_and_submit_resumes(study, tmp_pat
     after = _rows(study)
     assert after["pretrain1"]["status"] == "INTERRUPTED" and after["pretrain1"]["elapsed_s"] is not None
     assert {after[k]["status"] for k in after if k != "pretrain1"} == {"PLANNED"}  # waiting, not BLOCKED
-    assert not _controller_alive(after["pretrain1"]["job_id"])  # its job was stopped, not left running
+    assert not _alive(after["pretrain1"]["job_id"])  # its job was stopped, not left running
+    # The job controller wrote beside its job, not into the terminal of the submit that started it.
+    assert list((tmp_path / "runs" / "_submitit" / "local").rglob("controller.log"))
     events = [json.loads(line)["event"] for line in (Path(pretrain["run_dir"]) / "events.jsonl").open()]
     assert events[-1] == "interrupted"
     for _ in range(4):  # more syncs than LOST takes: still interrupted, never lost
