@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from ioussl.registry.models import Run, Study, utcnow
 
+CHUNK = 5000
+
 
 def with_fine_tunes(session: Session, runs: Sequence[Run]) -> list[Run]:
     """``runs`` and the not-yet-archived fine-tunes of the pretrains among them (a fine-tune is meaningless
@@ -49,9 +51,14 @@ def restore(runs: Iterable[Run]) -> None:
 
 
 def stale_runs(session: Session, study: Study, wanted_hashes: set[str]) -> list[Run]:
-    """The study's visible runs whose identity the study file no longer plans (for ``plan grid --prune``)."""
-    query = select(Run).where(Run.study_id == study.id, Run.archived_at.is_(None))
-    return [run for run in session.scalars(query) if run.run_hash not in wanted_hashes]
+    """The study's visible runs whose identity the study file no longer plans (for ``plan grid --prune``).
+
+    Identities are compared on two plain columns; only the stale runs are loaded as rows (a 10,000-run sweep
+    planned again reads no configs)."""
+    rows = session.execute(select(Run.id, Run.run_hash).where(Run.study_id == study.id, Run.archived_at.is_(None)))
+    stale = [run_id for run_id, run_hash in rows if run_hash not in wanted_hashes]
+    chunks = (stale[i:i + CHUNK] for i in range(0, len(stale), CHUNK))  # under every database's parameter limit
+    return [run for chunk in chunks for run in session.scalars(select(Run).where(Run.id.in_(chunk)))]
 
 
 def archived_hashes(session: Session, study: Study) -> dict[str, Run]:
