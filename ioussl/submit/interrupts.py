@@ -103,6 +103,7 @@ def interrupt_local(registry: Registry, study: str, backend: Backend, stop: Stop
     The jobs get what a local cancel sends (SIGINT): a job notes "interrupted" in its events and ends; a sync
     then records what finished meanwhile, and every run still active becomes INTERRUPTED: never LOST, no alert.
     """
+    from ioussl.track import alerts
     from ioussl.track.sync import sync
 
     with registry.session(write=False) as session:
@@ -114,7 +115,8 @@ def interrupt_local(registry: Registry, study: str, backend: Backend, stop: Stop
         return Interrupted(interrupted_line(why, []))
     _stop_jobs(backend, list(running.values()))
     with registry.session() as session:
-        sync(session, study=study, backends={backend.name: backend})  # what finished, what noted it
+        synced = sync(session, study=study, backends={backend.name: backend})  # what finished, what noted it
+        alerts.queue(session, study, synced.transitions)  # a run that failed meanwhile still alerts (next sync)
         for run in repo.select_runs(session, study, tuple(running), statuses=(*ACTIVE, RunStatus.INTERRUPTED)):
             if run.status != RunStatus.INTERRUPTED:
                 repo.set_status(session, run, RunStatus.INTERRUPTED, reason=f"{why}; resumable")
