@@ -118,17 +118,21 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
         settings = replace(settings, executor=executor)
         say(f"    {why_local}: running on this machine with the local executor" if why_local else
             "    the SLURM controller answers: submitting to it")
+    from ioussl.submit.interrupts import StopRequest, stop_on_signals
+
     startable = None
-    while True:  # jobs of an interrupted demo may still run: wait for them, then start what they unlocked
-        _submit(db, name, settings, progress)
-        _wait_while_active(db, name, progress)
-        previous, startable = startable, _startable(status_rows(db, study=name))
-        if not startable or startable == previous:
-            break
-    retried = _retry_lost(db, name, settings, say)
-    if retried:
-        _submit(db, name, settings, progress)
-        _wait_while_active(db, name, progress)
+    # Ctrl-C or SIGTERM from here on: the submit stops its jobs, records them INTERRUPTED (resumed next time).
+    with stop_on_signals(StopRequest()) as stop:
+        while True:  # jobs of an interrupted demo may still run: wait for them, then start what they unlocked
+            _submit(db, name, settings, progress, stop)
+            _wait_while_active(db, name, progress, stop=stop)
+            previous, startable = startable, _startable(status_rows(db, study=name))
+            if not startable or startable == previous:
+                break
+        retried = _retry_lost(db, name, settings, say)
+        if retried:
+            _submit(db, name, settings, progress, stop)
+            _wait_while_active(db, name, progress, stop=stop)
     if progress is not None:
         progress(status_rows(db, study=name))
     say(f"5/5 runs finished{f' ({retried} retried after an interruption)' if retried else ''}; report:")
@@ -139,13 +143,15 @@ def _run_study(settings: DemoSettings, db: str, say: Say, progress: Callable | N
     return outcome
 
 
-def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | None) -> None:
-    """Submit the study's planned runs; the local executor blocks until they end, drawing progress meanwhile."""
+def _submit(db: str, study: str, settings: DemoSettings, progress: Callable | None, stop=None) -> None:
+    """Submit the study's planned (and interrupted) runs; the local executor blocks until they end, drawing
+    progress meanwhile. ``stop`` (a StopRequest) ends it cleanly: see :mod:`ioussl.submit.interrupts`."""
     from ioussl.submit import service as jobservice
     from ioussl.track.listing import status_rows
 
     worker = _Submitter(lambda: jobservice.submit(db, study, executor=settings.executor,
-                                                  max_parallel=settings.max_parallel))
+                                                  max_parallel=settings.max_parallel, stop=stop,
+                                                  command="demo"))
     worker.start()
     while worker.is_alive():
         if progress is not None:
@@ -161,22 +167,28 @@ def _startable(records: Sequence[RunRecord]) -> frozenset[str]:
 
     done = {r.id for r in records if r.status == RunStatus.COMPLETED}
     return frozenset(r.id for r in records
-                     if r.status == RunStatus.PLANNED and (r.parent_id is None or r.parent_id in done))
+                     if r.status.awaits_submit() and (r.parent_id is None or r.parent_id in done))
 
 
-def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: float = 5.0) -> None:
+def _wait_while_active(db: str, study: str, progress: Callable | None, poll_s: float = 5.0, stop=None) -> None:
     """Sync until no run of the study is queued or running (SLURM's chain, or local jobs of an earlier demo)."""
+    from ioussl.errors import Interrupted
     from ioussl.submit import service as jobservice
     from ioussl.track.listing import status_rows
 
     while True:
+        if stop is not None and stop.is_set():
+            raise Interrupted(f"stopped by {stop.signal_name} while waiting for the study's jobs (they go on)")
         jobservice.sync_studies(db, study)
         records = status_rows(db, study=study)
         if progress is not None:
             progress(records)
         if not any(record.status.is_active() for record in records):
             return
-        time.sleep(poll_s)
+        if stop is not None:
+            stop.wait(poll_s)
+        else:
+            time.sleep(poll_s)
 
 
 def _retry_lost(db: str, study: str, settings: DemoSettings, say: Say) -> int:

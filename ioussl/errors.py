@@ -31,3 +31,8 @@ class SubmissionError(IousslError):
 
 class TrainingError(IousslError):
     """A training job cannot continue (non-finite loss, bad checkpoint, mismatched store)."""
+
+
+class Interrupted(IousslError):
+    """A user's Ctrl-C or SIGTERM stopped a command cleanly; the message says what stopped and how to resume.
+    The CLI prints it as one ``interrupted: ...`` line and exits 130, as a shell does for SIGINT."""

@@ -116,6 +116,9 @@ def _check_types(merged: Mapping[str, Any], where: str) -> None:
     mem = merged.get("mem_gb")
     if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or not _positive(mem)):
         raise ConfigError(f"{where}.mem_gb: expected a positive number, got {mem!r}")
+    if mem is not None and int(mem * 1024) < 1:  # it would become --mem=0MB: SLURM's "all the node's memory"
+        raise ConfigError(f"{where}.mem_gb: {mem!r} is less than 1 MB (SLURM reads --mem=0 as all of a node's "
+                          "memory); give at least 0.001")
 
 
 def _positive(value: float) -> bool:

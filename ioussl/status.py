@@ -1,9 +1,9 @@
 """Run statuses and the one table of allowed transitions.
 
 Every status change in ioussl goes through :func:`check_transition`; COMPLETED is never rewritten, and the
-other end states (FAILED, TIMEOUT, CANCELLED, BLOCKED, LOST, INVALID) change only by an explicit retry or
-re-chain. This module is the one vocabulary of statuses: classify, sync, submission, the services and the
-renderers all use :class:`RunStatus` and the sets below.
+other end states (FAILED, TIMEOUT, CANCELLED, BLOCKED, LOST, INVALID, INTERRUPTED) change only by an explicit
+retry, resume or re-chain. This module is the one vocabulary of statuses: classify, sync, submission, the
+services and the renderers all use :class:`RunStatus` and the sets below.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ class RunStatus(enum.StrEnum):
     BLOCKED = "BLOCKED"  # a fine-tune whose pretrain failed: waits for a retry of the pretrain
     LOST = "LOST"  # vanished from the scheduler without an exit marker after repeated misses
     INVALID = "INVALID"  # the job's run files failed validation at ingest (status_reason: which file, why)
+    # Stopped by a user's Ctrl-C or SIGTERM (its job recorded an "interrupted" event, or the local submit that
+    # ran it stopped it): not a failure, no alert; `ioussl submit` resumes it from its last checkpoint.
+    INTERRUPTED = "INTERRUPTED"
 
     def is_terminal(self) -> bool:
         """No scheduler news can change this status (only a user's retry can)."""
@@ -34,29 +37,39 @@ class RunStatus(enum.StrEnum):
         """The scheduler may still hold a job for this run."""
         return self in _ACTIVE
 
+    def awaits_submit(self) -> bool:
+        """Nothing runs it, and the next ``ioussl submit`` starts it (planned, or interrupted and resumable)."""
+        return self in AWAITS_SUBMIT
+
 
 S = RunStatus
-_TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST, S.INVALID})
+_TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST, S.INVALID,
+                       S.INTERRUPTED})
 _ACTIVE = frozenset({S.SUBMITTING, S.PENDING, S.RUNNING})
-_RETRYABLE = frozenset({S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST, S.INVALID})
+_RETRYABLE = frozenset({S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST, S.INVALID, S.INTERRUPTED})
 
 ACTIVE = _ACTIVE  # the scheduler may still hold a job
 TERMINAL = _TERMINAL
 # A pretrain in one of these will never deliver the encoder its fine-tunes wait for.
 DEAD_PARENT = frozenset({S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST, S.INVALID})
 DEFAULT_RETRY = (S.FAILED, S.LOST, S.TIMEOUT)  # what `ioussl retry` picks when no --state is given
+# Runs `ioussl submit` starts: an interrupted run is not dead (its fine-tunes wait, they are not BLOCKED).
+AWAITS_SUBMIT = frozenset({S.PLANNED, S.INTERRUPTED})
 
 # from -> allowed targets. Terminal states only move back to PLANNED/SUBMITTING (a user's retry or a
 # re-chain onto a resubmitted pretrain); COMPLETED moves nowhere.
 ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
     S.PLANNED: frozenset({S.SUBMITTING, S.CANCELLED, S.BLOCKED, S.COMPLETED}),
     S.SUBMITTING: frozenset({S.PLANNED, S.PENDING, S.RUNNING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED,
-                             S.BLOCKED, S.LOST, S.INVALID}),
+                             S.BLOCKED, S.LOST, S.INVALID, S.INTERRUPTED}),
     S.PENDING: frozenset({S.RUNNING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.BLOCKED, S.LOST,
-                          S.INVALID}),
-    S.RUNNING: frozenset({S.PENDING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.LOST, S.INVALID}),
+                          S.INVALID, S.INTERRUPTED}),
+    S.RUNNING: frozenset({S.PENDING, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.LOST, S.INVALID,
+                          S.INTERRUPTED}),
     S.COMPLETED: frozenset(),
     **{status: frozenset({S.PLANNED, S.SUBMITTING}) for status in _RETRYABLE},
+    # An interrupted run may also be cancelled for good (nothing runs it, like a planned run).
+    S.INTERRUPTED: frozenset({S.PLANNED, S.SUBMITTING, S.CANCELLED}),
 }
 
 

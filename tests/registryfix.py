@@ -104,13 +104,14 @@ def pg_db(tmp_path) -> Iterator[str]:
 
 
 def valid_result(run: Any, **overrides: Any) -> dict[str, Any]:
-    """A result.json of the v2 contract for a registry Run row (hashes of its job config), then overrides."""
+    """A result.json of the v2 contract for a registry Run row (hashes of its job config, its planned run
+    identity), then overrides."""
     from ioussl.plan.expand import job_config_json
     from ioussl.submit import workload
 
     config = json.loads(job_config_json(run.config, run.study.base_dir))
     result = workload.result_for(Path(run.run_dir), config, steps=3)
-    return {**result, **overrides}
+    return {**result, "run_hash": run.run_hash, **overrides}  # its identity with its parent, as planned
 
 
 def write_result(run: Any, **overrides: Any) -> dict[str, Any]:

@@ -84,6 +84,8 @@ def test_a_submission_under_umask_000_leaves_nothing_group_or_world_writable(tmp
     runs = tmp_path / "runs"
     pickles = list(runs.rglob("*.pkl"))
     assert pickles and (runs / "_submitit").is_dir()
+    configs = list(runs.rglob("config.json"))
+    assert configs  # what the job reads: its frozen config (0666 under umask 000 before)
     for path in [runs, *runs.rglob("*")]:
-        if path.is_dir() or path in pickles:
+        if path.is_dir() or path in pickles or path in configs:
             assert mode(path) & 0o022 == 0, f"{path} is {oct(mode(path))}"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ioussl.backends.base import JobInfo, JobState, QueryResult, StateTable, Unit
+from ioussl.backends.controllerio import controller_output
 from ioussl.errors import ConfigError, SubmissionError
 from ioussl.status import RunStatus
 
@@ -66,7 +67,8 @@ class LocalBackend:
         ids = []
         # The controller copies this process's environment: tell the job how many CPUs it was given, as
         # SLURM would (SLURM_CPUS_PER_TASK), so that several local jobs do not each use every core.
-        with _environment(IOUSSL_CPUS_PER_TASK=str(unit.resources.cpus_per_task)):
+        with _environment(IOUSSL_CPUS_PER_TASK=str(unit.resources.cpus_per_task)), \
+                controller_output(self.folder / unit.job_name):
             for call in calls:
                 job = executor.submit(call)
                 self._jobs[job.job_id] = job

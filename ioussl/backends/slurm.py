@@ -57,7 +57,11 @@ class SlurmBackend:
 
         if dependency is not None:
             slurm.check_dependency(dependency)
-        executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=unit.resources.max_requeues)
+        try:
+            executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=unit.resources.max_requeues)
+        except RuntimeError as exc:  # submitit's "Could not detect srun": sbatch exists, srun does not
+            raise SubmissionError(f"cannot submit {unit.job_name}: {scheduler.one_line(str(exc))} (is srun on PATH "
+                                  "on this login node? --executor local runs on this machine)") from None
         executor.update_parameters(**self._parameters(unit, dependency))
         try:
             # submitit prints sbatch's stderr itself on failure; we report it once, on one line.

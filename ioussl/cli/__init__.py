@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from ioussl.cli.options import command_group
-from ioussl.errors import IousslError
+from ioussl.errors import Interrupted, IousslError
 
 # A command is a short process that imports much (SQLAlchemy, scipy) and may hold tens of thousands of
 # objects it read from a large registry: at CPython's default thresholds the cyclic collector runs three full
@@ -28,15 +28,31 @@ gc.set_threshold(50_000, 50, 100)
 _UsageError: Any = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
 
 
+INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
+
+
 class _OneLineErrors(TyperGroup):
     """Turn every IousslError, and every bad option or argument, of any subcommand into one stderr line
-    ("error: ...") and exit code 1."""
+    ("error: ...") and exit code 1; an interruption (Ctrl-C, SIGTERM) into one "interrupted" line and 130."""
 
     def invoke(self, ctx: Any) -> Any:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             try:
                 return super().invoke(ctx)
+            except Interrupted as exc:  # stopped cleanly by Ctrl-C/SIGTERM: what stopped, how to resume
+                typer.echo(f"interrupted: {exc}", err=True)
+                raise typer.Exit(INTERRUPTED_EXIT) from None
+            except KeyboardInterrupt:  # a command without its own handling: no traceback, the shell's code
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(INTERRUPTED_EXIT) from None
+            except LookupError as exc:  # SQLAlchemy reading a stored value outside an enum (an edited registry)
+                if "is not among the defined enum values" not in str(exc):
+                    raise
+                value = str(exc).split(" is not among", 1)[0]
+                typer.echo(f"error: the registry holds status {value}, which this ioussl does not know: a row "
+                           "was edited by hand or written by another version; fix it or restore a backup", err=True)
+                raise typer.Exit(1) from None
             except IousslError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None
@@ -54,9 +70,9 @@ app = command_group(
 
 
 def _register_commands() -> None:
-    from ioussl.cli import data, db, demo, export, jobs, logs, run, study
+    from ioussl.cli import cleanup, data, db, demo, export, jobs, logs, run, study
 
-    for module in (study, jobs, logs, data, run, demo, db, export):
+    for module in (study, jobs, logs, data, run, demo, db, export, cleanup):
         module.register(app)
 
 

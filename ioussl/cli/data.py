@@ -43,6 +43,7 @@ def preprocess(
 
     from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
 
+    _check_out_folder(out)
     with Progress(transient=True) as bar:
         task = bar.add_task("preprocessing", total=None)
         report = preprocess_dataset(
@@ -87,8 +88,10 @@ def split(
         Path | None,
         typer.Option(help="Split these cases instead, no store needed: a split JSON (parts pooled) or one id a line."),
     ] = None,
-    train: Annotated[int, typer.Option(help="Training cases.")] = 15,
-    val: Annotated[int, typer.Option(help="Validation (model selection) cases.")] = 35,
+    train: Annotated[int | None, typer.Option(
+        help="Training cases [default 15, the thesis' split; on fewer than 50 cases 30% of them].")] = None,
+    val: Annotated[int | None, typer.Option(
+        help="Validation (model selection) cases [default 35; on fewer than 50 cases the rest].")] = None,
     test: Annotated[int, typer.Option(help="Test (reporting) cases; 0 = none.")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     thesis: Annotated[
@@ -134,11 +137,38 @@ def split(
             assert cases is not None  # exactly one of store and cases, checked above
             pool = read_case_list(cases)
             source = f"the {len(pool)} cases of {cases.name}"
+        train, val = split_sizes(len(set(pool)), train, val, test)
         result = make_split(pool, train, val, test, seed)
         comment = f"seeded split (seed {seed}) of {source}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(split_to_json(result, comment))
     typer.echo(", ".join(f"{part} {len(cases)}" for part, cases in result.items()) + f" -> {out}")
+
+
+def _check_out_folder(out: Path) -> None:
+    """The store folder, or the nearest of its parents that exists, must be a folder: say so in one line."""
+    for where in (out, *out.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise DataError(f"cannot write the store {out}: {where} is a file, not a folder")
+            return
+
+
+THESIS_TRAIN, THESIS_VAL = 15, 35
+
+
+def split_sizes(available: int, train: int | None, val: int | None, test: int) -> tuple[int, int]:
+    """--train and --val as given, else the thesis' 15/35, or on a smaller pool 30% train and the rest val
+    (after --test); numbers that do not fit are one line that says how many cases there are."""
+    if train is None and val is None and available < THESIS_TRAIN + THESIS_VAL + test:
+        train = max(1, round(0.3 * (available - test)))
+        val = available - test - train
+    train = THESIS_TRAIN if train is None else train
+    val = THESIS_VAL if val is None else val
+    if min(train, val, test) < 0 or train + val + test > available or min(train, val) < 1:
+        raise DataError(f"cannot split {available} case(s) into train {train} + val {val} + test {test}: choose "
+                        f"--train, --val (and --test) of at least 1 that add up to at most {available}")
+    return train, val
 
 
 def _open_store(path: Path):

@@ -19,13 +19,16 @@ def demo(
     """Synthesise CT, preprocess, plan the scaled-down thesis grid, run it, report (resumable)."""
     from ioussl.cli import render
     from ioussl.demo import DEFAULT_STUDY, DemoSettings, run_demo
+    from ioussl.errors import Interrupted
 
     settings = DemoSettings(study_file=study or DEFAULT_STUDY, executor=executor.value, max_parallel=max_parallel)
     try:
         with render.RunProgress() as progress:
             outcome = run_demo(settings, db, say=progress.say, progress=progress.update)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: run `ioussl demo` (or `make demo`) again to resume where it stopped", err=True)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        what = f"{exc}; " if str(exc) else ""
+        typer.echo(f"interrupted: {what}run `ioussl demo` (or `make demo`) again to resume where it stopped",
+                   err=True)
         raise typer.Exit(130) from None
     render.report(outcome, "terminal")
     if outcome.report.left_out:

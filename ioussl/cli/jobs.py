@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ioussl.cli.cleanup import YesOption
 from ioussl.cli.options import (
     DbOption,
     DryRunOption,
@@ -46,15 +47,17 @@ def submit(
     ] = None,
 ) -> None:
     """Submit planned runs: one job per pretrain, its fine-tunes as one array held by afterok."""
+    from ioussl.submit.interrupts import StopRequest, stop_on_signals
     from ioussl.submit.service import submit as run_submit
     from ioussl.submit.submission import RunFilter
 
     run_filter = RunFilter(stage=checked_stage(stage), group=group, run_ids=tuple(run or ()))
     concrete = _resolve(executor)
-    with LocalProgress() as bar:
+    with stop_on_signals(StopRequest()) as stop, LocalProgress() as bar:
         outcome = run_submit(db, study, executor=concrete, dry_run=dry_run, run_filter=run_filter,
-                             max_parallel=max_parallel, progress=bar.update)
+                             max_parallel=max_parallel, progress=bar.update, stop=stop)
     render_submit(outcome)  # the executor was resolved above: no fallback line again
+    exit_if_runs_failed(outcome)
 
 
 def retry(
@@ -63,26 +66,46 @@ def retry(
     run: RunOption = None,
     state: StateOption = None,
     executor: ExecutorOption = Executor("auto"),
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
 ) -> None:
     """Resubmit FAILED, LOST or TIMEOUT runs (--state INVALID etc.) as new attempts; blocked fine-tunes follow."""
+    from ioussl.cli.cleanup import confirm, ids_text
     from ioussl.cli.options import checked_states
     from ioussl.status import DEFAULT_RETRY
+    from ioussl.submit.interrupts import StopRequest, stop_on_signals
     from ioussl.submit.service import retry as run_retry
+    from ioussl.submit.service import retry_selection
 
     statuses = checked_states(state) or list(DEFAULT_RETRY)
+    name, would = retry_selection(db, study, tuple(run or ()), statuses)
+    if dry_run:
+        typer.echo(f"study {name}: would retry {len(would)} run(s)" + (f": {ids_text(would)}" if would else ""))
+        return
+    if would:
+        confirm("retry", would, yes)
     concrete = _resolve(executor)
-    with LocalProgress() as bar:
-        outcome = run_retry(db, study, tuple(run or ()), statuses, executor=concrete, progress=bar.update)
+    with stop_on_signals(StopRequest()) as stop, LocalProgress() as bar:
+        outcome = run_retry(db, study, tuple(run or ()), statuses, executor=concrete, progress=bar.update,
+                            stop=stop)
     render_submit(outcome)  # the executor was resolved above: no fallback line again
+    exit_if_runs_failed(outcome)
 
 
 def cancel(
-    db: DbOption = None, study: StudyOption = None, run: RunOption = None, group: GroupOption = None
+    db: DbOption = None, study: StudyOption = None, run: RunOption = None, group: GroupOption = None,
+    dry_run: DryRunOption = False, yes: YesOption = False,
 ) -> None:
-    """Cancel planned and active runs by run, interval or whole study (their jobs are scancelled)."""
+    """Cancel planned, active and interrupted runs by run, interval or whole study (their jobs are cancelled
+    too: scancel on SLURM, a stop signal on this machine)."""
+    from ioussl.cli.cleanup import confirm
     from ioussl.submit.service import cancel as run_cancel
 
-    render_cancel(run_cancel(db, study, tuple(run or ()), group))
+    planned = run_cancel(db, study, tuple(run or ()), group, dry_run=True)
+    if not dry_run:
+        confirm("cancel", planned.cancelled, yes)
+        planned = run_cancel(db, study, tuple(run or ()), group)
+    render_cancel(planned)
 
 
 def _resolve(executor: Executor) -> str:
@@ -142,6 +165,8 @@ def render_submit(outcome: SubmitOutcome) -> None:
     if outcome.fell_back:
         console.print(_fell_back_line(outcome.fell_back), markup=False)
     runs = sum(len(u.run_ids) for u in outcome.units)
+    if outcome.resumed:
+        console.print(f"resuming {len(outcome.resumed)} interrupted run(s) from their last checkpoint", markup=False)
     for run_id in outcome.adopted:
         console.print(f"adopted the job of run {run_id} (an earlier submit was interrupted)")
     for run_id in outcome.reverted:
@@ -160,7 +185,8 @@ def render_submit(outcome: SubmitOutcome) -> None:
         tree = "  └─ " if unit.parent_id else ""
         console.print(
             f"{tree}{unit.job_name}: {what}"
-            + (f"  waits {dependency}" if dependency else "")
+            + (("  starts once its pretrain completed" if outcome.executor == "local" else f"  waits {dependency}")
+               if dependency else "")
             + (f"  job {jobs}" if jobs else ""),
             markup=False,
         )
@@ -171,6 +197,10 @@ def render_submit(outcome: SubmitOutcome) -> None:
         console.print(f"skipped {run_id}: {why}", markup=False)
     for message in dict.fromkeys(outcome.warnings):
         typer.echo(f"warning: {message}", err=True)
+    if outcome.executor == "local":  # no sbatch and no GPU-hours on this machine: say what happened here
+        console.print(f"study {outcome.study}: {verb} {runs} run(s) (local): on this machine, no sbatch",
+                      markup=False)
+        return
     console.print(
         f"study {outcome.study}: {verb} {runs} run(s) in {len(outcome.units)} job(s) "
         f"({outcome.executor}); {outcome.sbatch_calls} sbatch call(s); "
@@ -179,10 +209,26 @@ def render_submit(outcome: SubmitOutcome) -> None:
     )
 
 
+def exit_if_runs_failed(outcome: SubmitOutcome) -> None:
+    """Exit 1 when a run this (local) submit ran ended without a result: a script or CI sees it."""
+    if outcome.failed:
+        shown = ", ".join(f"{run_id} {status.lower()}" for run_id, status in sorted(outcome.failed.items())[:6])
+        more = " ..." if len(outcome.failed) > 6 else ""
+        typer.echo(f"error: {len(outcome.failed)} run(s) ended without a result ({shown}{more}); "
+                   "`ioussl status` shows why, `ioussl retry` runs them again", err=True)
+        raise typer.Exit(1)
+
+
 def render_cancel(outcome: CancelOutcome) -> None:
+    from ioussl.cli.cleanup import ids_text
+
+    # Each executor's own word: SLURM jobs are scancelled, local ones are sent a stop signal.
+    how = "stopped local job(s)" if outcome.executors == ["local"] else "scancel"
+    head = "would cancel" if outcome.dry_run else "cancelled"
     typer.echo(
-        f"cancelled {len(outcome.cancelled)} run(s)"
-        + (f"; scancel {' '.join(outcome.job_ids)}" if outcome.job_ids else "")
+        f"{head} {len(outcome.cancelled)} run(s)"
+        + (f" ({ids_text(outcome.cancelled)})" if outcome.dry_run else "")
+        + (f"; {how} {' '.join(outcome.job_ids)}" if outcome.job_ids else "")
     )
 
 

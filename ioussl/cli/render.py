@@ -32,7 +32,7 @@ def _styles() -> dict[str, str]:
 
     return {S.PLANNED: "dim", S.SUBMITTING: "yellow", S.PENDING: "yellow", S.RUNNING: "cyan", S.COMPLETED: "green",
             S.FAILED: "red", S.TIMEOUT: "red", S.CANCELLED: "magenta", S.BLOCKED: "red", S.LOST: "red",
-            S.INVALID: "red"}
+            S.INVALID: "red", S.INTERRUPTED: "yellow"}
 
 
 STATUS_STYLE = _styles()  # one entry per RunStatus (the vocabulary lives in status.py)
@@ -52,6 +52,7 @@ def plan_outcome(outcome: PlanOutcome) -> None:
         console.print(outcome.detectable.line(), markup=False, soft_wrap=True)
     elif outcome.power_note:
         console.print(outcome.power_note, markup=False, soft_wrap=True)
+    _plan_changes(outcome)
     for warning in outcome.warnings:
         console.print(f"warning: {warning}", markup=False, soft_wrap=True)
     if len(outcome.new) > SUMMARY_ABOVE:
@@ -63,6 +64,22 @@ def plan_outcome(outcome: PlanOutcome) -> None:
             table.add_row(run.key, run.stage, escape(run.group), _opt(run.pretrain_seed), str(run.seed),
                           run.parent_key or "-", *point)
         console.print(table)
+
+
+def _plan_changes(outcome: PlanOutcome) -> None:
+    """Overrides, runs brought back from the archive, and recorded runs the study file no longer plans."""
+    if outcome.overrides:
+        console.print("overrides (recorded with the study): " + ", ".join(outcome.overrides), markup=False,
+                      soft_wrap=True)
+    would = "would be " if outcome.dry_run else ""
+    if outcome.restored:
+        console.print(f"{len(outcome.restored)} archived run(s) planned again: {would}restored", markup=False)
+    if outcome.pruned:
+        console.print(f"{len(outcome.pruned)} run(s) no longer in the study file: {would}archived (hidden from "
+                      "status and report, kept; `ioussl archive --restore` brings them back)", markup=False)
+    if outcome.stale:
+        console.print(f"{len(outcome.stale)} recorded run(s) are no longer in the study file and still show in "
+                      "status and report: `ioussl plan grid ... --prune` archives them", markup=False)
 
 
 def _plan_size(outcome: PlanOutcome) -> None:
@@ -101,8 +118,12 @@ SUMMARY_ABOVE = 400  # rows; past this a per-group summary reads better (and ren
 
 def status_table(records: Sequence[RunRecord], show_all: bool = False,
                  live: Mapping[str, LiveProgress] | None = None) -> None:
-    """One row per run, grouped; running runs with ``live`` progress get epoch, step, loss or validation DSC,
-    throughput and ETA columns."""
+    """One row per run, grouped (by study too when several are shown); running runs with ``live`` progress get
+    epoch, step, loss or validation DSC, throughput and ETA columns; then one line of counts per state.
+
+    Narrow terminals keep every state readable: below ``WIDE_COLUMNS`` the optional columns (pretrain seed, job,
+    tries, the live ones) are left out and each reason gets a line under the table instead of a column.
+    """
     if not records:
         console.print("no runs match")
         return
@@ -110,40 +131,103 @@ def status_table(records: Sequence[RunRecord], show_all: bool = False,
         status_summary(records)
         if live:
             running_table(records, live)
+        console.print(state_counts(records), markup=False)
         return
     live = live or {}
-    extra = LIVE_COLUMNS if any(r.id in live for r in records) else ()
+    wide = console.width >= WIDE_COLUMNS
+    several = len({r.study for r in records}) > 1
+    extra = LIVE_COLUMNS if wide and any(r.id in live for r in records) else ()
+    rows, headings = _status_rows(records, live, wide, extra, several)
+    names = ["run", "stage", *(["pre seed"] if wide else []), "seed", "state", *(["job", "tries"] if wide else []),
+             "elapsed", *extra, "val DSC"]
+    # Every column as wide as its widest cell, so nothing but the reason is ever cut; the reason gets the rest
+    # of the line (rich would otherwise shrink every column and print "PL…").
+    widths = [max([len(name)] + [len(_plain(row[i])) for row in rows if row]) for i, name in enumerate(names)]
+    # Group labels head their blocks in the "run" column: as wide as the longest (a longer one folds).
+    widths[0] = max(widths[0], min(LABEL_WIDTH, max(len(h) for h in headings if h is not None)))
+    room = console.width - sum(widths) - 3 * (len(names) + 1) - 1
     table = Table(title="runs")
-    for name in ("run", "stage", "pre seed", "seed", "state", "job", "tries", "elapsed", *extra, "DSC"):
-        table.add_column(name, no_wrap=True)
-    group = None
-    for record in records:
-        if record.group != group:
-            if group is not None:
+    for name, width in zip(names, widths, strict=True):
+        table.add_column(name, no_wrap=name != "run", width=width, overflow="fold")
+    if wide and room >= MIN_REASON:
+        table.add_column("reason", no_wrap=True, overflow="ellipsis", width=min(room, REASON_WIDTH))
+    for row, heading in zip(rows, headings, strict=True):
+        if heading is not None:
+            if table.row_count:
                 table.add_section()
-            group = record.group
-            table.add_row(f"[bold]{escape(group)}[/]", *[""] * (len(table.columns) - 1))
-        style = STATUS_STYLE.get(record.status.value, "")
-        progress = live.get(record.id)
-        table.add_row(
-            record.id, record.stage, _opt(record.pretrain_seed), str(record.seed),
-            f"[{style}]{record.status.value}[/]" + ("*" if record.imported else ""),
-            record.job_id or "-", _tries(record), _run_elapsed(record, progress),
-            *(_live_cells(progress) if extra else ()),
-            "-" if record.dsc is None else f"{record.dsc:.3f}",
-        )
+            table.add_row(f"[bold]{escape(heading)}[/]", *[""] * (len(table.columns) - 1))
+            continue
+        table.add_row(*row[:len(table.columns)])
     console.print(table)
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record.status.value] = counts.get(record.status.value, 0) + 1
-    console.print(", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+    console.print(state_counts(records), markup=False)
     for record in [r for r in records if r.requeue_reasons][:20]:
         console.print(f"run {record.id} {requeue_summary(record.requeue_reasons)}", markup=False, soft_wrap=True)
     invalid = [record for record in records if record.status.value == "INVALID"]
     for record in invalid[:20]:
         console.print(f"run {record.id} INVALID: {record.status_reason}", markup=False, soft_wrap=True)
+    if not wide:  # no room for a reason column: each reason on a line of its own, cut to the terminal
+        told = [r for r in records if _reason(r) and r.status.value != "INVALID"]
+        for record in told[:20]:
+            line = f"run {record.id} {record.status.value}: {_reason(record)}"
+            console.print(line if len(line) <= console.width else line[:console.width - 1] + "…", markup=False)
+        if len(told) > 20:
+            console.print(f"... and {len(told) - 20} more reasons: ioussl status --json", markup=False)
     if any(record.imported for record in records):
         console.print("* imported: the result was obtained outside ioussl (see ioussl status --json)")
+
+
+def _status_rows(records: Sequence[RunRecord], live: Mapping[str, LiveProgress], wide: bool,
+                 extra: Sequence[str], several: bool) -> tuple[list[list[str]], list[str | None]]:
+    """The table's cells (markup) per run, with a heading (study and group) before each block."""
+    rows: list[list[str]] = []
+    headings: list[str | None] = []
+    block = None
+    for record in records:
+        if (record.study, record.group) != block:
+            block = (record.study, record.group)
+            headings.append(f"{record.study}: {record.group}" if several else record.group)
+            rows.append([])
+        style = STATUS_STYLE.get(record.status.value, "")
+        progress = live.get(record.id)
+        rows.append([
+            record.id, record.stage, *([_opt(record.pretrain_seed)] if wide else []), str(record.seed),
+            f"[{style}]{record.status.value}[/]" + ("*" if record.imported else ""),
+            *([record.job_id or "-", str(record.attempts)] if wide else []), _run_elapsed(record, progress),
+            *(_live_cells(progress) if extra else ()),
+            "-" if record.dsc is None else f"{record.dsc:.3f}",
+            escape(_reason(record)),
+        ])
+        headings.append(None)
+    return rows, headings
+
+
+def _plain(cell: str) -> str:
+    from rich.text import Text
+
+    return Text.from_markup(cell).plain
+
+
+WIDE_COLUMNS = 110  # narrower terminals get the essential columns only
+LABEL_WIDTH = 28
+MIN_REASON = 8
+REASON_WIDTH = 60
+QUIET_REASONS = frozenset({"PLANNED", "COMPLETED"})  # their reason says nothing a user needs at a glance
+
+
+def _reason(record: RunRecord) -> str:
+    """The run's status reason on one line ("" where it says nothing more than the state)."""
+    if record.status.value in QUIET_REASONS or not record.status_reason:
+        return ""
+    return " ".join(record.status_reason.split())
+
+
+def state_counts(records: Sequence[RunRecord]) -> str:
+    """"5 runs: 2 completed, 1 running, 2 planned" (states in the order of the status vocabulary)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.status.value] = counts.get(record.status.value, 0) + 1
+    ordered = [state for state in STATUS_STYLE if state in counts] + sorted(set(counts) - set(STATUS_STYLE))
+    return f"{len(records)} run(s): " + ", ".join(f"{counts[state]} {state.lower()}" for state in ordered)
 
 
 LIVE_COLUMNS = ("epoch", "step", "loss|val DSC", "speed", "ETA")
@@ -287,8 +371,7 @@ def report_table(report: Report, fmt: str) -> None:
     # against the baseline, and (where recorded) the other scores of the same runs.
     head, cells = fmt_report.table(report)
     if len(cells) > SUMMARY_ABOVE:  # a large sweep's rows: plain columns (rich takes seconds for thousands)
-        print(f"{report.study}: {fmt_report.METRICS[report.metric]} per group (std ddof={report.ddof}), "
-              f"{len(cells)} groups")
+        print(f"{report.study}: {_cases_label(report)} per group (std ddof={report.ddof}), {len(cells)} groups")
         print(plain_columns(head, cells), end="")
         for line in fmt_report.footer_lines(report):
             print(line)
@@ -296,8 +379,8 @@ def report_table(report: Report, fmt: str) -> None:
     values = head[: head.index("n") + 1]
     stats = ["group", "Δ baseline", "Δ 95% CI", "test", "p", "p Holm"]
     others = ["group", "cases", *fmt_report.optional_columns(report)]
-    titles = [f"{report.study}: {fmt_report.METRICS[report.metric]} per group (std ddof={report.ddof})",
-              "against the baseline", "other scores"]
+    titles = [f"{report.study}: {_cases_label(report)} per group (std ddof={report.ddof})", "statistics",
+              "other scores"]
     for title, names in zip(titles, (values, stats, others), strict=True):
         if names is others and len(others) == 2:
             continue
@@ -329,6 +412,14 @@ def organ_table(outcome: ReportOutcome, fmt: str) -> None:
         return
     print("\nper organ (FLARE 2022, mean over each group's runs; 95% CI: nested bootstrap)")
     print(plain_columns(head, cells), end="")
+def _cases_label(report: Report) -> str:
+    """Which DSC the table holds: "val DSC" (validation cases, as `status` shows), "test DSC" (held-out test
+    cases), or both (the "cases" column says which row)."""
+    from ioussl.report.tables import HELD_OUT, METRICS
+
+    kinds = {row.cases == HELD_OUT for row in report.rows}
+    part = {frozenset({True}): "test", frozenset({False}): "val"}.get(frozenset(kinds), "val/test")
+    return f"{part} {METRICS[report.metric]}"
 
 
 def plain_columns(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -51,6 +51,16 @@ def plan_grid(
         typer.Option("--sd-from", metavar="<study>",
                      help="With --dry-run: take those SDs from an earlier study in the registry."),
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", metavar="<key=value>",
+                     help="Override a setting of the study file, e.g. -s pretrain.epochs=50 (repeatable; "
+                          "validated as the file is, recorded with the study)."),
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Archive the recorded runs this study file no longer plans (hidden "
+                                           "from status and report, kept, restorable).")
+    ] = False,
 ) -> None:
     """Validate a study and add its grid of runs (pretrains, fine-tunes, baseline); twice adds nothing."""
     from ioussl.cli import render
@@ -59,7 +69,8 @@ def plan_grid(
     if (sd is not None or sd_from is not None) and not dry_run:
         raise ConfigError("--sd and --sd-from size the dry run's power: give --dry-run too")
     render.plan_outcome(plan(study_file, db, dry_run=dry_run, check_data=check_data, max_runs=max_runs,
-                             sd=_numbers(sd, "--sd") if sd is not None else None, sd_from=sd_from))
+                             sd=_numbers(sd, "--sd") if sd is not None else None, sd_from=sd_from,
+                             prune=prune, overrides=tuple(overrides or ())))
 
 
 def _numbers(text: str, option: str) -> list[float]:

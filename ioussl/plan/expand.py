@@ -205,6 +205,21 @@ def _data_point(spec: StudySpec, data: DataConfig) -> Point:
     return {f"data.{name}": value for name, value in vars(data).items() if value != getattr(spec.data, name)}
 
 
+def check_split_files(spec: StudySpec) -> None:
+    """Every split file the study names that exists must be a valid split (JSON: train, val[, test]), checked
+    even with --no-check-data: a split that is not JSON would fail every job that reads it.
+
+    Raises:
+        DataError: the first split file that is not a readable split, in one line.
+    """
+    from ioussl.science.data.splits import load_split  # json only: no torch
+
+    paths = {spec.data.split, *(value for value in spec.sweep.values().get("data.split", []))}
+    for split in sorted(str(path) for path in paths if isinstance(path, str)):
+        if spec.resolve(split).is_file():
+            load_split(spec.resolve(split))
+
+
 def _check_paths(spec: StudySpec, data: DataConfig) -> None:
     store_path = spec.resolve(data.store)
     if not store_path.exists():

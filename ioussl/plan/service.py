@@ -14,9 +14,11 @@ from ioussl.errors import ConfigError
 from ioussl.plan import expand as planning
 from ioussl.plan.expand import PlannedRun
 from ioussl.plan.study import StudySpec, load_study, spec_summary
+from ioussl.registry import archive as archiving
 from ioussl.registry import opened, repo
 from ioussl.registry.db import MissingRegistry
 from ioussl.registry.errors import AlreadyRecorded
+from ioussl.status import ACTIVE
 
 if TYPE_CHECKING:
     from ioussl.plan.power import Detectable
@@ -34,6 +36,11 @@ class PlanOutcome:
     gpu_hours_per_run: dict[str, float] = field(default_factory=dict)  # stage -> GPU-hours one run requests
     detectable: Detectable | None = None  # dry run: the smallest Δ its seeds detect at 80% power
     power_note: str = ""  # dry run without a spread to compute it from: how to give one
+    stale: list[str] = field(default_factory=list)  # recorded runs the study file no longer plans (not pruned)
+    pruned: list[str] = field(default_factory=list)  # of those, archived by --prune
+    restored: list[str] = field(default_factory=list)  # archived runs the study file plans again: visible again
+    overrides: list[str] = field(default_factory=list)  # -s key=value given on the command line
+    prune: bool = False  # archive the recorded runs the study file no longer plans (--prune)
 
     def counts(self, runs: list[PlannedRun]) -> dict[str, int]:
         """Runs per stage (pretrain, finetune) among ``runs``."""
@@ -46,24 +53,25 @@ class PlanOutcome:
 
 def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, check_data: bool = True,
               base_dir: str | None = None, max_runs: int | None = None, sd: Sequence[float] | None = None,
-              sd_from: str | None = None) -> PlanOutcome:
+              sd_from: str | None = None, prune: bool = False, overrides: Sequence[str] = ()) -> PlanOutcome:
     """Validate the study, refuse it above the size cap, expand its grid, add the runs not yet recorded.
 
     Race-free: the runs are written under the registry's write lock, so planners running at once create
     one study and no duplicate runs; should another process still have written a run first (a unique
     constraint fires), the plan is read again and reports those runs as already planned.
     """
-    spec = load_study(study_file, base_dir=base_dir)
+    spec = load_study(study_file, base_dir=base_dir, overrides=overrides)
     planning.check_plan_size(spec, max_runs)
     planned = planning.expand_grid(spec)
+    planning.check_split_files(spec)
     warnings = (planning.check_data(spec) if check_data else []) + planning.placeholder_warnings(spec)
     if dry_run:
-        outcome = _dry_run(db, spec, planned, warnings)
+        outcome = _dry_run(db, spec, planned, warnings, prune)
         _with_power(outcome, spec, planned, db, sd, sd_from)
         return outcome
     with opened(db, create=True) as registry:
         for last_try in (False, True):
-            outcome = _outcome(spec, warnings)
+            outcome = dataclasses.replace(_outcome(spec, warnings), prune=prune)
             try:
                 with registry.session() as session:
                     return register_runs(session, spec, planned, outcome)
@@ -73,9 +81,10 @@ def plan_grid(study_file: str | Path, db: str | None, *, dry_run: bool = False, 
     raise AssertionError("unreachable")
 
 
-def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warnings: list[str]) -> PlanOutcome:
+def _dry_run(db: str | None, spec: StudySpec, planned: list[PlannedRun], warnings: list[str],
+             prune: bool = False) -> PlanOutcome:
     """What a plan would add; nothing is written (and no registry is created)."""
-    outcome = dataclasses.replace(_outcome(spec, warnings), dry_run=True)
+    outcome = dataclasses.replace(_outcome(spec, warnings), dry_run=True, prune=prune)
     with ExitStack() as stack:
         try:
             registry = stack.enter_context(opened(db, create=False))
@@ -122,7 +131,8 @@ def _outcome(spec: StudySpec, warnings: list[str]) -> PlanOutcome:
 
     hours = {stage: resources_for_run(stored, where=f"[resources.{stage}]").gpu_hours()
              for stage, stored in spec.resources.items()}
-    return PlanOutcome(study=spec.name, warnings=warnings, axes=spec.sweep.values(), gpu_hours_per_run=hours)
+    return PlanOutcome(study=spec.name, warnings=warnings, axes=spec.sweep.values(), gpu_hours_per_run=hours,
+                       overrides=list(spec.overrides))
 
 
 def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: PlanOutcome) -> PlanOutcome:
@@ -140,6 +150,8 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
         repo.set_notify(study, summary["notify"])  # a webhook added to the profile later
     if not created and (study.spec or {}).get("report") != summary.get("report"):
         repo.set_report(study, summary.get("report"))  # [report] edited after planning
+    if not created and (study.spec or {}).get("overrides") != summary.get("overrides"):
+        repo.set_overrides(study, summary.get("overrides"))  # this plan's -s, for provenance
     repo.add_axes(study, spec.sweep.names)
     known = repo.existing_hashes(session, study)
     outcome.existing = [run for run in planned if run.run_hash in known]
@@ -150,7 +162,29 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
     repo.set_resources(session, stale)
     outcome.resources_updated = len(stale)
     repo.add_runs(session, study, [_run_row(spec, run) for run in outcome.new])
+    if not created:
+        _reconcile(session, study, planned, outcome, outcome.prune)
     return outcome
+
+
+def _reconcile(session, study, planned: list[PlannedRun], outcome: PlanOutcome, prune: bool) -> None:  # type: ignore[no-untyped-def]
+    """Runs planned again that were archived come back; recorded runs the file no longer plans are listed
+    (``stale``), and with ``prune`` archived (hidden, kept, restorable), except active ones."""
+    wanted = {run.run_hash for run in planned}
+    archived = archiving.archived_hashes(session, study)
+    back = [archived[run_hash] for run_hash in wanted if run_hash in archived]
+    archiving.restore(back)
+    outcome.restored = sorted(run.id for run in back)
+    stale = archiving.stale_runs(session, study, wanted)
+    if prune:
+        active = [run for run in stale if run.status in ACTIVE]
+        archiving.archive([run for run in stale if run.status not in ACTIVE])
+        outcome.pruned = sorted(run.id for run in stale if run.status not in ACTIVE)
+        stale = active
+        if active:
+            outcome.warnings.append(f"{len(active)} run(s) no longer in the study file are still active and were "
+                                    "not archived: cancel them, then plan again with --prune")
+    outcome.stale = sorted(run.id for run in stale)
 
 
 def _run_row(spec: StudySpec, run: PlannedRun) -> dict[str, object]:

@@ -8,8 +8,10 @@ account, qos, ...) lives in a cluster profile that the study points to, so one s
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from ioussl.errors import ConfigError
 from ioussl.plan.sweep import Sweep, parse_sweep
 
 STUDY_SECTIONS = ("study", "data", "model", "runtime", "sampler", "pretrain", "finetune", "intervals",
-                  "resources", "slurm", "sweep")
+                  "resources", "slurm", "sweep", "notify")
 STUDY_KEYS = ("name", "description", "cluster", "runs_dir")
 INTERVAL_KEYS = ("name", "i_min", "i_max", "random_crop")
 RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additional", "max_running",
@@ -82,18 +84,53 @@ class StudySpec:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     notify: dict[str, Any] = field(default_factory=dict)  # the cluster profile's [notify] (webhook alerts)
     report: dict[str, Any] = field(default_factory=dict)  # [report]: metric, test, sd, baseline_sd (checked)
+    overrides: tuple[str, ...] = ()  # `plan grid -s key=value` applied over the file (kept for provenance)
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative).expanduser()
         return path if path.is_absolute() else self.base_dir / path
 
 
-def load_study(path: str | Path, base_dir: str | Path | None = None) -> StudySpec:
-    """Read and validate a study file. Raises ConfigError with one clear line on any problem."""
+def load_study(path: str | Path, base_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read and validate a study file, with ``overrides`` ("pretrain.epochs=50", as ``plan grid -s``) applied
+    before validation, so they are checked exactly as the file is. Raises ConfigError with one clear line."""
     path = Path(path)
-    raw = _read_toml(path)
+    raw = apply_overrides(_read_toml(path), overrides)
     base = Path(base_dir) if base_dir is not None else path.resolve().parent
-    return parse_study(raw, path=path, base_dir=base)
+    spec = parse_study(raw, path=path, base_dir=base)
+    return dataclasses.replace(spec, overrides=tuple(overrides)) if overrides else spec
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the parsed study with each ``dotted.key=value`` set; the value is read as a TOML value
+    (``50``, ``0.1``, ``true``, ``[64, 96]``, ``"text"``), or taken as plain text when it is not one.
+    ``sweep.<setting>=[...]`` sets a sweep axis (whose name holds dots itself)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        parts = key.split(".", 1) if key.startswith("sweep.") else key.split(".")
+        if not sep or not all(part.strip() for part in parts):
+            raise ConfigError(f"-s {item!r}: expected key=value with a dotted key, e.g. -s pretrain.epochs=50")
+        jobscript.check_text(key, f"-s {key}")
+        value = _override_value(text.strip(), key)
+        table = raw
+        for i, part in enumerate(parts[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"-s {key}: {'.'.join(parts[:i + 1])} is a value, not a table")
+        table[parts[-1]] = value
+    return raw
+
+
+def _override_value(text: str, key: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        jobscript.check_text(text, f"-s {key}")
+        return text
+    except RecursionError:
+        raise ConfigError(f"-s {key}: the value is nested too deeply") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -105,6 +142,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except RecursionError:  # tables or inline tables nested thousands deep
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{path}: malformed TOML: {exc}"[:300]) from None
 
 
 def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> StudySpec:
@@ -131,6 +172,8 @@ def parse_study(raw: dict[str, Any], path: Path | None, base_dir: Path) -> Study
     if not intervals and not baseline_seeds:
         raise ConfigError(f"{where}: the study is empty (no [[intervals]] and no [finetune].baseline_seeds)")
     cluster, notify = _cluster_profile(head.get("cluster"), base_dir, where)
+    # Alerts: the study's own [notify] over its cluster profile's over the user's config file.
+    notify = {**_user_notify(), **notify, **_notify(raw.get("notify", {}), f"{where} [notify]")}
     cluster.update(_checked(raw.get("slurm", {}), SLURM_KEYS, f"{where} [slurm]"))
     return StudySpec(
         name=name,
@@ -247,12 +290,25 @@ def _cluster_profile(reference: Any, base_dir: Path, where: str) -> tuple[dict[s
     path = Path(reference) if Path(reference).is_absolute() else base_dir / reference
     raw = _read_toml(path)
     _check_keys(raw, ("slurm", "notify"), str(path))
-    notify = _checked(raw.get("notify", {}), NOTIFY_KEYS, f"{path} [notify]")
+    notify = _notify(raw.get("notify", {}), f"{path} [notify]")
+    return _checked(raw.get("slurm", {}), SLURM_KEYS, f"{path} [slurm]"), notify
+
+
+def _notify(table: Any, where: str) -> dict[str, Any]:
+    """A [notify] section (study file, cluster profile or user config), its webhook checked now."""
+    notify = _checked(table, NOTIFY_KEYS, where)
     if "webhook" in notify:
         from ioussl.jobtext import check_webhook
 
-        check_webhook(notify["webhook"], f"{path} [notify]")
-    return _checked(raw.get("slurm", {}), SLURM_KEYS, f"{path} [slurm]"), notify
+        check_webhook(notify["webhook"], where)
+    return notify
+
+
+def _user_notify() -> dict[str, Any]:
+    from ioussl.userconfig import read_user_config
+
+    path, raw = read_user_config()
+    return _notify(raw.get("notify", {}), f"{path} [notify]") if raw else {}
 
 
 def _resources(raw: Any, cluster: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -288,6 +344,8 @@ def spec_summary(spec: StudySpec) -> dict[str, Any]:
     }
     if spec.report:
         summary["report"] = dict(spec.report)
+    if spec.overrides:  # absent without overrides: a study planned as before stores the same summary
+        summary["overrides"] = list(spec.overrides)
     if spec.sweep:
         summary["sweep"] = spec.sweep.values()
     return summary

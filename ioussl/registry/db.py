@@ -215,7 +215,8 @@ def _prepare_file(target: Target, create: bool) -> None:
     assert path is not None
     if not path.exists():
         if not create:
-            raise MissingRegistry(f"no registry at {target.location}: plan a study first (ioussl plan grid STUDY.toml)")
+            raise MissingRegistry(f"no registry at {target.location}: plan a study first (ioussl plan grid "
+                                  "STUDY.toml), or point to yours with --db PATH or $IOUSSL_DB")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -9,6 +9,7 @@ A v1 registry (``schema_info`` only) is first stamped with revision 0001, the v1
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +61,18 @@ def upgrade(db: str | None, backup: bool = True) -> UpgradeOutcome:
         schema.check(state, registry.location, allow_old=True)
         if state.kind == "current":
             return UpgradeOutcome(registry.location, state.version, SCHEMA_VERSION)
+        _refuse_read_only(registry)
         copy = _backup(registry, state.version) if backup else None
-        _run_revisions(conn, stamp_v1=state.revision is None)
-        after = schema.read_state(conn)
-        if after.kind != "current":
-            raise RegistryError(f"upgrade of {registry.location} did not reach schema {SCHEMA_VERSION}: rolled back")
+        try:
+            _run_revisions(conn, stamp_v1=state.revision is None)
+            after = schema.read_state(conn)
+            if after.kind != "current":
+                raise RegistryError(f"upgrade of {registry.location} did not reach schema {SCHEMA_VERSION}: "
+                                    "rolled back")
+        except BaseException:
+            if copy is not None:  # rolled back: the registry is as it was, a copy of it would only mislead
+                copy.unlink(missing_ok=True)
+            raise
     return UpgradeOutcome(registry.location, state.version, SCHEMA_VERSION, copy)
 
 
@@ -79,6 +87,18 @@ def _run_revisions(conn: Connection, stamp_v1: bool) -> None:
     config.set_main_option("script_location", str(schema.MIGRATIONS))
     config.attributes["connection"] = conn
     command.upgrade(config, schema.HEAD)
+
+
+def _refuse_read_only(registry: Registry) -> None:
+    """A SQLite registry (or its folder, where SQLite keeps its journal) this user cannot write: refuse before
+    anything is copied or begun."""
+    path = registry.target.path
+    if path is None:
+        return
+    for where in (path, path.parent):
+        if not os.access(where, os.W_OK):
+            raise RegistryError(f"cannot upgrade {registry.location}: {where} is read-only for you (nothing was "
+                                "changed, no backup written)")
 
 
 def _backup(registry: Registry, version: int | None) -> Path | None:

@@ -1,4 +1,4 @@
-"""The registry's tables (SQLAlchemy 2.0 typed models), schema version 2.
+"""The registry's tables (SQLAlchemy 2.0 typed models), schema version 3.
 
 A study holds runs; a run (pretrain or fine-tune) has a canonical config whose hash, with its parent's
 identity, is its identity (``run_hash``); every scheduler job of a run is an attempt that is never
@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ioussl.status import RunStatus
 
-SCHEMA_VERSION = 3  # also kept in schema_info, so an ioussl of schema 1 refuses this registry
+SCHEMA_VERSION = 4  # also kept in schema_info, so an ioussl of schema 1 refuses this registry
 
 
 def utcnow() -> dt.datetime:
@@ -92,6 +92,9 @@ class Run(Base):
     imported: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # Set when a user archived the run (`ioussl archive`, `plan grid --prune`): hidden from status, report and
+    # submit, kept with its attempts and results, restorable (`ioussl archive --restore`). Schema v3.
+    archived_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     study: Mapped[Study] = relationship(back_populates="runs")
     parent: Mapped[Run | None] = relationship(remote_side=[id])

@@ -30,6 +30,7 @@ from ioussl.registry.models import (
 from ioussl.status import ACTIVE, DEAD_PARENT, RunStatus, check_attempt_transition, check_transition
 
 NODE_CHARS = 255  # attempts.node
+NOT_ARCHIVED = Run.archived_at.is_(None)  # archived runs are hidden from listings, reports and submit
 RESULT_COLUMNS = frozenset({
     "dsc", "dsc_3d", "per_case", "per_organ", "best_epoch", "checkpoint_path", "checkpoint_sha256", "test_dsc",
     "test_dsc_3d", "flare_dsc", "flare_nsd", "flare_part",
@@ -137,6 +138,11 @@ def set_notify(study: Study, notify: Any) -> None:
     study.spec = {**(study.spec or {}), "notify": notify}
 
 
+def set_overrides(study: Study, overrides: Any) -> None:
+    """The ``plan grid -s key=value`` overrides of a study's latest plan, for its provenance."""
+    study.spec = {**(study.spec or {}), "overrides": overrides}
+
+
 def set_report(study: Study, report: Any) -> None:
     """A study's ``[report]`` settings (the headline metric), edited after it was planned."""
     study.spec = {**(study.spec or {}), "report": report}
@@ -158,6 +164,9 @@ def get_run(session: Session, run_id: str) -> Run:
             return matches[0]
         if len(matches) > 1:
             raise NotFound(f"run id prefix {run_id!r} is ambiguous")
+    elif run_id:
+        raise NotFound(f"unknown run {run_id!r}: a run id prefix needs at least 4 characters "
+                       "(ioussl status lists the ids)")
     raise NotFound(f"unknown run {run_id!r}")
 
 
@@ -168,20 +177,25 @@ def existing_hashes(session: Session, study: Study) -> dict[str, str]:
 
 
 def study_runs(session: Session, study: str) -> list[Run]:
-    """Every run of a study, with attempts and parent loaded (submission plans from these)."""
+    """Every run of a study but the archived, with attempts and parent loaded (submission plans from these)."""
     query = (
         select(Run)
         .join(Study, Run.study_id == Study.id)
-        .where(Study.name == study)
+        .where(Study.name == study, NOT_ARCHIVED)
         .options(selectinload(Run.attempts), selectinload(Run.parent))
     )
     return list(session.scalars(query))
 
 
 def select_runs(session: Session, study: str | None = None, run_ids: Sequence[str] = (), group: str | None = None,
-                statuses: Sequence[RunStatus] | None = None) -> list[Run]:
-    """Runs by study, id (or unique prefix), group and status, with their attempts (cancel, retry)."""
+                statuses: Sequence[RunStatus] | None = None, *, archived: bool | None = False) -> list[Run]:
+    """Runs by study, id (or unique prefix), group and status, with their attempts (cancel, retry).
+
+    ``archived``: False (default) leaves archived runs out, True selects only them, None both.
+    """
     query = select(Run).join(Study, Run.study_id == Study.id).options(selectinload(Run.attempts))
+    if archived is not None:
+        query = query.where(Run.archived_at.is_not(None) if archived else NOT_ARCHIVED)
     if study is not None:
         query = query.where(Study.name == study)
     if run_ids:
@@ -231,7 +245,7 @@ def waiting_for_submit(session: Session, study: str | None = None, group: str | 
     query = (
         select(Run.id)
         .join(parent, Run.parent_id == parent.id)
-        .where(Run.status == RunStatus.PLANNED, parent.status == RunStatus.COMPLETED)
+        .where(Run.status == RunStatus.PLANNED, parent.status == RunStatus.COMPLETED, NOT_ARCHIVED)
         .order_by(Run.id)
     )
     if study is not None:
@@ -399,7 +413,8 @@ def runs_of(studies: Iterable[str], stage: str | None = None):
     Queries over a whole study filter by it rather than by a list of its run ids: a sweep's 10,000 ids are
     10,000 bound parameters, near SQLite's limit (32,766) and PostgreSQL's (65,535) for larger registries.
     """
-    query = select(Run.id).join(Study, Run.study_id == Study.id).where(Study.name.in_(sorted(set(studies))))
+    query = (select(Run.id).join(Study, Run.study_id == Study.id)
+             .where(Study.name.in_(sorted(set(studies))), NOT_ARCHIVED))
     return query.where(Run.stage == stage) if stage is not None else query
 
 
@@ -442,8 +457,9 @@ def result_commits(session: Session, studies: Iterable[str]) -> dict[str, int]:
 
 
 def study_status_counts(session: Session, study_id: int) -> dict[RunStatus, int]:
-    """How many runs of the study are in each status."""
-    rows = session.execute(select(Run.status, func.count()).where(Run.study_id == study_id).group_by(Run.status))
+    """How many runs of the study (archived ones left out) are in each status."""
+    rows = session.execute(select(Run.status, func.count()).where(Run.study_id == study_id, NOT_ARCHIVED)
+                           .group_by(Run.status))
     return {RunStatus(status): n for status, n in rows}
 
 
@@ -524,8 +540,10 @@ def _latest_attempts():
 
 
 def list_runs(session: Session, study: str | None = None, stage: str | None = None,
-              statuses: Sequence[RunStatus] | None = None, group: str | None = None) -> list[RunRecord]:
-    """Every matching run with its latest attempt and result, in one query."""
+              statuses: Sequence[RunStatus] | None = None, group: str | None = None,
+              archived: bool = False) -> list[RunRecord]:
+    """Every matching run with its latest attempt and result, in one query; ``archived``: the archived runs
+    instead of the others (which status, report and exports show)."""
     latest, last = _latest_attempts()
     # Plain columns, not ORM entities: 10,000 runs load in a fraction of the time (no config text, no
     # identity map), which keeps `status` and `report` under a second on a large registry.
@@ -544,6 +562,7 @@ def list_runs(session: Session, study: str | None = None, stage: str | None = No
         # NULLS FIRST spelled out: SQLite and PostgreSQL order NULLs differently by default.
         .order_by(Study.name, Run.group, Run.stage.desc(), Run.pretrain_seed.asc().nulls_first(), Run.seed, Run.id)
     )
+    query = query.where(Run.archived_at.is_not(None) if archived else NOT_ARCHIVED)
     if study is not None:
         query = query.where(Study.name == study)
     if stage is not None:
@@ -618,7 +637,7 @@ def export_runs(session: Session, studies: Sequence[str]) -> list[tuple[Any, ...
         .outerjoin(latest, latest.c.run_id == Run.id)
         .outerjoin(last, last.id == latest.c.last_id)
         .outerjoin(Result, Result.run_id == Run.id)
-        .where(Study.name.in_(list(studies)))
+        .where(Study.name.in_(list(studies)), NOT_ARCHIVED)
         .order_by(Study.name, Run.group, Run.stage.desc(), Run.pretrain_seed.asc().nulls_first(), Run.seed, Run.id)
     )
     texts = JsonTexts()
@@ -655,6 +674,8 @@ def export_metrics(session: Session, studies: Sequence[str], run_ids: Sequence[s
     )
     if run_ids:
         query = query.where(Metric.run_id.in_(list(run_ids)))
+    else:  # archived runs only when asked for by id
+        query = query.where(NOT_ARCHIVED)
     if names:
         query = query.where(Metric.name.in_(list(names)))
     if stage is not None:

@@ -19,8 +19,8 @@ from ioussl.registry.errors import OldSchema
 from ioussl.registry.models import SCHEMA_VERSION, Base, SchemaInfo
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-REVISION_VERSION = {"0001": 1, "0002": 2, "0003": 3}  # Alembic revision -> schema version
-HEAD = "0003"
+REVISION_VERSION = {"0001": 1, "0002": 2, "0003": 3, "0004": 4}  # Alembic revision -> schema version
+HEAD = "0004"
 V1_TABLES = frozenset({"schema_info", "studies", "runs", "attempts", "results", "metrics", "provenance"})
 NETWORK_FS = frozenset({
     "nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs",
@@ -96,6 +96,12 @@ def check(state: SchemaState, location: str, *, allow_old: bool = False) -> None
         raise OldSchema(
             f"registry {location} has schema version {state.version}, this ioussl needs {SCHEMA_VERSION}: "
             f"upgrade it with `ioussl db upgrade --db {location}` (a SQLite file is backed up first)"
+        )
+    if state.kind == "newer" and state.revision is not None and state.revision not in REVISION_VERSION:
+        recorded = f", schema version {state.version}" if state.version is not None else ""
+        raise RegistryError(
+            f"registry {location} is at migration revision {state.revision!r}{recorded}, which this ioussl does "
+            f"not know (it knows revisions up to {HEAD}, schema {SCHEMA_VERSION}): upgrade ioussl"
         )
     if state.kind == "newer":
         found = state.version if state.version is not None else f"revision {state.revision}"

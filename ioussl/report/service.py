@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
     names = [study] if isinstance(study, str) else list(dict.fromkeys(study or []))
     if html_path is not None:
         check_html_path(html_path)
+    if plot_dir is not None:
+        check_plot_dir(plot_dir)
     with opened(db) as registry, registry.session(write=False) as session:
         studies = [repo.find_study(session, name) for name in names] or [repo.only_study(session, "report")]
         axes = grouping.resolve_by(by, {row.name: list(row.axes or []) for row in studies})
@@ -74,10 +77,12 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         if not outcome.organs:
             outcome.skipped.append("per-organ table skipped: no run of the report recorded FLARE's per-organ scores")
     if plot_dir:
-        _write_plots(outcome, curves, records, plot_dir, pairs_json)
+        with _written(f"the figures into {plot_dir}"):
+            _write_plots(outcome, curves, records, plot_dir, pairs_json)
     if html_path:
         runs = in_group_order(records, {name: order.groups for name, order in orders.items()})
-        _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json)
+        with _written(f"the HTML report {html_path}"):
+            _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json)
     return outcome
 
 
@@ -95,14 +100,33 @@ def report_choices(studies: Sequence[object], metric: str | None, test: str | No
             raise ConfigError(f"unknown report {name} {value!r}; valid: {', '.join(valid)}")
         chosen[name] = value
     return chosen["metric"], chosen["test"]
+@contextlib.contextmanager
+def _written(what: str) -> Iterator[None]:
+    """An unwritable folder, a full disk or a file-size limit while writing ``what``: one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what}: {exc.strerror or exc}") from None
 
 
 def check_html_path(path: Path) -> None:
-    """Refuse, before any work, an HTML path whose folder does not exist or that names a folder."""
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot write the HTML report {path}: folder {path.parent} does not exist")
+    """Refuse, before any work, an HTML path that names a folder, or whose folder is a file or cannot be
+    created (a missing folder is created, as ``--plot`` does)."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"cannot write the HTML report {path}: {path.parent} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the HTML report {path}: cannot create folder {path.parent} "
+                          f"({exc.strerror or exc})") from None
     if path.is_dir():
         raise ConfigError(f"cannot write the HTML report {path}: it is a folder; give a file name")
+
+
+def check_plot_dir(path: Path) -> None:
+    """Refuse, before any work, a --plot path that is a file (it names the folder the figures go into)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--plot {path} is a file: give a folder for the figures (created if missing)")
 
 
 def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:

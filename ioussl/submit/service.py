@@ -19,16 +19,17 @@ from pathlib import Path
 
 from ioussl import runfiles
 from ioussl.backends.base import Backend, Unit, backend_for_attempts, choose_backend, resolve_executor
-from ioussl.errors import ConfigError, NotFound, SubmissionError
+from ioussl.errors import ConfigError, Interrupted, NotFound, SubmissionError
 from ioussl.plan import expand as planning
 from ioussl.plan.order import order_groups
 from ioussl.registry import opened, repo
 from ioussl.registry.db import Registry
 from ioussl.registry.errors import RegistryBusy
-from ioussl.registry.models import Run
+from ioussl.registry.models import Run, utcnow
 from ioussl.resources import placeholder_message, placeholders, resources_for_run
 from ioussl.status import ACTIVE, DEFAULT_RETRY, RunStatus, is_retryable
 from ioussl.submit import submission, throttle
+from ioussl.submit.interrupts import StopRequest, interrupt_local, resume_interrupted
 from ioussl.submit.submission import JobFactory, RunFilter, SubmitOutcome
 from ioussl.track import alerts
 from ioussl.track.sync import SyncOutcome, prefetch, sync
@@ -36,6 +37,7 @@ from ioussl.track.sync import SyncOutcome, prefetch, sync
 S = RunStatus
 Progress = Callable[[list[repo.RunRecord]], None]
 LOCAL_POLL_S = 1.0
+ENDED_BADLY = frozenset({S.FAILED, S.TIMEOUT, S.LOST, S.INVALID})  # a local submit then exits 1
 ALERT_RETRY_S = 60.0  # the local loop retries failed webhook deliveries this often (new alerts go at once)
 STATUS_LOCK_WAIT_S = 2.0  # `ioussl status` waits this long for the write lock, then shows what is recorded
 
@@ -64,10 +66,16 @@ def submit(
     factory: JobFactory | None = None,
     backend: Backend | None = None,
     progress: Progress | None = None,
+    stop: StopRequest | None = None,
+    command: str = "submit",
 ) -> SubmitOutcome:
-    """Submit every planned run of the study (that the filter keeps) whose pretrain can still deliver.
+    """Submit every planned run of the study (that the filter keeps) whose pretrain can still deliver;
+    interrupted runs are resumed.
 
     ``progress``: called with the study's runs on every round of the local executor's loop (a progress bar).
+    ``stop``: checked between steps (Ctrl-C, SIGTERM: :mod:`ioussl.submit.interrupts`); once set, no job is
+    started any more, the local executor's running jobs are stopped and recorded INTERRUPTED, and
+    :class:`~ioussl.errors.Interrupted` says so.
     """
     with opened(db) as registry:
         name, folder = _study_folder(registry, study)
@@ -77,6 +85,7 @@ def submit(
         outcome = SubmitOutcome(study=name, executor=backend.name, dry_run=dry_run, fell_back=fell_back)
         if not dry_run:
             prepare(registry, name, backends, outcome)
+            outcome.resumed = resume_interrupted(registry, name, run_filter)
         units = _plan(registry, name, run_filter, outcome)
         if backend.uses_cluster_profile:
             _refuse_placeholders(registry, name, units)
@@ -85,9 +94,13 @@ def submit(
             return outcome
         factory = factory or submission.default_job_factory()
         if not backend.supports_dependencies:  # ioussl sequences pretrain -> fine-tunes itself
-            _run_local(registry, name, backend, run_filter, max_parallel, factory, outcome, progress)
+            _run_local(registry, name, backend, run_filter, max_parallel, factory, outcome, progress, stop,
+                       command)
         else:
-            for unit in units:
+            for done, unit in enumerate(units):
+                if stop is not None and stop.is_set():
+                    raise Interrupted(f"stopped by {stop.signal_name} during `ioussl {command}` after {done} of "
+                                      f"{len(units)} job(s) submitted; `ioussl submit` submits the rest")
                 submit_unit(registry, backend, unit, factory, outcome)
         return outcome
 
@@ -246,13 +259,20 @@ def _run_local(
     factory: JobFactory,
     outcome: SubmitOutcome,
     progress: Progress | None = None,
+    stop: StopRequest | None = None,
+    command: str = "submit",
 ) -> None:
     """The embedded scheduler: start ready runs up to --max-parallel, a fine-tune only once its pretrain
-    completed, until nothing is running or startable (blocked fine-tunes are marked by the sync)."""
+    completed, until nothing is running or startable (blocked fine-tunes are marked by the sync).
+
+    A stop request ends it between two rounds: its running jobs are stopped and recorded INTERRUPTED.
+    """
     limit = max(1, max_parallel or 1)
     backends = Backends(Path("."), backend)
     alerts_tried = time.monotonic()
     while True:
+        if stop is not None and stop.is_set():
+            raise interrupt_local(registry, study, backend, stop, command, started=set(outcome.job_ids))
         with registry.session() as session:
             synced = sync(session, study=study, backends=backends)
             retry = time.monotonic() - alerts_tried >= ALERT_RETRY_S  # not every second while a webhook is down
@@ -278,10 +298,25 @@ def _run_local(
             with registry.session(write=False) as session:
                 progress(repo.list_runs(session, study=study))
         if not running and not ready:
+            outcome.failed = _ended_badly(registry, study, outcome.job_ids)
             return
         for unit in units:
+            if stop is not None and stop.is_set():
+                break
             submit_unit(registry, backend, unit, factory, outcome)
-        time.sleep(LOCAL_POLL_S)
+        if stop is not None:
+            stop.wait(LOCAL_POLL_S)
+        else:
+            time.sleep(LOCAL_POLL_S)
+
+
+def _ended_badly(registry: Registry, study: str, ran: Sequence[str]) -> dict[str, str]:
+    """Of the runs a local submit ran, those that ended without a result (run id -> status)."""
+    if not ran:
+        return {}
+    with registry.session(write=False) as session:
+        runs = repo.select_runs(session, study, tuple(ran))
+        return {run.id: str(run.status) for run in runs if run.status in ENDED_BADLY}
 
 
 def _stage_max_running(run: Run) -> int | None:
@@ -293,6 +328,8 @@ def _stage_max_running(run: Run) -> int | None:
 class CancelOutcome:
     cancelled: list[str] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    executors: list[str] = field(default_factory=list)  # of the jobs cancelled (the CLI names their command)
 
 
 def cancel(
@@ -301,8 +338,10 @@ def cancel(
     run_ids: Sequence[str] = (),
     group: str | None = None,
     backend: Backend | None = None,
+    dry_run: bool = False,
 ) -> CancelOutcome:
-    """Cancel planned and active runs (by run, interval or study): scancel first, then record."""
+    """Cancel planned, active and interrupted runs (by run, interval or study): scancel first, then record.
+    ``dry_run``: only say which runs and jobs it would cancel."""
     if study is None and not run_ids and group is None:
         raise ConfigError("say what to cancel: --study, --run or --interval")
     with opened(db) as registry:
@@ -312,7 +351,7 @@ def cancel(
         if study is not None:
             prepare(registry, study, backends)
         with registry.session() as session:
-            runs = repo.select_runs(session, study, run_ids, group, (S.PLANNED, *ACTIVE))
+            runs = repo.select_runs(session, study, run_ids, group, (S.PLANNED, *ACTIVE, S.INTERRUPTED))
             if not runs:
                 raise NotFound(_nothing_to_cancel(session, study, run_ids, group))
             by_executor: dict[str, list[str]] = {}
@@ -320,13 +359,20 @@ def cancel(
                 attempt = run.attempts[-1] if run.attempts else None
                 if run.status in ACTIVE and attempt is not None and attempt.job_id:
                     by_executor.setdefault(attempt.executor, []).append(attempt.job_id)
+            outcome = CancelOutcome(job_ids=[j for ids in by_executor.values() for j in ids], dry_run=dry_run,
+                                    executors=sorted(by_executor))
+            if dry_run:
+                outcome.cancelled = sorted(run.id for run in runs)
+                return outcome
             for executor, job_ids in by_executor.items():
                 backends(executor).cancel(job_ids)
-            outcome = CancelOutcome(job_ids=[j for ids in by_executor.values() for j in ids])
             for run in runs:
                 repo.set_status(session, run, S.CANCELLED, reason="cancelled by user")
-                if run.attempts and run.attempts[-1].status in ACTIVE:
-                    repo.set_attempt_status(run.attempts[-1], S.CANCELLED)
+                attempt = run.attempts[-1] if run.attempts else None
+                if attempt is not None and attempt.status in ACTIVE:
+                    repo.set_attempt_status(attempt, S.CANCELLED)
+                if attempt is not None and attempt.started_at is not None and attempt.ended_at is None:
+                    repo.fill_attempt_times(attempt, None, utcnow())  # its elapsed time stops here
                 outcome.cancelled.append(run.id)
         return outcome
 
@@ -343,7 +389,7 @@ def _nothing_to_cancel(session, study: str | None, run_ids: Sequence[str], group
         states[run.status.value.lower()] = states.get(run.status.value.lower(), 0) + 1
     found = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no run"
     return (f"nothing to cancel{where}: the matching runs are {found} "
-            "(only planned, submitting, pending or running runs can be cancelled)")
+            "(only planned, submitting, pending, running or interrupted runs can be cancelled)")
 
 
 def retry(
@@ -355,6 +401,7 @@ def retry(
     factory: JobFactory | None = None,
     backend: Backend | None = None,
     progress: Progress | None = None,
+    stop: StopRequest | None = None,
 ) -> SubmitOutcome:
     """New attempts for failed, lost or timed-out runs (or any retryable --state, e.g. INVALID); blocked
     fine-tunes re-chain onto the new pretrain. An INVALID run's rejected result.json is set aside first
@@ -376,7 +423,27 @@ def retry(
         factory=factory,
         backend=backend,
         progress=progress,
+        stop=stop,
+        command="retry",
     )
+
+
+def retry_selection(db: str | None, study: str | None = None, run_ids: Sequence[str] = (),
+                    statuses: Sequence[RunStatus] = DEFAULT_RETRY) -> tuple[str, list[str]]:
+    """The study and the runs ``retry`` would start again (blocked fine-tunes included), changing nothing:
+    for ``retry --dry-run`` and the confirmation before a retry (statuses as last recorded, no sync)."""
+    with opened(db) as registry:
+        name, _ = _study_folder(registry, study)
+        with registry.session(write=False) as session:
+            chosen = repo.select_runs(session, name, run_ids, None, tuple(statuses) if not run_ids else None)
+            would = []
+            for run in chosen:
+                if not is_retryable(S(run.status)):
+                    continue
+                would.append(run.id)
+                if run.stage == "pretrain":
+                    would += [child.id for child in repo.children_of(session, run.id, (S.BLOCKED,))]
+    return name, sorted(set(would))
 
 
 def _reset_for_retry(session, runs: list[Run]) -> list[str]:

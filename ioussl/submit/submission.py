@@ -69,6 +69,9 @@ class SubmitOutcome:
     dry_run: bool = False
     fell_back: str | None = None  # why --executor auto runs on this machine (no sbatch, no controller)
     warnings: list[str] = field(default_factory=list)  # e.g. a webhook alert the local loop could not deliver
+    resumed: list[str] = field(default_factory=list)  # interrupted runs this submit starts again
+    # Runs this (local) submit ran that ended without a result: run id -> status (the exit code says so).
+    failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def gpu_hours(self) -> float:
@@ -250,7 +253,8 @@ def write_run_files(runs: Iterable[Run]) -> None:
         path = Path(run.run_dir) / runfiles.CONFIG
         text = job_config_json(run.config, run.study.base_dir)
         if not path.exists() or path.read_text() != text:
-            runfiles.atomic_write_text(path, text)
+            with runfiles.private_dirs():  # what the job reads: never group or world writable, whatever the umask
+                runfiles.atomic_write_text(path, text)
 
 
 def job_calls(session: Session, unit: Unit, factory: JobFactory) -> list[Callable[[], Any]]:

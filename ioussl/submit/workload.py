@@ -54,6 +54,19 @@ class SyntheticJob(submitit.helpers.Checkpointable):
             message = f"synthetic failure on start {starts} of {spec['fail_attempts']}"
             runfiles.record_event(run_dir, "failed", error=message)
             raise TrainingError(message)
+        try:
+            self._steps(run_dir, spec, config, start_step)
+        except KeyboardInterrupt:  # Ctrl-C or a local cancel, as RunJob notes it: the run may resume
+            runfiles.record_event(run_dir, "interrupted", error="KeyboardInterrupt", step=_last_step(run_dir))
+            raise
+        result = {**result_for(run_dir, config, spec["steps"], self.encoder_checkpoint),
+                  "resumed_from": start_step, "starts": starts}
+        runfiles.atomic_write_json(run_dir / runfiles.RESULT, result)
+        runfiles.record_event(run_dir, "finished")
+        return result
+
+    @staticmethod
+    def _steps(run_dir: Path, spec: dict[str, Any], config: dict[str, Any], start_step: int) -> None:
         began = time.time()
         for step in range(start_step, spec["steps"]):
             time.sleep(spec["step_s"])
@@ -61,11 +74,6 @@ class SyntheticJob(submitit.helpers.Checkpointable):
             runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
             print(f"[ioussl synthetic] step {step + 1}/{spec['steps']} loss {line['loss']:.4f}", flush=True)
             runfiles.atomic_write_json(run_dir / runfiles.CHECKPOINTS / "last.json", {"step": step})
-        result = {**result_for(run_dir, config, spec["steps"], self.encoder_checkpoint),
-                  "resumed_from": start_step, "starts": starts}
-        runfiles.atomic_write_json(run_dir / runfiles.RESULT, result)
-        runfiles.record_event(run_dir, "finished")
-        return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on USR2 (timeout or preemption): note it; progress is already on disk."""

@@ -35,6 +35,8 @@ S = RunStatus
 ALERT_STATES = frozenset({S.FAILED, S.TIMEOUT, S.LOST, S.INVALID})
 COMPLETE_STATES = frozenset({S.COMPLETED, S.CANCELLED})  # a study is complete when every run is one of these
 TIMEOUT_S = 5.0  # per POST: a sync must not hang on a webhook that does not answer
+# The whole POST (connect, send, every read): a server that answers a byte at a time must not hold a command.
+DEADLINE_S = 10.0
 PER_SYNC = 20  # notifications sent by one sync at most (the rest by the next)
 STALE_CLAIM_S = 600.0
 MAX_TEXT = 1500
@@ -172,7 +174,23 @@ def _record(registry: Registry, outcomes: list[tuple[Delivery, str | None]],
     return warnings
 
 
-def post_json(url: str, payload: dict[str, Any], timeout: float = TIMEOUT_S) -> str | None:
+def post_json(url: str, payload: dict[str, Any], timeout: float = TIMEOUT_S,
+              deadline: float = DEADLINE_S) -> str | None:
+    """:func:`post_once` with a total deadline: the socket timeout bounds each read, not the whole answer, so
+    the POST runs in a daemon thread that this command stops waiting for after ``deadline`` seconds."""
+    import threading
+
+    answer: list[str | None] = []
+    worker = threading.Thread(target=lambda: answer.append(post_once(url, payload, timeout)), daemon=True,
+                              name="ioussl-webhook")
+    worker.start()
+    worker.join(deadline)
+    if not answer:
+        return f"the webhook did not answer within {deadline:g} s"
+    return answer[0]
+
+
+def post_once(url: str, payload: dict[str, Any], timeout: float = TIMEOUT_S) -> str | None:
     """POST ``payload`` as JSON; None when the server answered 2xx, else why not in one line (never raises
     for anything the network or the server does; the URL is not repeated, it often holds a token).
     A redirect is a failure: a webhook answers, and urllib would resend the POST as a GET."""

@@ -9,7 +9,8 @@ Rules (docs/slurm.md lists them for users):
   ``backends/slurmtext.py``); COMPLETED counts only with a result.json, since a job that exited 0 without
   its result file did not finish its work;
 - a job the scheduler no longer reports becomes LOST only after ``LOST_AFTER_MISSES`` syncs in a row, unless the
-  run directory holds an exit marker (result.json -> COMPLETED, a "failed" event -> FAILED);
+  run directory holds an exit marker (result.json -> COMPLETED, a "failed" event -> FAILED, an "interrupted"
+  event -> INTERRUPTED, which ``ioussl submit`` resumes);
 - a fine-tune whose pretrain ended badly becomes BLOCKED, and a job of it still waiting is cancelled,
   so nothing is left pending forever on a cluster without ``kill_invalid_depend``;
 - whether the files of an ended job are valid is decided at ingest (``ingest.py``): sync then marks the
@@ -147,6 +148,9 @@ def _from_files_only(obs: Observation) -> Change:
         )
     if obs.files.last_event == "failed":
         return Change(obs.run_id, FAILED, reason=obs.files.error or "failed (events.jsonl)", ingest=True)
+    if obs.files.last_event == "interrupted":  # Ctrl-C or SIGTERM reached the job: resumable, not lost
+        return Change(obs.run_id, S.INTERRUPTED, reason=f"job {obs.job_id} was interrupted (events.jsonl); "
+                      "`ioussl submit` resumes it from its last checkpoint", ingest=True)
     misses = obs.misses + 1
     if misses >= LOST_AFTER_MISSES:
         reason = f"job {obs.job_id} vanished from the scheduler ({misses} syncs) without an exit marker"

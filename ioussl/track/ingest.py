@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from ioussl import runfiles
-from ioussl.config import RunConfig, config_hash
+from ioussl.config import RunConfig, config_hash, run_hash
 from ioussl.errors import ConfigError
 from ioussl.plan.expand import job_config_json
 from ioussl.registry import repo
@@ -107,7 +107,7 @@ def event_times(run_dir: str | Path, since: dt.datetime) -> tuple[dt.datetime | 
         moment = dt.datetime.fromtimestamp(t, dt.UTC).replace(tzinfo=None)
         if event["event"] == "started" and start is None:
             start = moment
-        elif event["event"] in ("finished", "failed"):
+        elif event["event"] in ("finished", "failed", "interrupted"):
             end = moment
     return start, end
 
@@ -131,6 +131,21 @@ def expected_config_hashes(run: Run) -> set[str]:
     return {config_hash(planned), config_hash(handed)}
 
 
+def expected_run_hashes(run: Run) -> set[str]:
+    """The identities a result of this run may carry: its config (as planned or as handed to the job) with its
+    parent's identity (as planned, or as the parent's own result recorded it); no parent for pretrains and
+    the baseline."""
+    planned = RunConfig.from_json(run.config)
+    handed = RunConfig.from_json(job_config_json(run.config, run.study.base_dir))
+    parents: set[str | None] = {None}
+    if run.parent is not None:
+        parents = {run.parent.run_hash}
+        recorded = run.parent.result.payload.get("run_hash") if run.parent.result is not None else None
+        if isinstance(recorded, str):
+            parents.add(recorded)
+    return {run_hash(config, parent) for config in (planned, handed) for parent in parents}
+
+
 def load(run: Run) -> RunContent:
     """Every file of the run, validated; RunFileError (one line) on the first problem, before any write."""
     run_dir = Path(run.run_dir)
@@ -141,7 +156,8 @@ def load(run: Run) -> RunContent:
     payload = runfiles.load_json(run_dir / runfiles.RESULT)
     if payload is None:
         return RunContent(metrics=points)
-    columns = resultcheck.check_result(payload, stage=run.stage, config_hashes=expected_config_hashes(run))
+    columns = resultcheck.check_result(payload, stage=run.stage, config_hashes=expected_config_hashes(run),
+                                       run_hashes=expected_run_hashes(run))
     return RunContent(metrics=points, result=payload, columns=columns)
 
 

@@ -104,7 +104,7 @@ def status_view(db: str | None, study: str | None = None, stage: str | None = No
         runs_dirs = repo.study_runs_dirs(session)
         waiting = repo.waiting_for_submit(session, study=study, group=group) if stage != "pretrain" else []
     view = StatusView(records=[], waiting=waiting, total=len(records))
-    view.unfinished = sum(not r.status.is_terminal() for r in records)
+    view.unfinished = sum(not r.status.is_terminal() or r.status.awaits_submit() for r in records)
     view.active = sum(r.status in ACTIVE for r in records)
     wanted = set(statuses or ())
     view.records = [r for r in records if not wanted or r.status in wanted]

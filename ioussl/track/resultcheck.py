@@ -96,13 +96,17 @@ def check_finite_everywhere(value: Any, where: str = "") -> None:
             check_finite_everywhere(item, f"{where}[{index}]")
 
 
-def check_result(payload: Mapping[str, Any], *, stage: str, config_hashes: Collection[str]) -> dict[str, Any]:
+def check_result(payload: Mapping[str, Any], *, stage: str, config_hashes: Collection[str],
+                 run_hashes: Collection[str] | None = None) -> dict[str, Any]:
     """Validate a result.json against the run it claims to belong to; return the Result column values.
 
     Args:
         payload: the parsed result.json.
         stage: the run's stage (pretrain or finetune).
         config_hashes: the hashes the run's own config may have (as planned, and as handed to the job).
+        run_hashes: the identities the run may have (its config with its parent's identity); None: not checked.
+            A fine-tune's config does not name its pretrain, so only this tells apart the results of two
+            fine-tunes with the same settings on different encoders (or none).
 
     Raises:
         RunFileError: the first thing that is wrong, in one line.
@@ -115,11 +119,14 @@ def check_result(payload: Mapping[str, Any], *, stage: str, config_hashes: Colle
             raise _fail(f"{key} must be 64 hex digits, got {_show(payload.get(key))}")
     if payload["config_hash"] not in config_hashes:
         raise _fail(f"config_hash {payload['config_hash'][:12]}... belongs to another config than this run's")
+    if run_hashes is not None and payload["run_hash"] not in run_hashes:
+        raise _fail(f"run_hash {payload['run_hash'][:12]}... is not this run's identity (a result of another run, "
+                    "e.g. a fine-tune of another encoder with the same settings)")
     columns: dict[str, Any] = {
         "checkpoint_path": text(payload, "checkpoint", 4096),
         "checkpoint_sha256": _sha256(payload),
     }
-    epochs = count(payload, "epochs")
+    epochs = count(payload, "epochs", 1 if stage == "finetune" else 0)  # a fine-tune's best epoch is one of them
     count(payload, "steps")
     finite(payload, "finished_at", 0.0, MAX_EPOCH_TIME)
     check_provenance(payload.get("provenance"))
@@ -145,7 +152,7 @@ def _check_pretrain(payload: Mapping[str, Any]) -> None:
 
 def _finetune_columns(payload: Mapping[str, Any], epochs: int) -> dict[str, Any]:
     best_epoch = count(payload, "best_epoch")
-    if epochs and best_epoch >= epochs:
+    if best_epoch >= epochs:
         raise _fail(f"best_epoch {best_epoch} is not below epochs {epochs}")
     columns: dict[str, Any] = {
         "dsc": unit(payload, "dsc", ""),

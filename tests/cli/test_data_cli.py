@@ -61,9 +61,11 @@ def test_preprocess_lists_failures_and_exits_nonzero(tmp_path):
 
 def test_bad_input_is_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("a file where the store's folder should go")
     for args, message in [
         (("data", "preprocess", tmp_path / "empty", tmp_path / "s"), "no cases found"),
         (("data", "preprocess", tmp_path / "nope", tmp_path / "s"), "input folder does not exist"),
+        (("data", "preprocess", tmp_path, tmp_path / "afile" / "store"), "afile is a file, not a folder"),
         (("analyze", "pairs", tmp_path / "empty"), "not a slice store"),
         (("data", "split", tmp_path / "x.json"), "give either --store"),
         (("data", "synth", tmp_path / "o", "--cases", 0, "--unlabelled", 0), "at least one case"),
@@ -114,8 +116,20 @@ def test_split_rejects_bad_case_lists_in_one_line(tmp_path):
         (["--cases", tmp_path / "none.txt"], "none.txt: cannot read the case list"),
         (["--cases", twice, "--store", store], "give either --store"),
         ([], "give either --store"),
-        (["--cases", two, "--train", 2, "--val", 2], "cannot split 2 cases into train 2 + val 2 + test 0"),
+        (["--cases", two, "--train", 2, "--val", 2], "cannot split 2 case(s) into train 2 + val 2 + test 0: "
+                                                      "choose --train, --val (and --test) of at least 1 that add up "
+                                                      "to at most 2"),
     ]:
         result = _invoke("data", "split", tmp_path / "out.json", *args)
         assert result.exit_code == 1 and message in result.output, (args, result.output)
         assert result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_split_defaults_fit_a_small_store_instead_of_failing(tmp_path):
+    cases = tmp_path / "ten.txt"
+    cases.write_text("\n".join(f"CASE_{i:02d}" for i in range(10)))
+    out = tmp_path / "small.json"
+    result = _invoke("data", "split", out, "--cases", cases, "--test", 2)  # no --train/--val: 30% of 8, the rest
+    assert result.exit_code == 0, result.output
+    parts = json.loads(out.read_text())
+    assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (2, 6, 2)

@@ -131,9 +131,9 @@ REFUSED: dict[str, tuple[Callable[[Path, str], list[str]], str]] = {
                      "--by 'finetune.base_lr' is no axis of study sw"),
     "--by a typo": (command("report", "--db", "{db}", "--by", "intervall"), "closest: interval"),
     "report --format xml": (command("report", "--db", "{db}", "--format", "xml"), "'xml' is not one of 'terminal'"),
-    "--html by axes, no folder": (
-        command("report", "--db", "{db}", "--by", "data.crop", "--html", "{root}/none/r.html"),
-        "cannot write the HTML report {root}/none/r.html: folder {root}/none does not exist"),
+    "--html by axes, a file as folder": (
+        command("report", "--db", "{db}", "--by", "data.crop", "--html", "{root}/sw.toml/r.html"),
+        "cannot write the HTML report {root}/sw.toml/r.html: {root}/sw.toml is a file, not a folder"),
     "--study unknown": (command("report", "--db", "{db}", "--study", "sw", "--study", "nope"), "unknown study 'nope'"),
     "export unwritable": (command("export", "runs", "--db", "{db}", "-o", "{root}/sw.toml/runs.csv"),
                           "cannot write {root}/sw.toml/runs.csv: Not a directory"),

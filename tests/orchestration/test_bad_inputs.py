@@ -40,8 +40,10 @@ cluster = "cluster.toml"
 [data]
 store = "store"
 crop = 64
+{data_extra}
 [model]
 feature_size = 12
+{model_extra}
 [pretrain]
 seeds = [{pretrain_seed}]
 epochs = {epochs}
@@ -73,7 +75,7 @@ setup = [{setup}]
 GOOD = {
     "runs_dir": "runs", "pretrain_seed": 1, "epochs": 2, "batch_size": 8, "base_lr": 0.025, "time_min": 5,
     "mem_gb": 2, "partition": '"gpu"', "account": '"grant"', "constraint": '"v100"', "exclude": '"node9"',
-    "setup": '"module load CUDA"', "additional": 'mail-type = "END"',
+    "setup": '"module load CUDA"', "additional": 'mail-type = "END"', "model_extra": "", "data_extra": "",
 }
 
 
@@ -172,6 +174,16 @@ def run_dir_links_to(where: str) -> Callable[[Path, Any, Any], None]:
     return apply
 
 
+def _result_of_same_config_other_parent(run_dir: Path, run: Any) -> None:
+    """What a fine-tune of the same config but another encoder (here: a pretrain's) would have written: the
+    config hash matches, the identity does not (a fine-tune's config does not name its pretrain)."""
+    from ioussl.config import RunConfig, run_hash
+
+    payload = valid_result(run)
+    payload["run_hash"] = run_hash(RunConfig.from_json(run.config), "ab" * 32)
+    (run_dir / "result.json").write_text(json.dumps(payload))
+
+
 def foreign_config_hash(run_dir: Path, run: Any, other: Any) -> None:
     payload = valid_result(run)
     payload["config_hash"] = valid_result(other)["config_hash"]
@@ -226,6 +238,11 @@ RUN_FILE_CASES: dict[str, tuple[Callable[[Path, Any, Any], None], str]] = {
     "metric step -1": (line_in("metrics.jsonl", '{"epoch": 5, "step": -1, "loss": 1}'), "step -1 is outside"),
     "per_case not an object": (result(per_case=[1]), "per_case must be an object"),
     "run_hash not hex": (result(run_hash="g" * 64), "run_hash must be 64 hex digits"),
+    "run_hash zeros, own config": (result(run_hash="0" * 64), "run_hash 000000000000... is not this run's identity"),
+    "another run's result, same config": (lambda run_dir, run, other: _result_of_same_config_other_parent(
+        run_dir, run), "is not this run's identity"),
+    "epochs 0, best_epoch 10**9": (result(epochs=0, best_epoch=10**9), "result.json: epochs 0 is outside [1,"),
+    "best_epoch 10**9": (result(best_epoch=10**9), "best_epoch 1000000000 is not below epochs 3"),
 }
 
 
@@ -424,6 +441,24 @@ def dropped_table(root: Path, db: str) -> list[str]:
     return plan_with(runs_dir="runs2")(root, db)
 
 
+def _with_file(root: Path, name: str, text: str, args: list[str]) -> list[str]:
+    (root / name).write_text(text)
+    return args
+
+
+def _raw_study(root: Path, text: str) -> list[str]:
+    (root / "raw.toml").write_text(text)
+    return ["plan", "grid", str(root / "raw.toml"), "--db", str(root / "registry.db"), "--no-check-data"]
+
+
+def _bad_state(db: str) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET status = 'BOGUS' WHERE stage = 'pretrain'")
+    return ["status", "--db", db, "--no-sync"]
+
+
 REFUSED_CASES: dict[str, tuple[Callable[[Path, str], list[str]], str, dict[str, str]]] = {
     "epochs 0": (plan_with(epochs=0), "[pretrain].epochs must be >=1, got 0", {}),
     "epochs -5": (plan_with(epochs=-5), "[pretrain].epochs must be >=1, got -5", {}),
@@ -434,6 +469,24 @@ REFUSED_CASES: dict[str, tuple[Callable[[Path, str], list[str]], str, dict[str, 
     "seed 2**63-1": (plan_with(pretrain_seed=2**63 - 1), "seeds must lie in [0, 2**32)", {}),
     "time_min text": (plan_with(time_min='"10"'), "time_min: expected an integer, got '10'", {}),
     "mem_gb -1": (plan_with(mem_gb=-1), "mem_gb: expected a positive number, got -1", {}),
+    "mem_gb 0.0001": (plan_with(mem_gb=0.0001), "mem_gb: 0.0001 is less than 1 MB (SLURM reads --mem=0", {}),
+    "num_heads indivisible": (plan_with(model_extra="num_heads = [5, 5, 5, 5]"),
+                              "num_heads[0] = 5 does not divide stage 1's width 12", {}),
+    "split not JSON": (lambda root, db: _with_file(root, "split.txt", "train: a, b\n", plan_with(
+        data_extra='split = "split.txt"')(root, db)), "split.txt: not a readable JSON split", {}),
+    "TOML nested deeply": (lambda root, db: _raw_study(root, "x = " + "{a = " * 3000 + "1" + "}" * 3000),
+                           "malformed TOML: nested too deeply", {}),
+    "TOML array nested deeply": (lambda root, db: _raw_study(root, "x = " + "[" * 3000 + "]" * 3000),
+                                 "malformed TOML: nested too deeply", {}),
+    "TOML huge integer": (lambda root, db: _raw_study(root, "[pretrain]\nepochs = " + "9" * 5000),
+                          "malformed TOML: Exceeds the limit", {}),
+    "-s nested deeply": (lambda root, db: ["plan", "grid", str(write_study(root)), "--db", db, "--no-check-data",
+                                           "-s", "pretrain.epochs=" + "[" * 3000], "-s pretrain.epochs", {}),
+    "status with a run state out of the enum": (lambda root, db: _bad_state(db), "status 'BOGUS'", {}),
+    "--plot naming a file": (command("report", "--db", "{db}", "--plot", "{root}/study.toml"),
+                             "study.toml is a file: give a folder for the figures", {}),
+    "--html under a file": (command("report", "--db", "{db}", "--html", "{root}/study.toml/r.html"),
+                            "study.toml/r.html: ", {}),
     "newline in runs_dir": (plan_with(runs_dir="runs\\nsqueue"), "runs_dir: contains the control character U+000A", {}),
     "newline in partition": (plan_with(partition='"gpu\\ntouch /tmp/x"'), "partition: contains the control", {}),
     "newline in account": (plan_with(account='"a\\n#SBATCH --x"'), "account: contains the control character", {}),

@@ -98,6 +98,8 @@ def test_unknown_state_is_reported_not_guessed():
         (LOST_AFTER_MISSES - 1, RunFiles(), "LOST", LOST_AFTER_MISSES),
         (0, RESULT, "COMPLETED", 0),
         (5, FAILED_EVENT, "FAILED", 0),
+        (0, RunFiles(last_event="interrupted"), "INTERRUPTED", 0),  # Ctrl-C reached the job: at once, not LOST
+        (LOST_AFTER_MISSES - 1, RunFiles(last_event="interrupted"), "INTERRUPTED", 0),
     ],
 )
 def test_vanished_job_becomes_lost_only_after_repeated_misses(misses, files, after, new_misses):
@@ -105,7 +107,7 @@ def test_vanished_job_becomes_lost_only_after_repeated_misses(misses, files, aft
     assert change is not None and change.status == after and change.misses == new_misses
 
 
-@pytest.mark.parametrize("status", ["PLANNED", "COMPLETED", "FAILED", "BLOCKED", "LOST", "CANCELLED"])
+@pytest.mark.parametrize("status", ["PLANNED", "COMPLETED", "FAILED", "BLOCKED", "LOST", "CANCELLED", "INTERRUPTED"])
 def test_inactive_runs_without_dead_parent_are_left_alone(status):
     assert classify(Observation(run_id=1, status=status, job_id="7", info=info("RUNNING"))) is None
 
@@ -150,6 +152,14 @@ def test_finetune_of_a_completed_pretrain_follows_its_own_job():
         info=info("RUNNING"),
     )
     assert classify(obs).status == "RUNNING"
+
+
+def test_the_fine_tunes_of_an_interrupted_pretrain_wait_and_are_not_blocked():
+    parent = Observation(run_id=1, status="RUNNING", job_id="5", files=RunFiles(last_event="interrupted"))
+    child = Observation(run_id=2, status="PLANNED", is_finetune=True, parent_id=1, parent_status="RUNNING")
+    changes = {c.run_id: c for c in classify_all([child, parent])}
+    assert changes[1].status == "INTERRUPTED" and "`ioussl submit` resumes it" in changes[1].reason
+    assert 2 not in changes
 
 
 def test_classify_all_blocks_children_on_the_sync_their_parent_fails():

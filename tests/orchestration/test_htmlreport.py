@@ -120,14 +120,22 @@ def test_the_html_file_is_self_contained_and_holds_every_part(full_db, pairs_jso
     assert HOSTILE not in text and "&lt;img src=x onerror=console.error(&#x27;escaped?&#x27;)&gt; &amp; " in text
 
 
-def test_a_missing_folder_or_a_folder_as_html_path_is_one_line_and_writes_nothing(full_db, tmp_path):
+def test_a_file_as_folder_or_a_folder_as_html_path_is_one_line_and_writes_nothing(full_db, tmp_path):
     before = dump(full_db)
-    for target, fragment in ((tmp_path / "nowhere" / "r.html", "does not exist"), (tmp_path, "it is a folder")):
+    (tmp_path / "afile").write_text("x")
+    for target, fragment in ((tmp_path / "afile" / "r.html", "afile is a file, not a folder"),
+                             (tmp_path, "it is a folder")):
         result = _report(full_db, "--html", str(target))
         assert result.exit_code == 1 and result.stdout == ""
         assert result.stderr.startswith("error: cannot write the HTML report") and fragment in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "nowhere").exists() and dump(full_db) == before
+    assert dump(full_db) == before
+
+
+def test_a_missing_folder_for_the_html_report_is_created_as_for_plots(full_db, tmp_path):
+    result = _report(full_db, "--no-table", "--html", str(tmp_path / "new" / "deeper" / "r.html"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "deeper" / "r.html").read_text().startswith("<!DOCTYPE html>")
 
 
 def test_pairs_go_into_the_html_report_without_plot(full_db, pairs_json, tmp_path):

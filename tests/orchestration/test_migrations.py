@@ -121,7 +121,7 @@ def test_db_current_says_what_the_registry_holds(v1_copy):
     assert "schema version 1 (revision none: pre-Alembic v1); this ioussl: 3; run `ioussl db upgrade`" in result.stdout
     migrate.upgrade(v1_copy)
     result = CliRunner().invoke(app, ["db", "current", "--db", v1_copy])
-    assert "schema version 3 (revision 0003)" in result.stdout and "up to date" in result.stdout
+    assert "schema version 4 (revision 0004)" in result.stdout and "up to date" in result.stdout
 
 
 def test_a_failed_upgrade_changes_nothing(v1_copy, monkeypatch):
@@ -134,8 +134,9 @@ def test_a_failed_upgrade_changes_nothing(v1_copy, monkeypatch):
 
     monkeypatch.setattr(migrate, "_run_revisions", fail_after_migrating)
     with pytest.raises(RegistryError, match="simulated failure"):
-        migrate.upgrade(v1_copy, backup=False)
+        migrate.upgrade(v1_copy)
     assert dump(v1_copy) == before  # the DDL was rolled back with the rest
+    assert list(Path(v1_copy).parent.glob("*.bak")) == []  # and no backup of an unchanged registry is left
     with pytest.raises(OldSchema):
         open_registry(v1_copy)
 
@@ -266,3 +267,24 @@ def test_head_is_the_last_revision_and_a_new_registry_is_stamped_with_it(registr
     with registry.connection(write=False) as conn:
         assert MigrationContext.configure(conn).get_current_revision() == schema.HEAD
     registry.dispose()
+
+
+def test_v3_adds_archived_at_empty_so_that_no_run_is_hidden_by_the_upgrade(v1_copy):
+    migrate.upgrade(v1_copy, backup=False)
+    with sqlite3.connect(v1_copy) as conn:
+        archived = conn.execute("SELECT COUNT(*), COUNT(archived_at) FROM runs").fetchone()
+    assert archived[0] > 0 and archived[1] == 0
+    result = CliRunner().invoke(app, ["status", "--db", v1_copy, "--no-sync", "--json"])
+    assert result.exit_code == 0 and len(__import__("json").loads(result.stdout)) == archived[0]
+
+
+def test_an_unknown_migration_revision_is_named_in_one_line(tmp_path):
+    registry_db = str(tmp_path / "registry.db")
+    open_registry(registry_db).dispose()
+    with sqlite3.connect(registry_db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'f00d'")
+    result = CliRunner().invoke(app, ["status", "--db", registry_db])
+    assert result.exit_code == 1
+    assert "is at migration revision 'f00d', schema version 4, which this ioussl does not know (it knows " \
+           "revisions up to 0004, schema 4): upgrade ioussl" in result.stderr
+    assert "newer than this ioussl understands (4)" not in result.stderr

@@ -53,7 +53,25 @@ def test_terminal_states_only_go_back_by_retry():
     for status in RunStatus:
         if status.is_terminal() and status != S.COMPLETED:
             assert is_retryable(status)
-            assert ALLOWED[status] == {S.PLANNED, S.SUBMITTING}
+            # An interrupted run may also be cancelled for good: nothing runs it, as for a planned run.
+            expected = {S.PLANNED, S.SUBMITTING} | ({S.CANCELLED} if status == S.INTERRUPTED else set())
+            assert ALLOWED[status] == expected
+
+
+def test_interrupted_is_reached_from_active_states_only_and_never_blocks_or_alerts():
+    from ioussl.status import AWAITS_SUBMIT, DEAD_PARENT
+    from ioussl.track.alerts import ALERT_STATES
+
+    for status in (S.SUBMITTING, S.PENDING, S.RUNNING):
+        check_transition(status, S.INTERRUPTED)
+    for status in (S.PLANNED, S.COMPLETED, S.FAILED, S.LOST):
+        with pytest.raises(IllegalTransition):
+            check_transition(status, S.INTERRUPTED)
+    check_transition(S.INTERRUPTED, S.PLANNED)  # submit resumes it
+    with pytest.raises(IllegalTransition):
+        check_transition(S.INTERRUPTED, S.RUNNING)  # only through a new submission
+    assert S.INTERRUPTED not in DEAD_PARENT and S.INTERRUPTED not in ALERT_STATES
+    assert S.INTERRUPTED in AWAITS_SUBMIT and S.INTERRUPTED.awaits_submit() and S.INTERRUPTED.is_terminal()
 
 
 def test_every_status_has_a_row_and_active_is_not_terminal():
