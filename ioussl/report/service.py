@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioussl.errors import ConfigError, DataError
 from ioussl.plan.order import in_group_order, study_group_order
 from ioussl.registry import opened, repo
-from ioussl.report import grouping
+from ioussl.report import grouping, runtable
 from ioussl.report.grouping import StudyOrder
 from ioussl.report.tables import Report
 
@@ -26,13 +26,14 @@ class ReportOutcome:
 
 def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 0, plot_dir: Path | None = None,
                  pairs_json: Path | None = None, html_path: Path | None = None,
-                 by: str | Sequence[str] | None = None) -> ReportOutcome:
+                 by: str | Sequence[str] | None = None, log_tail: LogTail | None = None) -> ReportOutcome:
     """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures
     (PNG files into ``plot_dir``) and a self-contained HTML report (``html_path``).
 
     ``study`` may name several studies: their rows side by side. ``by`` groups by any of their axes
     (``grouping.resolve_by``; default: each swept setting, then the interval, which for a study without a
-    sweep is the thesis table).
+    sweep is the thesis table). ``log_tail`` gives the HTML report each run's last output lines (the CLI
+    passes tracking's reader; without it the report says none were read).
     """
     from ioussl.report.tables import build_report
 
@@ -50,6 +51,7 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         html_series = _html_series(session, records, (axes, orders)) if html_path else {}
         per_organ = repo.result_per_organ(session, [row.name for row in studies]) \
             if html_path else {}
+        details = run_details(session, records, log_tail) if html_path else {}
     report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders)
     report = dataclasses.replace(report, footer=footer)
     outcome = ReportOutcome(report, pretrain_losses=curves.get("loss", {}))
@@ -57,7 +59,7 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         _write_plots(outcome, curves, records, plot_dir, pairs_json)
     if html_path:
         runs = in_group_order(records, {name: order.groups for name, order in orders.items()})
-        _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json)
+        _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json, details)
     return outcome
 
 
@@ -123,7 +125,7 @@ def _html_series(session, records: list[repo.RunRecord], grouping_: Grouping) ->
 
 
 def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: dict[str, Curves],
-                per_organ: dict, path: Path, pairs_json: Path | None) -> None:
+                per_organ: dict, path: Path, pairs_json: Path | None, details: Mapping | None = None) -> None:
     import datetime as dt
 
     from ioussl import __version__
@@ -135,6 +137,7 @@ def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: d
         report=outcome.report, runs=records, curves=series,
         organs=htmlreport.organ_means(outcome.report, per_organ),
         pairs=plots.read_pairs(pairs_json) if pairs_json is not None else None, written=written,
+        details=details or {},
     )
     outcome.skipped += [f"HTML report: {line}" for line in htmlreport.write_html(inputs, path)]
     outcome.plots.append(path)
@@ -168,3 +171,29 @@ def _no_collapse_reason(records: list[repo.RunRecord]) -> str:
         return (f"its {imported} pretrain(s) are imported results (ioussl import results), which carry no "
                 "per-epoch collapse series")
     return f"none of its {len(pretrains)} pretrain(s) has recorded a collapse value yet"
+
+
+LogTail = Callable[[repo.RunRecord], tuple[list[str], str]]  # run -> its last output lines, and a note
+
+
+def run_details(session, records: Sequence[repo.RunRecord],  # type: ignore[no-untyped-def]
+                log_tail: LogTail | None) -> dict[str, runtable.RunDetails]:
+    """Each run's configuration, organ scores and last output lines, for the HTML report's run details."""
+    from ioussl.report.external import config_settings
+
+    studies = {record.study for record in records}
+    configs = repo.run_configs(session, studies)
+    results = repo.result_details(session, studies)
+    details = {}
+    for record in records:
+        settings = {key: _setting_text(value) for key, value in config_settings(configs.get(record.id)).items()}
+        lines, note = log_tail(record) if log_tail else ([], "output not read")
+        organs = (results.get(record.id) or {}).get("organs") or {}
+        details[record.id] = runtable.RunDetails(settings=settings, organs=organs, log=lines, log_note=note)
+    return details
+
+
+def _setting_text(value: object) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)

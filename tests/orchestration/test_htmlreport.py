@@ -1,12 +1,16 @@
 """`ioussl report --html`: one self-contained file, checked as text and rendered in headless Chromium.
 
 The registry is built through the real paths: the thesis-test-split study is planned, every run gets a
-result.json v2 (test and FLARE sections, per-organ DSCs) and a metrics.jsonl, and `sync` ingests them.
+result.json v2 (test and FLARE sections, per-organ DSCs) and a metrics.jsonl, and `sync` ingests them; the
+failed run's local job left an output file (with a traceback and terminal colour codes) where `ioussl logs`
+finds it.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import hashlib
 import io
 import json
 import re
@@ -31,6 +35,9 @@ from ioussl.track.sync import sync
 
 ORGANS = ("aorta", "gallbladder", "liver", "pancreas", "spleen")
 HOSTILE = "<img src=x onerror=console.error('escaped?')> & \"quotes\""  # a reason that must stay text
+STARTED = dt.datetime(2026, 1, 5, 9, 0, 0)
+TRACEBACK = ["Traceback (most recent call last):", '  File "engine.py", line 80, in train', "\x1b[31mRuntimeError: "
+             "CUDA out of memory\x1b[0m", HOSTILE]
 
 
 def _organs(seed: int, shift: float) -> dict[str, float]:
@@ -74,10 +81,15 @@ def full_db(repo_root, db, tmp_path) -> str:
         for number, run in enumerate(runs):
             repo.set_status(session, run, RunStatus.SUBMITTING)
             repo.add_attempt(session, run_id=run.id, executor="local", job_id=str(900000 + number),
-                             status=RunStatus.PENDING)
+                             job_name=f"ioussl-{run.id}", status=RunStatus.PENDING,
+                             started_at=STARTED, ended_at=STARTED + dt.timedelta(minutes=number + 1, seconds=5))
             repo.set_status(session, run, RunStatus.PENDING)
             if run is failed:
                 repo.set_status(session, run, RunStatus.FAILED, HOSTILE)
+                job = Path(run.study.runs_dir) / "_submitit" / "local" / f"ioussl-{run.id}" / str(900000 + number)
+                job.mkdir(parents=True)
+                (job / f"{900000 + number}_0_log.out").write_text(
+                    "".join(f"epoch {e} loss 0.5\n" for e in range(30)) + "\n".join(TRACEBACK) + "\n")
                 continue
             run_dir = Path(run.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,8 +121,13 @@ def test_the_html_file_is_self_contained_and_holds_every_part(full_db, pairs_jso
     assert result.exit_code == 0, result.output
     assert result.stdout == "" and f"wrote {out}" in result.stderr.splitlines()
     text = out.read_text()
-    assert "<script" not in text and "<link" not in text and "url(" not in text  # nothing to fetch
-    sources = re.findall(r"""(?:src|href)=['"]([^'"]*)""", text)
+    assert "<link" not in text and "url(" not in text  # nothing to fetch
+    # One inline script, the run table's, and a policy that lets only it run and nothing load from elsewhere.
+    assert re.findall(r"<script[^>]*>", text) == ["<script>"]
+    assert text.count(htmlreport.runtable.SCRIPT) == 1
+    digest = base64.b64encode(hashlib.sha256(htmlreport.runtable.SCRIPT.encode()).digest()).decode()
+    assert f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'" in text
+    sources = [s for s in re.findall(r"""(?:src|href)=['"]([^'"]*)""", text) if not s.startswith("#run-")]
     assert len(sources) == 7 and all(s.startswith("data:image/png;base64,") for s in sources)
     for source in sources:
         assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -155,7 +172,7 @@ def test_without_matplotlib_the_tables_stay_and_the_figures_are_named(full_db, t
     result = _report(full_db, "--html", str(tmp_path / "r.html"), "--no-table")
     assert result.exit_code == 0 and "figures left out: they need matplotlib" in result.stderr
     text = (tmp_path / "r.html").read_text()
-    assert "<img " not in text and "class='report'" in text and "Runs (34)" in text
+    assert "<img " not in text and "class='report'" in text and "Runs (34)" in text and "id='runs-table'" in text
 
 
 def test_organ_means_follow_the_groups_cases_and_skip_bad_values(full_db):
@@ -189,7 +206,8 @@ def test_chromium_renders_the_report_with_every_image_and_no_console_error(brows
     assert page.errors == [] and page.external == []
     assert page.title == "ioussl report: thesis-test-split"
     assert len(page.images) == 7 and all(image["width"] > 0 and image["height"] > 0 for image in page.images)
-    scores, against, runs_table = (t["rows"] for t in page.tables)
+    scores, against = (t["rows"] for t in page.tables if t["cls"] == "report")
+    (runs_table,) = (t["rows"] for t in page.tables if t["cls"] == "runs")
     head, cells = table(report_study(full_db, None).report)
     # The browser shows the very cells of the text formats, split in two tables that share the group column.
     keys = scores[0] + against[0][1:]
@@ -198,8 +216,8 @@ def test_chromium_renders_the_report_with_every_image_and_no_console_error(brows
     assert against[0] == ["group", "Δ baseline", "95% CI", "paired Δ (n)", "p", "p Holm"]
     assert "held-out test" in scores[1] and "FLARE NSD" in scores[0]
     assert len(runs_table) == 1 + 34
-    failed = next(row for row in runs_table if "FAILED" in row)
-    assert HOSTILE in failed[-1]  # shown as text, never run as markup
+    failed = next(row for row in runs_table if any(cell.startswith("FAILED") for cell in row))
+    assert any(HOSTILE in cell for cell in failed)  # shown as text, never run as markup
     shot = Image.open(io.BytesIO(page.screenshot or b""))
     assert shot.size == (1280, 1600)
 
