@@ -95,8 +95,9 @@ def _table(runs: Sequence[RunRecord], several: bool) -> str:
 
 def _status_cell(run: RunRecord) -> str:
     imported = "<sup title='imported'>*</sup>" if run.imported else ""
+    # A completed run's reason ("finished (result.json ...)") says nothing new: it stays in the details.
     reason = f"<div class='reason {_status_class(run.status)}'>{_e(_short(run.status_reason))}</div>" \
-        if run.status_reason else ""
+        if run.status_reason and run.status != RunStatus.COMPLETED else ""
     return (f"<td class='state'><span class='status {_status_class(run.status)}'>{_e(run.status.value)}</span>"
             f"{imported}{reason}</td>")
 

@@ -243,3 +243,95 @@ def test_status_json_carries_each_runs_held_out_and_flare_scores(full_db):
         assert row["flare_nsd"] == pytest.approx(row["flare_dsc"] - 0.05)
     pretrain = next(row for row in rows.values() if row["stage"] == "pretrain")
     assert (pretrain["test_dsc"], pretrain["flare_dsc"], pretrain["flare_part"]) == (None, None, None)
+
+
+# ---- the run table in a real browser: sorting, filtering, details, 800 px ----
+
+ROWS_SHOWN = ("JSON.stringify([...document.querySelectorAll('#runs-table tbody tr')].filter(r => !r.hidden)"
+              ".map(r => [...r.cells].map(c => c.innerText.trim())))")
+
+
+def _click_header(name: str) -> str:
+    return (f"[...document.querySelectorAll('#runs-table th button')].find(b => b.textContent === '{name}')"
+            ".click(); document.querySelector('#runs-table th[aria-sort]').getAttribute('aria-sort')")
+
+
+def _type_filter(text: str) -> str:
+    return (f"(() => {{ const box = document.getElementById('run-filter'); box.value = '{text}';"
+            " box.dispatchEvent(new Event('input')); return document.getElementById('run-count').textContent; })()")
+
+
+def _choose_state(state: str) -> str:
+    return (f"(() => {{ const box = document.getElementById('run-state'); box.value = '{state}';"
+            " box.dispatchEvent(new Event('change')); return document.getElementById('run-count').textContent; })()")
+
+
+def _numbers(rows: list[list[str]], column: int) -> list[float | None]:
+    return [None if row[column] == "-" else float(row[column]) for row in rows]
+
+
+def test_chromium_sorts_and_filters_the_run_table_and_opens_a_runs_details(browser_ready, full_db, tmp_path):
+    out = tmp_path / "report.html"
+    assert _report(full_db, "--no-table", "--html", str(out)).exit_code == 0
+    with open_registry(full_db).session() as session:
+        failed_id = session.scalars(select(Run.id).where(Run.status == RunStatus.FAILED)).one()
+    page = open_page(out, width=1280, height=900, actions=[
+        _click_header("val DSC"), ROWS_SHOWN, _click_header("val DSC"), ROWS_SHOWN,
+        _click_header("elapsed"), ROWS_SHOWN,
+        _type_filter("finetune [0.3, 0.6]"), ROWS_SHOWN, _type_filter(""), _choose_state("FAILED"), ROWS_SHOWN,
+        _choose_state(""), f"location.hash = '#run-{failed_id}'",
+        f"document.getElementById('run-{failed_id}').open",
+        f"document.getElementById('run-{failed_id}').innerText",
+        "(() => { const d = [...document.querySelectorAll('details.run')].find(d => d.innerText.includes("
+        "'finetune · [0.3, 0.6]')); d.open = true; return d.innerText; })()",
+        "(() => { const d = [...document.querySelectorAll('details.shared')]; d.forEach(x => x.open = true);"
+        " return d.map(x => x.innerText); })()",
+    ])
+    assert page.errors == []
+    (head,) = [t["rows"][0] for t in page.tables if t["cls"] == "runs"]
+    dsc, elapsed = head.index("val DSC"), head.index("elapsed")
+    (up, ascending, down, descending, by_time, timed, counted, filtered, _, failed_count, only_failed, _, _,
+     opened, details, completed, shared) = page.results
+    ascending, descending, timed, filtered, only_failed = (json.loads(x) for x in (ascending, descending, timed,
+                                                                                    filtered, only_failed))
+    assert (up, down, by_time) == ("ascending", "descending", "ascending")
+    scored = [v for v in _numbers(ascending, dsc) if v is not None]
+    assert len(ascending) == 34 and len(scored) == 23 and scored == sorted(scored)
+    assert _numbers(ascending, dsc)[23:] == [None] * 11  # pretrains and the failed run: last either way
+    assert [v for v in _numbers(descending, dsc) if v is not None] == sorted(scored, reverse=True)
+    assert _numbers(descending, dsc)[23:] == [None] * 11
+    # Elapsed sorts by seconds, not by its text ("10 min 05 s" after "9 min 05 s").
+    minutes = [int(row[elapsed].split(" min")[0]) for row in timed]
+    assert minutes == sorted(minutes) and minutes[0] == 1 and minutes[-1] == 34
+    assert counted == "4 of 34 runs" and len(filtered) == 4  # every word must match (2 pretrains x 2 seeds)
+    assert all(row[1] == "finetune" and row[2] == "[0.3, 0.6]" for row in filtered)
+    assert failed_count == "1 of 34 runs" and len(only_failed) == 1 and failed_id in only_failed[0][0]
+    assert opened is True
+    for part in ("configuration: settings of its own (1)\nseed\t2", "elapsed\n1 min 05 s", "parent\n",
+                 "RuntimeError: CUDA out of memory", HOSTILE, "last lines of its output", "organ scores"):
+        assert part in details, part
+    # A completed fine-tune: its organ scores, by kind (validation, test, FLARE), as recorded.
+    organs = completed.split("organ scores")[1]
+    assert organs.split("\n")[1].split("\t") == ["organ", "val DSC", "test DSC", "FLARE DSC", "FLARE NSD"]
+    assert re.search(r"\nliver\t0\.\d{3}\t0\.\d{3}\t0\.\d{3}\t0\.\d{3}\n", organs)
+    # What every run of a stage shares is listed once per stage.
+    assert [part.split("\n")[0] for part in shared] == ["settings every finetune run shares (38)",
+                                                         "settings every pretrain run shares (35)"]
+    assert "finetune.base_lr\t" in shared[0] and "pretrain.base_lr\t" in shared[1] and "data.crop\t96" in shared[1]
+    assert "\x1b" not in details and "[31m" not in details  # the terminal's colour codes are dropped
+    assert "epoch 14 loss" not in details and "epoch 29 loss" in details  # the last 15 lines only
+
+
+def test_the_run_table_fits_an_800_pixel_window(browser_ready, full_db, tmp_path):
+    out = tmp_path / "report.html"
+    assert _report(full_db, "--no-table", "--html", str(out)).exit_code == 0
+    page = open_page(out, width=800, height=900, screenshot=True, actions=[
+        "(() => { const t = document.getElementById('runs-table');"
+        " return [t.scrollWidth, t.parentElement.clientWidth, document.documentElement.scrollWidth]; })()",
+        "[...document.querySelectorAll('#runs-table th')].filter(th => th.offsetWidth > 0).map(th => th.innerText)",
+    ])
+    assert page.errors == []
+    (table_width, room, page_width), shown = page.results
+    assert table_width <= room and page_width <= 800, (table_width, room, page_width)
+    assert {"run", "stage", "group", "seed", "status", "elapsed", "val DSC", "test DSC", "FLARE DSC",
+            "FLARE NSD"} <= set(shown)
