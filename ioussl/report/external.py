@@ -169,9 +169,11 @@ def to_tensorboard(runs: Sequence[ExportRun], out_dir: Path) -> ExportOutcome:
 
 
 def run_label(record: RunRecord) -> str:
-    """``finetune-ps1-s2-<id>``: a run's folder, readable in TensorBoard's run list."""
+    """``finetune-data.crop=96-ps1-s2-<id>``: a run's folder, readable (and filterable) in TensorBoard's run list:
+    its stage, its swept settings, its seeds and its id."""
     seeds = f"ps{record.pretrain_seed}-s{record.seed}" if record.pretrain_seed is not None else f"s{record.seed}"
-    return safe_name(f"{record.stage}-{seeds}-{record.id}")
+    point = "".join(f"{key}={_cell(value)}-" for key, value in record.point.items())
+    return safe_name(f"{record.stage}-{point}{seeds}-{record.id}")
 
 
 def _markdown(run: ExportRun) -> str:
@@ -213,8 +215,13 @@ def _mlflow_client(tracking_uri: str) -> tuple[Any, tuple[type[BaseException], .
     except ImportError:
         raise ConfigError("export mlflow needs the MLflow client, which is not installed: "
                           "pip install 'ioussl[mlflow]'") from None
+    import logging
+
     from sqlalchemy.exc import SQLAlchemyError
 
+    for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables...": not ioussl's to say
+        logging.getLogger(name).setLevel(logging.ERROR)
+    _check_sqlite(tracking_uri)
     # A tracking server that does not answer must not hold the command through minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -225,6 +232,19 @@ def _mlflow_client(tracking_uri: str) -> tuple[Any, tuple[type[BaseException], .
     except failures as exc:
         raise ConfigError(f"--tracking-uri {tracking_uri}: {_first_line(exc)}") from None
     return client, failures
+
+
+def _check_sqlite(tracking_uri: str) -> None:
+    """Refuse at once a ``sqlite:///`` store that cannot be a database (MLflow retries opening it for minutes)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if path.is_dir():
+        raise ConfigError(f"--tracking-uri {tracking_uri}: {path} is a folder; name a database file in it")
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\0":
+                raise ConfigError(f"--tracking-uri {tracking_uri}: {path} is not a SQLite database")
 
 
 def _mlflow_run(client: Any, run: ExportRun, exported: Mapping[str, str]) -> tuple[str, int]:
