@@ -54,9 +54,9 @@ app = command_group(
 
 
 def _register_commands() -> None:
-    from ioussl.cli import data, db, demo, export, jobs, logs, run, study
+    from ioussl.cli import data, db, demo, export, jobs, logs, predict, run, study
 
-    for module in (study, jobs, logs, data, run, demo, db, export):
+    for module in (study, jobs, logs, data, run, demo, db, export, predict):
         module.register(app)
 
 
