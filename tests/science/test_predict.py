@@ -103,7 +103,7 @@ name = "pred"
 runs_dir = "runs"
 [data]
 store = "{store}"
-crop = 64
+crop = 96
 [model]
 feature_size = 12
 [runtime]
@@ -124,7 +124,7 @@ i_max = 0.6
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):  # type: ignore[no-untyped-def]
-    """One small labelled case (about 64 x 64 x 10 stored voxels): a whole-case prediction takes seconds on CPU."""
+    """One small labelled case (96 x 96 x 12 stored voxels): a whole-case prediction takes seconds on CPU."""
     from ioussl.science.data.preprocess import preprocess_dataset
     from ioussl.science.data.store import SliceStore
     from ioussl.science.data.synth import synth_dataset
@@ -185,7 +185,7 @@ def test_predict_writes_each_case_on_its_original_grid(completed, small_store):
     synth_store, synth_dir = small_store
     case = synth_store.labelled_cases()[0]
     result = _predict(db, ids["tuned"][:6], case, "--slice", "3", "--device", "cpu")
-    assert synth_store.volume(case)[0].shape[1:] == (64, 64)  # one window per slice
+    assert synth_store.volume(case)[0].shape[1:] == (96, 96)  # one window (the crop) per slice
     assert result.exit_code == 0, result.output
     out = Path(ids["run_dir"]) / "predictions"
     assert sorted(p.name for p in out.iterdir()) == [f"{case}.nii.gz", f"{case}_z003.png"]
