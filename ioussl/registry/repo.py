@@ -573,15 +573,16 @@ def run_configs(session: Session, studies: Iterable[str]) -> dict[str, str]:
 
 
 def result_details(session: Session, studies: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Run id -> ``best_epoch`` (0-based) and ``organs``: the recorded per-organ scores by kind ("val DSC",
-    "test DSC", "FLARE DSC", "FLARE NSD"), for every run of ``studies`` with a result.
+    """Run id -> ``best_epoch`` (0-based), ``organs``: the recorded per-organ scores by kind ("val DSC",
+    "test DSC", "FLARE DSC", "FLARE NSD"), and ``per_case`` ("val", "test": case -> organ -> DSC), for every
+    run of ``studies`` with a result.
 
     Values are as recorded (the result JSON of a job): callers check them before showing or exporting them.
     """
-    rows = session.execute(select(Result.run_id, Result.best_epoch, Result.per_organ, Result.payload)
+    rows = session.execute(select(Result.run_id, Result.best_epoch, Result.per_organ, Result.per_case, Result.payload)
                            .where(Result.run_id.in_(runs_of(studies))))
     found: dict[str, dict[str, Any]] = {}
-    for run_id, best_epoch, per_organ, payload in rows:
+    for run_id, best_epoch, per_organ, per_case, payload in rows:
         payload = payload if isinstance(payload, dict) else {}
         test, flare = payload.get("test"), payload.get("flare")
         organs: dict[str, Any] = {"val DSC": per_organ, "test DSC": test.get("per_organ") if isinstance(test, dict)
@@ -592,5 +593,7 @@ def result_details(session: Session, studies: Iterable[str]) -> dict[str, dict[s
                 organs[label] = {organ: scores.get(key) for organ, scores in flare_organs.items()
                                  if isinstance(scores, dict)}
         found[run_id] = {"best_epoch": best_epoch,
-                         "organs": {kind: scores for kind, scores in organs.items() if isinstance(scores, dict)}}
+                         "organs": {kind: scores for kind, scores in organs.items() if isinstance(scores, dict)},
+                         "per_case": {"val": per_case,
+                                      "test": test.get("per_case") if isinstance(test, dict) else None}}
     return found

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ioussl.registry.repo import RunRecord
-from ioussl.report import runtable, tables
+from ioussl.report import pictures, runtable, tables
 from ioussl.report.tables import HELD_OUT, Report
 from ioussl.runfiles import atomic_write_text
 
@@ -40,6 +40,7 @@ class HtmlInputs:
     pairs: Sequence[Mapping[str, Any]] | None = None  # `ioussl analyze pairs --json` rows
     written: str = ""  # when and by what, for the footer
     details: Mapping[str, runtable.RunDetails] = field(default_factory=dict)  # run id -> configuration, logs
+    segmentations: Sequence[pictures.Picture] = ()  # each group's best and worst case, drawn by `ioussl predict`
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,15 @@ def render_html(inputs: HtmlInputs) -> tuple[str, list[str]]:
         f"<header><h1>{_e(report.study)}</h1><p class='lead'>{_e(_summary(report))}</p></header>",
         _section("Table 4.2: DSC per group", _report_tables(report) + _legend(report), "table"),
         _section("Figures", "".join(figures) + _notes(skipped), "figures") if figures or skipped else "",
+        _section("Segmentations: best and worst case per group", pictures.render(inputs.segmentations), "pictures")
+        if inputs.segmentations else "",
         _section(f"Runs ({len(inputs.runs)})", runtable.render(inputs.runs, inputs.details), "runs"),
         _footer(report, inputs.written),
     ]
     title = f"ioussl report: {report.study}"
     document = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
                 f"<meta name='viewport' content='width=device-width, initial-scale=1'>{_csp()}"
-                f"<title>{_e(title)}</title><style>{CSS}{runtable.CSS}</style></head>\n<body><main>\n"
+                f"<title>{_e(title)}</title><style>{CSS}{runtable.CSS}{pictures.CSS}</style></head>\n<body><main>\n"
                 + "\n".join(part for part in body if part)
                 + f"\n</main><script>{runtable.SCRIPT}</script></body></html>\n")
     return document, skipped

@@ -33,6 +33,7 @@ class RunDetails:
     organs: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)  # column -> organ -> score
     log: Sequence[str] = ()  # the last lines of the job's output, oldest first
     log_note: str = ""  # where the lines come from, or why there are none
+    per_case: Mapping[str, Any] = field(default_factory=dict)  # "val"/"test" -> case -> organ -> DSC, as recorded
 
 
 Number = Callable[[RunRecord], float | None]

@@ -11,7 +11,7 @@ from pathlib import Path
 from ioussl.errors import ConfigError, DataError
 from ioussl.plan.order import in_group_order, study_group_order
 from ioussl.registry import opened, repo
-from ioussl.report import grouping, runtable
+from ioussl.report import grouping, pictures, runtable
 from ioussl.report.grouping import StudyOrder
 from ioussl.report.tables import Report
 
@@ -59,7 +59,8 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         _write_plots(outcome, curves, records, plot_dir, pairs_json)
     if html_path:
         runs = in_group_order(records, {name: order.groups for name, order in orders.items()})
-        _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json, details)
+        shown = pictures.extremes(outcome.report, runs, {run_id: d.per_case for run_id, d in details.items()})
+        _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json, details, shown)
     return outcome
 
 
@@ -125,7 +126,8 @@ def _html_series(session, records: list[repo.RunRecord], grouping_: Grouping) ->
 
 
 def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: dict[str, Curves],
-                per_organ: dict, path: Path, pairs_json: Path | None, details: Mapping | None = None) -> None:
+                per_organ: dict, path: Path, pairs_json: Path | None, details: Mapping | None = None,
+                shown: Sequence[pictures.Picture] = ()) -> None:
     import datetime as dt
 
     from ioussl import __version__
@@ -137,7 +139,7 @@ def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: d
         report=outcome.report, runs=records, curves=series,
         organs=htmlreport.organ_means(outcome.report, per_organ),
         pairs=plots.read_pairs(pairs_json) if pairs_json is not None else None, written=written,
-        details=details or {},
+        details=details or {}, segmentations=shown,
     )
     outcome.skipped += [f"HTML report: {line}" for line in htmlreport.write_html(inputs, path)]
     outcome.plots.append(path)
@@ -189,7 +191,8 @@ def run_details(session, records: Sequence[repo.RunRecord],  # type: ignore[no-u
         settings = {key: _setting_text(value) for key, value in config_settings(configs.get(record.id)).items()}
         lines, note = log_tail(record) if log_tail else ([], "output not read")
         organs = (results.get(record.id) or {}).get("organs") or {}
-        details[record.id] = runtable.RunDetails(settings=settings, organs=organs, log=lines, log_note=note)
+        details[record.id] = runtable.RunDetails(settings=settings, organs=organs, log=lines, log_note=note,
+                                                 per_case=(results.get(record.id) or {}).get("per_case") or {})
     return details
 
 

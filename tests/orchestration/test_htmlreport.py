@@ -36,6 +36,7 @@ from ioussl.track.sync import sync
 ORGANS = ("aorta", "gallbladder", "liver", "pancreas", "spleen")
 HOSTILE = "<img src=x onerror=console.error('escaped?')> & \"quotes\""  # a reason that must stay text
 STARTED = dt.datetime(2026, 1, 5, 9, 0, 0)
+CASES = ("FLARETs_0001", "FLARETs_0002", "FLARETs_0003")  # held-out cases, worst to best in every run
 TRACEBACK = ["Traceback (most recent call last):", '  File "engine.py", line 80, in train', "\x1b[31mRuntimeError: "
              "CUDA out of memory\x1b[0m", HOSTILE]
 
@@ -50,8 +51,9 @@ def _finetune_result(run: Run) -> dict:
     flare_organs = {organ: {"dsc": value, "nsd": value - 0.05} for organ, value in _organs(run.seed, shift).items()}
     return valid_result(
         run, dsc=0.86 + shift + wobble, dsc_3d=0.8, per_organ=_organs(run.seed, shift + 0.02),
-        test={"dsc": 0.82 + shift + wobble, "dsc_3d": 0.78, "per_case": {}, "per_organ": _organs(run.seed, shift),
-              "slices": 40},
+        test={"dsc": 0.82 + shift + wobble, "dsc_3d": 0.78, "per_organ": _organs(run.seed, shift), "slices": 40,
+              "per_case": {case: {"liver": round(0.5 + 0.1 * i + wobble, 4), "spleen": 0.8}
+                           for i, case in enumerate(CASES)} | {"../../escape": {"liver": 1.0}}},
         flare={"part": "test", "dsc": 0.75 + wobble, "nsd": 0.7 + wobble, "per_organ": flare_organs, "per_case": {}},
     )
 
@@ -335,3 +337,32 @@ def test_the_run_table_fits_an_800_pixel_window(browser_ready, full_db, tmp_path
     assert table_width <= room and page_width <= 800, (table_width, room, page_width)
     assert {"run", "stage", "group", "seed", "status", "elapsed", "val DSC", "test DSC", "FLARE DSC",
             "FLARE NSD"} <= set(shown)
+
+
+def test_each_groups_best_and_worst_case_is_shown_where_predict_drew_it(browser_ready, full_db, tmp_path):
+    import numpy as np
+
+    from ioussl.science.evaluate.overlays import overlay_png
+
+    report = report_study(full_db, None).report
+    row = next(row for row in report.rows if row.group == "[0.3, 0.6]")
+    with open_registry(full_db).session() as session:
+        runs = {run.id: run for run in session.scalars(select(Run).where(Run.id.in_(row.run_ids)))}
+        best_run = max(runs.values(), key=lambda run: run.result.test_dsc)
+        folder = Path(best_run.run_dir) / "predictions"
+    folder.mkdir()
+    ct, labels = np.linspace(0, 1, 32 * 32).reshape(32, 32), np.zeros((32, 32), dtype=np.uint8)
+    labels[8:20, 8:20] = 1
+    (folder / "FLARETs_0003_z005.png").write_bytes(overlay_png(ct, labels, labels, "best"))
+    (folder / "FLARETs_0001_z002.png").write_text("not a picture")  # read from disk: checked
+    out = tmp_path / "report.html"
+    assert _report(full_db, "--no-table", "--html", str(out)).exit_code == 0
+    text = out.read_text()
+    section = text.split("<section id='pictures'>")[1].split("</section>")[0]
+    assert "[0.3, 0.6]: best case FLARETs_0003 (mean DSC 0.7" in section and section.count("<img ") == 1
+    assert f"<code>ioussl predict {best_run.id} FLARETs_0001</code> ({folder / 'FLARETs_0001_z002.png'} is not a " \
+           "PNG picture)" in section
+    assert "no pretraining: worst case FLARETs_0001" in section and "escape" not in section  # no unsafe case ids
+    page = open_page(out, width=1280, height=900)
+    assert page.errors == [] and all(image["width"] > 0 for image in page.images)
+    assert any(image["alt"].startswith("[0.3, 0.6]: best case FLARETs_0003") for image in page.images)
