@@ -15,7 +15,7 @@ from ioussl.status import RunStatus
 from ioussl.track import joblogs
 
 LINES = 15  # per run
-MAX_RUNS = 300  # runs whose files are read for one report (failed and active runs first)
+MAX_RUNS = 300  # submitted runs whose files are read for one report (the first ones in the table's order)
 
 Tail = Callable[[RunRecord], tuple[list[str], str]]
 
