@@ -121,5 +121,5 @@ def _e(text: str) -> str:
 
 CSS = """
 .pictures { display: grid; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 14px 18px; }
-.pictures figure img { image-rendering: pixelated; }
+.pictures figure img { image-rendering: pixelated; max-width: 760px; }
 """

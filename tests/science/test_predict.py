@@ -73,6 +73,12 @@ def test_slices_are_shown_anterior_up_and_the_patients_right_on_the_left():
     assert shown.shape == (3, 4) and shown[0, 0] == 1  # top row (anterior), first column (patient's right)
 
 
+def test_the_legend_names_the_organs_present_and_never_the_background():
+    labels = np.zeros((5, 5), dtype=np.uint8)
+    labels[1, 1], labels[2, 2] = 1, 13
+    assert overlays.present_organs(labels) == {1, 13} and overlays.present_organs(np.zeros((2, 2))) == set()
+
+
 def test_unknown_cases_and_slices_out_of_range_are_one_line(synth_store, tmp_path):
     case = synth_store.labelled_cases()[0]
     with pytest.raises(DataError, match="unknown case 'nope'"):

@@ -60,8 +60,7 @@ def overlay_png(ct: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, capt
     height, width = shown[0][1].shape[:2]
     scale = max(1, -(-MIN_PANEL // max(1, min(height, width))))
     gap = 6
-    organs = sorted({int(v) for v in np.unique(pred)} | ({int(v) for v in np.unique(truth)} if truth is not None
-                                                           else set()) - {0})
+    organs = sorted(present_organs(pred) | (present_organs(truth) if truth is not None else set()))
     legend_rows = 1 + (len(organs) + 3) // 4
     canvas = Image.new("RGB", (len(shown) * (width * scale + gap) - gap,
                                TITLE_HEIGHT + height * scale + TITLE_HEIGHT * legend_rows), "white")
@@ -80,6 +79,11 @@ def overlay_png(ct: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, capt
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def present_organs(labels: np.ndarray) -> set[int]:
+    """The organ labels (1..13) that occur in ``labels``; the legend lists these."""
+    return {int(v) for v in np.unique(labels)} - {0}
 
 
 def default_slices(labels: np.ndarray, count: int = 3) -> list[int]:
