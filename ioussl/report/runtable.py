@@ -111,10 +111,12 @@ def _details(runs: Sequence[RunRecord], details: Mapping[str, RunDetails], sever
         detail = details.get(run.id, RunDetails())
         own = {k: v for k, v in detail.settings.items() if shared.get(run.stage, {}).get(k) != v}
         facts = [("study", run.study)] if several else []
-        facts += [("run directory", run.run_dir), ("parent", run.parent_id or "-"), ("state", run.status.value),
-                  ("reason", run.status_reason or "-"), ("elapsed", _elapsed(run.elapsed_s)),
-                  ("attempts", str(run.attempts)), ("latest job", run.job_id or "-")]
-        body = ("<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts) + "</dl>"
+        facts += [("run directory", run.run_dir), ("state", run.status.value), ("reason", run.status_reason or "-"),
+                  ("elapsed", _elapsed(run.elapsed_s)), ("attempts", str(run.attempts)),
+                  ("latest job", run.job_id or "-")]
+        parent = f"<a href='#run-{_e(run.parent_id)}'><code>{_e(run.parent_id)}</code></a>" if run.parent_id else "-"
+        body = ("<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
+                + f"<dt>parent</dt><dd>{parent}</dd></dl>"
                 + f"<h4>configuration: settings of its own ({len(own)})</h4>"
                 + (_settings_table(own) if own else "<p class='muted'>none: it has the settings its stage "
                    "shares</p>")

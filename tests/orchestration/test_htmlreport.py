@@ -276,7 +276,8 @@ def test_chromium_sorts_and_filters_the_run_table_and_opens_a_runs_details(brows
     out = tmp_path / "report.html"
     assert _report(full_db, "--no-table", "--html", str(out)).exit_code == 0
     with open_registry(full_db).session() as session:
-        failed_id = session.scalars(select(Run.id).where(Run.status == RunStatus.FAILED)).one()
+        failed = select(Run.id, Run.parent_id).where(Run.status == RunStatus.FAILED)
+        failed_id, parent_id = session.execute(failed).one()
     page = open_page(out, width=1280, height=900, actions=[
         _click_header("val DSC"), ROWS_SHOWN, _click_header("val DSC"), ROWS_SHOWN,
         _click_header("elapsed"), ROWS_SHOWN,
@@ -309,7 +310,7 @@ def test_chromium_sorts_and_filters_the_run_table_and_opens_a_runs_details(brows
     assert all(row[1] == "finetune" and row[2] == "[0.3, 0.6]" for row in filtered)
     assert failed_count == "1 of 34 runs" and len(only_failed) == 1 and failed_id in only_failed[0][0]
     assert opened is True
-    for part in ("configuration: settings of its own (1)\nseed\t2", "elapsed\n1 min 05 s", "parent\n",
+    for part in ("configuration: settings of its own (1)\nseed\t2", "elapsed\n1 min 05 s", f"parent\n{parent_id}\n",
                  "RuntimeError: CUDA out of memory", HOSTILE, "last lines of its output", "organ scores"):
         assert part in details, part
     # A completed fine-tune: its organ scores, by kind (validation, test, FLARE), as recorded.
