@@ -4,7 +4,9 @@ The browser is Debian's ``chromium`` (scripts/install-test-packages.sh). It is d
 ``--remote-debugging-pipe`` (JSON messages separated by NUL bytes on file descriptors 3 and 4), so no port,
 no websocket library and nothing beyond the standard library is needed. :func:`open_page` returns the
 page's console errors and uncaught exceptions, the log's errors (a resource that failed to load), every
-image with its decoded size, the text of every table cell, and optionally a PNG screenshot.
+image with its decoded size, the text of every table cell, and optionally a PNG screenshot; ``actions``
+are JavaScript expressions evaluated one after another once the page has loaded (clicks, typing), each
+giving back a JSON-able value.
 
 As a script it writes a screenshot: ``python tests/browser.py REPORT.html OUT.png [WIDTH HEIGHT]``.
 """
@@ -50,6 +52,7 @@ class Page:
     external: list[str]  # src/href values that are neither data: URIs nor in-page anchors
     errors: list[str] = field(default_factory=list)  # console errors, exceptions, failed loads
     screenshot: bytes | None = None
+    results: list[Any] = field(default_factory=list)  # the value of each action, in order
 
 
 def chromium() -> str | None:
@@ -58,14 +61,15 @@ def chromium() -> str | None:
 
 
 def open_page(path: Path, width: int = 1280, height: int = 900, screenshot: bool = False,
-              timeout_s: float = 60.0) -> Page:
+              timeout_s: float = 60.0, actions: tuple[str, ...] | list[str] = ()) -> Page:
     """Load ``path`` (a local file) in headless Chromium and collect :class:`Page`."""
     executable = chromium()
     if executable is None:
         raise RuntimeError("chromium is not installed (scripts/install-test-packages.sh)")
     with tempfile.TemporaryDirectory(prefix="ioussl-chromium-", ignore_cleanup_errors=True) as profile, \
             _Browser(executable, profile) as browser:
-        return browser.load(path.resolve().as_uri(), width, height, screenshot, time.monotonic() + timeout_s)
+        return browser.load(path.resolve().as_uri(), width, height, screenshot, time.monotonic() + timeout_s,
+                            actions)
 
 
 class _Browser:
@@ -113,7 +117,8 @@ class _Browser:
         os.close(self._commands)
         os.close(self._replies)
 
-    def load(self, url: str, width: int, height: int, screenshot: bool, deadline: float) -> Page:
+    def load(self, url: str, width: int, height: int, screenshot: bool, deadline: float,
+             actions: tuple[str, ...] | list[str] = ()) -> Page:
         target = self.call("Target.createTarget", {"url": "about:blank"}, deadline=deadline)["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True},
                             deadline=deadline)["sessionId"]
@@ -126,7 +131,15 @@ class _Browser:
         self.wait_for("Page.loadEventFired", session, deadline)
         facts = json.loads(self.call("Runtime.evaluate", {"expression": PAGE_FACTS, "returnByValue": True},
                                      session=session, deadline=deadline)["result"]["value"])
-        page = Page(facts["title"], facts["images"], facts["tables"], facts["external"], self.errors(session))
+        results = []
+        for action in actions:
+            reply = self.call("Runtime.evaluate", {"expression": action, "returnByValue": True},
+                              session=session, deadline=deadline)
+            if "exceptionDetails" in reply:
+                raise RuntimeError(f"action {action[:60]!r} threw: {reply['exceptionDetails'].get('text')}")
+            results.append(reply["result"].get("value"))
+        page = Page(facts["title"], facts["images"], facts["tables"], facts["external"], self.errors(session),
+                    results=results)
         if screenshot:
             shot = self.call("Page.captureScreenshot", {"format": "png"}, session=session, deadline=deadline)
             page.screenshot = base64.b64decode(shot["data"])

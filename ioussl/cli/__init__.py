@@ -70,9 +70,9 @@ app = command_group(
 
 
 def _register_commands() -> None:
-    from ioussl.cli import cleanup, data, db, demo, export, jobs, logs, run, study
+    from ioussl.cli import cleanup, data, db, demo, export, jobs, logs, predict, run, study
 
-    for module in (study, jobs, logs, data, run, demo, db, export, cleanup):
+    for module in (study, jobs, logs, data, run, demo, db, export, cleanup, predict):
         module.register(app)
 
 

@@ -10,7 +10,8 @@ import typer
 
 from ioussl.cli.options import DbOption, StageOption, StudiesOption, command_group
 
-export_app = command_group(help="Export the registry's runs and metric series as tables (CSV, JSON lines, Parquet).")
+export_app = command_group(help="Export the registry's runs and metric series as tables (CSV, JSON lines, Parquet), "
+                                "or into TensorBoard or MLflow.")
 
 
 class ExportFormat(StrEnum):
@@ -71,6 +72,40 @@ def export_cases(db: DbOption = None, study: StudiesOption = None, fmt: FormatOp
 
     chosen = export.format_for(output, fmt.value if fmt else None)
     _wrote(export.write_frame(export.cases_frame(db, study), output, chosen))
+
+
+@export_app.command("tensorboard")
+def export_tensorboard(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for the event files (created if missing).")],
+    db: DbOption = None,
+    study: StudiesOption = None,
+) -> None:
+    """Every run's per-epoch series, final scores and configuration as TensorBoard event files: one folder per
+    run (DIR/<study>/<group>/<stage>-<seeds>-<run id>), replaced whole on each export; then
+    `tensorboard --logdir DIR`."""
+    from ioussl.report.external import export_tensorboard as export
+
+    outcome = export(db, study, folder)
+    typer.echo(f"wrote {outcome.points} value(s) of {outcome.runs} run(s) under {outcome.where}", err=True)
+
+
+@export_app.command("mlflow")
+def export_mlflow(
+    tracking_uri: Annotated[
+        str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="<uri>",
+                          help="MLflow tracking store, e.g. sqlite:///mlflow.db or http://host:5000 "
+                               "[env MLFLOW_TRACKING_URI].")
+    ],
+    db: DbOption = None,
+    study: StudiesOption = None,
+) -> None:
+    """Every run into MLflow (pip install 'ioussl[mlflow]'): an experiment per study, a run per run with its
+    settings as parameters, its series and final scores as metrics (step = epoch from 1) and its state; exporting
+    again adds only what is new."""
+    from ioussl.report.external import export_mlflow as export
+
+    outcome = export(db, study, tracking_uri)
+    typer.echo(f"exported {outcome.runs} run(s), {outcome.points} new value(s), to {outcome.where}", err=True)
 
 
 def _wrote(path: Path | None) -> None:

@@ -215,8 +215,13 @@ def report(
         raise ConfigError("--pairs is plotted into the --plot folder or the --html report: give one of them too")
     if not table and plot is None and html is None:
         raise ConfigError("--no-table without --plot DIR or --html FILE leaves nothing to report")
+    tail = None
+    if html is not None:
+        from ioussl.track.logtail import reader
+
+        tail = reader(db)  # each run's last output lines, for the HTML report's run details
     outcome = report_study(db, study, ddof=ddof, plot_dir=plot, pairs_json=pairs, html_path=html, by=by,
-                           metric=metric, test=test, organs=organs)
+                           metric=metric, test=test, organs=organs, log_tail=tail)
     render.report(outcome, fmt, table=table)
 
 

@@ -681,3 +681,36 @@ def export_metrics(session: Session, studies: Sequence[str], run_ids: Sequence[s
     if stage is not None:
         query = query.where(Run.stage == stage)
     return [tuple(row) for row in session.execute(query)]
+
+
+def run_configs(session: Session, studies: Iterable[str]) -> dict[str, str]:
+    """Run id -> its canonical config (JSON text, as planned) for every run of ``studies``."""
+    rows = session.execute(select(Run.id, Run.config).where(Run.id.in_(runs_of(studies))))
+    return {run_id: config for run_id, config in rows}
+
+
+def result_details(session: Session, studies: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Run id -> ``best_epoch`` (0-based), ``organs``: the recorded per-organ scores by kind ("val DSC",
+    "test DSC", "FLARE DSC", "FLARE NSD"), and ``per_case`` ("val", "test": case -> organ -> DSC), for every
+    run of ``studies`` with a result.
+
+    Values are as recorded (the result JSON of a job): callers check them before showing or exporting them.
+    """
+    rows = session.execute(select(Result.run_id, Result.best_epoch, Result.per_organ, Result.per_case, Result.payload)
+                           .where(Result.run_id.in_(runs_of(studies))))
+    found: dict[str, dict[str, Any]] = {}
+    for run_id, best_epoch, per_organ, per_case, payload in rows:
+        payload = payload if isinstance(payload, dict) else {}
+        test, flare = payload.get("test"), payload.get("flare")
+        organs: dict[str, Any] = {"val DSC": per_organ, "test DSC": test.get("per_organ") if isinstance(test, dict)
+                                  else None}
+        flare_organs = flare.get("per_organ") if isinstance(flare, dict) else None
+        if isinstance(flare_organs, dict):
+            for key, label in (("dsc", "FLARE DSC"), ("nsd", "FLARE NSD")):
+                organs[label] = {organ: scores.get(key) for organ, scores in flare_organs.items()
+                                 if isinstance(scores, dict)}
+        found[run_id] = {"best_epoch": best_epoch,
+                         "organs": {kind: scores for kind, scores in organs.items() if isinstance(scores, dict)},
+                         "per_case": {"val": per_case,
+                                      "test": test.get("per_case") if isinstance(test, dict) else None}}
+    return found

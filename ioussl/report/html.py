@@ -1,8 +1,11 @@
 """`ioussl report --html FILE`: the whole report as one self-contained HTML file (pure rendering).
 
-Nothing is fetched when the file is opened: the CSS is inline and every figure is a PNG in a ``data:`` URI,
-so the file can be mailed, archived or opened on a machine without network. Every string that comes from
-the registry (study and group names, reasons, paths, provenance) goes through :func:`html.escape`.
+Nothing is fetched when the file is opened: the CSS and the run table's script are inline and every figure
+is a PNG in a ``data:`` URI, so the file can be mailed, archived or opened on a machine without network. Its
+Content-Security-Policy says so to the browser too: nothing may load from elsewhere, and the one script that
+may run is the run table's (by its hash), so no text from the registry could ever run as a script. Every
+string that comes from the registry (study and group names, reasons, paths, provenance) goes through
+:func:`html.escape`.
 Figures come from :mod:`ioussl.report.plots` (matplotlib, imported only when drawing); without
 matplotlib the report still has its tables and says which figures it left out.
 """
@@ -19,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ioussl.registry.repo import RunRecord
-from ioussl.report import tables
+from ioussl.report import pictures, runtable, tables
 from ioussl.report.tables import HELD_OUT, Report
 from ioussl.runfiles import atomic_write_text
-from ioussl.status import ACTIVE, RunStatus
 
 Curves = Mapping[str, Sequence[Sequence[tuple[int, float]]]]  # group -> one (epoch, value) series per run
 
@@ -37,6 +39,8 @@ class HtmlInputs:
     organs: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)  # group -> organ -> mean
     pairs: Sequence[Mapping[str, Any]] | None = None  # `ioussl analyze pairs --json` rows
     written: str = ""  # when and by what, for the footer
+    details: Mapping[str, runtable.RunDetails] = field(default_factory=dict)  # run id -> configuration, logs
+    segmentations: Sequence[pictures.Picture] = ()  # each group's best and worst case, drawn by `ioussl predict`
 
 
 @dataclass(frozen=True)
@@ -84,15 +88,23 @@ def render_html(inputs: HtmlInputs) -> tuple[str, list[str]]:
         f"<header><h1>{_e(report.study)}</h1><p class='lead'>{_e(_summary(report))}</p></header>",
         _section("Table 4.2: DSC per group", _report_tables(report) + _legend(report), "table"),
         _section("Figures", "".join(figures) + _notes(skipped), "figures") if figures or skipped else "",
-        _section(f"Runs ({len(inputs.runs)})", _runs_table(inputs.runs), "runs"),
+        _section("Segmentations: best and worst case per group", pictures.render(inputs.segmentations), "pictures")
+        if inputs.segmentations else "",
+        _section(f"Runs ({len(inputs.runs)})", runtable.render(inputs.runs, inputs.details), "runs"),
         _footer(report, inputs.written),
     ]
     title = f"ioussl report: {report.study}"
     document = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-                f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-                f"<title>{_e(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-                + "\n".join(part for part in body if part) + "\n</main></body></html>\n")
+                f"<meta name='viewport' content='width=device-width, initial-scale=1'>{_csp()}"
+                f"<title>{_e(title)}</title><style>{CSS}{runtable.CSS}{pictures.CSS}</style></head>\n<body><main>\n"
+                + "\n".join(part for part in body if part)
+                + f"\n</main><script>{runtable.SCRIPT}</script></body></html>\n")
     return document, skipped
+
+
+def _csp() -> str:
+    policy = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {runtable.script_hash()}"
+    return f"<meta http-equiv='Content-Security-Policy' content=\"{policy}\">"
 
 
 def organ_means(report: Report, per_organ: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -207,44 +219,6 @@ def _legend(report: Report) -> str:
     return "<ul class='legend'>" + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>"
 
 
-# Per-run columns: name -> the cell's text; scores and job ids only where some run has one.
-RUN_SCORES: dict[str, Callable[[RunRecord], float | None]] = {
-    "DSC": lambda r: r.dsc, "test DSC": lambda r: r.test_dsc, "FLARE DSC": lambda r: r.flare_dsc,
-    "FLARE NSD": lambda r: r.flare_nsd,
-}
-
-
-def _runs_table(runs: Sequence[RunRecord]) -> str:
-    scores = {name: get for name, get in RUN_SCORES.items() if any(get(r) is not None for r in runs)}
-    jobs = any(r.job_id for r in runs)
-    head = ["run", "stage", "group", "pre seed", "seed", "status", "attempts", *(["job"] if jobs else []),
-            *scores, "run directory · reason"]
-    rows = []
-    for run in runs:
-        texts = [run.id, run.stage, run.group, _opt(run.pretrain_seed), str(run.seed)]
-        status = f"<span class='status {_status_class(run.status)}'>{_e(run.status.value)}</span>" + (
-            "<sup title='imported'>*</sup>" if run.imported else "")
-        numbers = [str(run.attempts), *([run.job_id or "-"] if jobs else []),
-                   *(_num(get(run)) for get in scores.values())]
-        reason = f"<div class='reason {_status_class(run.status)}'>{_e(run.status_reason)}</div>" \
-            if run.status_reason else ""
-        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in texts) + f"<td>{status}</td>"
-                    + "".join(f"<td>{_e(c)}</td>" for c in numbers)
-                    + f"<td class='where'><code>{_e(run.run_dir)}</code>{reason}</td></tr>")
-    table = (f"<div class='scroll'><table class='runs'><thead><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}"
-             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
-    # A long list starts folded, so the report opens on its table and figures.
-    return f"<details{' open' if len(runs) <= 60 else ''}><summary>every run</summary>{table}</details>"
-
-
-def _status_class(status: RunStatus) -> str:
-    if status == RunStatus.COMPLETED:
-        return "ok"
-    if status in ACTIVE:
-        return "active"
-    return "idle" if status in (RunStatus.PLANNED, RunStatus.CANCELLED) else "bad"
-
-
 def _footer(report: Report, written: str) -> str:
     lines = list(report.footer) + [line for line in tables.footer_lines(report) if line not in report.footer
                                    and line not in tables.legend_lines(report)]
@@ -274,14 +248,6 @@ def _section(title: str, content: str, anchor: str) -> str:
 
 def _e(text: str) -> str:
     return html.escape(text, quote=True)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _opt(value: int | None) -> str:
-    return "-" if value is None else str(value)
 
 
 CSS = """
@@ -317,9 +283,6 @@ ul.notes { margin: 0; padding-left: 18px; font-size: 12.5px; color: var(--muted)
 table.runs { font-size: 12.5px; }
 table.runs th, table.runs td { padding: 4px 6px; }
 table.runs th { white-space: normal; }
-table.runs th:nth-child(-n+3), table.runs td:nth-child(-n+3), table.runs th:last-child { text-align: left; }
-td.where { text-align: left; white-space: normal; width: 34%; }
-td.where code { font: 11.5px ui-monospace, "DejaVu Sans Mono", monospace; overflow-wrap: anywhere; }
 .reason { font-size: 11.5px; color: var(--muted); }
 .reason.bad { color: #9b1c1c; }
 .status { padding: 1px 7px; border-radius: 9px; font-size: 11.5px; font-weight: 600; }

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioussl.errors import ConfigError, DataError
 from ioussl.plan.order import in_group_order, study_group_order
 from ioussl.registry import opened, repo
-from ioussl.report import grouping
+from ioussl.report import grouping, pictures, runtable
 from ioussl.report.cases import OrganRow
 from ioussl.report.grouping import StudyOrder
 from ioussl.report.tables import Report
@@ -30,14 +30,16 @@ class ReportOutcome:
 def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 0, plot_dir: Path | None = None,
                  pairs_json: Path | None = None, html_path: Path | None = None,
                  by: str | Sequence[str] | None = None, *, metric: str | None = None, test: str | None = None,
-                 organs: bool = False) -> ReportOutcome:
+                 organs: bool = False, log_tail: LogTail | None = None) -> ReportOutcome:
     """Table 4.2 for one study (the only one, if the registry holds just one), optionally with figures
     (PNG files into ``plot_dir``) and a self-contained HTML report (``html_path``).
 
     ``study`` may name several studies: their rows side by side. ``by`` groups by any of their axes
     (``grouping.resolve_by``; default: each swept setting, then the interval, which for a study without a
     sweep is the thesis table). ``metric`` and ``test`` default to the study file's ``[report]`` (else the
-    per-slice DSC and Welch's test on pretraining means); ``organs`` adds the per-organ table.
+    per-slice DSC and Welch's test on pretraining means); ``organs`` adds the per-organ table. ``log_tail``
+    gives the HTML report each run's last output lines (the CLI passes tracking's reader; without it the report
+    says none were read).
     """
     from ioussl.report import cases as case_scores
     from ioussl.report.tables import build_report
@@ -65,6 +67,7 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         sections = case_scores.flare_sections(session, finetunes) if wanted else {}
         imported = [r.id for r in records if r.imported and r.stage == "finetune"]
         known = case_scores.pairing_known(session, imported) if imported else set()
+        details = run_details(session, records, log_tail) if html_path else {}
     report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders, metric=metric, test=test,
                           case_scores=case_scores.case_table(sections) if metric != "dsc" else None,
                           pairing_known=known)
@@ -81,8 +84,9 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
             _write_plots(outcome, curves, records, plot_dir, pairs_json)
     if html_path:
         runs = in_group_order(records, {name: order.groups for name, order in orders.items()})
+        shown = pictures.extremes(outcome.report, runs, {run_id: d.per_case for run_id, d in details.items()})
         with _written(f"the HTML report {html_path}"):
-            _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json)
+            _write_html(outcome, runs, html_series, per_organ, html_path, pairs_json, details, shown)
     return outcome
 
 
@@ -189,7 +193,8 @@ def _html_series(session, records: list[repo.RunRecord], grouping_: Grouping) ->
 
 
 def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: dict[str, Curves],
-                per_organ: dict, path: Path, pairs_json: Path | None) -> None:
+                per_organ: dict, path: Path, pairs_json: Path | None, details: Mapping | None = None,
+                shown: Sequence[pictures.Picture] = ()) -> None:
     import datetime as dt
 
     from ioussl import __version__
@@ -201,6 +206,7 @@ def _write_html(outcome: ReportOutcome, records: list[repo.RunRecord], series: d
         report=outcome.report, runs=records, curves=series,
         organs=htmlreport.organ_means(outcome.report, per_organ),
         pairs=plots.read_pairs(pairs_json) if pairs_json is not None else None, written=written,
+        details=details or {}, segmentations=shown,
     )
     outcome.skipped += [f"HTML report: {line}" for line in htmlreport.write_html(inputs, path)]
     outcome.plots.append(path)
@@ -245,3 +251,30 @@ def _no_collapse_reason(records: list[repo.RunRecord]) -> str:
         return (f"its {imported} pretrain(s) are imported results (ioussl import results), which carry no "
                 "per-epoch collapse series")
     return f"none of its {len(pretrains)} pretrain(s) has recorded a collapse value yet"
+
+
+LogTail = Callable[[repo.RunRecord], tuple[list[str], str]]  # run -> its last output lines, and a note
+
+
+def run_details(session, records: Sequence[repo.RunRecord],  # type: ignore[no-untyped-def]
+                log_tail: LogTail | None) -> dict[str, runtable.RunDetails]:
+    """Each run's configuration, organ scores and last output lines, for the HTML report's run details."""
+    from ioussl.report.external import config_settings
+
+    studies = {record.study for record in records}
+    configs = repo.run_configs(session, studies)
+    results = repo.result_details(session, studies)
+    details = {}
+    for record in records:
+        settings = {key: _setting_text(value) for key, value in config_settings(configs.get(record.id)).items()}
+        lines, note = log_tail(record) if log_tail else ([], "output not read")
+        organs = (results.get(record.id) or {}).get("organs") or {}
+        details[record.id] = runtable.RunDetails(settings=settings, organs=organs, log=lines, log_note=note,
+                                                 per_case=(results.get(record.id) or {}).get("per_case") or {})
+    return details
+
+
+def _setting_text(value: object) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
