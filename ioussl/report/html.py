@@ -231,9 +231,10 @@ def _summary(report: Report) -> str:
     scored = sum(row.n for row in report.rows)
     planned = sum(row.planned for row in report.rows)
     held_out = [row.group for row in report.rows if row.cases == HELD_OUT]
-    cases = ("per-slice DSC on held-out test cases" if len(held_out) == len(report.rows)
-             else "per-slice DSC on the selection cases (they also chose the checkpoint)" if not held_out
-             else "per-slice DSC; see the cases column")
+    metric = {"dsc": "per-slice DSC"}.get(report.metric, tables.METRICS[report.metric])
+    cases = (f"{metric} on held-out test cases" if len(held_out) == len(report.rows)
+             else f"{metric} on the selection cases (they also chose the checkpoint)" if not held_out
+             else f"{metric}; see the cases column")
     return (f"{len(report.rows)} group(s), {scored} of {planned} fine-tune(s) scored; the main number is the "
             f"{cases}; std with ddof={report.ddof}.")
 

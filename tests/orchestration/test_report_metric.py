@@ -156,3 +156,13 @@ def test_organ_table_export_and_api_carry_the_per_case_scores(small, db, tmp_pat
     assert result.exit_code == 0 and out.read_text().splitlines()[0].startswith("study,run_id,interval")
     shown = CliRunner().invoke(app, ["report", "--db", db, "--organs", "--metric", "flare_dsc"])
     assert shown.exit_code == 0 and "per organ (FLARE 2022" in shown.stdout and "liver" in shown.stdout
+
+
+def test_the_html_report_names_the_metric_and_the_numerics(small, db, tmp_path):
+    small()
+    out = tmp_path / "report.html"
+    report_study(db, "small", html_path=out, metric="flare_nsd")
+    page = out.read_text()
+    assert "the main number is the FLARE NSD on held-out test cases" in page
+    assert "metric: flare_nsd = FLARE 2022" in page and "Δ 95% CI" in page
+    assert "numerics of the recorded fine-tunes: bf16 autocast, TF32 on" in page
