@@ -180,6 +180,8 @@ def test_overrides_on_the_command_line_are_validated_like_the_file_and_recorded(
         spec = session.scalar(select(Study)).spec
         assert spec["overrides"] == ["pretrain.epochs=50", "data.crop=96"]
     registry.dispose()
+    report = invoke("report", "--db", db)
+    assert "study daytwo planned with -s pretrain.epochs=50, data.crop=96" in report.stdout  # its provenance
     before = dump(db)
     for args, message in [
         (["-s", "pretrain.epochs=0"], "[pretrain].epochs must be >=1, got 0"),
