@@ -366,6 +366,9 @@ def check_range(section: str, name: str, value: Any) -> None:
     for number in value if isinstance(value, tuple) else (value,):
         if isinstance(number, bool) or not isinstance(number, int | float):
             continue
+        if isinstance(number, int) and abs(number) > MAX_INT:  # say so, not "must be >=1" for 10**100
+            shown = repr(number) if len(repr(number)) <= 20 else f"a {len(str(abs(number)))}-digit integer"
+            raise ConfigError(f"[{section}].{name} is too large ({shown}): integers must lie within +-{MAX_INT}")
         if not _in_range(number, RANGES.get(name)):
             rule = RANGES.get(name, "finite")
             raise ConfigError(f"[{section}].{name} must be {rule.replace(',', ', ')}, got {number!r}")

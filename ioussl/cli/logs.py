@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Annotated
@@ -68,10 +69,16 @@ def _follow(db: str | None, target: LogTarget, events: EventLog, tails: list[Out
            + "\n")
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path as a person reads it: ``jobs/../runs/x`` shown as ``runs/x`` (the file itself is opened as
+    recorded; only what is printed is normalised)."""
+    return os.path.normpath(path)
+
+
 def _header(target: LogTarget) -> None:
     lines = [f"run {target.run_id}: {target.stage}, {target.group}, study {target.study}: {target.status.value}"
              + (f" ({target.reason})" if target.reason else ""),
-             f"run directory {target.run_dir}"]
+             f"run directory {shown_path(target.run_dir)}"]
     if target.attempt:
         lines.append(f"attempt {target.attempt}: {_job(target)}")
     if target.why_no_output:
@@ -107,7 +114,7 @@ class _Printer:
             self._output(tail, tail.read(final=final), first)
 
     def _output(self, tail: OutputTail, text: str, first: bool) -> None:
-        source = f"job {'stdout' if tail.path.suffix == '.out' else 'stderr'}: {tail.path}"
+        source = f"job {'stdout' if tail.path.suffix == '.out' else 'stderr'}: {shown_path(tail.path)}"
         if first:
             self.section(source, "" if tail.path.exists() else " (not written yet)")
             if tail.skipped:

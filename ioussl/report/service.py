@@ -54,7 +54,9 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         axes = grouping.resolve_by(by, {row.name: list(row.axes or []) for row in studies})
         orders = {row.name: StudyOrder.of(row.spec, study_group_order(row.spec)) for row in studies}
         records = [record for row in studies for record in repo.list_runs(session, study=row.name)]
-        footer = provenance_footer(session, records, registry.location)
+        footer = provenance_footer(session, records, registry.location) + tuple(
+            f"study {row.name} planned with -s {', '.join(map(str, row.spec['overrides']))}" for row in studies
+            if isinstance(row.spec, dict) and isinstance(row.spec.get("overrides"), list) and row.spec["overrides"])
         curves = {metric: _metric_curves(session, records, (axes, orders), "pretrain", metric)
                   for metric in ("collapse", "loss", *DINO_SERIES)} if plot_dir else {}
         html_series = _html_series(session, records, (axes, orders)) if html_path else {}

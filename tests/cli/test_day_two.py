@@ -180,6 +180,8 @@ def test_overrides_on_the_command_line_are_validated_like_the_file_and_recorded(
         spec = session.scalar(select(Study)).spec
         assert spec["overrides"] == ["pretrain.epochs=50", "data.crop=96"]
     registry.dispose()
+    report = invoke("report", "--db", db)
+    assert "study daytwo planned with -s pretrain.epochs=50, data.crop=96" in report.stdout  # its provenance
     before = dump(db)
     for args, message in [
         (["-s", "pretrain.epochs=0"], "[pretrain].epochs must be >=1, got 0"),
@@ -343,3 +345,16 @@ def test_the_cases_label_follows_the_rows():
     assert _cases_label(report("test", "test")) == "test DSC"
     assert _cases_label(report("val")) == "val DSC"
     assert _cases_label(report("val", "test")) == "val/test DSC"
+
+
+def test_logs_print_paths_without_dot_dot(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    study = tmp_path / "jobs" / "s.toml"
+    study.write_text(tiny_study("dots").replace('runs_dir = "runs"', 'runs_dir = "../runs"'))
+    db = str(tmp_path / "registry.db")
+    assert invoke("plan", "grid", str(study), "--db", db, "--no-check-data").exit_code == 0
+    run = rows(db)["pretrain1"]
+    assert "/../" in run["run_dir"]  # as recorded
+    result = invoke("logs", run["id"], "--db", db)
+    assert result.exit_code == 0, result.output
+    assert f"run directory {tmp_path}/runs/" in result.stdout and "/../" not in result.stdout

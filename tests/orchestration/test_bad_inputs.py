@@ -462,6 +462,7 @@ def _bad_state(db: str) -> list[str]:
 REFUSED_CASES: dict[str, tuple[Callable[[Path, str], list[str]], str, dict[str, str]]] = {
     "epochs 0": (plan_with(epochs=0), "[pretrain].epochs must be >=1, got 0", {}),
     "epochs -5": (plan_with(epochs=-5), "[pretrain].epochs must be >=1, got -5", {}),
+    "epochs 10**100": (plan_with(epochs=10**100), "[pretrain].epochs is too large (a 101-digit integer)", {}),
     "batch_size 0": (plan_with(batch_size=0), "[pretrain].batch_size must be >=1", {}),
     "base_lr -1": (plan_with(base_lr=-1), "[pretrain].base_lr must be >0, got -1.0", {}),
     "base_lr nan": (plan_with(base_lr="nan"), "base_lr: expected a finite number", {}),
