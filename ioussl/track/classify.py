@@ -20,6 +20,7 @@ Statuses are :class:`RunStatus` (``status.py``), the one vocabulary; observation
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -85,6 +86,13 @@ class Observation:
     misses: int = 0
     info: JobInfo | None = None
     files: RunFiles = RunFiles()
+    now: dt.datetime | None = None  # the scheduler's wall clock (local, naive, as sacct prints times)
+
+
+# A preempted job that SLURM requeues (PreemptMode=REQUEUE) shows PREEMPTED until it starts again, which takes
+# the partition's GraceTime, cred_expire (120 s by default) and a scheduler pass; only a job still PREEMPTED
+# this long after it ended is taken for one that will not come back.
+REQUEUE_WAIT_S = 600
 
 
 @dataclass(frozen=True)
@@ -147,10 +155,10 @@ def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
         return Change(obs.run_id, None, reason=f"unknown SLURM state {info.raw_state!r}", info=info)
     status = SLURM_STATE[info.state]
     reason = _reason(info)
-    if info.state == "PREEMPTED" and obs.files.last_event == "requeued":
-        # The job checkpointed and asked to be requeued (a job that is not requeued notes "failed" after it):
-        # SLURM shows the preempted incarnation for a moment before the requeued one. It waits; it is not
-        # dead, so never FAILED, never an alert, and its fine-tunes' afterok still holds.
+    if info.state == "PREEMPTED" and (obs.files.last_event == "requeued" or _recent(info.end, obs.now)):
+        # The job checkpointed and asked to be requeued (a job that is not requeued notes "failed" after it),
+        # or SLURM requeues it itself: it shows the preempted incarnation until the requeued one starts. It
+        # waits; it is not dead, so never FAILED, never an alert, and its fine-tunes' afterok still holds.
         status, reason = PENDING, f"requeued after {info.raw_state}"
     if info.state == "COMPLETED":
         if obs.files.has_result:
@@ -178,6 +186,17 @@ def _from_files_only(obs: Observation) -> Change:
         reason = f"job {obs.job_id} vanished from the scheduler ({misses} syncs) without an exit marker"
         return Change(obs.run_id, LOST, reason=reason, misses=misses, ingest=True)
     return Change(obs.run_id, None, reason=None, misses=misses)
+
+
+def _recent(end: str | None, now: dt.datetime | None) -> bool:
+    """Whether a job that ended at ``end`` (SLURM's local time) did so less than REQUEUE_WAIT_S ago."""
+    if end is None or now is None:
+        return False
+    try:
+        ended = dt.datetime.fromisoformat(end)
+    except ValueError:
+        return False
+    return (now - ended).total_seconds() < REQUEUE_WAIT_S
 
 
 def _reason(info: JobInfo) -> str | None:

@@ -159,6 +159,7 @@ def _observe(run: Run, answers: dict) -> Observation | None:
         misses=attempt.misses if attempt else 0,
         info=slurm.lookup(jobs or {}, job_id) if job_id else None,
         files=ingest.read_run_files(run.run_dir, run.study.runs_dir),
+        now=dt.datetime.now(),  # local and naive, as the scheduler prints its times
     )
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ioussl.backends.slurmtext import JobInfo
 from ioussl.track.classify import (
     LOST_AFTER_MISSES,
+    REQUEUE_WAIT_S,
     SLURM_STATE,
     Observation,
     RunFiles,
@@ -174,3 +177,15 @@ def test_untrustworthy_files_of_a_vanished_job_make_the_run_invalid():
     files = RunFiles(has_result=True, invalid="events.jsonl line 2: t 1e+300 is not a time")
     change = classify(Observation(run_id="r1", status="RUNNING", job_id="7", info=None, files=files))
     assert change.status == "INVALID" and change.reason.startswith("events.jsonl line 2")
+
+
+def test_a_job_slurm_preempted_a_moment_ago_waits_for_its_requeue_and_one_long_gone_failed():
+    import datetime as dt
+
+    now = dt.datetime(2026, 12, 6, 6, 0, 0)
+    preempted = dataclasses.replace(info("PREEMPTED"), end="2026-12-06T05:59:15")
+    waiting = classify(Observation("r", "RUNNING", job_id="7", info=preempted, files=RunFiles("started"), now=now))
+    assert waiting.status == "PENDING" and "requeued after PREEMPTED" in waiting.reason
+    later = now + dt.timedelta(seconds=REQUEUE_WAIT_S)
+    gone = classify(Observation("r", "RUNNING", job_id="7", info=preempted, files=RunFiles("started"), now=later))
+    assert gone.status == "FAILED"
