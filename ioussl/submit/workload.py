@@ -50,7 +50,8 @@ class SyntheticJob(submitit.helpers.Checkpointable):
         )
         start_step = _last_step(run_dir) + 1
         _drop_metrics_after(run_dir, start_step - 1)  # a step cut off before its checkpoint is done again
-        runfiles.record_event(run_dir, "started", attempt=starts, resume_step=start_step, **job_environment())
+        job = {k: v for k, v in job_environment().items() if k in ("job_id", "world_size", "hosts") and v is not None}
+        runfiles.record_event(run_dir, "started", attempt=starts, resume_step=start_step, **job)
         if starts <= spec["fail_attempts"]:
             message = f"synthetic failure on start {starts} of {spec['fail_attempts']}"
             runfiles.record_event(run_dir, "failed", error=message)

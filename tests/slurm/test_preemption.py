@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.helpers import all_status
 
 pytestmark = pytest.mark.slurm
 
@@ -19,8 +18,12 @@ pytestmark = pytest.mark.slurm
 def _plan_on(rig, partition: str, **stage: int) -> None:
     study = rig.write_study()
     text = study.read_text().replace('partition = "gpu"', f'partition = "{partition}"')
-    extra = "".join(f"{key} = {value}\n" for key, value in stage.items())
-    study.write_text(text.replace("[resources.pretrain]\n", f"[resources.pretrain]\n{extra}"))
+    head, rest = text.split("[resources.pretrain]\n")
+    section, tail = rest.split("[resources.finetune]\n")
+    lines = [line for line in section.splitlines() if line.split(" = ")[0] not in stage]
+    lines += [f"{key} = {value}" for key, value in stage.items()]
+    section = "\n".join(lines) + "\n"
+    study.write_text(f"{head}[resources.pretrain]\n{section}[resources.finetune]\n{tail}")
     rig.ioussl("plan", "grid", "study.toml", "--no-check-data")
 
 
@@ -92,7 +95,8 @@ def test_scontrol_requeue_by_hand_resumes_the_same_run(rig):
     job_id = rows[pretrain["id"]]["job_id"]
     time.sleep(3)
     subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, check=True)
-    rows = rig.wait_for(all_status("COMPLETED"), timeout=180, poll=1)
+    rows = rig.wait_for(lambda rows: rows[pretrain["id"]]["status"] in ("COMPLETED", "FAILED"), timeout=180, poll=1)
     row = rows[pretrain["id"]]
+    assert row["status"] == "COMPLETED", row
     assert row["job_id"] == job_id and row["attempts"] == 1 and row["requeue_reasons"] == ["unknown"], row
     _assert_one_complete_result(rig, pretrain, 24)
