@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 pytestmark = pytest.mark.slurm
 
 
@@ -49,8 +48,12 @@ def test_a_preempted_pretrain_is_requeued_resumes_and_its_fine_tunes_still_run(r
     job_id = rows[pretrain["id"]]["job_id"]
     time.sleep(3)  # a few checkpoints
     # A job of the higher-tier partition that needs every CPU of the node preempts the pretrain.
-    urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-c", "8", "--job-name", "urgent",
-                             "--wrap", "sleep 2"], capture_output=True, text=True, check=True).stdout.strip()
+    urgent = subprocess.run(
+        ["sbatch", "--parsable", "-p", "urgent", "-c", "8", "--job-name", "urgent", "--wrap", "sleep 2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     seen = set()
 
     def done(rows):
