@@ -75,18 +75,19 @@ def test_a_preempted_pretrain_is_requeued_resumes_and_its_fine_tunes_still_run(r
 
 
 def test_a_run_longer_than_its_time_limit_completes_after_requeues(rig):
-    # 1-minute jobs warned 30 s before their end (SLURM may warn up to a minute early): ~25 s of work
-    # needs at least one requeue; each resumes from the last step.
-    _plan_on(rig, "gpu", time_min=1, signal_delay_s=30, max_requeues=8)
+    # 2-minute jobs warned 30 s before their end. SLURM checks signal times about once a minute, so it may
+    # warn up to a minute early: a 1-minute job would get USR2 while Python is still starting (and die of it).
+    # 60 s of work then needs at least one requeue; each resumes from the last step.
+    _plan_on(rig, "gpu", time_min=2, signal_delay_s=30, max_requeues=8)
     pretrain = rig.runs("pretrain")[0]
-    rig.set_workload(pretrain, steps=50, step_s=0.5)
+    rig.set_workload(pretrain, steps=120, step_s=0.5)
     rig.ioussl("submit", "--study", rig.name, "--stage", "pretrain")
     rows = rig.wait_for(lambda rows: rows[pretrain["id"]]["status"] in ("COMPLETED", "FAILED", "TIMEOUT"),
                         timeout=420, poll=2)  # fmt: skip
     row = rows[pretrain["id"]]
     assert row["status"] == "COMPLETED", row
     assert row["attempts"] == 1 and row["requeues"] >= 1 and set(row["requeue_reasons"]) == {"time limit"}, row
-    _assert_one_complete_result(rig, pretrain, 50)
+    _assert_one_complete_result(rig, pretrain, 120)
 
 
 def test_scontrol_requeue_by_hand_resumes_the_same_run(rig):
