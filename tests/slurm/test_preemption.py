@@ -49,7 +49,19 @@ def test_a_preempted_pretrain_is_requeued_resumes_and_its_fine_tunes_still_run(r
     time.sleep(3)  # a few checkpoints
     # A job of the higher-tier partition that needs every CPU of the node preempts the pretrain.
     urgent = subprocess.run(
-        ["sbatch", "--parsable", "-p", "urgent", "-c", "8", "--job-name", "urgent", "--wrap", "sleep 2"],
+        [
+            "sbatch",
+            "--parsable",
+            "-p",
+            "urgent",
+            "-c",
+            "8",
+            "--job-name",
+            "urgent",
+            "--output=/dev/null",
+            "--wrap",
+            "sleep 2",
+        ],
         capture_output=True,
         text=True,
         check=True,
