@@ -49,7 +49,9 @@ class SyntheticJob(submitit.helpers.Checkpointable):
             1 for e in runfiles.read_jsonl(run_dir / runfiles.EVENTS) if e.get("event") == "started"
         )
         start_step = _last_step(run_dir) + 1
-        runfiles.record_event(run_dir, "started", attempt=starts, resume_step=start_step, **job_environment())
+        _drop_metrics_after(run_dir, start_step - 1)  # a step cut off before its checkpoint is done again
+        job = {k: v for k, v in job_environment().items() if k in ("job_id", "world_size", "hosts") and v is not None}
+        runfiles.record_event(run_dir, "started", attempt=starts, resume_step=start_step, **job)
         if starts <= spec["fail_attempts"]:
             message = f"synthetic failure on start {starts} of {spec['fail_attempts']}"
             runfiles.record_event(run_dir, "failed", error=message)
@@ -122,6 +124,15 @@ def write_spec(run_dir: str | Path, **spec: Any) -> None:
     if unknown:
         raise ValueError(f"unknown workload keys {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     runfiles.atomic_write_text(Path(run_dir) / WORKLOAD, json.dumps(spec))
+
+
+def _drop_metrics_after(run_dir: Path, last_step: int) -> None:
+    """Keep the metrics lines of the steps up to ``last_step``, as training's resume does (atomically)."""
+    path = run_dir / runfiles.METRICS
+    if path.exists():
+        kept = [line for line in runfiles.read_jsonl(path) if isinstance(line.get("epoch"), int)
+                and line["epoch"] <= last_step]  # fmt: skip
+        runfiles.atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in kept))
 
 
 def _last_step(run_dir: Path) -> int:

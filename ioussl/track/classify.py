@@ -22,6 +22,7 @@ Statuses are :class:`RunStatus` (``status.py``), the one vocabulary; observation
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -59,6 +60,13 @@ class Observation:
     info: JobInfo | None = None
     files: RunFiles = RunFiles()
     states: StateTable = NO_STATES  # what the job's backend says its states mean
+    now: dt.datetime | None = None  # the scheduler's wall clock (local, naive, as sacct prints times)
+
+
+# A preempted job that SLURM requeues (PreemptMode=REQUEUE) shows PREEMPTED until it starts again, which takes
+# the partition's GraceTime, cred_expire (120 s by default) and a scheduler pass; only a job still PREEMPTED
+# this long after it ended is taken for one that will not come back.
+REQUEUE_WAIT_S = 600
 
 
 @dataclass(frozen=True)
@@ -122,10 +130,10 @@ def _from_scheduler(obs: Observation, info: JobInfo) -> Change | None:
         return Change(obs.run_id, None, reason=f"unknown {obs.states.scheduler} state {info.raw_state!r}", info=info)
     status = meaning.status
     reason = _reason(info, meaning)
-    if meaning.requeueable and obs.files.last_event == "requeued":
-        # The job checkpointed and asked to be requeued (a job that is not requeued notes "failed" after it):
-        # the scheduler shows the preempted incarnation for a moment before the requeued one. It waits; it is
-        # not dead, so never FAILED, never an alert, and its fine-tunes' dependency still holds.
+    if meaning.requeueable and (obs.files.last_event == "requeued" or _recent(info.end, obs.now)):
+        # The job checkpointed and asked to be requeued (a job that is not requeued notes "failed" after it),
+        # or the scheduler requeues it itself: it shows the preempted incarnation until the requeued one starts.
+        # It waits; it is not dead, so never FAILED, never an alert, and its fine-tunes' dependency still holds.
         status, reason = PENDING, f"requeued after {info.raw_state}"
     if status == COMPLETED:
         if obs.files.has_result:
@@ -156,6 +164,17 @@ def _from_files_only(obs: Observation) -> Change:
         reason = f"job {obs.job_id} vanished from the scheduler ({misses} syncs) without an exit marker"
         return Change(obs.run_id, LOST, reason=reason, misses=misses, ingest=True)
     return Change(obs.run_id, None, reason=None, misses=misses)
+
+
+def _recent(end: str | None, now: dt.datetime | None) -> bool:
+    """Whether a job that ended at ``end`` (SLURM's local time) did so less than REQUEUE_WAIT_S ago."""
+    if end is None or now is None:
+        return False
+    try:
+        ended = dt.datetime.fromisoformat(end)
+    except ValueError:
+        return False
+    return (now - ended).total_seconds() < REQUEUE_WAIT_S
 
 
 def _reason(info: JobInfo, meaning: JobState) -> str | None:

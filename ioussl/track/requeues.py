@@ -36,6 +36,7 @@ def job_story(run_dir: str | Path, since: dt.datetime) -> JobStory:
     floor = since.replace(tzinfo=dt.UTC).timestamp() - 5  # clocks of node and login host may differ a little
     requeues: list[dict[str, Any]] = []
     world_size, hosts = None, None
+    started, noted = False, False  # a start seen; a requeue noted since the last start
     for event in events:
         t = event.get("t")
         if not isinstance(t, int | float) or t < floor:
@@ -46,7 +47,11 @@ def job_story(run_dir: str | Path, since: dt.datetime) -> JobStory:
             if isinstance(event.get("step"), int) and not isinstance(event.get("step"), bool):
                 entry["step"] = event["step"]
             requeues.append(entry)
+            noted = True
         elif event["event"] == "started":
+            if started and not noted:  # started again without a warning: `scontrol requeue`, a node failure
+                requeues.append({"reason": "unknown", "t": float(t)})
+            started, noted = True, False
             size = event.get("world_size")
             if isinstance(size, int) and not isinstance(size, bool) and 0 < size < 2**31:
                 world_size = size

@@ -175,6 +175,7 @@ def _observe(
         info=(jobs or {}).get(job_id) if job_id else None,
         files=ingest.read_run_files(run.run_dir, run.study.runs_dir),
         states=states.get(executor or "", classify.NO_STATES),
+        now=dt.datetime.now(),  # local and naive, as the scheduler prints its times
     )
 
 

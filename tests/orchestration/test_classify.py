@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from ioussl.backends.base import JobInfo
 from ioussl.backends.slurmtext import STATES
 from ioussl.track import classify as classify_module
-from ioussl.track.classify import LOST_AFTER_MISSES, RunFiles, classify, classify_all
+from ioussl.track.classify import LOST_AFTER_MISSES, REQUEUE_WAIT_S, RunFiles, classify, classify_all
 
 # Observations of SLURM jobs: the table of SLURM's states comes with them, as sync passes it.
 Observation = functools.partial(classify_module.Observation, states=STATES)
@@ -188,3 +189,13 @@ def test_without_its_backends_table_a_state_is_unknown_not_read_as_slurm():
     bare = classify_module.Observation(run_id=1, status="RUNNING", job_id="7", info=info("COMPLETED"), files=RESULT)
     change = classify(bare)
     assert change is not None and change.status is None and "unknown scheduler state 'COMPLETED'" in change.reason
+def test_a_job_slurm_preempted_a_moment_ago_waits_for_its_requeue_and_one_long_gone_failed():
+    import datetime as dt
+
+    now = dt.datetime(2026, 12, 6, 6, 0, 0)
+    preempted = dataclasses.replace(info("PREEMPTED"), end="2026-12-06T05:59:15")
+    waiting = classify(Observation("r", "RUNNING", job_id="7", info=preempted, files=RunFiles("started"), now=now))
+    assert waiting.status == "PENDING" and "requeued after PREEMPTED" in waiting.reason
+    later = now + dt.timedelta(seconds=REQUEUE_WAIT_S)
+    gone = classify(Observation("r", "RUNNING", job_id="7", info=preempted, files=RunFiles("started"), now=later))
+    assert gone.status == "FAILED"

@@ -60,6 +60,9 @@ def test_job_story_reads_this_attempt_s_requeues_and_ranks_only(tmp_path):
     story = job_story(tmp_path, since)
     assert [(e["reason"], e.get("step")) for e in story.requeues] == [("preempted", 5), ("unknown", None)]
     assert (story.world_size, story.hosts) == (2, "n1,n2")
+    _event(tmp_path, "started", now + 3)
+    _event(tmp_path, "started", now + 4)  # no warning before it: requeued by hand (scontrol requeue)
+    assert [e["reason"] for e in job_story(tmp_path, since).requeues] == ["preempted", "unknown", "unknown"]
     (tmp_path / runfiles.EVENTS).write_text("not json\n")
     assert job_story(tmp_path, since).requeues == []  # unreadable events: nothing recorded, nothing raised
     assert requeue_summary(("preempted", "time limit")) == "requeued 2x (preempted, time limit)"

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from studyfiles import tiny_study
 
@@ -41,6 +42,7 @@ def test_startable_honours_the_slots_and_each_stage_s_limit():
     assert _names(startable(ready, [], slots=10, max_running=lambda run: None)) == _names(ready)
 
 
+@pytest.mark.slow  # about 8 s of sleeping jobs and 1 s polls; 13 s at load 20
 def test_local_executor_runs_at_most_max_running_fine_tunes_at_once(tmp_path):
     from ioussl.backends.base import LocalBackend
     from ioussl.submit import workload
