@@ -71,7 +71,7 @@ def test_the_v1_example_upgrades_with_every_row_and_the_same_table_4_2(v1_copy):
     assert sum(map(len, before.values())) > 90  # 34 runs, 34 attempts, 24 results, ...
     result = CliRunner().invoke(app, ["db", "upgrade", "--db", v1_copy])
     assert result.exit_code == 0, result.output
-    assert "backed up" in result.stdout and "from schema version 1 to 3" in result.stdout
+    assert "backed up" in result.stdout and "from schema version 1 to 4" in result.stdout
     assert_rows_survived(before, v1_copy)
     assert report(v1_copy, "csv") == (FIXTURES / "registry-v1.report.csv").read_text()
     fingerprint = re.search(r"fingerprint \w+ over \d+ run\(s\)", (FIXTURES / "registry-v1.report.md").read_text())
@@ -118,7 +118,7 @@ def test_plan_refuses_an_old_registry(v1_copy, repo_root):
 def test_db_current_says_what_the_registry_holds(v1_copy):
     result = CliRunner().invoke(app, ["db", "current", "--db", v1_copy])
     assert result.exit_code == 0
-    assert "schema version 1 (revision none: pre-Alembic v1); this ioussl: 3; run `ioussl db upgrade`" in result.stdout
+    assert "schema version 1 (revision none: pre-Alembic v1); this ioussl: 4; run `ioussl db upgrade`" in result.stdout
     migrate.upgrade(v1_copy)
     result = CliRunner().invoke(app, ["db", "current", "--db", v1_copy])
     assert "schema version 4 (revision 0004)" in result.stdout and "up to date" in result.stdout

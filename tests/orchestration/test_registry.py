@@ -32,7 +32,7 @@ def test_a_new_registry_has_schema_v3_at_alembic_head(registry_db):
         assert _tables(registry) >= expected_tables()
         with registry.session(write=False) as session:
             assert session.get(SchemaInfo, "version").value == str(SCHEMA_VERSION)
-            assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     finally:
         registry.dispose()
 
