@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ioussl.errors import ConfigError, DataError
 from ioussl.plan.order import in_group_order, study_group_order
@@ -51,7 +52,7 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
         per_organ = repo.result_per_organ(session, [row.name for row in studies]) \
             if html_path else {}
     report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders)
-    report = dataclasses.replace(report, footer=footer)
+    report = dataclasses.replace(report, footer=footer + dsc_metric_note(studies))
     outcome = ReportOutcome(report, pretrain_losses=curves.get("loss", {}))
     if plot_dir:
         _write_plots(outcome, curves, records, plot_dir, pairs_json)
@@ -67,6 +68,24 @@ def check_html_path(path: Path) -> None:
         raise ConfigError(f"cannot write the HTML report {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise ConfigError(f"cannot write the HTML report {path}: it is a folder; give a file name")
+
+
+def dsc_metric_note(studies: Sequence[Any]) -> tuple[str, ...]:
+    """Which DSC the table holds when a study trains on volumes: 3D runs have no per-slice DSC (a 2D metric),
+    they select and report the 3D DSC per case on the preprocessed grid (issue 20)."""
+    cubes = [row.name for row in studies if 3 in _spatial_dims(row.spec or {})]
+    if not cubes:
+        return ()
+    return (f"DSC of the 3D runs (model.spatial_dims = 3) in {', '.join(cubes)}: the 3D DSC per case on the "
+            "preprocessed grid (dsc_3d); 2D runs: the thesis' per-slice DSC",)  # fmt: skip
+
+
+def _spatial_dims(spec: dict) -> set[int]:
+    sweep = spec.get("sweep") or {}
+    values = list(sweep.get("model.spatial_dims") or [])
+    for group in sweep.get("zip") or []:
+        values += list(group.get("model.spatial_dims") or [])
+    return {(spec.get("model") or {}).get("spatial_dims", 2), *values}
 
 
 def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
