@@ -113,7 +113,7 @@ def test_the_report_says_which_dsc_a_3d_study_holds():
     from ioussl.report.service import dsc_metric_note
 
     flat = SimpleNamespace(name="thesis", spec={"model": {"feature_size": 48}})
-    cubes = SimpleNamespace(name="thesis-3d", spec={"model": {"spatial_dims": 3}})
+    cubes = SimpleNamespace(name="thesis-3d", spec={"name": "thesis-3d", "raw": {"model": {"spatial_dims": 3}}})
     swept = SimpleNamespace(name="both", spec={"sweep": {"model.spatial_dims": [2, 3]}})
     assert dsc_metric_note([flat]) == ()
     (note,) = dsc_metric_note([flat, cubes, swept])

@@ -81,6 +81,7 @@ def dsc_metric_note(studies: Sequence[Any]) -> tuple[str, ...]:
 
 
 def _spatial_dims(spec: dict) -> set[int]:
+    spec = spec.get("raw") or spec  # the registry keeps the study file as written under "raw"
     sweep = spec.get("sweep") or {}
     values = list(sweep.get("model.spatial_dims") or [])
     for group in sweep.get("zip") or []:
