@@ -13,6 +13,7 @@ Run: python benchmarks/bench_sampler3d.py [--pairs N] [--batch B] [--steps S]
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -43,8 +44,9 @@ def sampler_rates(pairs: int, batch: int) -> None:
     for interval in INTERVALS:
         for mode in ("exact", "algorithm1"):
             rng = np.random.default_rng(0)
-            small = _best_rate(lambda: sample_crop_pairs(rng, VOLUME, CUBE, *interval, batch, mode), batch, 2000)
-            big = _best_rate(lambda: sample_crop_pairs(rng, VOLUME, CUBE, *interval, pairs, mode), pairs, 1)
+            small = _best_rate(functools.partial(sample_crop_pairs, rng, VOLUME, CUBE, *interval, batch, mode), batch,
+                               2000)  # fmt: skip
+            big = _best_rate(functools.partial(sample_crop_pairs, rng, VOLUME, CUBE, *interval, pairs, mode), pairs, 1)
             fallback = sample_crop_pairs(rng, VOLUME, CUBE, *interval, pairs, mode)[3].mean()
             print(f"{str(interval):>16} {mode:>10} {small:>12,.0f} {big:>12,.0f} {fallback:>9.4f}")
 

@@ -22,25 +22,31 @@ def _flops(step) -> float:  # type: ignore[no-untyped-def]
     return counter.get_total_flops() / BATCH
 
 
+def count(dims: int) -> tuple[float, float, float]:
+    """GFLOP of a pretraining pair, a fine-tuning crop (training) and an inference window at 96 per side."""
+    model = ModelConfig(spatial_dims=dims)
+    shape = (BATCH, 1) + (96,) * dims
+    net = SimSiam(model, PretrainConfig()).to("meta")
+    views = torch.empty(shape, device="meta")
+
+    def pretrain_step() -> None:
+        _, p1 = net(views)
+        _, p2 = net(views)
+        (p1.sum() + p2.sum()).backward()
+
+    seg = build_swin_unetr(model, 0.0).to("meta")
+    crops = torch.empty(shape, device="meta")
+    train = _flops(lambda: seg(crops).sum().backward())
+    with torch.no_grad():
+        infer = _flops(lambda: seg(crops))
+    return _flops(pretrain_step) / 1e9, train / 1e9, infer / 1e9
+
+
 def main() -> None:
     for dims in (2, 3):
-        model = ModelConfig(spatial_dims=dims)
-        shape = (BATCH, 1) + (96,) * dims
-        net = SimSiam(model, PretrainConfig()).to("meta")
-        views = torch.empty(shape, device="meta")
-
-        def pretrain_step() -> None:
-            _, p1 = net(views)
-            _, p2 = net(views)
-            (p1.sum() + p2.sum()).backward()
-
-        seg = build_swin_unetr(model, 0.0).to("meta")
-        crops = torch.empty(shape, device="meta")
-        train = _flops(lambda: seg(crops).sum().backward())
-        with torch.no_grad():
-            infer = _flops(lambda: seg(crops))
-        print(f"{dims}D 96: pretraining pair {_flops(pretrain_step) / 1e9:,.2f} GFLOP; fine-tuning crop "
-              f"{train / 1e9:,.2f} GFLOP (training), {infer / 1e9:,.2f} GFLOP (inference window)")  # fmt: skip
+        pair, train, infer = count(dims)
+        print(f"{dims}D 96: pretraining pair {pair:,.2f} GFLOP; fine-tuning crop {train:,.2f} GFLOP (training), "
+              f"{infer:,.2f} GFLOP (inference window)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -105,3 +105,16 @@ def test_the_3d_thesis_study_is_the_thesis_grid_on_volumes():
     assert not {r.run_hash for r in cubes} & {r.run_hash for r in flat}
     for run in cubes:
         run.config.validate()
+
+
+def test_the_report_says_which_dsc_a_3d_study_holds():
+    from types import SimpleNamespace
+
+    from ioussl.report.service import dsc_metric_note
+
+    flat = SimpleNamespace(name="thesis", spec={"model": {"feature_size": 48}})
+    cubes = SimpleNamespace(name="thesis-3d", spec={"name": "thesis-3d", "raw": {"model": {"spatial_dims": 3}}})
+    swept = SimpleNamespace(name="both", spec={"sweep": {"model.spatial_dims": [2, 3]}})
+    assert dsc_metric_note([flat]) == ()
+    (note,) = dsc_metric_note([flat, cubes, swept])
+    assert "in thesis-3d, both: the 3D DSC per case" in note and "per-slice DSC" in note

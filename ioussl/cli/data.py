@@ -26,6 +26,9 @@ def preprocess(
     out: Annotated[Path, typer.Argument(help="Store directory (created; rerun to resume).")],
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     min_size: Annotated[int, typer.Option(help="Pad X and Y to at least this (the crop side).")] = 96,
+    spacing: Annotated[
+        str, typer.Option(metavar="<x,y,z>", help="Target voxel spacing in mm (the thesis' default).")
+    ] = "1,1,2.5",
     min_depth: Annotated[
         int, typer.Option(min=0, help="Pad Z to at least this (0: no padding; 3D training needs the cube's side).")
     ] = 0,
@@ -49,7 +52,8 @@ def preprocess(
         report = preprocess_dataset(
             input_dir,
             out,
-            PreprocessSettings(min_size=min_size, allow_non_ct=allow_non_ct, min_depth=min_depth),
+            PreprocessSettings(min_size=min_size, allow_non_ct=allow_non_ct, min_depth=min_depth,
+                               spacing=parse_spacing(spacing)),  # fmt: skip
             workers=workers,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
@@ -175,6 +179,17 @@ def _open_store(path: Path):
     from ioussl.science.data.store import SliceStore
 
     return SliceStore(path)
+
+
+def parse_spacing(text: str) -> tuple[float, float, float]:
+    """'x,y,z' in mm, each positive and finite; a one-line DataError otherwise."""
+    try:
+        x, y, z = (float(v) for v in text.split(","))
+    except ValueError:
+        raise DataError(f"spacing {text!r} must be three numbers 'x,y,z' in mm, e.g. 1,1,2.5") from None
+    if not all(0 < v < 100 for v in (x, y, z)):
+        raise DataError(f"spacing {text!r}: each value must be a positive number of mm below 100")
+    return x, y, z
 
 
 def _parse_interval(text: str) -> tuple[float, float]:

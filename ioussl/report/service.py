@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ioussl.errors import ConfigError, DataError
 from ioussl.plan.order import in_group_order, study_group_order
@@ -73,7 +74,7 @@ def report_study(db: str | None, study: str | Sequence[str] | None, ddof: int = 
     report = build_report(records, ", ".join(orders), ddof=ddof, by=axes, orders=orders, metric=metric, test=test,
                           case_scores=case_scores.case_table(sections) if metric != "dsc" else None,
                           pairing_known=known)
-    report = dataclasses.replace(report, footer=footer)
+    report = dataclasses.replace(report, footer=footer + dsc_metric_note(studies))
     outcome = ReportOutcome(report, pretrain_losses=curves.get("loss", {}))
     if organs:
         units = {r.id: r.parent_id or r.id for r in records}
@@ -133,6 +134,25 @@ def check_plot_dir(path: Path) -> None:
     """Refuse, before any work, a --plot path that is a file (it names the folder the figures go into)."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--plot {path} is a file: give a folder for the figures (created if missing)")
+
+
+def dsc_metric_note(studies: Sequence[Any]) -> tuple[str, ...]:
+    """Which DSC the table holds when a study trains on volumes: 3D runs have no per-slice DSC (a 2D metric),
+    they select and report the 3D DSC per case on the preprocessed grid (issue 20)."""
+    cubes = [row.name for row in studies if 3 in _spatial_dims(row.spec or {})]
+    if not cubes:
+        return ()
+    return (f"DSC of the 3D runs (model.spatial_dims = 3) in {', '.join(cubes)}: the 3D DSC per case on the "
+            "preprocessed grid (dsc_3d); 2D runs: the thesis' per-slice DSC",)  # fmt: skip
+
+
+def _spatial_dims(spec: dict) -> set[int]:
+    spec = spec.get("raw") or spec  # the registry keeps the study file as written under "raw"
+    sweep = spec.get("sweep") or {}
+    values = list(sweep.get("model.spatial_dims") or [])
+    for group in sweep.get("zip") or []:
+        values += list(group.get("model.spatial_dims") or [])
+    return {(spec.get("model") or {}).get("spatial_dims", 2), *values}
 
 
 def provenance_footer(session, records: list[repo.RunRecord], location: str) -> tuple[str, ...]:

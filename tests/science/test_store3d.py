@@ -94,3 +94,14 @@ def test_preprocessing_pads_the_depth_for_3d_and_the_labels_still_map_back(tmp_p
     store = SliceStore(deep)
     truth, _ = store.source_label(case)
     np.testing.assert_array_equal(to_source_grid(store.volume(case)[1], store.source_grid(case)), truth)
+
+
+def test_the_preprocessing_spacing_option_is_parsed_in_one_line():
+    from ioussl.cli.data import parse_spacing
+
+    assert parse_spacing("1,1,2.5") == (1.0, 1.0, 2.5)  # the default: the thesis' and the reference's 3D
+    assert parse_spacing("1.5, 1.5, 1.5") == (1.5, 1.5, 1.5)
+    for bad in ("1,1", "a,b,c", "0,1,1", "1,1,nan", "1,1,-2"):
+        with pytest.raises(DataError, match="spacing") as error:
+            parse_spacing(bad)
+        assert "\n" not in str(error.value)

@@ -281,6 +281,7 @@ def summarise_run(
     result = {
         "stage": "finetune",
         "dsc": best["dsc"],
+        "dsc_metric": best.get("dsc_metric", "per-slice"),  # what "dsc" is: 3D runs score "dsc_3d"
         "dsc_3d": best["dsc_3d"],
         "per_case": best["per_case"],
         "per_organ": best["per_organ"],
