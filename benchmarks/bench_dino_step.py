@@ -1,10 +1,10 @@
 """One DINO training step against one SimSiam step, same shapes, same process: the time ratio.
 
 Each method is built through the registry exactly as ``run_pretrain`` builds it and stepped through the loop's
-own hooks (``set_hyper``, ``loss``, backward, ``before_update``, optimiser step, ``after_update``) on random
-views: no data loading, so the ratio is the methods' compute alone. The issue's bound: a DINO step costs at
-most 1.3x a SimSiam step at the thesis' shapes (96² crops, batch 128, C 48). On a shared 2-core CPU the full
-batch takes minutes per step: ``--batch`` lowers it (the ratio is what is compared).
+own hooks (``set_hyper``, ``loss``, backward, ``before_update``, optimiser step, ``after_update``), their steps
+alternating, on random views: no data loading, so the ratio is the methods' compute alone. The issue's bound:
+a DINO step costs at most 1.3x a SimSiam step at the thesis' shapes (96² crops, batch 128, C 48). On a shared
+2-core CPU the full batch takes minutes per step: ``--batch`` lowers it (the ratio is what is compared).
 
     python benchmarks/bench_dino_step.py [--batch 128] [--crop 96] [--feature-size 48] [--steps 3] [--device cpu]
 """
@@ -37,33 +37,47 @@ def config(method: str, batch: int, crop: int, feature_size: int, device: str) -
                                data=dataclasses.replace(cfg.data, crop=crop), runtime=runtime).validate()  # fmt: skip
 
 
-def seconds_per_step(cfg: RunConfig, steps: int) -> float:
-    """Median wall time of ``steps`` training steps after one warm-up step."""
-    assert cfg.pretrain is not None
-    runtime = resolve_runtime(cfg.runtime, cfg.pretrain.amp)
-    torch.manual_seed(0)
-    method = build_method(cfg, steps_per_epoch=1000).to(runtime.device)
-    optimizer = method.make_optimizer(fused=runtime.device.type == "cuda")
-    scaler = runtime.grad_scaler()
-    shape = (cfg.pretrain.batch_size, 1, cfg.data.crop, cfg.data.crop)
-    view1, view2 = torch.rand(shape, device=runtime.device), torch.rand(shape, device=runtime.device)
-    method.train()
-    times = []
-    for step in range(steps + 1):
+class Stepper:
+    """One method with its optimiser and views, ready to take timed training steps."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        assert cfg.pretrain is not None
+        self.runtime = resolve_runtime(cfg.runtime, cfg.pretrain.amp)
+        torch.manual_seed(0)
+        self.method = build_method(cfg, steps_per_epoch=1000).to(self.runtime.device)
+        self.optimizer = self.method.make_optimizer(fused=self.runtime.device.type == "cuda")
+        self.scaler = self.runtime.grad_scaler()
+        shape = (cfg.pretrain.batch_size, 1, cfg.data.crop, cfg.data.crop)
+        self.views = torch.rand(shape, device=self.runtime.device), torch.rand(shape, device=self.runtime.device)
+        self.method.train()
+
+    def step(self, step: int) -> float:
+        """Seconds of one step (epoch 1: the last layer learns, as in most of a run)."""
         began = time.perf_counter()
-        method.set_hyper(optimizer, step, epoch=1)  # epoch 1: the last layer learns, as in most of a run
-        with runtime.autocast():
-            loss = method.loss(method, view1, view2, epoch=1)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        method.before_update(optimizer, scaler, epoch=1)
-        scaler.step(optimizer)
-        scaler.update()
-        method.after_update(step, epoch=1)
+        self.method.set_hyper(self.optimizer, step, epoch=1)
+        with self.runtime.autocast():
+            loss = self.method.loss(self.method, *self.views, epoch=1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.method.before_update(self.optimizer, self.scaler, epoch=1)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_update(step, epoch=1)
         float(loss.detach())  # wait for the device
-        if step:
-            times.append(time.perf_counter() - began)
-    return sorted(times)[len(times) // 2]
+        return time.perf_counter() - began
+
+
+def seconds_per_step(configs: dict[str, RunConfig], steps: int) -> dict[str, float]:
+    """Median step time per method after one warm-up step each; the methods' steps alternate, so a change of
+    the machine's load during the run reaches both alike."""
+    steppers = {name: Stepper(cfg) for name, cfg in configs.items()}
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for step in range(steps + 1):
+        for name, stepper in steppers.items():
+            seconds = stepper.step(step)
+            if step:
+                times[name].append(seconds)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 
 def main() -> int:
@@ -74,10 +88,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
-    times = {}
-    for method in ("simsiam", "dino"):
-        cfg = config(method, args.batch, args.crop, args.feature_size, args.device)
-        times[method] = seconds_per_step(cfg, args.steps)
+    configs = {method: config(method, args.batch, args.crop, args.feature_size, args.device)
+               for method in ("simsiam", "dino")}  # fmt: skip
+    times = seconds_per_step(configs, args.steps)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device {device}, batch {args.batch}, crop {args.crop}, C {args.feature_size}, load {load:.2f}")

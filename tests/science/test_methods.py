@@ -16,7 +16,6 @@ from ioussl.config import DinoConfig, RunConfig
 from ioussl.science.models.swin import build_swin_unetr
 from ioussl.science.train import checkpoint as ckpt
 from ioussl.science.train import pretrain
-from ioussl.science.train.finetune import run_finetune
 from ioussl.science.train.pretrain import run_pretrain
 from ioussl.science.train.transfer import load_encoder
 
@@ -97,16 +96,6 @@ def test_a_finetune_loads_the_chosen_dino_encoder(dino_run, init_from):
     assert all(torch.equal(value, wanted[key]) for key, value in net.swinViT.state_dict().items())
 
 
-@pytest.mark.slow
-def test_a_finetune_runs_from_a_dino_pretraining(dino_run, synthetic, tmp_path):
-    run_dir, summary = dino_run
-    cfg = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
-    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, epochs=1, steps_per_epoch=1))
-    result = run_finetune(cfg, tmp_path / "ft", Path(summary["checkpoint"]))
-    assert result["encoder"]["matched"] > 0 and result["encoder"]["missing"] == []
-    assert 0.0 <= result["dsc"] <= 1.0
-
-
 def _under(state: dict, prefix: str) -> dict:
     return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
 
@@ -176,3 +165,45 @@ def test_the_thesis_dino_checkpoint_loads_as_an_encoder(tmp_path):
     report = load_encoder(net, path, cfg.model)
     assert report["matched"] == len(swin.state_dict()) and report["missing"] == [] and report["unexpected"] == []
     assert all(torch.equal(value, swin.state_dict()[key]) for key, value in net.swinViT.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_tiny_methods_study_runs_its_dino_chain_on_cpu(synthetic, tmp_path, repo_root):
+    """jobs/methods.toml shrunk to CPU size (C 12, 64² crops, 2 x 2 steps, one interval and seed): the planner's
+    DINO pretrain and its fine-tune run as jobs do (config.json, ``run_stage``, the parent's encoder.pt), and
+    each job computes the run id the planner gave it, with results the ingest accepts."""
+    from ioussl.plan.expand import expand_grid
+    from ioussl.plan.study import load_study, parse_study
+    from ioussl.submit.entrypoint import run_stage
+    from ioussl.track.resultcheck import check_result
+
+    raw = load_study(repo_root / "jobs" / "methods.toml").raw
+    tiny = {
+        **raw,
+        "study": {"name": "methods-tiny", "runs_dir": str(tmp_path / "runs")},
+        "data": {"store": synthetic["store"], "split": synthetic["split"], "crop": 64, "num_workers": 0},
+        "model": {"feature_size": 12},
+        "runtime": {"device": "cpu", "precision": "fp32", "channels_last": False, "cudnn_benchmark": False},
+        "pretrain": {"seeds": [1], "batch_size": 8, "epochs": 2, "steps_per_epoch": 2, "amp": False,
+                     "dino": {"out_dim": 256, "base_lr": 1e-3, "warmup_epochs": 0}},
+        "finetune": {"seeds": [1], "batch_size": 2, "epochs": 1, "steps_per_epoch": 1, "warmup_epochs": 0,
+                     "eval_every": 1, "eval_every_epoch_from": 0, "sw_batch_size": 16, "max_val_slices": 2,
+                     "amp": False},
+        "intervals": [{"i_min": 0.3, "i_max": 0.6}],
+    }  # fmt: skip
+    runs = expand_grid(parse_study(tiny, path=None, base_dir=repo_root / "jobs"))
+    assert [(r.stage, r.point["pretrain.method"]) for r in runs] == [
+        ("pretrain", "simsiam"), ("finetune", "simsiam"), ("pretrain", "dino"), ("finetune", "dino")]  # fmt: skip
+    pre, ft = (r for r in runs if r.point["pretrain.method"] == "dino")
+    assert ft.parent_key == pre.key and ft.config.finetune.init_from == "teacher"
+    for run in (pre, ft):
+        (tmp_path / run.key).mkdir()
+        runfiles.atomic_write_text(tmp_path / run.key / runfiles.CONFIG, run.config.to_json())
+    pre_result = run_stage(tmp_path / pre.key)
+    encoder = tmp_path / pre.key / runfiles.CHECKPOINTS / ckpt.ENCODER
+    ft_result = run_stage(tmp_path / ft.key, encoder)
+    assert (pre_result["run_hash"], ft_result["run_hash"]) == (pre.run_hash, ft.run_hash)
+    for result, run in ((pre_result, pre), (ft_result, ft)):
+        check_result(json.loads(json.dumps(result)), stage=run.stage, config_hashes={ckpt.config_hash(run.config)})
+    teacher = ckpt.load(encoder)["model"]
+    assert ft_result["encoder"]["matched"] == len(teacher) and ft_result["encoder"]["missing"] == []
