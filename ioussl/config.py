@@ -424,11 +424,11 @@ def validate_model(model: ModelConfig, crop: int, stage: str | None = None) -> N
         raise ConfigError("depths and num_heads must each have 4 entries (one per Swin stage)")
     # Stage i attends over feature_size * 2**i channels split into num_heads[i] heads (MONAI reshapes them
     # without a check): an indivisible width would crash every job of the study, so refuse it at plan time.
-    for stage, heads in enumerate(model.num_heads):
-        width = model.feature_size * 2**stage
+    for level, heads in enumerate(model.num_heads):  # not `stage`: that is the parameter above
+        width = model.feature_size * 2**level
         if width % heads:
-            raise ConfigError(f"num_heads[{stage}] = {heads} does not divide stage {stage + 1}'s width {width} "
-                              f"(feature_size {model.feature_size} x {2**stage}); e.g. num_heads = [3, 6, 12, 24]")
+            raise ConfigError(f"num_heads[{level}] = {heads} does not divide stage {level + 1}'s width {width} "
+                              f"(feature_size {model.feature_size} x {2**level}); e.g. num_heads = [3, 6, 12, 24]")
 
 
 def canonical_json(obj: Any) -> str:

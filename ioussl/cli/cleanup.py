@@ -8,7 +8,7 @@ do not ask).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -83,7 +83,7 @@ def archive(
          "restore" if restore else "archive")
 
 
-def _act(call, dry_run: bool, yes: bool, verb: str) -> None:  # type: ignore[no-untyped-def]
+def _act(call: Callable[[bool], Selection], dry_run: bool, yes: bool, verb: str) -> None:
     """Dry run first (what would change); then ask, then do it."""
     planned = call(True)
     if dry_run:

@@ -121,6 +121,8 @@ def split(
     if keep_train:
         if cases is None or store is not None or thesis:
             raise DataError("--keep-train splits the validation part of a split JSON: give --cases SPLIT.json only")
+        if train is None or val is None:  # no defaults here: the counts must be the user's, checked below
+            raise DataError("--keep-train needs --train (the split's training cases, as a check) and --val")
         result = keep_train_split(load_split(cases), train, val, test, seed)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(split_to_json(result, f"the training cases of {cases.name}; its validation cases split "

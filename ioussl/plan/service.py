@@ -167,7 +167,7 @@ def register_runs(session, spec: StudySpec, planned: list[PlannedRun], outcome: 
     return outcome
 
 
-def _reconcile(session, study, planned: list[PlannedRun], outcome: PlanOutcome, prune: bool) -> None:  # type: ignore[no-untyped-def]
+def _reconcile(session, study, planned: list[PlannedRun], outcome: PlanOutcome, prune: bool) -> None:
     """Runs planned again that were archived come back; recorded runs the file no longer plans are listed
     (``stale``), and with ``prune`` archived (hidden, kept, restorable), except active ones."""
     wanted = {run.run_hash for run in planned}

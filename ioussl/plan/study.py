@@ -31,7 +31,7 @@ from ioussl.config import (
 from ioussl.errors import ConfigError
 from ioussl.plan.sweep import Sweep, parse_sweep
 
-STUDY_SECTIONS = ("study", "data", "model", "runtime", "sampler", "pretrain", "finetune", "intervals",
+STUDY_SECTIONS: tuple[str, ...] = ("study", "data", "model", "runtime", "sampler", "pretrain", "finetune", "intervals",
                   "resources", "slurm", "sweep", "notify")
 STUDY_KEYS = ("name", "description", "cluster", "runs_dir")
 INTERVAL_KEYS = ("name", "i_min", "i_max", "random_crop")

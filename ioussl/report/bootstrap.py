@@ -117,10 +117,11 @@ def shared_cases(group: Design, baseline: Design) -> tuple[str, ...]:
     """The cases every run of both groups scored, in the same order; () where any run lacks them or differs."""
     every = [scores for design in (group, baseline) for unit in (design.cases or [None]) for scores in
              (unit if unit is not None else [None])]
-    if not every or any(scores is None for scores in every):
+    present = [scores for scores in every if scores is not None]
+    if not every or len(present) < len(every):
         return ()
-    first = every[0].cases
-    return first if all(scores.cases == first for scores in every) else ()
+    first = present[0].cases
+    return first if all(scores.cases == first for scores in present) else ()
 
 
 def _resampled_means(design: Design, rng: np.random.Generator, resamples: int,

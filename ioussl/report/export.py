@@ -113,8 +113,8 @@ def cases_frame(db: str | None, study: str | Sequence[str] | None = None) -> pd.
                 columns[name].append(cell)
             for name in axes:
                 columns[name].append(_cell(record.point.get(name)))
-            for name, cell in zip(CASE_TAIL, (row.part, row.case, row.organ, row.dsc, row.nsd), strict=True):
-                columns[name].append(cell)
+            for name, value in zip(CASE_TAIL, (row.part, row.case, row.organ, row.dsc, row.nsd), strict=True):
+                columns[name].append(value)
     return _frame(columns)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from ioussl.errors import ConfigError, DataError
 from ioussl.registry import opened, repo
 from ioussl.registry.repo import RunRecord
-from ioussl.runfiles import atomic_write
+from ioussl.runfiles import atomic_write_bytes
 from ioussl.status import ACTIVE, RunStatus
 
 SCORES = ("dsc", "dsc_3d", "test_dsc", "flare_dsc", "flare_nsd")  # RunRecord fields exported as final scores
@@ -161,7 +161,7 @@ def to_tensorboard(runs: Sequence[ExportRun], out_dir: Path) -> ExportOutcome:
         data = eventfile.event_file(items, run.wall_time)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(folder / eventfile.FILE_NAME, lambda handle, data=data: handle.write(data))
+            atomic_write_bytes(folder / eventfile.FILE_NAME, data)
         except OSError as exc:
             raise DataError(f"cannot write {folder}: {exc.strerror or exc}") from None
         points += len(items) - 1
@@ -258,7 +258,7 @@ def _mlflow_run(client: Any, run: ExportRun, exported: Mapping[str, str]) -> tup
                                max_results=1)  # run ids are hex: nothing to quote
     tags = {"ioussl.run_id": record.id, "ioussl.study": record.study, "ioussl.stage": record.stage,
             "ioussl.group": record.group, "ioussl.status": record.status.value}
-    if record.parent_id in exported:
+    if record.parent_id is not None and record.parent_id in exported:
         tags["mlflow.parentRunId"] = exported[record.parent_id]
     millis = int(run.wall_time * 1000)
     metrics = [Metric(name, value, millis, epoch) for name, series in run.series.items() for epoch, value in series]

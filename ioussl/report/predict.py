@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from ioussl import runfiles
 from ioussl.config import RunConfig
@@ -58,7 +58,8 @@ def predict(db: str | None, run_ref: str, cases: Sequence[str], out_dir: Path | 
         raise DataError(f"cannot write predictions into {out}: it is a file; give a folder")
     from ioussl.science.predict import predict_run
 
-    written = predict_run(target.config, target.checkpoint, cases, out, slices, device,
+    written = predict_run(target.config, target.checkpoint, cases, out, slices,
+                          cast(Literal["auto", "cuda", "cpu"], device),  # one of DEVICES: checked above
                           caption=f"run {target.run_id}: ")
     return PredictOutcome(target.run_id, out, written)
 

@@ -278,7 +278,7 @@ def _no_collapse_reason(records: list[repo.RunRecord]) -> str:
 LogTail = Callable[[repo.RunRecord], tuple[list[str], str]]  # run -> its last output lines, and a note
 
 
-def run_details(session, records: Sequence[repo.RunRecord],  # type: ignore[no-untyped-def]
+def run_details(session, records: Sequence[repo.RunRecord],
                 log_tail: LogTail | None) -> dict[str, runtable.RunDetails]:
     """Each run's configuration, organ scores and last output lines, for the HTML report's run details."""
     from ioussl.report.external import config_settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from ioussl.config import RunConfig
 from ioussl.errors import ConfigError, TrainingError
@@ -17,7 +18,7 @@ from ioussl.science.evaluate.prediction import CasePrediction, check_cases, pred
 
 
 def predict_run(cfg: RunConfig, checkpoint: Path, cases: Sequence[str], out_dir: Path, slices: Sequence[int] = (),
-                device: str = "auto", caption: str = "") -> list[CasePrediction]:
+                device: Literal["auto", "cuda", "cpu"] = "auto", caption: str = "") -> list[CasePrediction]:
     """Segment ``cases`` of the run's store with ``checkpoint`` and write them into ``out_dir``.
 
     Raises:

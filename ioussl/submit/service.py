@@ -298,7 +298,7 @@ def _run_local(
             with registry.session(write=False) as session:
                 progress(repo.list_runs(session, study=study))
         if not running and not ready:
-            outcome.failed = _ended_badly(registry, study, outcome.job_ids)
+            outcome.failed = _ended_badly(registry, study, list(outcome.job_ids))  # its keys: the run ids
             return
         for unit in units:
             if stop is not None and stop.is_set():

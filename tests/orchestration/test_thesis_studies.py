@@ -55,3 +55,14 @@ def test_data_split_rewrites_the_committed_file_from_the_thesis_case_list(repo_r
     assert json.loads(out.read_text())["_comment"].startswith("the training cases of flare22-thesis.json")
     refused = CliRunner().invoke(app, [*args[:-8], "--train", "14", "--val", "15", "--test", "20"])
     assert refused.exit_code != 0 and "keeps the split's 15 training cases" in refused.output
+
+
+def test_keep_train_without_a_count_is_one_line(repo_root, tmp_path):
+    """--keep-train takes no default counts (they were None, and a missing --val crashed in make_split)."""
+    split = str(repo_root / "jobs" / "splits" / "flare22-thesis.json")
+    for counts in (["--val", "15"], ["--train", "15"]):
+        result = CliRunner().invoke(app, ["data", "split", str(tmp_path / "s.json"), "--cases", split, "--keep-train",
+                                          *counts])  # fmt: skip
+        assert result.exit_code != 0 and isinstance(result.exception, SystemExit)  # no uncaught error
+        assert "--keep-train needs --train" in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "s.json").exists()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ioussl.errors import DataError
-from ioussl.runfiles import atomic_write
+from ioussl.runfiles import atomic_write_bytes
 from ioussl.science.data.grid import to_source_grid
 from ioussl.science.evaluate import overlays
 
@@ -76,7 +76,7 @@ def write_prediction(store: Any, case: str, predicted: np.ndarray, out_dir: Path
         png = overlays.overlay_png(ct[z], None if truth is None else truth[z], predicted[z],
                                    f"{caption}{case}, slice {z} of {ct.shape[0]} (stored grid)")
         path = out_dir / f"{case}_z{z:03d}.png"
-        atomic_write(path, lambda handle, png=png: handle.write(png))
+        atomic_write_bytes(path, png)
         pictures.append(path)
     counts = np.bincount(labels.ravel(), minlength=len(FLARE_ORGANS) + 1)
     voxels = {name: int(counts[label]) for label, name in FLARE_ORGANS.items() if counts[label]}

@@ -103,7 +103,9 @@ def organ_overlap_3d(
     for i_min, i_max in intervals:
         counted = shared = fallbacks = 0
         for _ in range(passes):
-            s1, s2, _, fallback = sample_crop_pairs(rng, shapes, cube, i_min, i_max, len(cases), mode=mode)
+            s1, s2, _, fallback = sample_crop_pairs(
+                rng, shapes, cube, i_min, i_max, len(cases), mode=cast(SamplerMode, mode)
+            )
             fallbacks += int(fallback.sum())
             for k, case in enumerate(cases):
                 a, b = (_organ_bits(store.label_subvolume(case, s[k], cube)) for s in (s1, s2))

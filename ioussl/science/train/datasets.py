@@ -306,7 +306,7 @@ def keep_batch(batch: Any) -> Any:
 
 
 def make_finetune_loader(
-    dataset: FinetuneSliceDataset,
+    dataset: Dataset,  # a FinetuneSliceDataset, or volumes.FinetuneCubeDataset in 3D
     batch_size: int,
     num_workers: int = 0,
     seed: int = 0,
@@ -318,6 +318,7 @@ def make_finetune_loader(
     return _loader(dataset, batch_size, True, False, num_workers, seed, list_data_collate, pin_memory)
 
 
-def make_val_loader(dataset: ValSliceDataset, batch_size: int = 1, num_workers: int = 0) -> DataLoader:
-    """In order; batch_size > 1 needs equal slice shapes (true within one case)."""
+def make_val_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 0) -> DataLoader:
+    """A ValSliceDataset's slices (or volumes.ValVolumeDataset's volumes) in order; batch_size > 1 needs equal
+    slice shapes (true within one case)."""
     return _loader(dataset, batch_size, False, False, num_workers, 0)

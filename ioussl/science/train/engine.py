@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ioussl.errors import TrainingError
 from ioussl.science.evaluate.metrics import slice_dsc
 from ioussl.science.runtime import Runtime, eval_mode
+from ioussl.science.train.methods.base import PretrainMethod
 from ioussl.science.train.optim import set_lr
 
 
@@ -101,6 +102,7 @@ def train_one_epoch_pretrain(
             ``data.augment_on`` is "device"); default: move ``view1`` and ``view2`` as they are.
     """
     method = state.model
+    assert isinstance(method, PretrainMethod), f"{type(method).__name__} is no pretraining method"
     method.train()
     feed = feed or _default_feed(("view1", "view2"), state.runtime)
     sums, pairs, hyper = EpochSums(state.runtime.device), 0, {}

@@ -297,6 +297,7 @@ def summarise_run(
     }
     if "test" in parts:
         result["test"] = score_test(state, cfg, store, parts["test"], best_path)
+    assert cfg.finetune is not None  # a fine-tune's config (run_finetune checked its stage)
     result.update(finetune_flare(state.model, state.runtime, store, parts, best_path, window(cfg),
                                  rules=cfg.finetune.flare_rules, rounded=cfg.finetune.flare_round))
     return result

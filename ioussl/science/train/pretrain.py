@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch import nn
 
 from ioussl import runfiles
 from ioussl.config import RunConfig
@@ -78,6 +79,7 @@ def build_state(cfg: RunConfig, runtime: Runtime, steps: int) -> StepState:
     """The method on the device with its optimiser; it schedules its own hyperparameters per step (SimSiam:
     SGD over six groups and the per-iteration cosine of Table 4.1)."""
     method = build_method(cfg, steps)
+    assert isinstance(method, nn.Module)  # every method is an nn.Module mixing in PretrainMethod (methods/base.py)
     model = method.to(runtime.device)
     if runtime.channels_last and cfg.model.spatial_dims == 2:  # channels_last is a 4D layout
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stub

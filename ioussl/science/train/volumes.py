@@ -14,14 +14,14 @@ volumes, sliding-window inference with cubes of the crop's side, scored by the 3
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ioussl.config import RunConfig
+from ioussl.config import RunConfig, SamplerMode
 from ioussl.errors import DataError
 from ioussl.science.train.datasets import _loader, _Seeded, keep_batch, make_finetune_loader, make_val_loader
 
@@ -60,7 +60,7 @@ class PretrainCubeBatches(_Seeded):
 
     def __init__(
         self, store: Any, ids: np.ndarray, crop: int, i_min: float, i_max: float, random_crop: bool = False,
-        mode: str = "exact", seed: int = 0,
+        mode: SamplerMode = "exact", seed: int = 0,
     ) -> None:  # fmt: skip
         from ioussl.science.sampling.sampler import check_interval_feasible
 
@@ -277,8 +277,9 @@ def evaluate_volumes(
         for batch in loader:
             image, label = runtime.to_device(batch["image"]), batch["label"]
             with runtime.autocast():
-                logits = sliding_window_inference(image, (window["roi"],) * SPATIAL_DIMS, window["sw_batch_size"],
-                                                  model, overlap=window["overlap"])  # fmt: skip
+                logits = cast(Tensor, sliding_window_inference(  # a tensor for a tensor-returning model
+                    image, (window["roi"],) * SPATIAL_DIMS, window["sw_batch_size"], model, overlap=window["overlap"]
+                ))  # fmt: skip
             pred = logits.argmax(dim=1).cpu()
             for i, case in enumerate(batch["case"]):
                 result.add_counts(case, pred[i], label[i, 0], num_classes)

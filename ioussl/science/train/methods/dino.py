@@ -130,6 +130,9 @@ class DinoMethod(nn.Module, PretrainMethod):
     """Student, teacher and centre; ``forward`` is the student's (the training forward the loop may compile)."""
 
     name = "dino"
+    center: Tensor  # a buffer: nn.Module's __getattr__ is typed Tensor | Module
+    _sums: Tensor | None  # the epoch's statistics, on the training device: no host read per step
+    _counted: int
 
     def __init__(self, cfg: RunConfig, steps_per_epoch: int) -> None:
         nn.Module.__init__(self)
@@ -186,7 +189,8 @@ class DinoMethod(nn.Module, PretrainMethod):
     @torch.no_grad()
     def after_update(self, step: int, epoch: int) -> None:
         momentum = self.teacher_momentum(step)
-        teacher, student = list(self.teacher.parameters()), [p.detach() for p in self.student.parameters()]
+        teacher: list[Tensor] = list(self.teacher.parameters())
+        student = [p.detach() for p in self.student.parameters()]
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, torch._foreach_mul(student, 1.0 - momentum))
         if self._stash is None:
@@ -214,7 +218,7 @@ class DinoMethod(nn.Module, PretrainMethod):
 
     def _reset_statistics(self) -> None:
         self.meter = CollapseMeter()
-        self._sums: Tensor | None = None  # on the training device: no host read per step
+        self._sums = None
         self._counted = 0
 
     def encoder_states(self) -> dict[str, dict[str, Tensor]]:
