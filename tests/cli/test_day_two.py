@@ -339,12 +339,13 @@ def test_the_cases_label_follows_the_rows():
 
     from ioussl.cli.render import _cases_label
 
-    def report(*cases: str) -> SimpleNamespace:
-        return SimpleNamespace(rows=[SimpleNamespace(cases=c) for c in cases])
+    def report(*cases: str, metric: str = "dsc") -> SimpleNamespace:
+        return SimpleNamespace(rows=[SimpleNamespace(cases=c) for c in cases], metric=metric)
 
     assert _cases_label(report("test", "test")) == "test DSC"
     assert _cases_label(report("val")) == "val DSC"
     assert _cases_label(report("val", "test")) == "val/test DSC"
+    assert _cases_label(report("test", metric="flare_nsd")) == "test FLARE NSD"
 
 
 def test_logs_print_paths_without_dot_dot(tmp_path):

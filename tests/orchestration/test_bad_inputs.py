@@ -356,6 +356,7 @@ def test_there_are_at_least_forty_cases(two_finished_runs, tmp_path):
         root.mkdir()
         with contextlib.closing(sqlite3.connect(root / "registry.db")) as conn:
             conn.execute("CREATE TABLE metrics (x)")  # for the case that drops it
+            conn.execute("CREATE TABLE runs (stage, status)")  # for the case that edits a status
         args = tuple(arg.replace(str(root), "<root>") for arg in build(root, str(root / "registry.db")))
         files = tuple(sorted((p.name, p.read_bytes()) for p in root.iterdir() if p.suffix in (".toml", ".csv")))
         key = (args, files, tuple(sorted(env.items())))
