@@ -216,11 +216,12 @@ def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
 
 def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tuple[Tensor, Tensor]]:
     """(batch, epoch, step) -> both views on the device, dequantised and augmented there (3D ops)."""
-    from ioussl.science.augment.batchaug import PRETRAIN_VIEW
+    from ioussl.science.augment.batchaug import AugmentSpec
     from ioussl.science.augment.batchaug3d import StepAugment3d
     from ioussl.science.data.store import dequantise_tensor
 
-    augment = StepAugment3d(PRETRAIN_VIEW, cfg.seed, runtime.device)
+    assert cfg.pretrain is not None
+    augment = StepAugment3d(AugmentSpec.of(cfg.pretrain.augment), cfg.seed, runtime.device)  # the run's own spec
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
         views = augment.views(dequantise_tensor(batch["views"], runtime.device), epoch, step)
@@ -244,10 +245,11 @@ def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
 
 def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tuple[Tensor, Tensor]]:
     """(batch, epoch, step) -> cubes and labels on the device, augmented there (geometry on both)."""
-    from ioussl.science.augment.batchaug import FINETUNE
+    from ioussl.science.augment.batchaug import AugmentSpec
     from ioussl.science.augment.batchaug3d import StepAugment3d
 
-    augment = StepAugment3d(FINETUNE, cfg.seed, runtime.device)
+    assert cfg.finetune is not None
+    augment = StepAugment3d(AugmentSpec.of(cfg.finetune.augment), cfg.seed, runtime.device)  # the run's own spec
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
         image = batch["image"].to(runtime.device, non_blocking=True)
