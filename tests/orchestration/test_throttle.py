@@ -44,7 +44,7 @@ def test_startable_honours_the_slots_and_each_stage_s_limit():
 
 @pytest.mark.slow  # about 8 s of sleeping jobs and 1 s polls; 13 s at load 20
 def test_local_executor_runs_at_most_max_running_fine_tunes_at_once(tmp_path):
-    from ioussl.backends.base import LocalBackend
+    from ioussl.backends.local import LocalBackend
     from ioussl.submit import workload
 
     study = tiny_study("throttled", finetune_seeds=(1, 2, 3)).replace(
