@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -714,3 +714,32 @@ def result_details(session: Session, studies: Iterable[str]) -> dict[str, dict[s
                          "per_case": {"val": per_case,
                                       "test": test.get("per_case") if isinstance(test, dict) else None}}
     return found
+
+
+_CHUNK = 900  # bound parameters per query: under SQLite's limit
+
+
+def result_payloads(session: Session, run_ids: Sequence[str]) -> Iterator[tuple[str, Any]]:
+    """(run id, whole ``result.json`` payload) of the runs that have a result (the report's case scores)."""
+    for start in range(0, len(run_ids), _CHUNK):
+        yield from session.execute(
+            select(Result.run_id, Result.payload).where(Result.run_id.in_(run_ids[start:start + _CHUNK]))
+        ).tuples()
+
+
+def pairing_known(session: Session, run_ids: Sequence[str]) -> set[str]:
+    """The imported runs whose import said their pretraining is known (``pairing = known`` in the CSV)."""
+    known: set[str] = set()
+    for start in range(0, len(run_ids), _CHUNK):
+        query = select(Result.run_id, Result.payload["pairing_known"]).where(
+            Result.run_id.in_(run_ids[start:start + _CHUNK]))
+        # SQLite's JSON extraction gives 1 for true, PostgreSQL's True
+        known.update(run_id for run_id, flag in session.execute(query) if flag in (True, 1))
+    return known
+
+
+def result_devices(session: Session, run_ids: Sequence[str]) -> Iterator[Any]:
+    """Each result's ``provenance.device`` (precision, TF32, compile), as recorded."""
+    for start in range(0, len(run_ids), _CHUNK):
+        query = select(Result.payload["provenance"]["device"]).where(Result.run_id.in_(run_ids[start:start + _CHUNK]))
+        yield from session.execute(query).scalars()

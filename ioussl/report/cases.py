@@ -1,5 +1,5 @@
-"""Case- and organ-level scores from the recorded results: FLARE's per-case, per-organ DSC and NSD (pure but
-for the one query).
+"""Case- and organ-level scores from the recorded results: FLARE's per-case, per-organ DSC and NSD (pure; the
+registry reads the results).
 
 A fine-tune's ``result.json`` keeps, under ``flare``, each case's and organ's DSC and NSD (checked when it
 was ingested: numbers in [0, 1] or null). They feed the report's case resampling and case tests, the
@@ -14,9 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
-from ioussl.registry.models import Result
+from ioussl.registry import repo
 from ioussl.report import bootstrap, comparison
 from ioussl.report.bootstrap import CaseScores
 
@@ -37,38 +35,26 @@ class CaseRow:
 
 def flare_sections(session: Any, run_ids: Iterable[str]) -> dict[str, Mapping[str, Any]]:
     """Run id -> its result's ``flare`` section, for the runs that recorded one."""
-    wanted = list(run_ids)
     found: dict[str, Mapping[str, Any]] = {}
-    for start in range(0, len(wanted), 900):  # SQLite's limit on bound parameters
-        rows = session.execute(select(Result.run_id, Result.payload)
-                               .where(Result.run_id.in_(wanted[start:start + 900])))
-        for run_id, payload in rows:
-            flare = payload.get("flare") if isinstance(payload, Mapping) else None
-            if isinstance(flare, Mapping):
-                found[run_id] = flare
+    for run_id, payload in repo.result_payloads(session, list(run_ids)):
+        flare = payload.get("flare") if isinstance(payload, Mapping) else None
+        if isinstance(flare, Mapping):
+            found[run_id] = flare
     return found
 
 
 def pairing_known(session: Any, run_ids: Sequence[str]) -> set[str]:
     """The imported runs whose import said their pretraining is known (``pairing = known`` in the CSV)."""
-    known: set[str] = set()
-    for start in range(0, len(run_ids), 900):
-        query = select(Result.run_id, Result.payload["pairing_known"]).where(
-            Result.run_id.in_(run_ids[start:start + 900]))
-        # SQLite's JSON extraction gives 1 for true, PostgreSQL's True
-        known.update(run_id for run_id, flag in session.execute(query) if flag in (True, 1))
-    return known
+    return repo.pairing_known(session, run_ids)
 
 
 def numerics(session: Any, run_ids: Sequence[str]) -> dict[str, int]:
     """"autocast torch.bfloat16, TF32 on, compiled" -> runs, from each result's provenance (issue 21.8);
     results recorded before the numerics were (no ``tf32`` key) say "not recorded"."""
     counts: dict[str, int] = {}
-    for start in range(0, len(run_ids), 900):
-        query = select(Result.payload["provenance"]["device"]).where(Result.run_id.in_(run_ids[start:start + 900]))
-        for (device,) in session.execute(query):
-            key = _numerics_text(device)
-            counts[key] = counts.get(key, 0) + 1
+    for device in repo.result_devices(session, run_ids):
+        key = _numerics_text(device)
+        counts[key] = counts.get(key, 0) + 1
     return counts
 
 

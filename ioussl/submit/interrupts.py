@@ -123,8 +123,8 @@ def interrupt_local(registry: Registry, study: str, backend: Backend, stop: Stop
             attempt = run.attempts[-1] if run.attempts else None
             if attempt is not None:
                 if attempt.status in ACTIVE:
-                    attempt.status = RunStatus.INTERRUPTED
-                attempt.ended_at = attempt.ended_at or utcnow()
+                    repo.set_attempt_status(attempt, RunStatus.INTERRUPTED)
+                repo.fill_attempt_times(attempt, None, utcnow())
         interrupted = sorted(run.id for run in repo.select_runs(session, study, tuple(running),
                                                                  statuses=(RunStatus.INTERRUPTED,)))
     return Interrupted(interrupted_line(why, interrupted))
