@@ -4,7 +4,8 @@ Runs: one row per run, with its study, stage, id, parent, interval and seeds, ev
 column of its own (named by its dotted name, from ``runs.point``; a run the setting does not reach has
 none), its status, attempts and the GPU-hours its jobs used, both DSCs (validation cases), the test and
 FLARE 2022 scores where recorded, one ``dsc_<organ>`` column per organ, its best epoch and checkpoint.
-Metrics: the per-epoch series in long form, one row per (run, metric, epoch). Reads only: no lock taken.
+Metrics: the per-epoch series in long form, one row per (run, metric, epoch), epochs counted from 1. Reads
+only: no lock taken.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def metrics_frame(db: str | None, study: str | Sequence[str] | None = None, runs
             columns[name].append(cell)
         for name in axes:
             columns[name].append(_cell(record.point.get(name)))
-        for name, cell in zip(METRIC_TAIL, (metric, epoch, step, value), strict=True):
+        # Epochs count from 1, as `ioussl logs`, the plots and the TensorBoard and MLflow exports count them
+        # (the run files number them from 0).
+        for name, cell in zip(METRIC_TAIL, (metric, None if epoch is None else epoch + 1, step, value), strict=True):
             columns[name].append(cell)
     return _frame(columns)
 

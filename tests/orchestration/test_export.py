@@ -122,7 +122,7 @@ def test_metrics_in_long_form(finished):
                                    "pretrain.base_lr", "model.depths", "metric", "epoch", "step", "value"]
     assert set(frame.run_id) == {ids["tuned"]} and len(frame) == 3 + 2
     loss = frame[frame.metric == "loss"]
-    assert list(loss.epoch) == [0, 1, 2] and list(loss.step) == [0, 3, 6]
+    assert list(loss.epoch) == [1, 2, 3] and list(loss.step) == [0, 3, 6]  # epochs from 1, as logs and plots
     assert list(loss.value) == pytest.approx([1, 1 / 2, 1 / 3])
     assert set(loss["data.crop"]) == {96}
     only = api.metrics(db, names="val_dsc", run=ids["tuned"][:6])
@@ -186,7 +186,7 @@ def test_csv_and_jsonl_on_stdout_and_metrics_through_the_cli(finished):
     assert out.exit_code == 0 and out.stdout.splitlines()[0].startswith("study,stage,run_id,parent,interval")
     lines = CliRunner().invoke(app, ["export", "metrics", "--db", db, "--format", "jsonl", "--metric", "loss"]).stdout
     rows = [json.loads(line) for line in lines.splitlines()]
-    assert [(r["run_id"], r["metric"], r["epoch"]) for r in rows] == [(ids["tuned"], "loss", e) for e in range(3)]
+    assert [(r["run_id"], r["metric"], r["epoch"]) for r in rows] == [(ids["tuned"], "loss", e) for e in range(1, 4)]
     assert all(r["data.crop"] == 96 and math.isclose(r["pretrain.base_lr"], rows[0]["pretrain.base_lr"]) for r in rows)
 
 
