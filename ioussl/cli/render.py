@@ -89,12 +89,14 @@ def _plan_size(outcome: PlanOutcome) -> None:
         console.print(f"axis {name} ({len(values)}): {shown}", markup=False, soft_wrap=True)
     total = outcome.counts(outcome.new + outcome.existing)
     hours = {stage: n * outcome.gpu_hours_per_run.get(stage, 0.0) for stage, n in outcome.counts(outcome.new).items()}
-    console.print(
-        f"runs per stage: {total['pretrain']:,} pretrain, {total['finetune']:,} finetune "
-        f"({sum(total.values()):,} in the study); GPU-hours requested by the {len(outcome.new):,} new: "
-        f"{sum(hours.values()):,.1f} (pretrain {hours['pretrain']:,.1f}, finetune {hours['finetune']:,.1f})",
-        markup=False, soft_wrap=True,
-    )
+    size = (f"runs per stage: {total['pretrain']:,} pretrain, {total['finetune']:,} finetune "
+            f"({sum(total.values()):,} in the study)")
+    if not outcome.new or sum(hours.values()) > 0:
+        size += (f"; GPU-hours requested by the {len(outcome.new):,} new: {sum(hours.values()):,.1f} "
+                 f"(pretrain {hours['pretrain']:,.1f}, finetune {hours['finetune']:,.1f})")
+    else:  # a CPU study (gpus = 0): GPU-hours would be a meaningless 0.0
+        size += f"; the {len(outcome.new):,} new run(s) request no GPU"
+    console.print(size, markup=False, soft_wrap=True)
 
 
 def _plan_per_axis_value(outcome: PlanOutcome) -> None:

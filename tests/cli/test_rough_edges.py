@@ -147,3 +147,14 @@ def test_auto_picks_slurm_when_the_controller_answers(tmp_path, monkeypatch):
     dead_controller(tmp_path / "bin", monkeypatch)
     (tmp_path / "bin" / "sbatch").unlink()
     assert resolve_executor("auto") == ("local", "no sbatch on PATH")
+
+
+def test_a_cpu_study_is_not_described_in_gpu_hours(tmp_path):
+    """A study whose stages ask for no GPU (gpus = 0) plans without a meaningless "GPU-hours: 0.0" line."""
+    from studyfiles import tiny_study
+
+    (tmp_path / "cpu.toml").write_text(tiny_study("cpu"))
+    result = invoke("plan", "grid", str(tmp_path / "cpu.toml"), "--db", str(tmp_path / "r.db"), "--no-check-data",
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "request no GPU" in result.stdout and "GPU-hours" not in result.stdout
