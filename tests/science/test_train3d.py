@@ -69,7 +69,7 @@ def test_3d_pretraining_trains_and_resumes_bit_for_bit(store, tmp_path, monkeypa
     encoder = ckpt.load(tmp_path / "straight" / runfiles.CHECKPOINTS / ckpt.ENCODER)["model"]
     assert encoder["patch_embed.proj.weight"].ndim == 5  # a Conv3d patch embedding: the 3D Swin UNETR
     calls = []
-    real = pretrain.train_one_epoch_simsiam
+    real = pretrain.train_one_epoch_pretrain
 
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
@@ -78,7 +78,7 @@ def test_3d_pretraining_trains_and_resumes_bit_for_bit(store, tmp_path, monkeypa
         return real(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(pretrain, "train_one_epoch_simsiam", interrupted)
+        patch.setattr(pretrain, "train_one_epoch_pretrain", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_pretrain(cfg, tmp_path / "resumed")
     resumed = run_pretrain(cfg, tmp_path / "resumed")
@@ -143,3 +143,18 @@ def test_a_2d_encoder_is_refused_by_a_3d_network(store, tmp_path):
     cube = build_swin_unetr(ModelConfig(feature_size=12, spatial_dims=3), 0.0)
     with pytest.raises(TrainingError, match="another architecture"):
         load_encoder(cube, path, ModelConfig(feature_size=12, spatial_dims=3))
+
+
+@pytest.mark.slow
+def test_dino_pretrains_on_cube_pairs_too(store, tmp_path):
+    """The method is a setting in 3D as in 2D: DINO's student and teacher take the 3D Swin encoder, and the
+    encoder file it exports is the 3D network's (teacher and student both)."""
+    from ioussl.config import DinoConfig
+
+    cfg = pretrain_3d(store)
+    dino = DinoConfig(out_dim=64, hidden_dim=64, bottleneck_dim=32, warmup_epochs=0)
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, method="dino", dino=dino)).validate()
+    summary = run_pretrain(cfg, tmp_path / "dino3d")
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+    saved = ckpt.load(tmp_path / "dino3d" / runfiles.CHECKPOINTS / ckpt.ENCODER)
+    assert saved["model"]["patch_embed.proj.weight"].ndim == 5 and saved["student"]["patch_embed.proj.weight"].ndim == 5
