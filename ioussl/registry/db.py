@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -247,7 +250,7 @@ def _sqlite_hooks(engine: Engine, timeout: float) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         # WAL lets readers go on while one writer writes; foreign keys keep attempts and results tied to runs.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor, timeout)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -263,6 +266,24 @@ def _sqlite_hooks(engine: Engine, timeout: float) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         finally:
             conn.exec_driver_sql(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+
+
+def _switch_to_wal(cursor: Any, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting up to ``timeout`` for the lock it needs.
+
+    Switching a new file to WAL takes an exclusive lock; while several processes open a new registry at once
+    (eight racing planners), SQLite can answer "database is locked" at once instead of calling the busy
+    handler, which the other statements wait through. Retried here, as a busy timeout would.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def ensure_schema(registry: Registry, *, create: bool, allow_old: bool = False) -> schema.SchemaState:

@@ -40,7 +40,9 @@ def _assert_one_complete_result(rig, pretrain: dict, steps: int) -> None:
 def test_a_preempted_pretrain_is_requeued_resumes_and_its_fine_tunes_still_run(rig):
     _plan_on(rig, "preemptible")
     pretrain, *finetunes = rig.runs()
-    rig.set_workload(pretrain, steps=80, step_s=0.5)  # longer than the partition's GraceTime (20 s)
+    # 80 s of work: the preemption (a scheduler pass, then the partition's 20 s GraceTime before the kill) must
+    # land while the pretrain still runs, also on a loaded CI machine (with 40 s it once landed after the end)
+    rig.set_workload(pretrain, steps=160, step_s=0.5)
     for run in finetunes:
         rig.set_workload(run, steps=1, step_s=0.05)
     rig.ioussl("submit", "--study", rig.name)
@@ -72,7 +74,7 @@ def test_a_preempted_pretrain_is_requeued_resumes_and_its_fine_tunes_still_run(r
         seen.update(row["status"] for row in rows.values())
         return all(row["status"] == "COMPLETED" for row in rows.values())
 
-    rows = rig.wait_for(done, timeout=240, poll=1)
+    rows = rig.wait_for(done, timeout=300, poll=1)
     assert not seen & {"FAILED", "LOST", "TIMEOUT", "BLOCKED"}, seen
     row = rows[pretrain["id"]]
     assert row["job_id"] == job_id and row["attempts"] == 1  # the same job and attempt, requeued
@@ -81,7 +83,7 @@ def test_a_preempted_pretrain_is_requeued_resumes_and_its_fine_tunes_still_run(r
     assert row["requeues"] >= 1 and set(row["requeue_reasons"]) <= {"preempted", "unknown"}, row
     events = [e["event"] for e in rig.events(pretrain)]
     assert events.count("finished") == 1 and events.count("started") == 1 + row["requeues"], events
-    _assert_one_complete_result(rig, pretrain, 80)
+    _assert_one_complete_result(rig, pretrain, 160)
     state = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", urgent], capture_output=True, text=True)
     assert state.stdout.strip().startswith("COMPLETED"), state.stdout
 
