@@ -194,7 +194,7 @@ def _status_rows(records: Sequence[RunRecord], live: Mapping[str, LiveProgress],
         rows.append([
             record.id, record.stage, *([_opt(record.pretrain_seed)] if wide else []), str(record.seed),
             f"[{style}]{record.status.value}[/]" + ("*" if record.imported else ""),
-            *([record.job_id or "-", str(record.attempts)] if wide else []), _run_elapsed(record, progress),
+            *([record.job_id or "-", _tries(record)] if wide else []), _run_elapsed(record, progress),
             *(_live_cells(progress) if extra else ()),
             "-" if record.dsc is None else f"{record.dsc:.3f}",
             escape(_reason(record)),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -194,11 +193,3 @@ def run_score(run: CaseScores) -> float:
     import numpy as np
 
     return float(case_weighted(run, np.ones((1, len(run.cases))))[0])
-
-
-def designs_of(values: Sequence[float], units: Sequence[object]) -> Design:
-    """A Design from each run's score and its unit label (runs of one pretraining share the label)."""
-    grouped: dict[object, list[float]] = {}
-    for value, unit in zip(values, units, strict=True):
-        grouped.setdefault(unit, []).append(value)
-    return Design(tuple(tuple(v) for v in grouped.values()))

@@ -178,8 +178,3 @@ class Baselines:
     @staticmethod
     def _shared(key: GroupKey, unset: frozenset[str]) -> tuple[tuple[str, Value], ...]:
         return tuple((axis, value) for axis, value in key.values if axis != INTERVAL and axis not in unset)
-
-
-def pair_key(record: RunRecord, settings: Iterable[str]) -> tuple[Any, ...]:
-    """What a fine-tune shares with its paired baseline fine-tune: the seed and the baseline's settings."""
-    return (record.seed, *(hashable(record.point.get(name)) for name in settings))
