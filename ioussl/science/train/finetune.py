@@ -35,6 +35,7 @@ from ioussl.science.runtime import (
     resolve_runtime,
     seed_everything,
 )
+from ioussl.science.seeds import derived_seed
 from ioussl.science.train import checkpoint as ckpt
 from ioussl.science.train import volumes
 from ioussl.science.train.engine import Evaluation, StepState, cycle, evaluate, train_one_epoch_seg
@@ -43,7 +44,6 @@ from ioussl.science.train.optim import finetune_optimizer
 from ioussl.science.train.progress import Progress
 from ioussl.science.train.schedules import cosine_lr
 from ioussl.science.train.trainingdata import (
-    derived_seed,
     finetune_feed,
     finetune_loader,
     finetune_split,

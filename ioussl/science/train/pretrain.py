@@ -18,13 +18,13 @@ from ioussl import runfiles
 from ioussl.config import RunConfig
 from ioussl.errors import ConfigError, DataError
 from ioussl.science.runtime import Runtime, compile_for_training, loader_workers, resolve_runtime, seed_everything
+from ioussl.science.seeds import derived_seed
 from ioussl.science.train import checkpoint as ckpt
 from ioussl.science.train.engine import StepState, cycle, train_one_epoch_pretrain
 from ioussl.science.train.methods import build_method
 from ioussl.science.train.methods.base import PretrainMethod
 from ioussl.science.train.progress import Progress
 from ioussl.science.train.trainingdata import (
-    derived_seed,
     open_store,
     pretrain_feed,
     pretrain_loader,

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from ioussl.config import RunConfig
 from ioussl.errors import DataError
-from ioussl.science.seeds import derived_seed  # noqa: F401 (the loaders' seeds; re-exported for the loops)
+from ioussl.science.seeds import derived_seed
 
 
 def open_store(cfg: RunConfig) -> Any:
