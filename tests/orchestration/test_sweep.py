@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import shutil
-import sqlite3
 import tomllib
 
 import pytest
@@ -16,6 +14,9 @@ from ioussl.errors import ConfigError
 from ioussl.plan import expand as planning
 from ioussl.plan.study import load_study, parse_study
 from ioussl.plan.sweep import SETTINGS, parse_sweep
+
+# jobs/thesis.toml as it was before it replicated the thesis' fp16 numerics by default (its comments say so)
+THESIS_FAST = ("runtime.precision=auto", "runtime.tf32=true", "runtime.compile=true")
 
 BASE = """
 [study]
@@ -192,15 +193,15 @@ def test_the_cap_is_checked_by_arithmetic_before_expansion(tmp_path, monkeypatch
     assert planning.check_plan_size(spec, max_runs=expected) == expected
 
 
-def test_the_thesis_and_demo_plan_the_runs_they_planned_before_sweeps(repo_root, tmp_path):
-    """registry.db.example was planned from jobs/thesis.toml before [sweep] existed: the same run ids."""
-    shutil.copy(repo_root / "registry.db.example", tmp_path / "example.db")
-    with sqlite3.connect(tmp_path / "example.db") as conn:
-        recorded = dict(conn.execute("SELECT id, point FROM runs").fetchall())
-    spec = load_study(repo_root / "jobs" / "thesis.toml")
+def test_the_thesis_and_demo_plan_the_runs_they_planned_before_sweeps(repo_root):
+    """The thesis' study in its fast numerics (bf16, TF32, compile: jobs/thesis.toml before it took the thesis'
+    fp16 by default) plans the run ids recorded before [sweep] existed (tests/fixtures/thesis-fast-runs.json,
+    the ids of registry.db.example until then)."""
+    recorded = json.loads((repo_root / "tests" / "fixtures" / "thesis-fast-runs.json").read_text())["run_ids"]
+    spec = load_study(repo_root / "jobs" / "thesis.toml", overrides=THESIS_FAST)
     runs = planning.expand_grid(spec)
-    assert sorted(r.key for r in runs) == sorted(recorded)
-    assert all(json.loads(point) == {} for point in recorded.values()) and all(r.point == {} for r in runs)
+    assert sorted(r.key for r in runs) == sorted(recorded) and len(recorded) == 34
+    assert all(r.point == {} for r in runs)
     for study in ("thesis.toml", "demo.toml", "thesis-test-split.toml", "tiny.toml"):
         spec = load_study(repo_root / "jobs" / study)
         assert not spec.sweep and planning.run_count(spec) == len(planning.expand_grid(spec))
