@@ -82,17 +82,22 @@ WATCH_IDLE_S = 30.0  # --watch stops when nothing was queued or running for this
 
 @dataclass
 class WatchRule:
-    """When ``ioussl status --watch`` stops redrawing: every run in view has ended, or nothing was queued or
-    running for ``idle_s`` while runs remain (they wait for ``ioussl submit``). Idle for a while, not at one
-    glance: a local submit may be about to start the next run."""
+    """When ``ioussl status --watch`` stops redrawing: every run in view has ended; nothing is queued or running
+    at the first glance (there is nothing to watch: the runs wait for ``ioussl submit``); or, once something
+    was, nothing has been for ``idle_s`` while runs remain. Idle for a while, not at one later glance: a local
+    submit may be about to start its next run."""
 
     idle_s: float = WATCH_IDLE_S
     idle_since: float | None = None  # monotonic time since which nothing was active
+    glances: int = 0
 
     def done(self, view: StatusView, now: float) -> bool:
         """Whether to stop after showing ``view`` (``now``: ``time.monotonic()``)."""
+        self.glances += 1
+        if view.unfinished == 0 or (self.glances == 1 and not view.active):
+            return True
         self.idle_since = None if view.active else (now if self.idle_since is None else self.idle_since)
-        return view.unfinished == 0 or (self.idle_since is not None and now - self.idle_since >= self.idle_s)
+        return self.idle_since is not None and now - self.idle_since >= self.idle_s
 
 
 def status_view(db: str | None, study: str | None = None, stage: str | None = None,

@@ -148,15 +148,32 @@ def test_watch_ends_when_every_run_has_ended(study):
     assert "every run has ended (3 run(s))" in result.output and "3 completed" in result.output
 
 
-def test_watch_stops_when_nothing_can_move_without_submit(study, monkeypatch):
+def test_watch_stops_at_once_when_nothing_is_queued_or_running(study):
+    started = time.monotonic()
+    result = invoke("status", "--db", study, "--no-sync", "--watch", "1.5")
+    assert time.monotonic() - started < 1.5  # no redraw: there is nothing to watch
+    assert result.exit_code == 1
+    assert "3 planned" in result.output  # the table, once
+    assert result.stderr.strip().splitlines() == [
+        "stopped watching: nothing is queued or running, and 3 planned run(s) wait for `ioussl submit`"]
+
+
+def test_watch_stops_when_nothing_has_moved_for_a_while(study, monkeypatch):
     from ioussl.track import progress
 
     monkeypatch.setattr(progress, "WATCH_IDLE_S", 1.5)
+    set_status(study, {"pretrain1": S.RUNNING})
+
+    def stall() -> None:
+        time.sleep(1.2)
+        set_status(study, {"pretrain1": S.COMPLETED})  # its fine-tunes stay planned: nobody submits them
+
+    threading.Thread(target=stall).start()
     started = time.monotonic()
     result = invoke("status", "--db", study, "--no-sync", "--watch", "1")
-    assert time.monotonic() - started >= 1.5
+    assert time.monotonic() - started >= 1.2 + 1.5
     assert result.exit_code == 1
-    assert "stopped watching: nothing is queued or running, and 3 planned run(s) wait for `ioussl submit`" \
+    assert "stopped watching: nothing is queued or running, and 2 planned run(s) wait for `ioussl submit`" \
         in result.stderr
 
 

@@ -150,10 +150,11 @@ def test_watch_stops_when_every_run_ended_or_after_an_idle_spell_not_at_one_idle
         return StatusView(records=[], total=3, active=active, unfinished=unfinished)
 
     rule = WatchRule(idle_s=30.0)
-    assert not rule.done(view(active=1, unfinished=3), now=100.0)
+    assert not rule.done(view(active=1, unfinished=3), now=100.0)  # something moves: watch it
     assert not rule.done(view(active=0, unfinished=2), now=101.0)  # idle at one glance: a local submit may go on
     assert not rule.done(view(active=0, unfinished=2), now=130.9)
     assert not rule.done(view(active=1, unfinished=2), now=131.5)  # something started: the idle spell resets
     assert not rule.done(view(active=0, unfinished=2), now=140.0)
     assert rule.done(view(active=0, unfinished=2), now=170.0)  # idle for 30 s: nothing moves without a user
     assert WatchRule().done(view(active=0, unfinished=0), now=0.0)  # every run ended: at once
+    assert WatchRule().done(view(active=0, unfinished=3), now=0.0)  # nothing moves at the first glance: at once
