@@ -3,7 +3,9 @@
 Runs: one row per run, with its study, stage, id, parent, interval and seeds, every swept setting as a
 column of its own (named by its dotted name, from ``runs.point``; a run the setting does not reach has
 none), its status, attempts and the GPU-hours its jobs used, both DSCs (validation cases), the test and
-FLARE 2022 scores where recorded, one ``dsc_<organ>`` column per organ, its best epoch and checkpoint.
+FLARE 2022 scores where recorded, one ``dsc_<organ>`` column per organ, its best epoch and checkpoint, and
+then every other setting of its configuration (``data.crop``, ``pretrain.base_lr``, ...: what it ran with, not
+only what the study varied; a setting its stage does not have is empty).
 Metrics: the per-epoch series in long form, one row per (run, metric, epoch), epochs counted from 1. Reads
 only: no lock taken.
 """
@@ -38,6 +40,7 @@ RUN_TAIL = ("best_epoch", "checkpoint_path", "checkpoint_sha256", "run_dir")
 METRIC_HEAD = ("study", "run_id", "stage", "interval", "pretrain_seed", "seed")
 METRIC_TAIL = ("metric", "epoch", "step", "value")
 INTEGER_COLUMNS = ("pretrain_seed", "seed", "attempts", "best_epoch", "epoch", "step")
+CONFIG_SHOWN = ("stage", "seed")  # config keys that are columns of RUN_HEAD already
 
 
 def runs_frame(db: str | None, study: str | Sequence[str] | None = None) -> pd.DataFrame:
@@ -46,6 +49,7 @@ def runs_frame(db: str | None, study: str | Sequence[str] | None = None) -> pd.D
         studies, axes = _studies(session, study)
         rows = _in_group_order(session, studies, repo.export_runs(session, studies))
         hours = _hours_used(repo.attempt_spans(session, studies))
+        configs = repo.run_configs(session, studies)
     # Column by column (10,000 runs: a transpose and a few list comprehensions, not a dict per row).
     raw = dict(zip(repo.EXPORT_RUN_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else \
         {name: () for name in repo.EXPORT_RUN_COLUMNS}
@@ -67,7 +71,18 @@ def runs_frame(db: str | None, study: str | Sequence[str] | None = None) -> pd.D
         columns[f"dsc_{organ}"] = [scores.get(organ) for scores in per_organ]
     columns.update({name: raw[name] for name in RUN_TAIL})
     ordered = [*RUN_HEAD, *axes, *RUN_STATE, *RUN_SCORES, *(f"dsc_{o}" for o in organs), *RUN_TAIL]
-    return _frame({name: list(columns[name]) for name in ordered})
+    settings = _settings_columns(raw["run_id"], configs, skip={*axes, *CONFIG_SHOWN})
+    return _frame({**{name: list(columns[name]) for name in ordered}, **settings})
+
+
+def _settings_columns(run_ids: Sequence[str], configs: dict[str, str], skip: set[str]) -> dict[str, list[Any]]:
+    """Every setting of the runs' configs but those shown already, as dotted columns in name order (a setting
+    the run's stage does not have, e.g. ``sampler.mode`` of a fine-tune, is empty)."""
+    from ioussl.report.external import config_settings
+
+    flat = [config_settings(configs.get(run_id)) for run_id in run_ids]
+    names = sorted({name for settings in flat for name in settings} - skip)
+    return {name: [_cell(settings.get(name)) for settings in flat] for name in names}
 
 
 def metrics_frame(db: str | None, study: str | Sequence[str] | None = None, runs: Sequence[str] = (),

@@ -94,13 +94,21 @@ def finished(registry_db, tmp_path):
 def test_one_row_per_run_with_every_column(finished):
     db, ids = finished
     frame = api.runs(db)
-    assert list(frame.columns) == [*HEAD, "dsc_liver", "dsc_pancreas", "dsc_spleen", *TAIL]
+    columns = list(frame.columns)
+    settings = columns[len(HEAD) + 3 + len(TAIL):]
+    assert columns[:len(HEAD) + 3 + len(TAIL)] == [*HEAD, "dsc_liver", "dsc_pancreas", "dsc_spleen", *TAIL]
+    # then every other setting each run ran with (issue 22: not only what the study sweeps), in name order
+    assert settings == sorted(settings) and {"data.split", "finetune.epochs", "model.feature_size",
+                                             "pretrain.epochs", "runtime.precision", "sampler.mode"} <= set(settings)
+    assert not {"stage", "seed", "data.crop", "pretrain.base_lr", "model.depths"} & set(settings)  # shown once
     assert len(frame) == 4 + 4 + 2  # pretrains, their fine-tunes, a baseline per crop
     assert frame.run_id.is_unique and set(frame.study) == {"ex"}
     row = frame.set_index("run_id").loc[ids["tuned"]]
     assert (row.stage, row.parent, row.interval, row.status, row.attempts) == (
         "finetune", ids["pretrain"], "[0.3, 0.6]", "COMPLETED", 1)
     assert (row["data.crop"], row["model.depths"]) == (96, "[2, 2, 2, 2]")
+    assert row["model.feature_size"] == 12 and row["finetune.epochs"] > 0 and pd.isna(row["sampler.mode"])
+    assert frame.set_index("run_id").loc[ids["pretrain"], "sampler.mode"] is not None  # a pretrain setting
     assert (row.dsc, row.dsc_3d, row.test_dsc, row.test_dsc_3d) == (0.8, 0.7, 0.79, 0.75)
     assert (row.flare_dsc, row.flare_nsd, row.flare_part) == (0.81, 0.77, "test")
     assert (row.dsc_liver, row.dsc_spleen) == (0.9, 0.7) and pd.isna(row.dsc_pancreas)
