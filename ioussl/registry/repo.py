@@ -722,9 +722,10 @@ _CHUNK = 900  # bound parameters per query: under SQLite's limit
 def result_payloads(session: Session, run_ids: Sequence[str]) -> Iterator[tuple[str, Any]]:
     """(run id, whole ``result.json`` payload) of the runs that have a result (the report's case scores)."""
     for start in range(0, len(run_ids), _CHUNK):
-        yield from session.execute(
+        rows = session.execute(
             select(Result.run_id, Result.payload).where(Result.run_id.in_(run_ids[start:start + _CHUNK]))
-        ).tuples()
+        )
+        yield from ((run_id, payload) for run_id, payload in rows)
 
 
 def pairing_known(session: Session, run_ids: Sequence[str]) -> set[str]:
