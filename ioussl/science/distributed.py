@@ -182,15 +182,13 @@ class ReducedBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if not self.training or world_size() == 1:
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, input.dim())]  # every axis but the channels
         shape = [1, -1] + [1] * (input.dim() - 2)
         count = torch.tensor(float(input.numel() // input.shape[1]), device=input.device)
         dist.all_reduce(count)  # rows of every rank (equal shares of the global batch, but nothing relies on it)
-        mean = all_reduce(input.sum(dim=dims)) / count
+        mean = _SumOverRanks.apply(input.sum(dim=dims)) / count
         centred = input - mean.reshape(shape)
-        variance = all_reduce(centred.square().sum(dim=dims)) / count
+        variance = _SumOverRanks.apply(centred.square().sum(dim=dims)) / count
         out = centred * torch.rsqrt(variance + self.eps).reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
@@ -205,6 +203,19 @@ class ReducedBatchNorm(nn.modules.batchnorm._BatchNorm):
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_mean.mul_(1 - factor).add_(mean * factor)
         self.running_var.mul_(1 - factor).add_(unbiased * factor)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """A sum over the processes that gradients flow through: the gradient of every rank's input is the sum
+    of the gradients of every rank's output (each rank's loss depends on every rank's rows)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        return sum_over_ranks(tensor.clone())
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return sum_over_ranks(grad.clone())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -202,7 +202,7 @@ class DinoMethod(nn.Module, PretrainMethod):
         self._stash = None
         update_center(self.center, out_teacher, self.settings.center_momentum)
         self.meter.update(out_student)
-        mean = probs.mean(dim=0)
+        mean = mean_over_ranks(probs.mean(dim=0))  # the global batch's mean distribution
         sums = torch.stack([-torch.special.xlogy(probs, probs).sum(dim=1).mean(),  # teacher entropy (nats)
                             torch.special.xlogy(mean, mean * mean.numel()).sum()]).double()  # KL(mean || uniform)
         self._sums = sums if self._sums is None else self._sums + sums
