@@ -129,9 +129,10 @@ def parallel(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` (one call per training step) wrapped in ``DistributedDataParallel``, its batch norms
     synchronised over the processes; ``module`` itself in a single process.
 
-    The wrapper shares the module's parameters (checkpoints keep saving the plain module). Buffers are not
-    broadcast before every forward: synchronised batch norm already keeps the running statistics equal on
-    every rank, and a method's other buffers (DINO's centre) are updated alike from all-reduced values.
+    The wrapper shares the module's parameters (checkpoints keep saving the plain module). Rank 0's
+    parameters and buffers reach every rank once, when it is built; buffers are not broadcast again before
+    every forward: synchronised batch norm keeps the running statistics equal on every rank, and a method's
+    other buffers (DINO's centre) are updated alike from all-reduced values.
     """
     if world_size() == 1:
         return module
@@ -139,7 +140,7 @@ def parallel(module: nn.Module, device: torch.device) -> nn.Module:
 
     module = synchronise_batch_norms(module, device)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
 
 
 def synchronise_batch_norms(module: nn.Module, device: torch.device) -> nn.Module:

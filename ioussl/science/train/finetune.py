@@ -61,9 +61,10 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     """Fine-tune (or finish fine-tuning) the run in ``run_dir``; return its JSON-able summary.
 
     Raises:
-        ConfigError: ``cfg`` is not a valid fine-tune config.
+        ConfigError: ``cfg`` is not a valid fine-tune config, or its batch does not split over the processes.
         DataError: the store or split cannot feed this config.
-        TrainingError: a bad encoder checkpoint, a non-finite loss, or a ``last.pt`` of another config.
+        TrainingError: a bad encoder checkpoint, a non-finite loss, or a ``last.pt`` of another config or
+            number of processes.
     """
     if cfg.stage != "finetune":
         raise ConfigError(f"run_finetune got a {cfg.stage!r} config")

@@ -39,9 +39,9 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Pretrain (or finish pretraining) the run in ``run_dir``; return its JSON-able summary.
 
     Raises:
-        ConfigError: ``cfg`` is not a valid pretrain config.
+        ConfigError: ``cfg`` is not a valid pretrain config, or its batch does not split over the processes.
         DataError: the store cannot feed this config.
-        TrainingError: a non-finite loss, or a ``last.pt`` that belongs to another config.
+        TrainingError: a non-finite loss, or a ``last.pt`` of another config or number of processes.
     """
     if cfg.stage != "pretrain":
         raise ConfigError(f"run_pretrain got a {cfg.stage!r} config")
