@@ -111,14 +111,13 @@ def from_main(value: Any) -> Any:
     return holder[0]
 
 
-def check_global_batch(batch_size: int, key: str) -> int:
-    """This process's share of a global batch of ``batch_size`` (the study's setting, whatever the number of
-    GPUs, so a study's science does not change with it).
+def check_global_batch(batch_size: int, size: int, key: str) -> int:
+    """One process's share of a global batch of ``batch_size`` over ``size`` processes (the batch is the
+    study's setting, whatever the number of GPUs, so a study's science does not change with it).
 
     Raises:
         ConfigError: the batch does not split evenly over the processes.
     """
-    size = world_size()
     if batch_size % size:
         raise ConfigError(f"{key} = {batch_size} is the global batch and must split evenly over this job's {size} "
                           f"processes (one per GPU); use a multiple of {size} or another number of GPUs")  # fmt: skip

@@ -235,12 +235,11 @@ def test_rank_zero_keeps_the_single_process_seeds_and_other_ranks_get_their_own(
 def test_a_global_batch_must_split_evenly_over_the_processes(monkeypatch):
     from ioussl.science import distributed
 
-    assert distributed.check_global_batch(8, "pretrain.batch_size") == 8  # one process: all of it
-    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    assert distributed.check_global_batch(8, 1, "pretrain.batch_size") == 8  # one process: all of it
     with pytest.raises(ConfigError, match=r"pretrain.batch_size = 8 is the global batch and must split evenly "
                                           r"over this job's 3 processes"):  # fmt: skip
-        distributed.check_global_batch(8, "pretrain.batch_size")
-    assert distributed.check_global_batch(12, "pretrain.batch_size") == 4
+        distributed.check_global_batch(8, 3, "pretrain.batch_size")
+    assert distributed.check_global_batch(12, 3, "pretrain.batch_size") == 4
 
 
 def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):

@@ -74,7 +74,7 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     run_dir = Path(run_dir)
     seed_everything(cfg.seed)
     runtime = resolve_runtime(cfg.runtime, ft.amp)
-    check_global_batch(ft.batch_size, "finetune.batch_size")
+    check_global_batch(ft.batch_size, runtime.world_size, "finetune.batch_size")
     store = open_store(cfg)
     parts, train_ids, val_ids, steps = training_slices(store, cfg)
     state, encoder = build_state(cfg, runtime, steps, encoder_checkpoint)

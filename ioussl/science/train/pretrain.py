@@ -50,7 +50,7 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     seed_everything(cfg.seed)
     runtime = resolve_runtime(cfg.runtime, cfg.pretrain.amp)
-    check_global_batch(cfg.pretrain.batch_size, "pretrain.batch_size")
+    check_global_batch(cfg.pretrain.batch_size, runtime.world_size, "pretrain.batch_size")
     store = open_store(cfg)
     ids = pretrain_slice_ids(store, cfg)
     steps = steps_per_epoch(len(ids), cfg)
