@@ -31,6 +31,9 @@ from ioussl.config import RunConfig, config_hash, run_hash
 from ioussl.errors import ConfigError, TrainingError
 
 
+FOLLOWER_GRACE_S = 3.0  # a failing follower task waits this long, so rank 0 records the failure first
+
+
 def load_run_config(run_dir: Path) -> RunConfig:
     """Read and validate ``run_dir/config.json``.
 
@@ -158,7 +161,13 @@ def run_stage(run_dir: Path, encoder_checkpoint: Path | None = None) -> dict[str
             )
         return done
     if job_rank() != 0:  # a follower task of a multi-GPU job: it trains in step with rank 0, writes nothing
-        return _train(cfg, run_dir, encoder_checkpoint)
+        try:
+            return _train(cfg, run_dir, encoder_checkpoint)
+        except Exception:
+            # Most failures strike every rank alike (a bad batch size, a foreign last.pt, a non-finite loss);
+            # let rank 0 note it as the run's "failed" event before srun's --kill-on-bad-exit ends the job.
+            time.sleep(FOLLOWER_GRACE_S)
+            raise
     runfiles.record_event(run_dir, "started", stage=cfg.stage, **job_environment())
     try:
         result = _train(cfg, run_dir, encoder_checkpoint)

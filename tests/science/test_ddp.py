@@ -119,7 +119,9 @@ def assert_rank_zero_wrote_once(run_dir: Path, results: list[dict[str, Any]], ep
     started = next(iter(runfiles.read_jsonl(run_dir / runfiles.EVENTS)))
     assert started["world_size"] == 2
     assert json.loads((run_dir / runfiles.RESULT).read_text())["provenance"]["world_size"] == 2
-    assert ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)["world_size"] == 2
+    last = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+    assert last["world_size"] == 2
+    assert not any(key.startswith(("module.", "method.")) for key in last["model"])  # the plain module's keys
     assert not [p.name for p in (run_dir / runfiles.CHECKPOINTS).iterdir() if p.name.startswith(".")]  # no leftovers
 
 
