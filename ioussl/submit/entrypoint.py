@@ -30,7 +30,6 @@ from ioussl import runfiles
 from ioussl.config import RunConfig, config_hash, run_hash
 from ioussl.errors import ConfigError, TrainingError
 
-
 FOLLOWER_GRACE_S = 3.0  # a failing follower task waits this long, so rank 0 records the failure first
 
 
