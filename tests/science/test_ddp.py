@@ -193,6 +193,22 @@ def test_with_random_crops_two_processes_follow_the_one_process_curve(tmp_path, 
     assert [a["mean_iou"] for a in one] != [b["mean_iou"] for b in two]  # rank 1 drew its own crops
 
 
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_over_the_processes_fails_every_rank_in_one_line(store64, tmp_path, one_cpu):
+    import submitit
+
+    cfg = profiles.tiny("pretrain", store=store64["store"])
+    assert cfg.pretrain is not None
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, batch_size=7)).validate()
+    with pytest.raises(submitit.core.utils.FailedJobError, match="must split evenly"):
+        run_job(tmp_path / "run", cfg, tasks=2)
+    events = list(runfiles.read_jsonl(tmp_path / "run" / runfiles.EVENTS))
+    assert [e["event"] for e in events] == ["started", "failed"]  # rank 0's, once
+    assert events[1]["error"] == ("pretrain.batch_size = 7 is the global batch and must split evenly over this "
+                                  "job's 2 processes (one per GPU); use a multiple of 2 or another number of GPUs")
+    assert not (tmp_path / "run" / runfiles.METRICS).exists() and not (tmp_path / "run" / runfiles.RESULT).exists()
+
+
 # Fast checks of the pieces, in one process.
 
 
