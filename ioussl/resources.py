@@ -29,6 +29,7 @@ class Resources:
     gres: str | None = None  # e.g. "gpu:v100:1"; when set it replaces gpus_per_node
     gpus_per_node: int = 1
     nodes: int = 1
+    tasks_per_node: int | None = None  # processes per node, one per GPU for DDP; None: as many as GPUs (at least 1)
     cpus_per_task: int = 8
     mem_gb: float | None = None
     time_min: int = 24 * 60
@@ -50,10 +51,18 @@ class Resources:
     def gpu_hours(self) -> float:
         return self.gpus() * self.time_min / 60
 
+    def tasks(self) -> int:
+        """Processes per node: ``tasks_per_node``, else one per GPU of a node (at least one). A job of more
+        than one process in all trains as one DDP process group (submit/entrypoint.py)."""
+        if self.tasks_per_node is not None:
+            return self.tasks_per_node
+        return max(1, self.gpus() // self.nodes)
+
 
 _INT_KEYS = (
     "gpus_per_node",
     "nodes",
+    "tasks_per_node",
     "cpus_per_task",
     "time_min",
     "signal_delay_s",
@@ -87,7 +96,9 @@ def resources_for_run(stored: Mapping[str, Any], where: str = "resources") -> Re
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
     _check_types(merged, where)
-    return Resources(**merged, extra=extra, setup=setup)
+    resources = Resources(**merged, extra=extra, setup=setup)
+    _check_tasks(resources, where)
+    return resources
 
 
 def _table(value: Any, where: str) -> dict[str, str]:
@@ -99,7 +110,7 @@ def _table(value: Any, where: str) -> dict[str, str]:
 
 
 # key -> smallest allowed value (and every integer fits a 32-bit column)
-_INT_MIN = {"gpus_per_node": 0, "nodes": 1, "cpus_per_task": 1, "time_min": 1, "signal_delay_s": 0,
+_INT_MIN = {"gpus_per_node": 0, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 1, "time_min": 1, "signal_delay_s": 0,
             "max_requeues": 0, "max_parallel": 1, "max_running": 1}
 
 
@@ -119,6 +130,14 @@ def _check_types(merged: Mapping[str, Any], where: str) -> None:
     if mem is not None and int(mem * 1024) < 1:  # it would become --mem=0MB: SLURM's "all the node's memory"
         raise ConfigError(f"{where}.mem_gb: {mem!r} is less than 1 MB (SLURM reads --mem=0 as all of a node's "
                           "memory); give at least 0.001")
+
+
+def _check_tasks(res: Resources, where: str) -> None:
+    """At most one process per GPU: NCCL refuses two processes on one GPU (a CPU-only job may run any)."""
+    gpus = res.gpus() // res.nodes
+    if res.tasks_per_node is not None and gpus and res.tasks_per_node > gpus:
+        raise ConfigError(f"{where}.tasks_per_node: {res.tasks_per_node} processes per node but {gpus} GPU(s) per "
+                          "node; multi-GPU training runs one process per GPU (leave tasks_per_node out for that)")
 
 
 def _positive(value: float) -> bool:

@@ -77,10 +77,12 @@ class LocalBackend:
 
     @staticmethod
     def _parameters(unit: Unit) -> dict[str, Any]:
-        """The resources LocalExecutor honours: a time limit, GPUs, the warning before the limit."""
+        """The resources LocalExecutor honours: a time limit, GPUs, processes (one per GPU: several train as
+        one DDP process group), the warning before the limit."""
         return {
             "timeout_min": unit.resources.time_min,
             "gpus_per_node": unit.resources.gpus_per_node,
+            "tasks_per_node": unit.resources.tasks(),
             "signal_delay_s": unit.resources.signal_delay_s,
         }
 

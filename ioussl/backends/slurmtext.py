@@ -88,6 +88,11 @@ def submitit_parameters(
     }
     if res.nodes != 1:
         params["nodes"] = res.nodes
+    if res.tasks() * res.nodes > 1:
+        # One process per GPU (DDP): srun starts them; when one fails, SLURM ends the others at once rather
+        # than leaving them waiting in a collective until torch.distributed's timeout.
+        params["ntasks_per_node"] = res.tasks()
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if res.max_running is not None:  # submitit writes --array=0-K%min(K+1, N) for an array
         params["array_parallelism"] = res.max_running
     if res.setup:
@@ -122,7 +127,8 @@ def sbatch_flags(params: Mapping[str, Any], array_size: int | None = None) -> li
     renamed = {"job_name": "job-name", "gpus_per_node": "gpus-per-node", "cpus_per_task": "cpus-per-task"}
     flags = []
     for key, value in params.items():
-        if key in ("additional_parameters", "signal_delay_s", "stderr_to_stdout", "setup", "array_parallelism"):
+        if key in ("additional_parameters", "signal_delay_s", "stderr_to_stdout", "setup", "array_parallelism",
+                   "srun_args"):
             continue
         flags.append(f"--{renamed.get(key, key.replace('_', '-'))}={value}")
     if "signal_delay_s" in params:

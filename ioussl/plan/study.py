@@ -35,10 +35,10 @@ STUDY_SECTIONS: tuple[str, ...] = ("study", "data", "model", "runtime", "sampler
                   "resources", "slurm", "sweep", "notify")
 STUDY_KEYS = ("name", "description", "cluster", "runs_dir")
 INTERVAL_KEYS = ("name", "i_min", "i_max", "random_crop")
-RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "additional", "max_running",
-                 "signal_delay_s", "max_requeues")
-SLURM_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus_per_node", "exclude", "setup",
-              "additional", "max_parallel")
+RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_gb", "time_min", "nodes", "tasks_per_node", "additional",
+                 "max_running", "signal_delay_s", "max_requeues")
+SLURM_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus_per_node", "tasks_per_node", "exclude",
+              "setup", "additional", "max_parallel")
 NOTIFY_KEYS = ("webhook",)
 STUDY_SECTIONS += ("report",)  # how the study is reported and planned for power (issue 21): no run's identity
 REPORT_METRICS = ("dsc", "flare_dsc", "flare_nsd")  # report/tables.py METRICS has the same keys (tested)

@@ -5,15 +5,21 @@ the job, submitit calls ``checkpoint()``, which requeues the same callable, and 
 ``checkpoints/last.pt``. The job never opens the registry; it only writes files into its run directory
 (``events.jsonl``, ``metrics.jsonl``, ``result.json``, ``checkpoints/``). Science is imported lazily, so
 importing this module loads no torch.
+
+A job of several tasks (one per GPU: ``resources.tasks_per_node`` x ``nodes``) runs this in every task;
+``distributed`` joins them into one ``torch.distributed`` process group for the stage (DDP), and only
+rank 0 writes events and ``result.json``. A one-task job and ``ioussl run`` start no process group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,8 @@ import submitit
 from ioussl import runfiles
 from ioussl.config import RunConfig, config_hash, run_hash
 from ioussl.errors import ConfigError, TrainingError
+
+FOLLOWER_GRACE_S = 3.0  # a failing follower task waits this long, so rank 0 records the failure first
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
@@ -72,6 +80,34 @@ def job_rank() -> int:
         return int(submitit.JobEnvironment().global_rank)
     except (RuntimeError, KeyError, ValueError):
         return 0
+
+
+def job_tasks() -> int:
+    """The number of tasks (processes) of this job, from submitit; 1 outside submitit."""
+    try:
+        return int(submitit.JobEnvironment().num_tasks)
+    except (RuntimeError, KeyError, ValueError):
+        return 1
+
+
+@contextlib.contextmanager
+def distributed(cfg: RunConfig) -> Iterator[None]:
+    """The job's tasks as one ``torch.distributed`` process group while the stage runs, when there are
+    several; nothing with one task.
+
+    submitit exports what the ``env://`` method reads (``MASTER_ADDR`` = the first host, ``MASTER_PORT``
+    from the job id, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), replacing any inherited values; science opens
+    the group (NCCL on GPUs, gloo on CPUs) and destroys it when the stage ends, failed or not.
+    ``CUDA_VISIBLE_DEVICES`` is left as SLURM set it: the runtime picks GPU ``LOCAL_RANK`` of those visible.
+    """
+    if job_tasks() <= 1:
+        yield
+        return
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    from ioussl.science.distributed import process_group
+
+    with process_group(cfg.runtime):
+        yield
 
 
 def provenance(device: dict[str, Any] | None) -> dict[str, Any]:
@@ -124,7 +160,13 @@ def run_stage(run_dir: Path, encoder_checkpoint: Path | None = None) -> dict[str
             )
         return done
     if job_rank() != 0:  # a follower task of a multi-GPU job: it trains in step with rank 0, writes nothing
-        return _train(cfg, run_dir, encoder_checkpoint)
+        try:
+            return _train(cfg, run_dir, encoder_checkpoint)
+        except Exception:
+            # Most failures strike every rank alike (a bad batch size, a foreign last.pt, a non-finite loss);
+            # let rank 0 note it as the run's "failed" event before srun's --kill-on-bad-exit ends the job.
+            time.sleep(FOLLOWER_GRACE_S)
+            raise
     runfiles.record_event(run_dir, "started", stage=cfg.stage, **job_environment())
     try:
         result = _train(cfg, run_dir, encoder_checkpoint)
@@ -205,15 +247,16 @@ def run_here(cfg: RunConfig, run_dir: Path, encoder: Path | None) -> dict[str, A
 
 
 def _train(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None) -> dict[str, Any]:
-    if cfg.stage == "pretrain":
-        if encoder_checkpoint is not None:
-            raise ConfigError("a pretrain run takes no encoder checkpoint")
-        from ioussl.science.train.pretrain import run_pretrain
+    if cfg.stage == "pretrain" and encoder_checkpoint is not None:
+        raise ConfigError("a pretrain run takes no encoder checkpoint")
+    with distributed(cfg):
+        if cfg.stage == "pretrain":
+            from ioussl.science.train.pretrain import run_pretrain
 
-        return run_pretrain(cfg, run_dir)
-    from ioussl.science.train.finetune import run_finetune
+            return run_pretrain(cfg, run_dir)
+        from ioussl.science.train.finetune import run_finetune
 
-    return run_finetune(cfg, run_dir, Path(encoder_checkpoint) if encoder_checkpoint else None)
+        return run_finetune(cfg, run_dir, Path(encoder_checkpoint) if encoder_checkpoint else None)
 
 
 class RunJob(submitit.helpers.Checkpointable):

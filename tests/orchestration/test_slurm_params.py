@@ -128,3 +128,61 @@ def test_max_running_throttles_an_array_and_only_an_array():
     assert not any(flag.startswith(("--array", "--array-parallelism")) for flag in slurm.sbatch_flags(params))
     unthrottled = slurm.submitit_parameters(slurm.resources_for_run(PROFILE), job_name="x")
     assert "array_parallelism" not in unthrottled and "--array=0-9" in slurm.sbatch_flags(unthrottled, 10)
+
+
+@pytest.mark.parametrize(
+    "fields, tasks",
+    [
+        ({}, 1),  # the thesis: one V100, one process
+        ({"gpus": 4}, 4),  # one process per GPU
+        ({"slurm": {"gres": "gpu:v100:2"}}, 2),  # the GPUs of a gres count too
+        ({"gpus": 2, "nodes": 2}, 2),  # per node
+        ({"gpus": 0}, 1),
+        ({"gpus": 0, "tasks_per_node": 3}, 3),  # CPU processes (gloo): the tests' two-task jobs
+        ({"gpus": 4, "tasks_per_node": 1}, 1),
+    ],
+)
+def test_tasks_per_node_defaults_to_one_per_gpu(fields, tasks):
+    res = slurm.resources_for_run({**PROFILE, **fields, "slurm": {**PROFILE["slurm"], **fields.get("slurm", {})}})
+    assert res.tasks() == tasks
+
+
+def test_a_job_of_several_processes_asks_for_them_per_node_and_ends_them_together(tmp_path):
+    res = slurm.resources_for_run({**PROFILE, "gpus": 2, "nodes": 2})
+    params = slurm.submitit_parameters(res, job_name="x")
+    assert params["ntasks_per_node"] == 2 and params["srun_args"] == ["--kill-on-bad-exit=1"]
+    flags = slurm.sbatch_flags(params)
+    assert "--ntasks-per-node=2" in flags and "--nodes=2" in flags and "--gpus-per-node=2" in flags
+    assert not any("kill-on-bad-exit" in flag for flag in flags)  # an srun option, not an sbatch one
+    script = slurm.render_sbatch(params, str(tmp_path / "%j"))
+    assert "#SBATCH --ntasks-per-node=2" in script and "srun --unbuffered" in script
+    assert "--kill-on-bad-exit=1" in next(line for line in script.splitlines() if line.startswith("srun"))
+    assert res.gpu_hours() == 4 * 24.0  # GPUs, not processes: 2 per node x 2 nodes
+    cpu = slurm.submitit_parameters(slurm.resources_for_run({**PROFILE, "gpus": 0, "tasks_per_node": 2}), job_name="x")
+    assert cpu["ntasks_per_node"] == 2 and "gpus_per_node" not in cpu
+    one = slurm.submitit_parameters(slurm.resources_for_run(PROFILE), job_name="x")
+    assert "ntasks_per_node" not in one and "srun_args" not in one  # one process: the script as before
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tasks_per_node": 0}, r"tasks_per_node: expected an integer >= 1, got 0"),
+        ({"tasks_per_node": "2"}, r"tasks_per_node: expected an integer, got '2'"),
+        ({"tasks_per_node": True}, r"tasks_per_node: expected an integer, got True"),
+        ({"gpus": 2, "tasks_per_node": 4}, r"tasks_per_node: 4 processes per node but 2 GPU\(s\) per node; "
+                                            r"multi-GPU training runs one process per GPU"),
+    ],
+)
+def test_bad_tasks_per_node_is_one_line(change, message):
+    with pytest.raises(ConfigError, match=message):
+        slurm.resources_for_run({**PROFILE, **change})
+
+
+def test_the_local_backend_runs_one_process_per_task(tmp_path):
+    from ioussl.backends.base import Unit
+    from ioussl.backends.local import LocalBackend
+
+    unit = Unit(run_ids=("r1",), stage="pretrain", parent_id=None, job_name="ioussl-r1",
+                resources=slurm.resources_for_run({**PROFILE, "gpus": 0, "tasks_per_node": 2}))  # fmt: skip
+    assert "tasks_per_node=2" in LocalBackend(tmp_path).describe(unit, None)

@@ -1,7 +1,9 @@
 """The rank notion: only the main process of a job writes run files, checkpoints and progress.
 
-A follower rank (rank 1 of 2 here, set through ``runtime.current_ranks``) runs the real ``run_pretrain``
-and must leave its run directory untouched, also when it resumes; rank 0 of the same config writes it all.
+A follower rank (rank 1 of 2 here, set through ``runtime.current_ranks``, without a process group: each
+trains alone on its half of every batch) runs the real ``run_pretrain`` and must leave its run directory
+untouched, also when it resumes; rank 0 of the same config writes it all. (tests/science/test_ddp.py runs
+real two-process jobs.)
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ def test_a_follower_s_progress_prints_nothing(capsys):
 @pytest.mark.slow
 def test_a_non_main_rank_writes_nothing_also_when_it_resumes(store, tmp_path, monkeypatch, capsys):
     tiny = profiles.tiny("pretrain", store=store)
-    cfg = dataclasses.replace(tiny, pretrain=dataclasses.replace(tiny.pretrain, batch_size=2, steps_per_epoch=1))
+    # The global batch of 4: 2 pairs per rank (batch norm needs two).
+    cfg = dataclasses.replace(tiny, pretrain=dataclasses.replace(tiny.pretrain, batch_size=4, steps_per_epoch=1))
+    monkeypatch.setattr(runtime_module, "current_ranks", lambda: Ranks(rank=0, world_size=2))
     main = run_pretrain(cfg, tmp_path / "main")
     assert {"metrics.jsonl", "checkpoints/last.pt", "checkpoints/encoder.pt"} <= set(_files(tmp_path / "main"))
     assert "[ioussl pretrain]" in capsys.readouterr().out

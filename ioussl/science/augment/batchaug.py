@@ -365,16 +365,17 @@ def _gather_rows(
 
 class StepAugment:
     """The augmentation of one training run: each step's draws come from a generator seeded by (run seed,
-    epoch, step), so they do not depend on what ran before (a resumed run repeats them exactly)."""
+    epoch, step), so they do not depend on what ran before (a resumed run repeats them exactly), and by the
+    process's rank in a multi-GPU job (each rank augments its own share of the batch with its own draws)."""
 
-    def __init__(self, spec: AugmentSpec, seed: int, device: torch.device) -> None:
-        self.spec, self.seed, self.device = spec, int(seed), torch.device(device)
+    def __init__(self, spec: AugmentSpec, seed: int, device: torch.device, rank: int = 0) -> None:
+        self.spec, self.seed, self.device, self.rank = spec, int(seed), torch.device(device), int(rank)
 
     def generator(self, epoch: int, step: int) -> torch.Generator:
         from ioussl.science.seeds import derived_seed
 
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(derived_seed(self.seed, epoch, f"augment/{step}"))
+        generator.manual_seed(derived_seed(self.seed, epoch, f"augment/{step}", self.rank))
         return generator
 
     def views(self, views: Tensor, epoch: int, step: int) -> Tensor:

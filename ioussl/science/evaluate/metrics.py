@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ioussl.science.distributed import sum_over_ranks, world_size
+
 
 class CollapseMeter:
     """Mean over an epoch of s = mean_d std_batch(p / ||p||); collapse = max(0, 1 - sqrt(d) s).
@@ -34,9 +36,10 @@ class CollapseMeter:
         self.dim = 0
 
     def update(self, p: Tensor) -> None:
-        """Add one batch of predictor outputs ``[N, d]``."""
+        """Add one batch of predictor outputs ``[N, d]``: this process's share of the global batch in a
+        multi-GPU job, whose std is taken over the rows of every process (what one process would report)."""
         unit = F.normalize(p.detach().float(), dim=1)
-        spread = unit.std(dim=0).mean().double()
+        spread = (unit.std(dim=0) if world_size() == 1 else _std_over_ranks(unit)).mean().double()
         self.total = spread if self.total is None else self.total + spread
         self.count += 1
         self.dim = p.shape[1]
@@ -45,6 +48,15 @@ class CollapseMeter:
         if self.total is None:
             return float("nan")
         return collapse_coefficient(float(self.total) / self.count, self.dim)
+
+
+def _std_over_ranks(rows: Tensor) -> Tensor:
+    """The per-column sample std of every process's ``rows`` together (one all-reduce of the sums)."""
+    sums = sum_over_ranks(torch.cat([rows.sum(dim=0), rows.square().sum(dim=0), rows.new_full((1,), rows.shape[0])]))
+    dim = rows.shape[1]
+    total, squares, count = sums[:dim], sums[dim : 2 * dim], sums[-1]
+    variance = (squares - total.square() / count) / (count - 1)
+    return variance.clamp_min(0.0).sqrt()
 
 
 def collapse_coefficient(mean_std: float, dim: int) -> float:

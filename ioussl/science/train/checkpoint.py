@@ -7,7 +7,8 @@ that names the file. The thesis' checkpoints held bare weights only (thesis prot
 
 Both stages resume the same way (``resume``, ``save_last``): restore weights, optimiser, scaler and RNG
 states from ``last.pt``, drop metrics lines of epochs after it, and note a ``resumed`` event. Every process
-of a multi-GPU job reads ``last.pt``; only the main rank (``Runtime.is_main``) writes anything.
+of a multi-GPU job reads ``last.pt``; only the main rank (``Runtime.is_main``) writes anything. ``last.pt``
+records the job's number of processes: a run resumes only with as many (its batches were cut per rank).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def restore(state: StepState, path: Path, cfg: RunConfig, store: str) -> dict[st
             f"{cfg.data.store} now has {store}: the store changed; use a fresh run directory"
         )
     _check_resume_fields(payload, path)
+    check_world_size(payload, path, state.runtime.world_size)
     load_state(state.model, payload["model"], path)
     try:
         state.optimizer.load_state_dict(payload["optimizer"])
@@ -165,6 +167,23 @@ def restore(state: StepState, path: Path, cfg: RunConfig, store: str) -> dict[st
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise TrainingError(f"checkpoint {path} has a damaged training state ({_first_line(exc)})") from None
     return payload
+
+
+def check_world_size(payload: dict[str, Any], path: Path, world_size: int) -> None:
+    """Refuse to resume with another number of processes than wrote ``last.pt`` (one before DDP): each rank
+    cut its crops and drew its augmentations with its own seeds, so another world size would silently
+    continue a different run.
+
+    Raises:
+        TrainingError: the numbers differ; the message says what to do.
+    """
+    saved = payload.get("world_size", 1)
+    if saved != world_size:
+        raise TrainingError(
+            f"checkpoint {path} was written by a job of {saved} process(es) (one per GPU) but this job has "
+            f"{world_size}: resume with the resources it started with (gpus_per_node x nodes, tasks_per_node) "
+            "or use a fresh run directory"
+        )
 
 
 def _check_resume_fields(payload: dict[str, Any], path: Path) -> None:
@@ -205,6 +224,7 @@ def save_last(state: StepState, cfg: RunConfig, run_dir: Path, epoch: int, step:
         "epoch": epoch,
         "step": step,
         "rng": rng_state(),
+        "world_size": state.runtime.world_size,  # a resume must have as many processes (check_world_size)
         **extra,
     }
     save_atomic(payload, run_dir / runfiles.CHECKPOINTS / LAST)

@@ -10,6 +10,7 @@ call (torch's fetcher uses it), so the IoU constraint costs almost nothing per p
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import warnings
 from collections.abc import Iterator, Sequence
@@ -17,13 +18,14 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from ioussl.config import AugmentConfig, SamplerMode
-from ioussl.errors import DataError
+from ioussl.errors import ConfigError, DataError
 from ioussl.science.augment.batchaug import FINETUNE, PRETRAIN_VIEW
 from ioussl.science.augment.transforms import finetune_augment, finetune_crop, pretrain_view_augment
 from ioussl.science.data.store import SliceStore
+from ioussl.science.runtime import Ranks
 from ioussl.science.sampling.sampler import check_interval_feasible, sample_crop_pairs
 
 
@@ -267,13 +269,16 @@ def worker_init_fn(worker_id: int) -> None:
         seed_worker(seed)
 
 
-def _loader(dataset, batch_size, shuffle, drop_last, num_workers, seed, collate_fn=None, pin_memory=False):
+def _loader(dataset, batch_size, shuffle, drop_last, num_workers, seed, collate_fn=None, pin_memory=False,
+            ranks=None):
     generator = torch.Generator().manual_seed(int(seed))
+    # One process: torch's shuffled batches. Several (``ranks``): this rank's share of each global batch.
+    share = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}
+    if ranks is not None and ranks.world_size > 1:
+        share = {"batch_sampler": RankBatches(len(dataset), batch_size, ranks, generator, drop_last)}
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=drop_last,
+        **share,
         num_workers=num_workers,
         worker_init_fn=worker_init_fn,
         generator=generator,
@@ -285,19 +290,56 @@ def _loader(dataset, batch_size, shuffle, drop_last, num_workers, seed, collate_
     )
 
 
+class RankBatches(Sampler[list[int]]):
+    """One process's share of every global batch of a multi-GPU job.
+
+    The items come in the order one process's shuffled loader draws them (torch's ``RandomSampler`` on the
+    loader's generator, seeded alike on every rank), cut into global batches of ``batch_size``; rank r of W
+    takes the r-th of the W equal parts of each, so that the ranks' batches together hold exactly the items
+    of the batch a single process would train on. An incomplete last batch is dropped (``drop_last``) or
+    padded with the first items of the order to a multiple of W, as torch's DistributedSampler pads, so that
+    no rank gets an empty batch.
+    """
+
+    def __init__(self, size: int, batch_size: int, ranks: Ranks, generator: torch.Generator, drop_last: bool) -> None:
+        if batch_size % ranks.world_size:
+            raise ConfigError(f"batch size {batch_size} is not divisible by the {ranks.world_size} processes of "
+                              "this job")  # fmt: skip
+        self.size, self.batch_size, self.ranks = int(size), int(batch_size), ranks
+        self.generator, self.drop_last = generator, drop_last
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full + int(bool(rest) and not self.drop_last)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(RandomSampler(range(self.size), generator=self.generator))
+        world, rank = self.ranks.world_size, self.ranks.rank
+        for start in range(0, self.size, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            if len(batch) < self.batch_size:
+                if self.drop_last:
+                    return
+                batch += list(itertools.islice(itertools.cycle(order), -len(batch) % world))
+            share = len(batch) // world
+            yield batch[rank * share : (rank + 1) * share]
+
+
 def make_pretrain_loader(
     dataset: PretrainPairDataset,
     batch_size: int,
     num_workers: int = 0,
     seed: int = 0,
     pin_memory: bool = False,
+    ranks: Ranks | None = None,
 ) -> DataLoader:
-    """Shuffled, drop_last (floor(N / batch) steps per epoch, as the reference code).
+    """Shuffled, drop_last (floor(N / batch) steps per epoch, as the reference code); with several
+    processes (``ranks``), this rank's share of each global batch of ``batch_size`` (``RankBatches``).
 
     A ``PretrainCropBatches`` dataset hands over whole batches, which are passed on as they are.
     """
     collate = keep_batch if isinstance(dataset, PretrainCropBatches) else None
-    return _loader(dataset, batch_size, True, True, num_workers, seed, collate, pin_memory)
+    return _loader(dataset, batch_size, True, True, num_workers, seed, collate, pin_memory, ranks)
 
 
 def keep_batch(batch: Any) -> Any:
@@ -311,11 +353,13 @@ def make_finetune_loader(
     num_workers: int = 0,
     seed: int = 0,
     pin_memory: bool = False,
+    ranks: Ranks | None = None,
 ) -> DataLoader:
-    """Shuffled, not drop_last (ceil(N / batch) steps); batches hold batch_size x crops_per_slice crops."""
+    """Shuffled, not drop_last (ceil(N / batch) steps); batches hold batch_size x crops_per_slice crops (with
+    several processes, this rank's share of them: ``RankBatches``)."""
     from monai.data import list_data_collate
 
-    return _loader(dataset, batch_size, True, False, num_workers, seed, list_data_collate, pin_memory)
+    return _loader(dataset, batch_size, True, False, num_workers, seed, list_data_collate, pin_memory, ranks)
 
 
 def make_val_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 0) -> DataLoader:

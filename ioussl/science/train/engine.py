@@ -2,11 +2,14 @@
 
 Setup (models, data, resume) lives in ``pretrain.py`` / ``finetune.py``; these functions take ready objects,
 run a fixed number of steps and return plain numbers, so they run the same on a laptop CPU and a GPU node.
+In a multi-GPU job every process runs them on its share of each batch, and the numbers they return are the
+job's: the loss averaged over the processes, counts summed (one all-reduce per epoch).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from ioussl.errors import TrainingError
+from ioussl.science.distributed import mean_numbers_over_ranks, min_over_ranks, sum_over_ranks, world_size
 from ioussl.science.evaluate.metrics import slice_dsc
 from ioussl.science.runtime import Runtime, eval_mode
-from ioussl.science.train.methods.base import PretrainMethod
+from ioussl.science.train.methods.base import MethodStep, PretrainMethod
 from ioussl.science.train.optim import set_lr
 
 
@@ -34,9 +38,15 @@ class StepState:
     schedule: Callable[[int], float] | None = None  # lr per step (fine-tuning); a pretraining method sets its own
     epoch: int = 0
     compiled: nn.Module | None = None  # torch.compile(model) for the training forward; model keeps the weights
+    # DistributedDataParallel over the training call when several processes train (distributed.parallel):
+    # around the network when fine-tuning, around a methods.base.MethodStep when pretraining.
+    parallel: nn.Module | None = None
 
     @property
     def forward(self) -> nn.Module:
+        """The training call: the DDP wrapper across processes, else the compiled or the plain model."""
+        if self.parallel is not None:
+            return self.parallel
         return self.compiled if self.compiled is not None else self.model
 
 
@@ -70,14 +80,35 @@ class EpochSums:
         self.bad_value = torch.where(new_bad, value, self.bad_value)
         self.loss += value
 
-    def read(self, epoch: int) -> dict[str, float]:
-        """The sums as floats; a TrainingError naming the first step whose loss was not finite."""
-        values = torch.stack([self.loss, self.fallbacks, self.iou, self.bad_value,
-                              self.first_bad.double()]).tolist()  # fmt: skip
-        loss, fallbacks, iou, bad_value, first_bad = values
+    def read(self, epoch: int, items: int) -> dict[str, float]:
+        """The sums as floats, the job's (``items``: the pairs or crops this process trained on); a
+        TrainingError naming the first step whose loss was not finite, on every process of the job.
+
+        With several processes the loss sum is averaged over them (each one's is the sum of its batch
+        means), the counts are summed; every rank raises alike, so none waits for the others forever.
+        """
+        size = world_size()
+        sums = torch.stack([self.loss, self.fallbacks, self.iou, torch.full_like(self.loss, items)])
+        if size > 1:
+            sums = sum_over_ranks(sums) / torch.tensor([size, 1, 1, 1], dtype=sums.dtype, device=sums.device)
+        values = torch.cat([sums, self.bad_value.reshape(1), self.first_bad.double().reshape(1)]).tolist()
+        loss, fallbacks, iou, total, bad_value, first_bad = values
+        if size > 1:
+            bad_value, first_bad = _earliest_bad_step(bad_value, first_bad, self.loss.device)
         if first_bad >= 0:
             raise TrainingError(f"non-finite loss {bad_value} at step {int(first_bad)} (epoch {epoch}); stopping")
-        return {"loss": loss, "fallbacks": fallbacks, "iou": iou}
+        return {"loss": loss, "fallbacks": fallbacks, "iou": iou, "items": total}
+
+
+def _earliest_bad_step(value: float, step: float, device: torch.device) -> tuple[float, float]:
+    """(loss, step) of the earliest non-finite loss on any process, (0, -1) if none; the loss is NaN where
+    another process saw it (only the step crosses between processes)."""
+    never = float(2**53)
+    earliest = min_over_ranks(torch.tensor([step if step >= 0 else never], dtype=torch.float64, device=device))
+    found = float(earliest.item())
+    if found == never:
+        return 0.0, -1.0
+    return (value if found == step else math.nan), found
 
 
 def _optimise(state: StepState, loss: Tensor) -> None:
@@ -105,6 +136,8 @@ def train_one_epoch_pretrain(
     assert isinstance(method, PretrainMethod), f"{type(method).__name__} is no pretraining method"
     method.train()
     feed = feed or _default_feed(("view1", "view2"), state.runtime)
+    # One call per step, the step's loss: DDP-wrapped across processes (one forward per backward).
+    step_loss = state.parallel if state.parallel is not None else MethodStep(method, state.forward)
     sums, pairs, hyper = EpochSums(state.runtime.device), 0, {}
     began = time.perf_counter()
     for step in range(start_step, start_step + steps):
@@ -112,7 +145,7 @@ def train_one_epoch_pretrain(
         hyper = method.set_hyper(state.optimizer, step, state.epoch)
         view1, view2 = feed(batch, state.epoch, step)
         with state.runtime.autocast():
-            loss = method.loss(state.forward, view1, view2, state.epoch)
+            loss = step_loss(view1, view2, state.epoch)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         method.before_update(state.optimizer, state.scaler, state.epoch)
@@ -123,12 +156,13 @@ def train_one_epoch_pretrain(
         sums.fallbacks += _on(batch["fallback"], sums.loss).sum()
         sums.iou += _on(batch["iou"], sums.loss).sum()
         pairs += view1.shape[0]
-    totals = sums.read(state.epoch)
+    totals = sums.read(state.epoch, pairs)
     seconds = time.perf_counter() - began
+    pairs = int(totals["items"])  # of every process
     return {
         "loss": totals["loss"] / steps,
         **hyper,
-        **method.collapse(),
+        **mean_numbers_over_ranks(method.collapse(), state.runtime.device),
         "fallback_rate": totals["fallbacks"] / max(1, pairs),
         "mean_iou": totals["iou"] / max(1, pairs),
         "pairs_per_s": pairs / max(seconds, 1e-9),
@@ -172,12 +206,12 @@ def train_one_epoch_seg(
         _optimise(state, loss)
         sums.add_loss(loss, step)
         crops += image.shape[0]
-    totals = sums.read(state.epoch)
+    totals = sums.read(state.epoch, crops)
     seconds = time.perf_counter() - began
     return {
         "loss": totals["loss"] / steps,
         "lr": lr,
-        "crops_per_s": crops / max(seconds, 1e-9),
+        "crops_per_s": totals["items"] / max(seconds, 1e-9),
         "seconds": seconds,
     }
 

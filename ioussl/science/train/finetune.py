@@ -5,7 +5,9 @@ AdamW with warm-up and cosine decay, validation on the thesis' schedule with ear
 ``best.pt`` on every strict improvement and ``last.pt`` every epoch for resume. The run's score is the best
 checkpoint's: the thesis' per-slice DSC (``dsc``, Table 4.2's number) and a 3D DSC on the preprocessed grid
 (``dsc_3d``) on the validation cases, the same on the test cases when the split has them (``test``), and
-FLARE 2022's DSC and NSD on the original image grid (``flare``, ``flare_eval.py``).
+FLARE 2022's DSC and NSD on the original image grid (``flare``, ``flare_eval.py``). In a multi-GPU job
+every process trains on its share of each global batch of ``finetune.batch_size`` (the network wrapped in
+DistributedDataParallel) and scores the validation slices; rank 0's scores decide for all, rank 0 writes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from ioussl import runfiles
 from ioussl.config import FinetuneConfig, RunConfig
 from ioussl.errors import ConfigError, DataError, TrainingError
+from ioussl.science.distributed import check_global_batch, from_main, parallel
 from ioussl.science.evaluate.flare_eval import evaluate_flare, model_predictor
 from ioussl.science.evaluate.metrics import FLARE_ORGANS, preprocessed_case_dsc, summarise_cases
 from ioussl.science.models.swin import build_swin_unetr
@@ -58,9 +61,10 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     """Fine-tune (or finish fine-tuning) the run in ``run_dir``; return its JSON-able summary.
 
     Raises:
-        ConfigError: ``cfg`` is not a valid fine-tune config.
+        ConfigError: ``cfg`` is not a valid fine-tune config, or its batch does not split over the processes.
         DataError: the store or split cannot feed this config.
-        TrainingError: a bad encoder checkpoint, a non-finite loss, or a ``last.pt`` of another config.
+        TrainingError: a bad encoder checkpoint, a non-finite loss, or a ``last.pt`` of another config or
+            number of processes.
     """
     if cfg.stage != "finetune":
         raise ConfigError(f"run_finetune got a {cfg.stage!r} config")
@@ -70,6 +74,7 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     run_dir = Path(run_dir)
     seed_everything(cfg.seed)
     runtime = resolve_runtime(cfg.runtime, ft.amp)
+    check_global_batch(ft.batch_size, runtime.world_size, "finetune.batch_size")
     store = open_store(cfg)
     parts, train_ids, val_ids, steps = training_slices(store, cfg)
     state, encoder = build_state(cfg, runtime, steps, encoder_checkpoint)
@@ -83,8 +88,8 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
         if selection.stopped:
             break
         state.epoch = epoch
-        seed_everything(derived_seed(cfg.seed, epoch, "model"))
-        batches = cycle(finetune_loader(store, train_ids, cfg, epoch, workers))
+        seed_everything(derived_seed(cfg.seed, epoch, "model", runtime.rank))
+        batches = cycle(finetune_loader(store, train_ids, cfg, epoch, workers, runtime.ranks))
         stats = train_one_epoch_seg(state, batches, loss_fn, selection.step, steps, feed)
         step = selection.step + steps
         scores = {}
@@ -133,6 +138,8 @@ def build_state(
     )  # fmt: skip
     state = StepState(network, optimizer, runtime.grad_scaler(), runtime, schedule,
                       compiled=compile_for_training(network, cfg.runtime))
+    if runtime.world_size > 1:
+        state.parallel = parallel(state.forward, runtime.device)
     return state, encoder
 
 
@@ -203,6 +210,9 @@ def validate_and_select(
     """Score the validation slices, keep ``best.pt`` on strict improvement, count evaluations for patience."""
     assert cfg.finetune is not None
     scores = score(evaluator(cfg)(state.model, val, state.runtime, window(cfg), cfg.model.out_channels))
+    # Every rank scored the same weights; rank 0's numbers decide for all, so no rank stops alone on a
+    # last-digit difference between GPUs and leaves the others waiting.
+    scores = from_main(scores)
     if selection.record(scores, epoch, cfg.finetune.patience):
         payload = {
             **ckpt.describe(cfg, "best"),

@@ -3,7 +3,9 @@ Table 4.1), DINO (the thesis' main_dino.py) or any method registered in ``method
 
 ``run_pretrain(cfg, run_dir)`` is the whole job: it resumes from ``checkpoints/last.pt`` when present, writes
 one ``metrics.jsonl`` line and one stdout line per epoch, and exports the encoder for fine-tuning. It imports
-nothing from the orchestration layer, so it runs the same in a test, on a laptop and in a SLURM job.
+nothing from the orchestration layer, so it runs the same in a test, on a laptop and in a SLURM job. In a
+multi-GPU job (an initialised ``torch.distributed``) every process runs it on its share of each global batch
+of ``pretrain.batch_size``, with the method wrapped in DistributedDataParallel; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from torch import nn
 from ioussl import runfiles
 from ioussl.config import RunConfig
 from ioussl.errors import ConfigError, DataError
+from ioussl.science.distributed import check_global_batch, parallel
 from ioussl.science.runtime import Runtime, compile_for_training, loader_workers, resolve_runtime, seed_everything
 from ioussl.science.seeds import derived_seed
 from ioussl.science.train import checkpoint as ckpt
 from ioussl.science.train.engine import StepState, cycle, train_one_epoch_pretrain
 from ioussl.science.train.methods import build_method
-from ioussl.science.train.methods.base import PretrainMethod
+from ioussl.science.train.methods.base import MethodStep, PretrainMethod
 from ioussl.science.train.progress import Progress
 from ioussl.science.train.trainingdata import (
     open_store,
@@ -36,9 +39,9 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Pretrain (or finish pretraining) the run in ``run_dir``; return its JSON-able summary.
 
     Raises:
-        ConfigError: ``cfg`` is not a valid pretrain config.
+        ConfigError: ``cfg`` is not a valid pretrain config, or its batch does not split over the processes.
         DataError: the store cannot feed this config.
-        TrainingError: a non-finite loss, or a ``last.pt`` that belongs to another config.
+        TrainingError: a non-finite loss, or a ``last.pt`` of another config or number of processes.
     """
     if cfg.stage != "pretrain":
         raise ConfigError(f"run_pretrain got a {cfg.stage!r} config")
@@ -47,6 +50,7 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     seed_everything(cfg.seed)
     runtime = resolve_runtime(cfg.runtime, cfg.pretrain.amp)
+    check_global_batch(cfg.pretrain.batch_size, runtime.world_size, "pretrain.batch_size")
     store = open_store(cfg)
     ids = pretrain_slice_ids(store, cfg)
     steps = steps_per_epoch(len(ids), cfg)
@@ -58,8 +62,9 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     workers, feed = loader_workers(cfg.data.num_workers), pretrain_feed(cfg, runtime)
     for epoch in range(point.epoch, cfg.pretrain.epochs):
         state.epoch = epoch
-        seed_everything(derived_seed(cfg.seed, epoch, "model"))  # drop path: same draws after a resume
-        batches = cycle(pretrain_loader(store, ids, cfg, epoch, workers))
+        # drop path: the same draws after a resume, its own on every rank
+        seed_everything(derived_seed(cfg.seed, epoch, "model", runtime.rank))
+        batches = cycle(pretrain_loader(store, ids, cfg, epoch, workers, runtime.ranks))
         stats = train_one_epoch_pretrain(state, batches, step, steps, feed)
         step += steps
         last = progress.line(epoch, step, stats["pairs_per_s"], **stats)
@@ -85,11 +90,15 @@ def build_state(cfg: RunConfig, runtime: Runtime, steps: int) -> StepState:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stub
     optimizer = method.make_optimizer(fused=runtime.device.type == "cuda")
     compiled = compile_for_training(model, cfg.runtime)
-    return StepState(model, optimizer, runtime.grad_scaler(), runtime, compiled=compiled)
+    state = StepState(model, optimizer, runtime.grad_scaler(), runtime, compiled=compiled)
+    if runtime.world_size > 1:  # one DDP call per step: the whole loss, however often the method runs its network
+        state.parallel = parallel(MethodStep(method, state.forward), runtime.device)
+    return state
 
 
 def steps_per_epoch(num_slices: int, cfg: RunConfig) -> int:
-    """floor(slices / batch) as in the reference code, unless the config fixes it."""
+    """floor(slices / batch) as in the reference code, unless the config fixes it (the global batch: the
+    same steps whatever the number of processes)."""
     assert cfg.pretrain is not None
     if cfg.pretrain.steps_per_epoch is not None:
         return cfg.pretrain.steps_per_epoch

@@ -1,7 +1,9 @@
 """From a run config to data loaders, on top of the data layer (store, splits, datasets).
 
 Every epoch gets its own loader whose shuffling and augmentation seeds derive from (run seed, epoch), so
-epoch k draws the same samples whether the run went straight through or was resumed before epoch k.
+epoch k draws the same samples whether the run went straight through or was resumed before epoch k. In a
+multi-GPU job (``ranks``) every process shuffles alike and takes its share of each global batch
+(``datasets.RankBatches``), and cuts and augments its crops with seeds of its own rank.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from ioussl.config import RunConfig
 from ioussl.errors import DataError
+from ioussl.science.runtime import Ranks
 from ioussl.science.seeds import derived_seed
 
 
@@ -88,8 +91,11 @@ def check_classes(store: Any, cfg: RunConfig) -> None:
         )
 
 
-def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
+def pretrain_loader(
+    store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int, ranks: Ranks | None = None
+) -> DataLoader:
     """Pairs of views cut by the IoU sampler; incomplete last batches are dropped, as in the reference.
+    ``cfg.pretrain.batch_size`` is the global batch: with several processes this one gets its share.
 
     With ``data.augment_on = "device"`` the loader only cuts the crops (whole batches, uint16) and
     ``pretrain_feed`` augments them on the device; with "loader" each view is augmented here by MONAI.
@@ -97,7 +103,7 @@ def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
     if cfg.model.spatial_dims == 3:  # volumes and cubes (issue 20)
         from ioussl.science.train import volumes
 
-        return volumes.pretrain_loader(store, ids, cfg, epoch, workers)
+        return volumes.pretrain_loader(store, ids, cfg, epoch, workers, ranks)
     from ioussl.science.train.datasets import PretrainCropBatches, PretrainPairDataset, make_pretrain_loader
 
     assert cfg.sampler is not None and cfg.pretrain is not None
@@ -106,19 +112,22 @@ def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
     dataset = (PretrainCropBatches if device_mode else PretrainPairDataset)(
         store, ids, cfg.data.crop, sampler.i_min, sampler.i_max, random_crop=sampler.random_crop,
         mode=sampler.mode, augment=False if device_mode else cfg.pretrain.augment,
-        seed=derived_seed(cfg.seed, epoch, "pairs"),
+        seed=derived_seed(cfg.seed, epoch, "pairs", _rank(ranks)),
     )  # fmt: skip
-    order = derived_seed(cfg.seed, epoch, "order")
-    return make_pretrain_loader(dataset, cfg.pretrain.batch_size, workers, order, torch.cuda.is_available())
+    order = derived_seed(cfg.seed, epoch, "order")  # one order for every rank: each takes its share of it
+    return make_pretrain_loader(dataset, cfg.pretrain.batch_size, workers, order, torch.cuda.is_available(), ranks)
 
 
-def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
+def finetune_loader(
+    store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int, ranks: Ranks | None = None
+) -> DataLoader:
     """Batches of ``batch_size`` slices x ``crops_per_slice`` crops (pos/neg-balanced centres); augmented
-    here in "loader" mode, by ``finetune_feed`` on the device in "device" mode."""
+    here in "loader" mode, by ``finetune_feed`` on the device in "device" mode. With several processes
+    this one gets its share of each global batch."""
     if cfg.model.spatial_dims == 3:  # volumes and cubes (issue 20)
         from ioussl.science.train import volumes
 
-        return volumes.finetune_loader(store, ids, cfg, epoch, workers)
+        return volumes.finetune_loader(store, ids, cfg, epoch, workers, ranks)
     from ioussl.science.train.datasets import FinetuneSliceDataset, make_finetune_loader
 
     assert cfg.finetune is not None
@@ -126,10 +135,14 @@ def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, wor
     dataset = FinetuneSliceDataset(
         store, ids, cfg.data.crop, crops_per_slice=ft.crops_per_slice, pos=ft.pos, neg=ft.neg,
         augment=ft.augment if cfg.data.augment_on == "loader" else False,
-        seed=derived_seed(cfg.seed, epoch, "crops"),
+        seed=derived_seed(cfg.seed, epoch, "crops", _rank(ranks)),
     )  # fmt: skip
     order = derived_seed(cfg.seed, epoch, "order")
-    return make_finetune_loader(dataset, ft.batch_size, workers, order, torch.cuda.is_available())
+    return make_finetune_loader(dataset, ft.batch_size, workers, order, torch.cuda.is_available(), ranks)
+
+
+def _rank(ranks: Ranks | None) -> int:
+    return ranks.rank if ranks is not None else 0
 
 
 def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tuple[Tensor, Tensor]]:
@@ -148,7 +161,7 @@ def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     from ioussl.science.data.store import dequantise_tensor
 
     assert cfg.pretrain is not None
-    augment = StepAugment(AugmentSpec.of(cfg.pretrain.augment), cfg.seed, runtime.device)
+    augment = StepAugment(AugmentSpec.of(cfg.pretrain.augment), cfg.seed, runtime.device, runtime.rank)
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
         views = augment.views(dequantise_tensor(batch["views"], runtime.device), epoch, step)
@@ -170,7 +183,7 @@ def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     from ioussl.science.augment.batchaug import AugmentSpec, StepAugment
 
     assert cfg.finetune is not None
-    augment = StepAugment(AugmentSpec.of(cfg.finetune.augment), cfg.seed, runtime.device)
+    augment = StepAugment(AugmentSpec.of(cfg.finetune.augment), cfg.seed, runtime.device, runtime.rank)
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
         image = batch["image"].to(runtime.device, non_blocking=True)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ioussl.config import RunConfig, SamplerMode
 from ioussl.errors import DataError
+from ioussl.science.runtime import Ranks
 from ioussl.science.train.datasets import _loader, _Seeded, keep_batch, make_finetune_loader, make_val_loader
 
 SPATIAL_DIMS = 3
@@ -199,19 +200,23 @@ def pretrain_case_ids(store: Any, cfg: RunConfig) -> np.ndarray:
     return case_ids(store, cases)
 
 
-def pretrain_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
-    """Batches of cube pairs (one pair per volume), incomplete last batch dropped, as in 2D."""
+def pretrain_loader(
+    store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int, ranks: Ranks | None = None
+) -> DataLoader:
+    """Batches of cube pairs (one pair per volume), incomplete last batch dropped, as in 2D (and, as there,
+    this process's share of each global batch in a multi-GPU job)."""
     from ioussl.science.seeds import derived_seed
 
     assert cfg.sampler is not None and cfg.pretrain is not None
     sampler = cfg.sampler
     dataset = PretrainCubeBatches(
         store, ids, cfg.data.crop, sampler.i_min, sampler.i_max, random_crop=sampler.random_crop, mode=sampler.mode,
-        seed=derived_seed(cfg.seed, epoch, "pairs"),
+        seed=derived_seed(cfg.seed, epoch, "pairs", ranks.rank if ranks else 0),
     )  # fmt: skip
     order = derived_seed(cfg.seed, epoch, "order")
     # Shuffled, drop_last (floor(volumes / batch) steps); the dataset hands over whole batches.
-    return _loader(dataset, cfg.pretrain.batch_size, True, True, workers, order, keep_batch, torch.cuda.is_available())
+    return _loader(dataset, cfg.pretrain.batch_size, True, True, workers, order, keep_batch,
+                   torch.cuda.is_available(), ranks)  # fmt: skip
 
 
 def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tuple[Tensor, Tensor]]:
@@ -221,7 +226,8 @@ def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     from ioussl.science.data.store import dequantise_tensor
 
     assert cfg.pretrain is not None
-    augment = StepAugment3d(AugmentSpec.of(cfg.pretrain.augment), cfg.seed, runtime.device)  # the run's own spec
+    spec = AugmentSpec.of(cfg.pretrain.augment)  # the run's own spec
+    augment = StepAugment3d(spec, cfg.seed, runtime.device, runtime.rank)
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
         views = augment.views(dequantise_tensor(batch["views"], runtime.device), epoch, step)
@@ -231,16 +237,20 @@ def pretrain_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     return feed
 
 
-def finetune_loader(store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int) -> DataLoader:
-    """Batches of ``batch_size`` volumes x ``crops_per_slice`` cubes (pos/neg-balanced centres)."""
+def finetune_loader(
+    store: Any, ids: np.ndarray, cfg: RunConfig, epoch: int, workers: int, ranks: Ranks | None = None
+) -> DataLoader:
+    """Batches of ``batch_size`` volumes x ``crops_per_slice`` cubes (pos/neg-balanced centres); this
+    process's share of them in a multi-GPU job."""
     from ioussl.science.seeds import derived_seed
 
     assert cfg.finetune is not None
     ft = cfg.finetune
+    seed = derived_seed(cfg.seed, epoch, "crops", ranks.rank if ranks else 0)
     dataset = FinetuneCubeDataset(store, ids, cfg.data.crop, crops_per_slice=ft.crops_per_slice, pos=ft.pos,
-                                  neg=ft.neg, seed=derived_seed(cfg.seed, epoch, "crops"))  # fmt: skip
+                                  neg=ft.neg, seed=seed)  # fmt: skip
     order = derived_seed(cfg.seed, epoch, "order")
-    return make_finetune_loader(dataset, ft.batch_size, workers, order, torch.cuda.is_available())
+    return make_finetune_loader(dataset, ft.batch_size, workers, order, torch.cuda.is_available(), ranks)
 
 
 def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tuple[Tensor, Tensor]]:
@@ -249,7 +259,8 @@ def finetune_feed(cfg: RunConfig, runtime: Any) -> Callable[[dict, int, int], tu
     from ioussl.science.augment.batchaug3d import StepAugment3d
 
     assert cfg.finetune is not None
-    augment = StepAugment3d(AugmentSpec.of(cfg.finetune.augment), cfg.seed, runtime.device)  # the run's own spec
+    spec = AugmentSpec.of(cfg.finetune.augment)  # the run's own spec
+    augment = StepAugment3d(spec, cfg.seed, runtime.device, runtime.rank)
 
     def feed(batch: dict, epoch: int, step: int) -> tuple[Tensor, Tensor]:
         image = batch["image"].to(runtime.device, non_blocking=True)

@@ -68,6 +68,31 @@ class PretrainMethod:
         raise NotImplementedError
 
 
+class MethodStep(nn.Module):
+    """One training step's loss as one module call: ``step(view1, view2, epoch)`` is
+    ``method.loss(forward, view1, view2, epoch)``.
+
+    ``DistributedDataParallel`` allows one forward call per backward pass, and a method may call its network
+    more than once per step (SimSiam once per view, so that batch-norm statistics stay per view, as in the
+    reference): wrapped in this module and then in DDP (``distributed.parallel``), everything the loss
+    differentiates is one call, whatever the method does inside. With one process it is the plain call.
+    """
+
+    training_forward: Forward
+
+    def __init__(self, method: PretrainMethod, forward: Forward | None = None) -> None:
+        super().__init__()
+        assert isinstance(method, nn.Module)
+        self.method = method
+        # The (compiled) forward shares the method's parameters: kept out of the module tree, which the
+        # method alone describes (as nn.Module.__setattr__ would register a compiled module a second time).
+        object.__setattr__(self, "training_forward", forward if forward is not None else method)
+
+    def forward(self, view1: Tensor, view2: Tensor, epoch: int) -> Tensor:
+        method: Any = self.method  # an nn.Module mixing in PretrainMethod
+        return method.loss(self.training_forward, view1, view2, epoch)
+
+
 def detached_copy(module: nn.Module) -> dict[str, Tensor]:
     """A module's state dict as detached copies (a checkpoint must not alias live training tensors)."""
     return {key: value.detach().clone() for key, value in module.state_dict().items()}

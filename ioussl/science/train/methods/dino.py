@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ioussl.config import DinoConfig, RunConfig
+from ioussl.science.distributed import mean_over_ranks
 from ioussl.science.evaluate.metrics import CollapseMeter
 from ioussl.science.models.swin import SwinEncoder, encoder_dim
 from ioussl.science.train.methods.base import Forward, PretrainMethod, detached_copy
@@ -99,8 +100,10 @@ def teacher_probabilities(teacher: Tensor, center: Tensor, teacher_temp: float) 
 
 @torch.no_grad()
 def update_center(center: Tensor, teacher: Tensor, momentum: float) -> None:
-    """c <- m c + (1 - m) mean_rows(teacher), in place."""
-    center.mul_(momentum).add_(teacher.to(center.dtype).mean(dim=0, keepdim=True) * (1.0 - momentum))
+    """c <- m c + (1 - m) mean_rows(teacher), in place; the rows of every process of a multi-GPU job (DINO's
+    ``update_center`` all-reduces the batch mean), so every rank keeps the same centre."""
+    batch_mean = mean_over_ranks(teacher.to(center.dtype).mean(dim=0, keepdim=True))
+    center.mul_(momentum).add_(batch_mean * (1.0 - momentum))
 
 
 def _fp32_or_wider(x: Tensor) -> Tensor:
@@ -199,7 +202,7 @@ class DinoMethod(nn.Module, PretrainMethod):
         self._stash = None
         update_center(self.center, out_teacher, self.settings.center_momentum)
         self.meter.update(out_student)
-        mean = probs.mean(dim=0)
+        mean = mean_over_ranks(probs.mean(dim=0))  # the global batch's mean distribution
         sums = torch.stack([-torch.special.xlogy(probs, probs).sum(dim=1).mean(),  # teacher entropy (nats)
                             torch.special.xlogy(mean, mean * mean.numel()).sum()]).double()  # KL(mean || uniform)
         self._sums = sums if self._sums is None else self._sums + sums

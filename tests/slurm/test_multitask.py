@@ -1,0 +1,133 @@
+"""A two-task job on the real test cluster: ``tasks_per_node = 2`` gives ``--ntasks-per-node=2``, srun starts
+two processes, the job bridge joins them into one torch.distributed (gloo) process group, real training runs
+DDP on the CPU, rank 0 alone writes, and the registry records a world size of 2 for the attempt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.slurm.helpers import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+STUDY = """
+[study]
+name = "ddp"
+runs_dir = "runs"
+
+[data]
+store = "store"
+split = "split.json"
+crop = 64
+num_workers = 0
+
+[model]
+feature_size = 12
+
+[runtime]
+device = "cpu"
+precision = "fp32"
+channels_last = false
+cudnn_benchmark = false
+
+[pretrain]
+seeds = [1]
+batch_size = 8
+epochs = 2
+steps_per_epoch = 2
+proj_dim = 256
+pred_hidden_dim = 64
+amp = false
+
+[finetune]
+seeds = [1]
+batch_size = 2
+epochs = 2
+steps_per_epoch = 2
+warmup_epochs = 1
+eval_every = 1
+eval_every_epoch_from = 0
+sw_batch_size = 8
+max_val_slices = 4
+amp = false
+
+[[intervals]]
+random_crop = true
+i_min = 0.0
+i_max = 1.0
+
+[slurm]
+partition = "gpu"
+
+[resources.pretrain]
+gpus = 0
+tasks_per_node = 2
+cpus_per_task = 1
+mem_gb = 4
+time_min = 10
+
+[resources.finetune]
+gpus = 0
+tasks_per_node = 2
+cpus_per_task = 1
+mem_gb = 4
+time_min = 10
+"""
+
+
+def _ioussl(root: Path, env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "ioussl", *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, f"ioussl {' '.join(args)}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _data(root: Path) -> None:
+    from ioussl.science.data.preprocess import PreprocessSettings, preprocess_dataset
+    from ioussl.science.data.synth import synth_dataset
+
+    synth_dataset(root / "raw", 2, 1, seed=0, size=40, slices=16, spacing_mm=1.0)
+    assert preprocess_dataset(root / "raw", root / "store", PreprocessSettings(min_size=64)).failed == []
+    (root / "split.json").write_text(json.dumps({"train": ["SYN_Tr_0001"], "val": ["SYN_Tr_0002"]}))
+
+
+def test_a_two_task_job_trains_as_one_ddp_process_group_and_records_world_size_two(tmp_path):
+    env = {**os.environ, "IOUSSL_DB": str(tmp_path / "registry.db"),
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    env.pop("IOUSSL_JOB_FACTORY", None)  # the real entry point, real training
+    _data(tmp_path)
+    (tmp_path / "ddp.toml").write_text(STUDY)
+    _ioussl(tmp_path, env, "plan", "grid", "ddp.toml")
+    dry = _ioussl(tmp_path, env, "submit", "--study", "ddp", "--executor", "slurm", "--dry-run")
+    assert dry.count("--ntasks-per-node=2") == 2
+    _ioussl(tmp_path, env, "submit", "--study", "ddp", "--executor", "slurm")
+    deadline = time.monotonic() + 600
+    while True:
+        rows = json.loads(_ioussl(tmp_path, env, "status", "--json", "--study", "ddp"))
+        if {row["status"] for row in rows} <= {"COMPLETED", "FAILED", "CANCELLED", "BLOCKED", "LOST", "TIMEOUT"}:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(3)
+    rows.sort(key=lambda row: row["stage"] != "pretrain")
+    assert [(row["stage"], row["status"], row["world_size"]) for row in rows] == [
+        ("pretrain", "COMPLETED", 2), ("finetune", "COMPLETED", 2)]  # fmt: skip
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        assert [e["event"] for e in events] == ["started", "finished"]  # rank 0 alone writes
+        assert events[0]["world_size"] == 2
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in metrics] == [0, 1]
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["provenance"]["world_size"] == 2
+        logs = sorted((tmp_path / "runs" / "_submitit" / row["job_id"]).glob("*_log.out"))
+        assert [log.name for log in logs] == [f"{row['job_id']}_0_log.out", f"{row['job_id']}_1_log.out"]
+        assert f"[ioussl {row['stage']}] epoch 2/2" in logs[0].read_text()
+        assert "[ioussl" not in logs[1].read_text()  # the follower trained in step and said nothing
