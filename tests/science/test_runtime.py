@@ -15,6 +15,7 @@ from ioussl.science.runtime import allocated_cpus, loader_workers, resolve_runti
 
 
 def test_workers_follow_the_slurm_allocation(monkeypatch):
+    monkeypatch.delenv("IOUSSL_CPUS_PER_TASK", raising=False)  # a pytest-xdist worker's share (conftest.py)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
     assert allocated_cpus() == 6
     assert loader_workers(None) == 5  # one CPU stays with the training process
