@@ -4,8 +4,10 @@ By default two pytest processes run side by side: the SLURM integration tests (`
 in one process, since they share one test cluster and read its queue, and the rest of the suite on
 pytest-xdist workers, one per core. The SLURM tests mostly wait for the scheduler, so the two overlap well.
 (pytest-xdist's `xdist_group` would do this in one process, but with pytest 9.2 and pytest-xdist 3.8 the
-group never reaches the scheduler.) Arguments are passed to both; a `-m`, `-n` or `-p no:xdist` of the
-caller runs exactly one pytest, as given.
+group never reaches the scheduler.) The workers take whole modules (`--dist loadscope`), so a module's
+expensive fixtures (a store, a pretraining read by several tests) are built once, and in the order
+tests/conftest.py gives them: the modules with slow tests first. Arguments are passed to both; a `-m`, `-n`
+or `-p no:xdist` of the caller runs exactly one pytest, as given.
 """
 
 from __future__ import annotations
@@ -29,12 +31,21 @@ def main() -> int:
     with tempfile.TemporaryFile("w+") as slurm_log:
         slurm = subprocess.Popen([sys.executable, "-m", "pytest", "-m", "slurm", "-p", "no:xdist", *args],
                                  stdout=slurm_log, stderr=subprocess.STDOUT, text=True)
-        rest = subprocess.call([sys.executable, "-m", "pytest", "-m", "not slurm", "-n", workers, *args])
+        rest = subprocess.call([sys.executable, "-m", "pytest", "-m", "not slurm", "-n", workers,
+                                *distribution(args), *args])
         slurm_code = slurm.wait()
         slurm_log.seek(0)
         print("\n===== the SLURM integration tests (-m slurm) =====", flush=True)
         sys.stdout.write(slurm_log.read())
     return combined(rest, slurm_code)
+
+
+def distribution(args: list[str]) -> list[str]:
+    """Whole modules to the workers, in collection order (not xdist's largest-module-first), unless the
+    caller chose a distribution."""
+    if any(a.startswith("--dist") for a in args):
+        return []
+    return ["--dist", "loadscope", "--no-loadscope-reorder"]
 
 
 def combined(*codes: int) -> int:

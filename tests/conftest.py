@@ -43,6 +43,21 @@ def _one_share_of_the_cores_per_worker() -> None:
 _one_share_of_the_cores_per_worker()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with slow tests run first, whole-study modules (every test slow) first of all.
+
+    scripts/run_tests.py hands modules to the pytest-xdist workers one at a time (``--dist loadscope``, so a
+    module's fixtures are built once): started first, the long modules run side by side while the many
+    short ones fill the end, rather than one worker finishing the last end-to-end study alone. Within a
+    module, and within each of the three groups, the collection order is kept.
+    """
+    slow: dict[str, list[bool]] = {}
+    for item in items:
+        slow.setdefault(item.nodeid.split("::")[0], []).append(item.get_closest_marker("slow") is not None)
+    group = {module: 0 if all(marks) else 1 if any(marks) else 2 for module, marks in slow.items()}
+    items.sort(key=lambda item: group[item.nodeid.split("::")[0]])
+
+
 @pytest.fixture(autouse=True)
 def _no_user_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """The developer's own ~/.config/ioussl/config.toml (a webhook, say) must not reach any test's studies."""
