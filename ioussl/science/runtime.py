@@ -133,8 +133,12 @@ def resolve_runtime(cfg: RuntimeConfig, amp: bool, ranks: Ranks | None = None) -
         torch.backends.cudnn.allow_tf32 = cfg.tf32 and not cfg.deterministic
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # Set either way: the flag is process-wide, and a previous run in this process may have set it.
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    # Set either way: the flag is process-wide, and a previous run in this process may have set it. Only
+    # when it differs, though: torch's setter imports TorchInductor, 1.5-2 s of every CPU job's start.
+    if torch.are_deterministic_algorithms_enabled() != cfg.deterministic or (
+        cfg.deterministic and not torch.is_deterministic_algorithms_warn_only_enabled()
+    ):
+        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     if device.type == "cpu":
         # torch defaults to every core of the machine; jobs sharing a node (SLURM, or the local executor
         # running several at once) would oversubscribe it.

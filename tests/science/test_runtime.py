@@ -46,6 +46,30 @@ def test_cpu_runtime_runs_fp32_and_refuses_a_missing_gpu():
         resolve_runtime(RuntimeConfig(device="cuda"), amp=True)
 
 
+def test_the_deterministic_switch_is_set_process_wide_both_ways_and_only_warns():
+    try:
+        resolve_runtime(RuntimeConfig(device="cpu", deterministic=True), amp=False)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        resolve_runtime(RuntimeConfig(device="cpu"), amp=False)  # a later run in the same process
+        assert not torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)  # strict, by someone else: made to warn only
+        resolve_runtime(RuntimeConfig(device="cpu", deterministic=True), amp=False)
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_a_runtime_that_changes_no_switch_does_not_import_torchinductor():
+    """torch's deterministic setter imports TorchInductor (1.5-2 s of a CPU job's start): not when unchanged."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ioussl.config import RuntimeConfig; from ioussl.science.runtime import resolve_runtime;"
+            " resolve_runtime(RuntimeConfig(device='cpu'), amp=False); print('torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_runtime_uses_mixed_precision():
     runtime = resolve_runtime(RuntimeConfig(), amp=True)
