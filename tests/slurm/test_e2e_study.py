@@ -3,7 +3,8 @@
 Synthetic CT is preprocessed into a store, jobs/demo.toml (3 pretraining settings x 2 pretrain seeds, one
 fine-tune each, + a 2-run baseline) is planned against it and submitted to the local test cluster with the
 real job entry point (no synthetic workload). The test checks the chaining SLURM did and that every number
-in the report comes from the jobs' own result files.
+in the report comes from the jobs' own result files: none of it needs the demo's schedule (8 pretraining and
+40 fine-tuning epochs, made for a network that learns), so the jobs train on jobs/tiny.toml's few steps.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -30,15 +32,33 @@ def _ioussl(root: Path, env: dict[str, str], *args: str, timeout: float = 300) -
     return done.stdout
 
 
+# jobs/tiny.toml's schedule (its [pretrain] and [finetune] but the seeds) in place of the demo's
+SCHEDULE = {stage: {key: value for key, value in section.items() if "seeds" not in key}
+            for stage, section in tomllib.loads((REPO / "jobs" / "tiny.toml").read_text()).items()
+            if stage in ("pretrain", "finetune")}  # fmt: skip
+
+
 def _study(root: Path) -> Path:
-    """jobs/demo.toml with its data and runs in root, on the test cluster's gpu partition."""
+    """jobs/demo.toml with its data and runs in root, on the test cluster's gpu partition, on a tiny schedule."""
     text = (REPO / "jobs" / "demo.toml").read_text()
     text = text.replace('"../demo/store"', '"store"').replace('"../demo/split.json"', '"split.json"')
     text = text.replace('"../demo/runs"', '"runs"').replace('name = "demo"', 'name = "e2e"')
     text = text.replace("[resources.pretrain]", '[slurm]\npartition = "gpu"\n\n[resources.pretrain]\ngpus = 1')
     text = text.replace("[resources.finetune]", "[resources.finetune]\ngpus = 1")
+    for stage, settings in SCHEDULE.items():
+        head, section = text.split(f"[{stage}]\n")
+        section, tail = section.split("\n\n", 1)
+        lines = [line for line in section.splitlines() if line.split(" = ")[0] not in settings]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+        text = f"{head}[{stage}]\n" + "\n".join(lines) + f"\n\n{tail}"
     path = root / "e2e.toml"
     path.write_text(text)
+    ours, demo = tomllib.loads(text), tomllib.loads((REPO / "jobs" / "demo.toml").read_text())
+    assert (ours["intervals"], ours["model"], ours["runtime"]) == (demo["intervals"], demo["model"], demo["runtime"])
+    for stage in ("pretrain", "finetune"):  # the demo's grid (its seeds), the tiny schedule
+        assert {k: v for k, v in ours[stage].items() if "seeds" in k} == {
+            k: v for k, v in demo[stage].items() if "seeds" in k}  # fmt: skip
+        assert SCHEDULE[stage].items() <= ours[stage].items()
     return path
 
 
