@@ -6,10 +6,13 @@ labelled CT; its upper and lower halves become two cases so fine-tuning has a tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -69,6 +72,35 @@ def real(tmp_path_factory) -> dict[str, str]:
     return {"store": str(_store(root / "nifti", root / "store")), "split": str(split)}
 
 
+class Run(NamedTuple):
+    """A finished run that several tests read (and none changes): its config, directory, result and what it
+    printed."""
+
+    cfg: RunConfig
+    run_dir: Path
+    result: dict
+    printed: str
+
+
+def _run(train, cfg: RunConfig, run_dir: Path) -> Run:  # type: ignore[no-untyped-def]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        result = train(cfg, run_dir)
+    return Run(cfg, run_dir, result, printed.getvalue())
+
+
+@pytest.fixture(scope="module")
+def pretrained(synthetic, tmp_path_factory) -> Run:
+    """The tiny profile's pretraining on the synthetic store, run once for the tests that read it."""
+    return _run(run_pretrain, profiles.tiny("pretrain", store=synthetic["store"]), tmp_path_factory.mktemp("pre"))
+
+
+@pytest.fixture(scope="module")
+def finetuned(synthetic, tmp_path_factory) -> Run:
+    """The tiny profile's fine-tuning from scratch on the synthetic split, run once for the tests that read it."""
+    cfg = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
+    return _run(run_finetune, cfg, tmp_path_factory.mktemp("ft"))
+
+
 def _pretrain_then_finetune(data: dict[str, str], tmp_path: Path) -> tuple[dict, dict]:
     pre = run_pretrain(profiles.tiny("pretrain", store=data["store"]), tmp_path / "pre")
     cfg = profiles.tiny("finetune", store=data["store"], split=data["split"])
@@ -105,11 +137,13 @@ def _check_flare_section(result: dict) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_pretrain_then_finetune_on_synthetic_data(synthetic, tmp_path):
-    pre, result = _pretrain_then_finetune(synthetic, tmp_path)
+def test_tiny_pretrain_then_finetune_on_synthetic_data(synthetic, pretrained, tmp_path):
+    pre = pretrained.result
+    cfg = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
+    result = run_finetune(cfg, tmp_path / "ft", Path(pre["checkpoint"]))
     assert math.isfinite(pre["final_loss"]) and -1.0 <= pre["final_loss"] <= 1.0
     assert 0.0 <= pre["final_collapse"] <= 1.0 and pre["steps"] == 6
-    lines = list(runfiles.read_jsonl(tmp_path / "pre" / runfiles.METRICS))
+    lines = list(runfiles.read_jsonl(pretrained.run_dir / runfiles.METRICS))
     keys = {"stage", "epoch", "step", "loss", "lr", "collapse", "fallback_rate", "pairs_per_s", "time"}
     assert len(lines) == 2 and all(keys <= set(r) for r in lines)
     _check_finetune_result(result)
@@ -176,9 +210,13 @@ def _with_augment_on(cfg: RunConfig, where: str) -> RunConfig:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("augment_on", ["device", "loader"])
-def test_interrupted_pretraining_resumes_bit_for_bit(synthetic, tmp_path, monkeypatch, augment_on):
+def test_interrupted_pretraining_resumes_bit_for_bit(synthetic, pretrained, tmp_path, monkeypatch, augment_on):
     cfg = _with_augment_on(profiles.tiny("pretrain", store=synthetic["store"]), augment_on)
-    straight = run_pretrain(cfg, tmp_path / "straight")
+    if cfg == pretrained.cfg:  # the profile's default: the module's pretraining is this straight run
+        (tmp_path / "straight").symlink_to(pretrained.run_dir)
+        straight = pretrained.result
+    else:
+        straight = run_pretrain(cfg, tmp_path / "straight")
     with monkeypatch.context() as patch:
         _interrupt_on_call(patch, pretrain, "train_one_epoch_pretrain", call=2)
         with pytest.raises(Interrupted):
@@ -197,12 +235,13 @@ def test_interrupted_pretraining_resumes_bit_for_bit(synthetic, tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_interrupted_finetuning_resumes_bit_for_bit(synthetic, tmp_path, monkeypatch):
+def test_interrupted_finetuning_resumes_bit_for_bit(synthetic, finetuned, tmp_path, monkeypatch):
     from ioussl.science.train import finetune
 
     cfg = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
-    assert cfg.data.augment_on == "device"
-    straight = run_finetune(cfg, tmp_path / "straight")
+    assert cfg.data.augment_on == "device" and cfg == finetuned.cfg  # the module's fine-tune is the straight run
+    (tmp_path / "straight").symlink_to(finetuned.run_dir)
+    straight = finetuned.result
     with monkeypatch.context() as patch:
         _interrupt_on_call(patch, finetune, "train_one_epoch_seg", call=3)
         with pytest.raises(Interrupted):
@@ -217,28 +256,25 @@ def test_interrupted_finetuning_resumes_bit_for_bit(synthetic, tmp_path, monkeyp
         _assert_same_tensors(a["model"], b["model"])
 
 
-def test_metrics_lines_carry_what_a_live_status_needs(synthetic, tmp_path, capsys):
-    pre = profiles.tiny("pretrain", store=synthetic["store"])
-    run_pretrain(pre, tmp_path / "pre")
-    lines = list(runfiles.read_jsonl(tmp_path / "pre" / runfiles.METRICS))
+def test_metrics_lines_carry_what_a_live_status_needs(pretrained, finetuned):
+    lines = list(runfiles.read_jsonl(pretrained.run_dir / runfiles.METRICS))
     status = {"epoch", "epochs", "step", "steps_total", "time", "elapsed_s", "items_per_s", "loss"}
     kept = {"stage", "lr", "collapse", "fallback_rate", "mean_iou", "pairs_per_s", "seconds"}
     assert all(status | kept <= set(r) for r in lines)
     assert [(r["epoch"], r["epochs"], r["step"], r["steps_total"]) for r in lines] == [(0, 2, 3, 6), (1, 2, 6, 6)]
     assert lines[0]["elapsed_s"] <= lines[1]["elapsed_s"] and lines[1]["items_per_s"] == lines[1]["pairs_per_s"]
-    out = capsys.readouterr().out.splitlines()
+    out = pretrained.printed.splitlines()
     assert out[0].startswith("[ioussl pretrain] starting 2 epochs x 3 steps on cpu")
     assert [line.split(" step ")[0] for line in out[1:3]] == [f"[ioussl pretrain] epoch {e}/2" for e in (1, 2)]
     assert out[3].startswith("[ioussl pretrain] done: 2 epochs, 6 steps, final loss")
-    ft = profiles.tiny("finetune", store=synthetic["store"], split=synthetic["split"])
-    run_finetune(ft, tmp_path / "ft")
-    lines = list(runfiles.read_jsonl(tmp_path / "ft" / runfiles.METRICS))
+    ft = finetuned.cfg
+    lines = list(runfiles.read_jsonl(finetuned.run_dir / runfiles.METRICS))
     kept = {"stage", "lr", "crops_per_s", "seconds", "val_dsc", "val_dsc_3d", "best_dsc", "bad_evals"}
     assert all(status | kept | {"last_val_dsc", "last_val_epoch"} <= set(r) for r in lines)
     assert all(r["last_val_dsc"] == r["val_dsc"] and r["last_val_epoch"] == r["epoch"] for r in lines)
     crops_per_slice = ft.finetune.crops_per_slice
     assert all(r["items_per_s"] == pytest.approx(r["crops_per_s"] / crops_per_slice) for r in lines)
-    assert "val DSC" in capsys.readouterr().out
+    assert "val DSC" in finetuned.printed
 
 
 def test_non_finite_loss_stops_naming_the_step(synthetic, tmp_path, monkeypatch):
