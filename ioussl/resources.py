@@ -16,6 +16,10 @@ from typing import Any
 from ioussl import jobtext as jobscript
 from ioussl.errors import ConfigError
 
+# The job's copy of ``signal_delay_s`` (the sbatch script exports it): how long it may train on to a step
+# boundary once warned (submit/entrypoint.stop_grace_s).
+SIGNAL_DELAY_ENV = "IOUSSL_SIGNAL_DELAY_S"
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -36,7 +40,7 @@ class Resources:
     setup: tuple[str, ...] = ()  # shell lines from the study's cluster profile (module load ...)
     extra: Mapping[str, str] = field(default_factory=dict)  # further sbatch options, name -> value
     max_parallel: int | None = None  # local executor: jobs at once
-    signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint, then requeue
+    signal_delay_s: int = 120  # USR2 this long before the time limit: stop at a step, checkpoint, requeue
     max_requeues: int = 3  # timeouts/preemptions a job may be requeued for (submitit's max_num_timeout)
     max_running: int | None = None  # runs of this stage at once: SLURM arrays get --array=0-K%N, local too
 

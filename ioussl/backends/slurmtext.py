@@ -17,7 +17,7 @@ from typing import Any
 from ioussl import jobtext as jobscript
 from ioussl.backends.base import JobInfo, JobState, StateTable
 from ioussl.errors import ConfigError
-from ioussl.resources import Resources, placeholder_message, placeholders, resources_for_run  # noqa: F401 (re-exported)
+from ioussl.resources import SIGNAL_DELAY_ENV, Resources, placeholder_message, placeholders, resources_for_run  # noqa: F401 (re-exported)
 from ioussl.status import RunStatus
 
 # sacct columns we read, in this order; --parsable2 separates them with "|" and no trailing "|".
@@ -95,8 +95,8 @@ def submitit_parameters(
         params["srun_args"] = ["--kill-on-bad-exit=1"]
     if res.max_running is not None:  # submitit writes --array=0-K%min(K+1, N) for an array
         params["array_parallelism"] = res.max_running
-    if res.setup:
-        params["setup"] = list(res.setup)
+    # The job learns how early its warning comes (to stop at a step boundary in time), then the site's lines.
+    params["setup"] = [f"export {SIGNAL_DELAY_ENV}={int(res.signal_delay_s)}", *res.setup]
     optional = {
         "partition": res.partition,
         "account": res.account,

@@ -45,14 +45,21 @@ def process_group(cfg: RuntimeConfig) -> Iterator[None]:
     if backend == "nccl":  # before init: NCCL binds each process to the GPU current at its first collective
         local = int(os.environ.get("LOCAL_RANK", "0") or 0)
         torch.cuda.set_device(local % torch.cuda.device_count())
+    global _HOST_GROUP
     try:
         dist.init_process_group(backend=backend, init_method="env://")
+        # Host-side agreement (a stop at the next step: stopping.py) over gloo, so it never waits on the GPU queue.
+        _HOST_GROUP = dist.new_group(backend="gloo") if backend == "nccl" else None
     except (RuntimeError, ValueError) as exc:  # torch's DistError is a RuntimeError
         raise TrainingError(f"torch.distributed ({backend}) could not start: {_first_line(exc)}") from None
     try:
         yield
     finally:
+        _HOST_GROUP = None
         dist.destroy_process_group()
+
+
+_HOST_GROUP: Any = None  # gloo beside NCCL for host-side collectives; None: the default group is gloo already
 
 
 def world_size() -> int:
@@ -99,6 +106,25 @@ def mean_numbers_over_ranks(values: Mapping[str, Any], device: torch.device) -> 
     averaged = mean_over_ranks(torch.tensor([float(values[key]) for key in keys], dtype=torch.float64,
                                             device=device)).tolist()  # fmt: skip
     return {**values, **dict(zip(keys, averaged, strict=True))}
+
+
+def any_over_ranks(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (one small host-side all-reduce); ``flag`` in a single process."""
+    if world_size() == 1:
+        return flag
+    total = torch.tensor([int(flag)])
+    dist.all_reduce(total, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return bool(total.item())
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's ``value`` (a picklable object, tensors on the CPU), in rank order, on every process;
+    ``[value]`` in a single process."""
+    if world_size() == 1:
+        return [value]
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value, group=_HOST_GROUP)
+    return values
 
 
 def from_main(value: Any) -> Any:

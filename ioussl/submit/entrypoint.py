@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import platform
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import submitit
 from ioussl import runfiles
 from ioussl.config import RunConfig, config_hash, run_hash
 from ioussl.errors import ConfigError, TrainingError
+from ioussl.resources import SIGNAL_DELAY_ENV
 
 FOLLOWER_GRACE_S = 3.0  # a failing follower task waits this long, so rank 0 records the failure first
 
@@ -108,6 +111,71 @@ def distributed(cfg: RunConfig) -> Iterator[None]:
 
     with process_group(cfg.runtime):
         yield
+
+
+WARNING_SIGNAL = signal.SIGUSR2  # submitit's preemption signal, which resources ask SLURM for (--signal=USR2@...)
+# Where a job learns how early its warning comes: the sbatch script exports the first (backends/slurmtext.py),
+# submitit's local executor the second.
+SIGNAL_DELAY_VARS = (SIGNAL_DELAY_ENV, "SUBMITIT_LOCAL_SIGNAL_DELAY_S")
+FOLLOWER_STOP_WAIT_S = 300.0  # a follower task, its part of a stop written, waits this long for the requeue
+
+
+def stop_grace_s(environ: Mapping[str, str] | None = None) -> float:
+    """How long a warned job may train on to its next step boundary: half its warning, leaving the other half
+    to write the checkpoint and requeue (60 s where the job does not know its warning)."""
+    environ = os.environ if environ is None else environ
+    for name in SIGNAL_DELAY_VARS:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value) / 2
+    return 60.0
+
+
+@contextlib.contextmanager
+def stops_at_step_boundaries() -> Iterator[None]:
+    """While a stage trains under submitit, its warning signal stops training at the next step boundary.
+
+    submitit's handler for the signal checkpoints the submission, requeues the job and exits, wherever Python
+    stands: the run would lose the epoch under way. Here the signal only requests a stop
+    (``science/train/stopping.py``) with that handler as the action; the training loop writes a mid-epoch
+    ``last.pt`` after its current step and runs it. When no step boundary comes within ``stop_grace_s`` (the
+    signal came during validation or the final scoring), an alarm runs it anyway, as before. Outside submitit
+    (``ioussl run``, a test) the signal keeps whatever meaning it had.
+    """
+    requeue = signal.getsignal(WARNING_SIGNAL)
+    if not callable(requeue):
+        yield
+        return
+    from ioussl.science.train import stopping
+
+    follower = job_rank() != 0
+
+    def finish() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        requeue(WARNING_SIGNAL, None)  # rank 0 requeues and exits here; submitit leaves a follower to the requeue
+        if follower:
+            time.sleep(FOLLOWER_STOP_WAIT_S)
+
+    def on_warning(signum: int, frame: Any) -> None:
+        if stopping.pending():
+            return
+        stopping.request(finish)
+        signal.setitimer(signal.ITIMER_REAL, stop_grace_s())
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        if stopping.pending():  # no step boundary in time: requeue now, to resume from the last epoch
+            stopping.finish()
+
+    previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(WARNING_SIGNAL, on_warning)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(WARNING_SIGNAL, requeue)
+        if previous_alarm is not None:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(signal.SIGALRM, previous_alarm)
+        stopping.clear()
 
 
 def provenance(device: dict[str, Any] | None) -> dict[str, Any]:
@@ -249,7 +317,7 @@ def run_here(cfg: RunConfig, run_dir: Path, encoder: Path | None) -> dict[str, A
 def _train(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None) -> dict[str, Any]:
     if cfg.stage == "pretrain" and encoder_checkpoint is not None:
         raise ConfigError("a pretrain run takes no encoder checkpoint")
-    with distributed(cfg):
+    with stops_at_step_boundaries(), distributed(cfg):
         if cfg.stage == "pretrain":
             from ioussl.science.train.pretrain import run_pretrain
 

@@ -110,7 +110,8 @@ def test_hostile_strings_are_refused_or_quoted_never_run(field, tmp_path):
 
 
 def assert_one_command(script: str, setup: tuple[str, ...] = ("module load CUDA",)) -> None:
-    """Structure: #SBATCH lines with one value each, the setup lines, the export, one srun line."""
+    """Structure: #SBATCH lines with one value each, the warning's delay and the setup lines, the export, one
+    srun line."""
     commands = []
     for line in script.split("\n"):
         if line.startswith("#SBATCH "):
@@ -118,7 +119,7 @@ def assert_one_command(script: str, setup: tuple[str, ...] = ("module load CUDA"
             assert len(shlex.split(option)) == 1, line
         elif line and not line.startswith("#"):
             commands.append(line)
-    assert commands[:-1] == [*setup, "export SUBMITIT_EXECUTOR=slurm"]
+    assert commands[:-1] == ["export IOUSSL_SIGNAL_DELAY_S=120", *setup, "export SUBMITIT_EXECUTOR=slurm"]
     assert commands[-1].startswith("srun --unbuffered --output ")
 
 

@@ -79,7 +79,7 @@ def test_dependent_job_is_killed_on_an_invalid_dependency():
     params = slurm.submitit_parameters(res, job_name="ioussl-r2", dependency="afterok:41")
     assert params["dependency"] == "afterok:41"
     assert params["additional_parameters"] == {"mail-type": "FAIL", "hold": True, "kill-on-invalid-dep": "yes"}
-    assert params["setup"] == ["module load CUDA/11.7"]
+    assert params["setup"] == ["export IOUSSL_SIGNAL_DELAY_S=120", "module load CUDA/11.7"]
     assert params["gpus_per_node"] == 1 and params["mem"] == "32GB" and "gres" not in params
     independent = slurm.submitit_parameters(res, job_name="ioussl-r1")
     assert (

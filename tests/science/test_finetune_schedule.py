@@ -45,9 +45,9 @@ def test_selection_round_trips_through_a_checkpoint_and_bad_ones_are_refused(tmp
     selection.record({"dsc": 0.4}, 3, patience=5)
     selection.last_epoch, selection.step = 3, 12
     payload = {"progress": selection.to_dict(), "step": 12}
-    assert Selection.from_checkpoint(payload, tmp_path) == selection
-    assert Selection.from_checkpoint({}, tmp_path) == Selection()
+    assert Selection.from_checkpoint(payload, tmp_path, payload["step"]) == selection
+    assert Selection.from_checkpoint({}, tmp_path, 0) == Selection()
     with pytest.raises(TrainingError, match="lacks the selection progress"):
-        Selection.from_checkpoint({"progress": {"best_dsc": 0.4}, "step": 12}, tmp_path)
+        Selection.from_checkpoint({"progress": {"best_dsc": 0.4}, "step": 12}, tmp_path, 12)
     with pytest.raises(TrainingError, match="inconsistent progress"):
-        Selection.from_checkpoint({"progress": selection.to_dict(), "step": 13}, tmp_path)
+        Selection.from_checkpoint({"progress": selection.to_dict(), "step": 13}, tmp_path, 13)

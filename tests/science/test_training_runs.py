@@ -11,6 +11,8 @@ import dataclasses
 import io
 import json
 import math
+import os
+import signal
 from pathlib import Path
 from typing import NamedTuple
 
@@ -254,6 +256,112 @@ def test_interrupted_finetuning_resumes_bit_for_bit(synthetic, finetuned, tmp_pa
     for name in (ckpt.LAST, ckpt.BEST):
         a, b = (ckpt.load(tmp_path / run / runfiles.CHECKPOINTS / name) for run in ("straight", "resumed"))
         _assert_same_tensors(a["model"], b["model"])
+
+
+class Requeued(BaseException):
+    """Stands in for submitit's handler of the warning signal: it requeues the job and ends the process."""
+
+
+@contextlib.contextmanager
+def _warned_at(monkeypatch, trainingdata_name: str, module, epoch: int, step: int):
+    """Under a stand-in for submitit's USR2 handler, send the job's warning signal while the batch of
+    (``epoch``, global ``step``) is fed: the job bridge defers the handler to the next step boundary."""
+    from ioussl.science.train import trainingdata
+
+    real_feed = getattr(trainingdata, trainingdata_name)
+
+    def warning_feed(cfg, runtime):
+        feed = real_feed(cfg, runtime)
+
+        def fed(batch, at_epoch, at_step):
+            if (at_epoch, at_step) == (epoch, step):
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return feed(batch, at_epoch, at_step)
+
+        return fed
+
+    def requeue(signum, frame):
+        raise Requeued
+
+    monkeypatch.setattr(module, trainingdata_name, warning_feed)
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def _resumed_event(run_dir: Path) -> dict:
+    return [e for e in _events(run_dir) if e["event"] == "resumed"][0]
+
+
+@pytest.mark.slow
+def test_a_warned_pretraining_stops_at_the_next_step_checkpoints_it_and_resumes_bit_for_bit(
+    pretrained, tmp_path, monkeypatch
+):
+    from ioussl.submit.entrypoint import run_stage
+
+    run_dir = tmp_path / "warned"
+    run_dir.mkdir()
+    (run_dir / runfiles.CONFIG).write_text(pretrained.cfg.to_json())
+    with monkeypatch.context() as patch, _warned_at(patch, "pretrain_feed", pretrain, epoch=1, step=4):
+        with pytest.raises(Requeued):
+            run_stage(run_dir)
+    stopped = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+    # Epoch 1 holds steps 3-5: warned during step 4, the job wrote step 4's state and requeued (not epoch 0's).
+    assert (stopped["epoch"], stopped["step"], stopped["part"]["done"]) == (1, 5, 2)
+    assert [e["event"] for e in _events(run_dir)] == ["started", "interrupted"]
+    assert len(_curve(run_dir)) == 1  # epoch 1's line comes when the epoch ends
+    resumed = run_stage(run_dir)
+    assert _resumed_event(run_dir) == {**_resumed_event(run_dir), "epoch": 1, "step": 5, "epoch_steps_done": 2}
+    assert resumed["final_loss"] == pretrained.result["final_loss"]
+    assert resumed["final_collapse"] == pretrained.result["final_collapse"]
+    assert _curve(run_dir) == _curve(pretrained.run_dir)
+    for name in (ckpt.LAST, ckpt.ENCODER):
+        a, b = (ckpt.load(run / runfiles.CHECKPOINTS / name) for run in (pretrained.run_dir, run_dir))
+        _assert_same_tensors(a["model"], b["model"])
+    a, b = (ckpt.load(run / runfiles.CHECKPOINTS / ckpt.LAST) for run in (pretrained.run_dir, run_dir))
+    _assert_same_tensors(a["optimizer"]["state"], b["optimizer"]["state"])
+    assert "part" not in b
+
+
+@pytest.mark.slow
+def test_a_warned_fine_tune_stops_at_the_next_step_and_resumes_bit_for_bit(finetuned, tmp_path, monkeypatch):
+    from ioussl.science.train import finetune
+    from ioussl.submit.entrypoint import run_stage
+
+    run_dir = tmp_path / "warned"
+    run_dir.mkdir()
+    (run_dir / runfiles.CONFIG).write_text(finetuned.cfg.to_json())
+    with monkeypatch.context() as patch, _warned_at(patch, "finetune_feed", finetune, epoch=1, step=3):
+        with pytest.raises(Requeued):
+            run_stage(run_dir)
+    stopped = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+    assert (stopped["epoch"], stopped["step"], stopped["part"]["done"]) == (1, 4, 1)
+    assert stopped["progress"]["step"] == 3 and stopped["progress"]["last_epoch"] == 0
+    resumed = run_stage(run_dir)
+    assert _resumed_event(run_dir)["epoch_steps_done"] == 1
+    straight = finetuned.result
+    assert (resumed["steps"], resumed["best_epoch"], resumed["dsc"], resumed["per_case"]) == (
+        straight["steps"], straight["best_epoch"], straight["dsc"], straight["per_case"])  # fmt: skip
+    assert _curve(run_dir) == _curve(finetuned.run_dir)
+    for name in (ckpt.LAST, ckpt.BEST):
+        a, b = (ckpt.load(run / runfiles.CHECKPOINTS / name) for run in (finetuned.run_dir, run_dir))
+        _assert_same_tensors(a["model"], b["model"])
+
+
+def test_a_warning_on_an_epoch_s_last_step_requeues_after_its_checkpoint(pretrained, tmp_path, monkeypatch):
+    from ioussl.submit.entrypoint import run_stage
+
+    run_dir = tmp_path / "warned"
+    run_dir.mkdir()
+    (run_dir / runfiles.CONFIG).write_text(pretrained.cfg.to_json())
+    with monkeypatch.context() as patch, _warned_at(patch, "pretrain_feed", pretrain, epoch=0, step=2):
+        with pytest.raises(Requeued):
+            run_stage(run_dir)
+    stopped = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+    assert (stopped["epoch"], stopped["step"]) == (0, 3) and "part" not in stopped  # the epoch's own checkpoint
+    assert len(_curve(run_dir)) == 1
 
 
 def test_metrics_lines_carry_what_a_live_status_needs(pretrained, finetuned):

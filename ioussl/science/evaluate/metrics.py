@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,16 @@ class CollapseMeter:
         self.total = spread if self.total is None else self.total + spread
         self.count += 1
         self.dim = p.shape[1]
+
+    def state(self) -> dict[str, Any]:
+        """The running sum (on the CPU), count and width, for a checkpoint in the middle of an epoch."""
+        total = None if self.total is None else self.total.detach().cpu()
+        return {"total": total, "count": self.count, "dim": self.dim}
+
+    def load(self, state: dict[str, Any], device: torch.device) -> None:
+        total = state["total"]
+        self.total = None if total is None else total.to(device)
+        self.count, self.dim = int(state["count"]), int(state["dim"])
 
     def value(self) -> float:
         if self.total is None:

@@ -6,7 +6,10 @@ so a run resumes from ``last.pt`` and a fine-tune refuses an encoder of another 
 that names the file. The thesis' checkpoints held bare weights only (thesis protocol notes §3, §7).
 
 Both stages resume the same way (``resume``, ``save_last``): restore weights, optimiser, scaler and RNG
-states from ``last.pt``, drop metrics lines of epochs after it, and note a ``resumed`` event. Every process
+states from ``last.pt``, drop metrics lines of epochs after it, and note a ``resumed`` event. ``last.pt`` is
+written after every epoch and, when the job is told to stop (stopping.py), after the step at which it stopped:
+then it also holds the epoch's ``part`` (steps done, each process's running sums, item count and RNG states,
+the method's epoch statistics), and the run goes on inside that epoch. Every process
 of a multi-GPU job reads ``last.pt``; only the main rank (``Runtime.is_main``) writes anything. ``last.pt``
 records the job's number of processes: a run resumes only with as many (its batches were cut per rank).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +30,7 @@ from ioussl import runfiles
 from ioussl.config import ModelConfig, RunConfig, config_hash
 from ioussl.errors import TrainingError
 from ioussl.runfiles import atomic_write
+from ioussl.science.train.stopping import SUMS, EpochPart
 
 if TYPE_CHECKING:
     from ioussl.science.train.engine import StepState
@@ -110,13 +115,16 @@ def load_for_resume(path: Path, cfg: RunConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a run continues: its first epoch to train, the global step, the kept metrics lines and the
-    restored checkpoint (empty when the run starts afresh)."""
+    """Where a run continues: its first epoch to train, that epoch's first global step, the kept metrics
+    lines and the restored checkpoint (empty when the run starts afresh); after a stop inside an epoch, the
+    part of it done (this process's share) and this process's RNG state at the stop."""
 
     epoch: int = 0
     step: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)
     payload: dict[str, Any] = field(default_factory=dict)
+    part: EpochPart | None = None
+    rng: dict[str, Any] | None = None
 
     @property
     def resumed(self) -> bool:
@@ -140,11 +148,63 @@ def resume(state: StepState, cfg: RunConfig, run_dir: Path, store: str) -> Resum
             runfiles.atomic_write_text(metrics, "")
         return ResumePoint()
     payload = restore(state, path, cfg, store)
-    kept = truncate_metrics(metrics, payload["epoch"], write=main)
-    point = ResumePoint(payload["epoch"] + 1, payload["step"], kept, payload)
+    if "part" not in payload:
+        kept = truncate_metrics(metrics, payload["epoch"], write=main)
+        point = ResumePoint(payload["epoch"] + 1, payload["step"], kept, payload)
+        if main:
+            runfiles.record_event(run_dir, "resumed", epoch=point.epoch, step=point.step)
+        return point
+    part, rng = epoch_part(payload, path, state.runtime.rank, state.runtime.world_size)
+    kept = truncate_metrics(metrics, payload["epoch"] - 1, write=main)
+    point = ResumePoint(payload["epoch"], payload["step"] - part.done, kept, payload, part, rng)
     if main:
-        runfiles.record_event(run_dir, "resumed", epoch=point.epoch, step=point.step)
+        runfiles.record_event(run_dir, "resumed", epoch=point.epoch, step=payload["step"], epoch_steps_done=part.done)
     return point
+
+
+def go_on_inside(point: ResumePoint, epoch: int, batches: Iterator[Any], steps: int) -> EpochPart | None:
+    """The part of ``epoch`` a stopped attempt trained, when the run resumes inside it (else None): its
+    batches are drawn again and dropped, so the loader's random state is where the stop left it (the
+    device augmentations are seeded per step and need no replay), and this process's RNG is the stop's.
+
+    Raises:
+        TrainingError: the part is as long as the epoch (a checkpoint of another schedule).
+    """
+    from ioussl.science.runtime import set_rng_state
+
+    part = point.part if epoch == point.epoch else None
+    if part is None:
+        return None
+    if part.done >= steps:
+        raise TrainingError(f"checkpoints/last.pt stopped after step {part.done} of an epoch of {steps} steps")
+    for _ in range(part.done):
+        next(batches)
+    assert point.rng is not None
+    set_rng_state(point.rng)
+    return part
+
+
+def epoch_part(payload: dict[str, Any], path: Path, rank: int, world_size: int) -> tuple[EpochPart, dict[str, Any]]:
+    """This process's share of a mid-epoch ``last.pt``'s ``part`` and its RNG state, checked (read from disk).
+
+    Raises:
+        TrainingError: the part is not one ``save_last`` writes.
+    """
+    raw = payload["part"]
+    ranks = raw.get("ranks") if isinstance(raw, dict) else None
+    share = ranks[rank] if isinstance(ranks, list) and len(ranks) == world_size else None
+    sums = share.get("sums") if isinstance(share, dict) else None
+    valid = (
+        isinstance(raw, dict) and _is_count(raw.get("done")) and raw["done"] > 0 and payload["step"] >= raw["done"]
+        and isinstance(raw.get("seconds"), int | float) and isinstance(raw.get("method"), dict)
+        and isinstance(share, dict) and _is_count(share.get("items")) and isinstance(share.get("rng"), dict)
+        and isinstance(sums, dict) and all(isinstance(sums.get(name), torch.Tensor) for name in SUMS)
+    )  # fmt: skip
+    if not valid:
+        raise TrainingError(f"checkpoint {path} has a damaged mid-epoch part; delete it to resume from scratch")
+    assert isinstance(raw, dict) and isinstance(share, dict)
+    part = EpochPart(raw["done"], share["sums"], share["items"], float(raw["seconds"]), raw["method"])
+    return part, share["rng"]
 
 
 def restore(state: StepState, path: Path, cfg: RunConfig, store: str) -> dict[str, Any]:
@@ -205,13 +265,23 @@ def truncate_metrics(metrics: Path, last_epoch: int, write: bool = True) -> list
     return kept
 
 
-def save_last(state: StepState, cfg: RunConfig, run_dir: Path, epoch: int, step: int, **extra: Any) -> None:
-    """Everything needed to continue after ``epoch``: weights, optimiser, scaler, schedule position, RNG.
+def save_last(
+    state: StepState, cfg: RunConfig, run_dir: Path, epoch: int, step: int, part: EpochPart | None = None,
+    **extra: Any,
+) -> None:
+    """Everything needed to continue after ``epoch``, or after global step ``step`` inside it (``part``: the
+    epoch's steps so far): weights, optimiser, scaler, schedule position, RNG.
 
-    Written by the main rank only; the others hold the same weights (DDP keeps them in step).
+    Written by the main rank only; the others hold the same weights (DDP keeps them in step). With a ``part``
+    every process must call it: each one's sums and RNG state are gathered into the file.
     """
+    from ioussl.science.distributed import gather_objects
     from ioussl.science.runtime import rng_state
 
+    stopped = None
+    if part is not None:
+        own = {"sums": part.sums, "items": part.items, "rng": rng_state()}
+        stopped = {"done": part.done, "seconds": part.seconds, "method": part.method, "ranks": gather_objects(own)}
     if not state.runtime.is_main:
         return
 
@@ -225,6 +295,7 @@ def save_last(state: StepState, cfg: RunConfig, run_dir: Path, epoch: int, step:
         "step": step,
         "rng": rng_state(),
         "world_size": state.runtime.world_size,  # a resume must have as many processes (check_world_size)
+        **({"part": stopped} if stopped is not None else {}),
         **extra,
     }
     save_atomic(payload, run_dir / runfiles.CHECKPOINTS / LAST)

@@ -23,8 +23,10 @@ from ioussl.errors import TrainingError
 from ioussl.science.distributed import mean_numbers_over_ranks, min_over_ranks, sum_over_ranks, world_size
 from ioussl.science.evaluate.metrics import slice_dsc
 from ioussl.science.runtime import Runtime, eval_mode
+from ioussl.science.train import stopping
 from ioussl.science.train.methods.base import MethodStep, PretrainMethod
 from ioussl.science.train.optim import set_lr
+from ioussl.science.train.stopping import EpochPart, StoppedAtStep
 
 
 @dataclass
@@ -64,6 +66,7 @@ def cycle(loader: Iterable[Any]) -> Iterator[Any]:
 Feed = Callable[[dict, int, int], tuple[Tensor, ...]]  # (batch, epoch, step) -> tensors on the device
 
 
+
 class EpochSums:
     """What an epoch reports, accumulated on the training device: reading it back is the epoch's one host
     synchronisation (a per-step ``float(loss)`` would stall the GPU queue every step)."""
@@ -72,6 +75,15 @@ class EpochSums:
         zero = functools.partial(torch.zeros, (), dtype=torch.float64, device=device)
         self.loss, self.fallbacks, self.iou, self.bad_value = zero(), zero(), zero(), zero()
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def state(self) -> dict[str, Tensor]:
+        """The sums so far, on the CPU (a mid-epoch checkpoint's)."""
+        return {name: getattr(self, name).detach().cpu() for name in stopping.SUMS}
+
+    def load(self, state: dict[str, Tensor]) -> None:
+        """Go on from ``state()``'s sums (a resumed epoch)."""
+        for name in stopping.SUMS:
+            setattr(self, name, state[name].to(getattr(self, name)))
 
     def add_loss(self, loss: Tensor, step: int) -> None:
         value = loss.detach().double()
@@ -123,14 +135,24 @@ def _default_feed(keys: tuple[str, ...], runtime: Runtime) -> Feed:
 
 
 def train_one_epoch_pretrain(
-    state: StepState, batches: Iterator[dict], start_step: int, steps: int, feed: Feed | None = None
+    state: StepState,
+    batches: Iterator[dict],
+    start_step: int,
+    steps: int,
+    feed: Feed | None = None,
+    part: EpochPart | None = None,
 ) -> dict:
     """``steps`` updates of the pretraining method ``state.model`` (a ``methods.PretrainMethod``): SimSiam,
     DINO or any registered one; the method computes the loss and its statistics, the loop does the rest.
 
     Args:
+        start_step: the epoch's first global step.
         feed: puts a batch's two views on the device, ready for the model (and augments them there when
             ``data.augment_on`` is "device"); default: move ``view1`` and ``view2`` as they are.
+        part: the steps of this epoch a stopped attempt did (``batches`` then starts after them).
+
+    Raises:
+        StoppedAtStep: a stop became due (``stopping.due``) with steps of the epoch left.
     """
     method = state.model
     assert isinstance(method, PretrainMethod), f"{type(method).__name__} is no pretraining method"
@@ -138,9 +160,10 @@ def train_one_epoch_pretrain(
     feed = feed or _default_feed(("view1", "view2"), state.runtime)
     # One call per step, the step's loss: DDP-wrapped across processes (one forward per backward).
     step_loss = state.parallel if state.parallel is not None else MethodStep(method, state.forward)
-    sums, pairs, hyper = EpochSums(state.runtime.device), 0, {}
-    began = time.perf_counter()
-    for step in range(start_step, start_step + steps):
+    sums, hyper = EpochSums(state.runtime.device), {}
+    first, began = _go_on(part, sums, start_step)
+    pairs = part.items if part is not None else 0
+    for step in range(first, start_step + steps):
         batch = next(batches)
         hyper = method.set_hyper(state.optimizer, step, state.epoch)
         view1, view2 = feed(batch, state.epoch, step)
@@ -156,6 +179,9 @@ def train_one_epoch_pretrain(
         sums.fallbacks += _on(batch["fallback"], sums.loss).sum()
         sums.iou += _on(batch["iou"], sums.loss).sum()
         pairs += view1.shape[0]
+        if step + 1 < start_step + steps and stopping.due():
+            raise StoppedAtStep(EpochPart(step + 1 - start_step, sums.state(), pairs, time.perf_counter() - began,
+                                          method.epoch_state()))  # fmt: skip
     totals = sums.read(state.epoch, pairs)
     seconds = time.perf_counter() - began
     pairs = int(totals["items"])  # of every process
@@ -168,6 +194,14 @@ def train_one_epoch_pretrain(
         "pairs_per_s": pairs / max(seconds, 1e-9),
         "seconds": seconds,
     }
+
+
+def _go_on(part: EpochPart | None, sums: EpochSums, start_step: int) -> tuple[int, float]:
+    """The first step to train and the loop's start time, counting in what a stopped attempt did."""
+    if part is None:
+        return start_step, time.perf_counter()
+    sums.load(part.sums)
+    return start_step + part.done, time.perf_counter() - part.seconds
 
 
 def _on(values: Any, like: Tensor) -> Tensor:
@@ -183,19 +217,26 @@ def train_one_epoch_seg(
     start_step: int,
     steps: int,
     feed: Feed | None = None,
+    part: EpochPart | None = None,
 ) -> dict:
     """``steps`` segmentation updates with Dice + cross-entropy on batches of crops.
 
     Args:
+        start_step: the epoch's first global step.
         feed: puts a batch's ``image`` and ``label`` on the device (augmenting them there in device mode).
+        part: the steps of this epoch a stopped attempt did (``batches`` then starts after them).
+
+    Raises:
+        StoppedAtStep: a stop became due (``stopping.due``) with steps of the epoch left.
     """
     assert state.schedule is not None, "fine-tuning needs its lr schedule"
     state.model.train()
     feed = feed or _default_feed(("image", "label"), state.runtime)
-    sums, crops = EpochSums(state.runtime.device), 0
-    lr = state.schedule(start_step)
-    began = time.perf_counter()
-    for step in range(start_step, start_step + steps):
+    sums = EpochSums(state.runtime.device)
+    first, began = _go_on(part, sums, start_step)
+    crops = part.items if part is not None else 0
+    lr = state.schedule(first)
+    for step in range(first, start_step + steps):
         batch = next(batches)
         lr = state.schedule(step)
         set_lr(state.optimizer, lr)
@@ -206,6 +247,8 @@ def train_one_epoch_seg(
         _optimise(state, loss)
         sums.add_loss(loss, step)
         crops += image.shape[0]
+        if step + 1 < start_step + steps and stopping.due():
+            raise StoppedAtStep(EpochPart(step + 1 - start_step, sums.state(), crops, time.perf_counter() - began))
     totals = sums.read(state.epoch, crops)
     seconds = time.perf_counter() - began
     return {

@@ -40,12 +40,13 @@ from ioussl.science.runtime import (
 )
 from ioussl.science.seeds import derived_seed
 from ioussl.science.train import checkpoint as ckpt
-from ioussl.science.train import volumes
+from ioussl.science.train import stopping, volumes
 from ioussl.science.train.engine import Evaluation, StepState, cycle, evaluate, train_one_epoch_seg
 from ioussl.science.train.losses import segmentation_loss
 from ioussl.science.train.optim import finetune_optimizer
 from ioussl.science.train.progress import Progress
 from ioussl.science.train.schedules import cosine_lr
+from ioussl.science.train.stopping import StoppedAtStep
 from ioussl.science.train.trainingdata import (
     finetune_feed,
     finetune_loader,
@@ -79,7 +80,7 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
     parts, train_ids, val_ids, steps = training_slices(store, cfg)
     state, encoder = build_state(cfg, runtime, steps, encoder_checkpoint)
     point = ckpt.resume(state, cfg, run_dir, store.fingerprint)
-    selection = Selection.from_checkpoint(point.payload, run_dir)
+    selection = Selection.from_checkpoint(point.payload, run_dir, point.step)
     progress = Progress("finetune", ft.epochs, steps, first_epoch=point.epoch, main=runtime.is_main)
     progress.start(point.step, runtime.describe(), point.resumed)
     workers, loss_fn, feed = loader_workers(cfg.data.num_workers), segmentation_loss(), finetune_feed(cfg, runtime)
@@ -90,7 +91,13 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
         state.epoch = epoch
         seed_everything(derived_seed(cfg.seed, epoch, "model", runtime.rank))
         batches = cycle(finetune_loader(store, train_ids, cfg, epoch, workers, runtime.ranks))
-        stats = train_one_epoch_seg(state, batches, loss_fn, selection.step, steps, feed)
+        part = ckpt.go_on_inside(point, epoch, batches, steps)
+        try:
+            stats = train_one_epoch_seg(state, batches, loss_fn, selection.step, steps, feed, part)
+        except StoppedAtStep as stop:
+            ckpt.save_last(state, cfg, run_dir, epoch, selection.step + stop.part.done, stop.part,
+                           progress=selection.to_dict(), store=store.fingerprint)  # fmt: skip
+            stopping.finish()  # requeues the job and ends the process
         step = selection.step + steps
         scores = {}
         if is_eval_epoch(epoch, ft):
@@ -101,6 +108,8 @@ def run_finetune(cfg: RunConfig, run_dir: Path, encoder_checkpoint: Path | None 
         ckpt.save_last(state, cfg, run_dir, epoch, step, progress=selection.to_dict(), store=store.fingerprint)
         if runtime.is_main:
             runfiles.append_jsonl(run_dir / runfiles.METRICS, line)
+        if stopping.due():  # the epoch's checkpoint is written: requeue now
+            stopping.finish()
     if not runtime.is_main:  # the main rank scores the best checkpoint and reports
         return runtime.follower_summary("finetune")
     result = summarise_run(state, cfg, run_dir, store, parts, selection, encoder, steps)
@@ -189,9 +198,9 @@ class Selection:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_checkpoint(cls, payload: dict[str, Any], run_dir: Path) -> Selection:
-        """The selection state of a resumed ``last.pt`` (fresh when ``payload`` is empty); checked, since it
-        is read back from disk."""
+    def from_checkpoint(cls, payload: dict[str, Any], run_dir: Path, step: int) -> Selection:
+        """The selection state of a resumed ``last.pt`` (fresh when ``payload`` is empty), whose next epoch
+        starts at global ``step``; checked, since it is read back from disk."""
         if not payload:
             return cls()
         raw = payload.get("progress")
@@ -199,7 +208,7 @@ class Selection:
         if not isinstance(raw, dict) or not {"best_dsc", "bad_evals", "stopped", "step"} <= set(raw):
             raise TrainingError(f"checkpoint {run_dir / runfiles.CHECKPOINTS / ckpt.LAST} lacks the selection progress")
         selection = cls(**{k: v for k, v in raw.items() if k in names})
-        if selection.step != payload.get("step") or not isinstance(selection.best_dsc, int | float):
+        if selection.step != step or not isinstance(selection.best_dsc, int | float):
             raise TrainingError(f"checkpoint {run_dir / runfiles.CHECKPOINTS / ckpt.LAST} has inconsistent progress")
         return selection
 

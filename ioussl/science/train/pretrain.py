@@ -23,10 +23,12 @@ from ioussl.science.distributed import check_global_batch, parallel
 from ioussl.science.runtime import Runtime, compile_for_training, loader_workers, resolve_runtime, seed_everything
 from ioussl.science.seeds import derived_seed
 from ioussl.science.train import checkpoint as ckpt
+from ioussl.science.train import stopping
 from ioussl.science.train.engine import StepState, cycle, train_one_epoch_pretrain
 from ioussl.science.train.methods import build_method
 from ioussl.science.train.methods.base import MethodStep, PretrainMethod
 from ioussl.science.train.progress import Progress
+from ioussl.science.train.stopping import StoppedAtStep
 from ioussl.science.train.trainingdata import (
     open_store,
     pretrain_feed,
@@ -60,22 +62,32 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     progress = Progress("pretrain", cfg.pretrain.epochs, steps, first_epoch=point.epoch, main=runtime.is_main)
     progress.start(step, runtime.describe(), point.resumed)
     workers, feed = loader_workers(cfg.data.num_workers), pretrain_feed(cfg, runtime)
+    method = cast(PretrainMethod, state.model)
     for epoch in range(point.epoch, cfg.pretrain.epochs):
         state.epoch = epoch
         # drop path: the same draws after a resume, its own on every rank
         seed_everything(derived_seed(cfg.seed, epoch, "model", runtime.rank))
         batches = cycle(pretrain_loader(store, ids, cfg, epoch, workers, runtime.ranks))
-        stats = train_one_epoch_pretrain(state, batches, step, steps, feed)
+        part = ckpt.go_on_inside(point, epoch, batches, steps)
+        if part is not None:
+            method.load_epoch_state(part.method)
+        try:
+            stats = train_one_epoch_pretrain(state, batches, step, steps, feed, part)
+        except StoppedAtStep as stop:
+            ckpt.save_last(state, cfg, run_dir, epoch, step + stop.part.done, stop.part, store=store.fingerprint)
+            stopping.finish()  # requeues the job and ends the process
         step += steps
         last = progress.line(epoch, step, stats["pairs_per_s"], **stats)
         ckpt.save_last(state, cfg, run_dir, epoch, step, store=store.fingerprint)
         if runtime.is_main:
             runfiles.append_jsonl(run_dir / runfiles.METRICS, last)
+        if stopping.due():  # the epoch's checkpoint is written: requeue now
+            stopping.finish()
     if not last:
         raise DataError("pretraining ran no epoch (pretrain.epochs is 0)")
     if not runtime.is_main:  # the main rank exports the encoder and reports; this process only trained
         return runtime.follower_summary("pretrain")
-    summary = export_encoder(cast(PretrainMethod, state.model), cfg, run_dir, last, steps)
+    summary = export_encoder(method, cfg, run_dir, last, steps)
     progress.end(f"{summary['epochs']} epochs, {summary['steps']:,} steps, final loss {summary['final_loss']:.4f}")
     return {**summary, "store_fingerprint": store.fingerprint, "device": runtime.describe()}
 

@@ -62,6 +62,15 @@ class PretrainMethod:
         """The epoch's collapse statistics (``collapse`` at least), then start counting afresh."""
         raise NotImplementedError
 
+    def epoch_state(self) -> dict[str, Any]:
+        """What ``collapse`` has counted so far this epoch (tensors on the CPU, numbers), for a checkpoint in
+        the middle of an epoch (a stop at a step boundary: ``stopping.py``); a method with per-epoch
+        statistics returns them here, or its first epoch after such a resume reports the resumed steps only."""
+        return {}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        """Go on counting from ``epoch_state()``'s statistics."""
+
     def encoder_states(self) -> dict[str, dict[str, Tensor]]:
         """The encoders a fine-tune may start from, each under ``SwinUNETR.swinViT``'s key names: ``model``
         (the default, ``finetune.init_from = "teacher"``) and, where the method has a second one, ``student``."""

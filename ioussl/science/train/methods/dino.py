@@ -20,6 +20,7 @@ fine-tuning script could not load). As in the reference, the teacher runs in tra
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -218,6 +219,16 @@ class DinoMethod(nn.Module, PretrainMethod):
             values = {"collapse": self.meter.value(), "teacher_entropy": entropy, "teacher_kl_uniform": kl}
         self._reset_statistics()
         return values
+
+    def epoch_state(self) -> dict[str, Any]:
+        sums = None if self._sums is None else self._sums.detach().cpu()
+        return {"meter": self.meter.state(), "sums": sums, "counted": self._counted}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        self.meter.load(state["meter"], self.center.device)
+        sums = state["sums"]
+        self._sums = None if sums is None else sums.to(self.center.device)
+        self._counted = int(state["counted"])
 
     def _reset_statistics(self) -> None:
         self.meter = CollapseMeter()

@@ -7,6 +7,8 @@ the per-iteration cosine schedule of Table 4.1, and the collapse coefficient of 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -57,6 +59,12 @@ class SimSiamMethod(SimSiam, PretrainMethod):
         value = self.meter.value()
         self.meter = CollapseMeter()
         return {"collapse": value}
+
+    def epoch_state(self) -> dict[str, Any]:
+        return {"meter": self.meter.state()}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        self.meter.load(state["meter"], next(self.parameters()).device)
 
     def encoder_states(self) -> dict[str, dict[str, Tensor]]:
         return {"model": self.encoder_state_dict()}
