@@ -114,3 +114,58 @@ def test_runs_under_submitit_and_records_the_job(tmp_path, monkeypatch):
     started, failed = list(runfiles.read_jsonl(run_dir / runfiles.EVENTS))
     assert started["event"] == "started" and started["job_id"] == job.job_id
     assert failed["event"] == "failed" and not (run_dir / runfiles.RESULT).exists()
+
+
+class Requeued(BaseException):
+    """Stands in for submitit's handler of the warning signal, which requeues the job and exits."""
+
+
+def _requeue(signum, frame):
+    raise Requeued
+
+
+def test_the_warning_s_grace_is_half_the_delay_the_job_was_given():
+    from ioussl.submit.entrypoint import stop_grace_s
+
+    assert stop_grace_s({"IOUSSL_SIGNAL_DELAY_S": "120"}) == 60.0
+    assert stop_grace_s({"SUBMITIT_LOCAL_SIGNAL_DELAY_S": "30"}) == 15.0  # submitit's local executor
+    assert stop_grace_s({"IOUSSL_SIGNAL_DELAY_S": "soon"}) == 60.0 == stop_grace_s({})
+
+
+def test_a_warning_with_no_step_boundary_in_its_grace_requeues_anyway(monkeypatch):
+    import os
+    import signal
+    import time
+
+    from ioussl.science.train import stopping
+    from ioussl.submit.entrypoint import stops_at_step_boundaries
+
+    monkeypatch.setenv("IOUSSL_SIGNAL_DELAY_S", "1")  # 0.5 s to reach a step boundary
+    previous = signal.signal(signal.SIGUSR2, _requeue)
+    try:
+        with pytest.raises(Requeued), stops_at_step_boundaries():
+            assert signal.getsignal(signal.SIGUSR2) is not _requeue  # deferred while the stage runs
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stopping.pending()  # a stop is requested, not carried out
+            time.sleep(0.2)
+            assert stopping.pending()
+            time.sleep(5)  # validation, say: no step boundary; the alarm requeues after 0.5 s
+        assert signal.getsignal(signal.SIGUSR2) is _requeue and not stopping.pending()
+        with stops_at_step_boundaries():
+            pass  # without a warning nothing happens, and the handler is submitit's again afterwards
+        assert signal.getsignal(signal.SIGUSR2) is _requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_outside_submitit_the_warning_signal_keeps_its_meaning():
+    import signal
+
+    from ioussl.submit.entrypoint import stops_at_step_boundaries
+
+    previous = signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    try:
+        with stops_at_step_boundaries():
+            assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -127,6 +127,12 @@ def gather_objects(value: Any) -> list[Any]:
     return values
 
 
+def barrier() -> None:
+    """Wait until every process got here (host-side); nothing in a single process."""
+    if world_size() > 1:
+        dist.barrier(group=_HOST_GROUP)
+
+
 def from_main(value: Any) -> Any:
     """Rank 0's ``value`` on every process (a picklable object), so that every rank takes the same decision
     (fine-tuning's model selection and early stopping); ``value`` itself in a single process."""

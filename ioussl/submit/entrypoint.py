@@ -20,6 +20,7 @@ import platform
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -117,7 +118,6 @@ WARNING_SIGNAL = signal.SIGUSR2  # submitit's preemption signal, which resources
 # Where a job learns how early its warning comes: the sbatch script exports the first (backends/slurmtext.py),
 # submitit's local executor the second.
 SIGNAL_DELAY_VARS = (SIGNAL_DELAY_ENV, "SUBMITIT_LOCAL_SIGNAL_DELAY_S")
-FOLLOWER_STOP_WAIT_S = 300.0  # a follower task, its part of a stop written, waits this long for the requeue
 
 
 def stop_grace_s(environ: Mapping[str, str] | None = None) -> float:
@@ -148,24 +148,24 @@ def stops_at_step_boundaries() -> Iterator[None]:
         return
     from ioussl.science.train import stopping
 
-    follower = job_rank() != 0
-
-    def finish() -> None:
+    def finish() -> None:  # at a step boundary, the checkpoint written (every task waited for it)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        requeue(WARNING_SIGNAL, None)  # rank 0 requeues and exits here; submitit leaves a follower to the requeue
-        if follower:
-            time.sleep(FOLLOWER_STOP_WAIT_S)
+        requeue(WARNING_SIGNAL, None)  # rank 0 requeues and exits here; submitit leaves the others be
+        # A follower ends cleanly: a non-zero exit would make srun (--kill-on-bad-exit) end rank 0 before it
+        # requeued; the local executor requeues once every task has exited, one of them asking for it.
+        sys.exit(0)
 
     def on_warning(signum: int, frame: Any) -> None:
-        if stopping.pending():
-            return
-        stopping.request(finish)
-        signal.setitimer(signal.ITIMER_REAL, stop_grace_s())
+        if not stopping.pending():
+            stopping.request()
+            signal.setitimer(signal.ITIMER_REAL, stop_grace_s())
 
     def on_alarm(signum: int, frame: Any) -> None:
-        if stopping.pending():  # no step boundary in time: requeue now, to resume from the last epoch
-            stopping.finish()
+        if stopping.pending():  # no step boundary in time: what submitit does at the signal, to resume from the
+            stopping.clear()  # last epoch's checkpoint (a follower goes on until the requeue ends it)
+            requeue(WARNING_SIGNAL, frame)
 
+    stopping.arm(finish)  # on every task: one the signal missed stops with the others
     previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(WARNING_SIGNAL, on_warning)
     try:
@@ -175,7 +175,7 @@ def stops_at_step_boundaries() -> Iterator[None]:
         signal.signal(WARNING_SIGNAL, requeue)
         if previous_alarm is not None:  # None: a handler set outside Python, which cannot be put back
             signal.signal(signal.SIGALRM, previous_alarm)
-        stopping.clear()
+        stopping.disarm()
 
 
 def provenance(device: dict[str, Any] | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from ioussl.config import DataConfig, ModelConfig, PretrainConfig, RunConfig, Sa
 from ioussl.errors import TrainingError
 from ioussl.science.models.swin import SimSiam, build_swin_unetr
 from ioussl.science.train import checkpoint as ckpt
+from ioussl.science.train import stopping
 from ioussl.science.train.transfer import load_encoder
 
 TINY = ModelConfig(feature_size=12)
@@ -108,3 +109,32 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     with pytest.raises(TrainingError, match="another config"):
         ckpt.load_for_resume(path, other)
     assert ckpt.load_for_resume(path, _cfg())["kind"] == "last"
+
+
+def _part(**changes):
+    sums = {name: torch.zeros(()) for name in ("loss", "fallbacks", "iou", "bad_value", "first_bad")}
+    share = {"sums": sums, "items": 16, "rng": {"torch": torch.get_rng_state()}}
+    return {"done": 2, "seconds": 1.5, "method": {}, "ranks": [share], **changes}
+
+
+def test_a_mid_epoch_part_gives_this_rank_its_share_and_a_damaged_one_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    part, rng = ckpt.epoch_part({"step": 5, "part": _part()}, path, rank=0, world_size=1)
+    assert (part.done, part.items, part.seconds, set(part.sums)) == (2, 16, 1.5, set(stopping.SUMS))
+    assert torch.equal(rng["torch"], torch.get_rng_state())
+    damaged = [
+        {"done": 0},  # a stop comes after a step
+        {"done": "2"},
+        {"ranks": []},  # written by another number of processes
+        {"ranks": [{"sums": {}, "items": 16, "rng": {}}]},
+        {"ranks": [{**_part()["ranks"][0], "items": -1}]},
+        {"seconds": None},
+        {"method": None},
+    ]
+    for changes in damaged:
+        with pytest.raises(TrainingError, match=r"last\.pt has a damaged mid-epoch part"):
+            ckpt.epoch_part({"step": 5, "part": _part(**changes)}, path, rank=0, world_size=1)
+    with pytest.raises(TrainingError, match="damaged mid-epoch part"):
+        ckpt.epoch_part({"step": 5, "part": [1, 2]}, path, rank=0, world_size=1)
+    with pytest.raises(TrainingError, match="damaged mid-epoch part"):
+        ckpt.epoch_part({"step": 1, "part": _part()}, path, rank=0, world_size=1)  # more steps done than taken

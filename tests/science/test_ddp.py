@@ -310,3 +310,52 @@ def test_cpu_batch_norm_replacement_shares_parameters_and_keys():
     assert list(head.state_dict()) == keys and [id(p) for p in head.parameters()] == params
     assert torch.allclose(head(x), expected, atol=1e-6)  # one process: plain batch norm
     assert int(np.asarray(head[1].num_batches_tracked)) == 2
+
+
+def _task_pids(controller: int) -> list[int]:
+    """The task processes submitit's local controller started (its children)."""
+    children = Path(f"/proc/{controller}/task/{controller}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+@pytest.mark.slow
+def test_a_warned_two_process_job_stops_at_one_step_on_every_rank_and_resumes_bit_for_bit(store64, tmp_path, one_cpu):
+    """The tiny profile's random crops, augmentations and drop path: each rank's own random state must come back."""
+    import os
+    import signal
+    import time
+
+    import submitit
+
+    from ioussl.submit.entrypoint import RunJob
+
+    cfg = profiles.tiny("pretrain", store=store64["store"])
+    assert cfg.pretrain is not None
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=2, steps_per_epoch=8)).validate()
+    run_job(tmp_path / "straight", cfg, tasks=2)
+    warned = tmp_path / "warned"
+    warned.mkdir()
+    runfiles.atomic_write_text(warned / runfiles.CONFIG, cfg.to_json())
+    executor = submitit.LocalExecutor(folder=tmp_path / "_submitit_warned" / "%j")
+    executor.update_parameters(tasks_per_node=2, timeout_min=5, stderr_to_stdout=True)
+    job = executor.submit(RunJob(str(warned)))
+    deadline = time.monotonic() + 240
+    while not curve(warned):  # epoch 0 is done: warn both tasks in epoch 1, as SLURM's --signal does
+        assert time.monotonic() < deadline and not job.done(), "the job never finished its first epoch"
+        time.sleep(0.05)
+    tasks = _task_pids(job._process.pid)
+    assert len(tasks) == 2
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR2)
+    job.results()
+    events = list(runfiles.read_jsonl(warned / runfiles.EVENTS))
+    assert [e["event"] for e in events] == ["started", "requeued", "interrupted", "started", "resumed", "finished"]
+    resumed = next(e for e in events if e["event"] == "resumed")
+    assert resumed["epoch"] == 1 and 0 < resumed["epoch_steps_done"] < 8  # inside epoch 1, at one step for both
+    timing = {"time", "elapsed_s", "items_per_s", "pairs_per_s", "seconds"}
+    lines = [[{k: v for k, v in line.items() if k not in timing} for line in curve(run)]
+             for run in (tmp_path / "straight", warned)]  # fmt: skip
+    assert lines[0] == lines[1]
+    for name in (ckpt.LAST, ckpt.ENCODER):
+        a, b = (ckpt.load(run / runfiles.CHECKPOINTS / name)["model"] for run in (tmp_path / "straight", warned))
+        assert all(torch.equal(a[key], b[key]) for key in a), name

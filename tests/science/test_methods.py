@@ -126,12 +126,48 @@ def test_interrupted_dino_pretraining_resumes_bit_for_bit(synthetic, tmp_path, m
         with pytest.raises(Interrupted):
             run_pretrain(cfg, tmp_path / "resumed")
     resumed = run_pretrain(cfg, tmp_path / "resumed")
-    assert _curve(tmp_path / "straight") == _curve(tmp_path / "resumed")
-    assert resumed["final_loss"] == straight["final_loss"]
-    for name in (ckpt.LAST, ckpt.ENCODER):
-        a, b = (ckpt.load(tmp_path / run / runfiles.CHECKPOINTS / name) for run in ("straight", "resumed"))
-        assert a["model"].keys() == b["model"].keys()
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name  # teacher, centre too
+    _stop_in_the_middle_of_epoch_1(cfg, tmp_path / "stopped", monkeypatch)
+    stopped = run_pretrain(cfg, tmp_path / "stopped")
+    for run, result in (("resumed", resumed), ("stopped", stopped)):
+        assert _curve(tmp_path / "straight") == _curve(tmp_path / run)  # teacher entropy and KL too
+        assert result["final_loss"] == straight["final_loss"]
+        for name in (ckpt.LAST, ckpt.ENCODER):
+            a, b = (ckpt.load(tmp_path / side / runfiles.CHECKPOINTS / name) for side in ("straight", run))
+            assert a["model"].keys() == b["model"].keys()
+            assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name  # teacher, centre too
+
+
+def _stop_in_the_middle_of_epoch_1(cfg, run_dir: Path, monkeypatch) -> None:
+    """Run ``cfg`` with a stop requested during step 4 (epoch 1 holds steps 3-5): it must stop after step 4."""
+    from ioussl.science.train import stopping
+
+    real_feed = pretrain.pretrain_feed
+
+    def requeue():  # what the job bridge's deferred action does: requeue and end the process
+        raise Interrupted
+
+    def requesting_feed(cfg, runtime):
+        feed = real_feed(cfg, runtime)
+
+        def fed(batch, epoch, step):
+            if step == 4:
+                stopping.request()
+            return feed(batch, epoch, step)
+
+        return fed
+
+    stopping.arm(requeue)  # as the job bridge arms it
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(pretrain, "pretrain_feed", requesting_feed)
+            with pytest.raises(Interrupted):
+                run_pretrain(cfg, run_dir)
+        assert not stopping.pending()
+    finally:
+        stopping.disarm()
+    stopped = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+    assert (stopped["epoch"], stopped["step"], stopped["part"]["done"]) == (1, 5, 2)
+    assert stopped["part"]["method"]["counted"] == 2  # DINO's epoch statistics so far travel with it
 
 
 def test_a_method_in_one_test_file_runs_through_the_real_loop(synthetic, tmp_path, monkeypatch):

@@ -275,13 +275,24 @@ def save_last(
     Written by the main rank only; the others hold the same weights (DDP keeps them in step). With a ``part``
     every process must call it: each one's sums and RNG state are gathered into the file.
     """
-    from ioussl.science.distributed import gather_objects
+    from ioussl.science.distributed import barrier, gather_objects
     from ioussl.science.runtime import rng_state
 
     stopped = None
     if part is not None:
         own = {"sums": part.sums, "items": part.items, "rng": rng_state()}
         stopped = {"done": part.done, "seconds": part.seconds, "method": part.method, "ranks": gather_objects(own)}
+    try:
+        _write_last(state, cfg, run_dir, epoch, step, stopped, extra)
+    finally:
+        if part is not None:
+            barrier()  # no process ends (the job is about to requeue) before the file is written
+
+
+def _write_last(state: StepState, cfg: RunConfig, run_dir: Path, epoch: int, step: int,
+                stopped: dict[str, Any] | None, extra: dict[str, Any]) -> None:
+    from ioussl.science.runtime import rng_state
+
     if not state.runtime.is_main:
         return
 

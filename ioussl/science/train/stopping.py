@@ -26,7 +26,8 @@ from ioussl.science.distributed import any_over_ranks
 
 @dataclass
 class StopRequest:
-    """The process's one pending stop: set from a signal handler, read by the loops."""
+    """The process's stop: armed by the job bridge with the action that ends the process, requested from a
+    signal handler, read by the loops."""
 
     requested: bool = False
     action: Callable[[], None] | None = None  # what ends the process once the checkpoint is written
@@ -35,11 +36,15 @@ class StopRequest:
 _STOP = StopRequest()
 
 
-def request(action: Callable[[], None]) -> None:
-    """Ask the training loop to stop at its next step boundary and then run ``action`` (the deferred
-    requeue); a second request while one is pending changes nothing."""
-    if not _STOP.requested:
-        _STOP.requested, _STOP.action = True, action
+def arm(action: Callable[[], None]) -> None:
+    """Set what ends the process after a stop (the deferred requeue): on every process of the job, since a
+    process that got no signal stops with the others."""
+    _STOP.action = action
+
+
+def request() -> None:
+    """Ask the training loop to stop at its next step boundary (a second request changes nothing)."""
+    _STOP.requested = True
 
 
 def pending() -> bool:
@@ -48,7 +53,12 @@ def pending() -> bool:
 
 
 def clear() -> None:
-    """Forget a pending stop (the stage ended before it was due)."""
+    """Forget a requested stop (it was carried out, or given up); the action stays armed."""
+    _STOP.requested = False
+
+
+def disarm() -> None:
+    """Forget the stop and its action (the stage ended)."""
     _STOP.requested, _STOP.action = False, None
 
 
@@ -63,7 +73,7 @@ class StopNow(BaseException):
 
 
 def finish() -> NoReturn:
-    """Run the deferred action (it requeues the job and exits); raise ``StopNow`` if the process goes on."""
+    """Run the armed action (it requeues the job and exits); raise ``StopNow`` if the process goes on."""
     action = _STOP.action
     clear()
     if action is not None:
