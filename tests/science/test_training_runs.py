@@ -295,6 +295,19 @@ def _resumed_event(run_dir: Path) -> dict:
     return [e for e in _events(run_dir) if e["event"] == "resumed"][0]
 
 
+def _warned_run(straight: Run, run_dir: Path, monkeypatch, feed: str, module, epoch: int, step: int) -> dict:
+    """Run ``straight``'s config through the job bridge, warned during (``epoch``, ``step``); return the
+    ``last.pt`` it left when the stand-in for submitit's handler ended it."""
+    from ioussl.submit.entrypoint import run_stage
+
+    run_dir.mkdir()
+    (run_dir / runfiles.CONFIG).write_text(straight.cfg.to_json())
+    with monkeypatch.context() as patch, _warned_at(patch, feed, module, epoch=epoch, step=step):
+        with pytest.raises(Requeued):
+            run_stage(run_dir)
+    return ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+
+
 @pytest.mark.slow
 def test_a_warned_pretraining_stops_at_the_next_step_checkpoints_it_and_resumes_bit_for_bit(
     pretrained, tmp_path, monkeypatch
@@ -302,12 +315,7 @@ def test_a_warned_pretraining_stops_at_the_next_step_checkpoints_it_and_resumes_
     from ioussl.submit.entrypoint import run_stage
 
     run_dir = tmp_path / "warned"
-    run_dir.mkdir()
-    (run_dir / runfiles.CONFIG).write_text(pretrained.cfg.to_json())
-    with monkeypatch.context() as patch, _warned_at(patch, "pretrain_feed", pretrain, epoch=1, step=4):
-        with pytest.raises(Requeued):
-            run_stage(run_dir)
-    stopped = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+    stopped = _warned_run(pretrained, run_dir, monkeypatch, "pretrain_feed", pretrain, epoch=1, step=4)
     # Epoch 1 holds steps 3-5: warned during step 4, the job wrote step 4's state and requeued (not epoch 0's).
     assert (stopped["epoch"], stopped["step"], stopped["part"]["done"]) == (1, 5, 2)
     assert [e["event"] for e in _events(run_dir)] == ["started", "interrupted"]
@@ -331,12 +339,7 @@ def test_a_warned_fine_tune_stops_at_the_next_step_and_resumes_bit_for_bit(finet
     from ioussl.submit.entrypoint import run_stage
 
     run_dir = tmp_path / "warned"
-    run_dir.mkdir()
-    (run_dir / runfiles.CONFIG).write_text(finetuned.cfg.to_json())
-    with monkeypatch.context() as patch, _warned_at(patch, "finetune_feed", finetune, epoch=1, step=3):
-        with pytest.raises(Requeued):
-            run_stage(run_dir)
-    stopped = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+    stopped = _warned_run(finetuned, run_dir, monkeypatch, "finetune_feed", finetune, epoch=1, step=3)
     assert (stopped["epoch"], stopped["step"], stopped["part"]["done"]) == (1, 4, 1)
     assert stopped["progress"]["step"] == 3 and stopped["progress"]["last_epoch"] == 0
     resumed = run_stage(run_dir)
@@ -351,15 +354,8 @@ def test_a_warned_fine_tune_stops_at_the_next_step_and_resumes_bit_for_bit(finet
 
 
 def test_a_warning_on_an_epoch_s_last_step_requeues_after_its_checkpoint(pretrained, tmp_path, monkeypatch):
-    from ioussl.submit.entrypoint import run_stage
-
     run_dir = tmp_path / "warned"
-    run_dir.mkdir()
-    (run_dir / runfiles.CONFIG).write_text(pretrained.cfg.to_json())
-    with monkeypatch.context() as patch, _warned_at(patch, "pretrain_feed", pretrain, epoch=0, step=2):
-        with pytest.raises(Requeued):
-            run_stage(run_dir)
-    stopped = ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
+    stopped = _warned_run(pretrained, run_dir, monkeypatch, "pretrain_feed", pretrain, epoch=0, step=2)
     assert (stopped["epoch"], stopped["step"]) == (0, 3) and "part" not in stopped  # the epoch's own checkpoint
     assert len(_curve(run_dir)) == 1
 
