@@ -6,6 +6,10 @@ alternating, on random views: no data loading, so the ratio is the methods' comp
 a DINO step costs at most 1.3x a SimSiam step at the thesis' shapes (96² crops, batch 128, C 48). On a shared
 2-core CPU the full batch takes minutes per step: ``--batch`` lowers it (the ratio is what is compared).
 
+Beside the wall time, each step's process CPU time split into user (the computation) and system (mostly the
+kernel's page faults: on Linux, glibc hands a freed tensor over 32 MB back to the OS, so every such
+allocation is faulted in afresh) and its minor page faults (``resource.getrusage``; wall time only on Windows).
+
     python benchmarks/bench_dino_step.py [--batch 128] [--crop 96] [--feature-size 48] [--steps 3] [--device cpu]
 """
 
@@ -17,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,6 +42,24 @@ def config(method: str, batch: int, crop: int, feature_size: int, device: str) -
                                data=dataclasses.replace(cfg.data, crop=crop), runtime=runtime).validate()  # fmt: skip
 
 
+class Usage(NamedTuple):
+    """One step's wall seconds, process CPU seconds (user, system) and minor page faults."""
+
+    wall: float
+    user: float = float("nan")
+    system: float = float("nan")
+    faults: float = float("nan")
+
+
+def usage_now() -> Usage:
+    if sys.platform == "win32":  # no getrusage
+        return Usage(time.perf_counter())
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return Usage(time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt)
+
+
 class Stepper:
     """One method with its optimiser and views, ready to take timed training steps."""
 
@@ -51,9 +74,9 @@ class Stepper:
         self.views = torch.rand(shape, device=self.runtime.device), torch.rand(shape, device=self.runtime.device)
         self.method.train()
 
-    def step(self, step: int) -> float:
-        """Seconds of one step (epoch 1: the last layer learns, as in most of a run)."""
-        began = time.perf_counter()
+    def step(self, step: int) -> Usage:
+        """Seconds and faults of one step (epoch 1: the last layer learns, as in most of a run)."""
+        began = usage_now()
         self.method.set_hyper(self.optimizer, step, epoch=1)
         with self.runtime.autocast():
             loss = self.method.loss(self.method, *self.views, epoch=1)
@@ -64,20 +87,21 @@ class Stepper:
         self.scaler.update()
         self.method.after_update(step, epoch=1)
         float(loss.detach())  # wait for the device
-        return time.perf_counter() - began
+        return Usage(*(after - before for after, before in zip(usage_now(), began, strict=True)))
 
 
-def seconds_per_step(configs: dict[str, RunConfig], steps: int) -> dict[str, float]:
-    """Median step time per method after one warm-up step each; the methods' steps alternate, so a change of
-    the machine's load during the run reaches both alike."""
+def seconds_per_step(configs: dict[str, RunConfig], steps: int) -> dict[str, Usage]:
+    """Median step time (and the medians of its CPU times and faults) per method after one warm-up step each;
+    the methods' steps alternate, so a change of the machine's load during the run reaches both alike."""
     steppers = {name: Stepper(cfg) for name, cfg in configs.items()}
-    times: dict[str, list[float]] = {name: [] for name in configs}
+    usages: dict[str, list[Usage]] = {name: [] for name in configs}
     for step in range(steps + 1):
         for name, stepper in steppers.items():
-            seconds = stepper.step(step)
+            usage = stepper.step(step)
             if step:
-                times[name].append(seconds)
-    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+                usages[name].append(usage)
+    return {name: Usage(*(sorted(column)[len(column) // 2] for column in zip(*values, strict=True)))
+            for name, values in usages.items()}  # fmt: skip
 
 
 def main() -> int:
@@ -94,9 +118,15 @@ def main() -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device {device}, batch {args.batch}, crop {args.crop}, C {args.feature_size}, load {load:.2f}")
-    for method, seconds in times.items():
-        print(f"{method:8s} {seconds:8.3f} s/step  {args.batch / seconds:8.1f} pairs/s")
-    print(f"ratio dino/simsiam {times['dino'] / times['simsiam']:.2f}")
+    for method, usage in times.items():
+        print(
+            f"{method:8s} {usage.wall:8.3f} s/step  {args.batch / usage.wall:8.1f} pairs/s  cpu user "
+            f"{usage.user:7.2f} s  system {usage.system:6.2f} s  {usage.faults / 1e6:6.2f} M page faults"
+        )
+    print(
+        f"ratio dino/simsiam {times['dino'].wall / times['simsiam'].wall:.2f} "
+        f"(user cpu {times['dino'].user / times['simsiam'].user:.2f})"
+    )
     return 0
 
 
