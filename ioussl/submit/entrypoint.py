@@ -120,6 +120,9 @@ WARNING_SIGNAL = signal.SIGUSR2  # submitit's preemption signal, which resources
 SIGNAL_DELAY_VARS = (SIGNAL_DELAY_ENV, "SUBMITIT_LOCAL_SIGNAL_DELAY_S")
 
 
+TERMINATED_WAIT_S = 300.0  # after SIGTERM and a step's checkpoint: SLURM's SIGKILL (grace time, KillWait) comes first
+
+
 def stop_grace_s(environ: Mapping[str, str] | None = None) -> float:
     """How long a warned job may train on to its next step boundary: half its warning, leaving the other half
     to write the checkpoint and requeue (60 s where the job does not know its warning)."""
@@ -133,14 +136,17 @@ def stop_grace_s(environ: Mapping[str, str] | None = None) -> float:
 
 @contextlib.contextmanager
 def stops_at_step_boundaries() -> Iterator[None]:
-    """While a stage trains under submitit, its warning signal stops training at the next step boundary.
+    """While a stage trains under submitit, SLURM's warning or termination stops training at the next step.
 
-    submitit's handler for the signal checkpoints the submission, requeues the job and exits, wherever Python
-    stands: the run would lose the epoch under way. Here the signal only requests a stop
-    (``science/train/stopping.py``) with that handler as the action; the training loop writes a mid-epoch
-    ``last.pt`` after its current step and runs it. When no step boundary comes within ``stop_grace_s`` (the
-    signal came during validation or the final scoring), an alarm runs it anyway, as before. Outside submitit
-    (``ioussl run``, a test) the signal keeps whatever meaning it had.
+    submitit's handler for the warning (USR2) checkpoints the submission, requeues the job and exits, wherever
+    Python stands, and it ignores SIGTERM (which SLURM sends at a preemption's start, a cancel or the time
+    limit, and follows with SIGKILL): either way the run lost the epoch under way. Here both signals only
+    request a stop (``science/train/stopping.py``); the training loop writes a mid-epoch ``last.pt`` after its
+    current step and then runs the action armed here: after a warning, submitit's handler (requeue, exit);
+    after SIGTERM alone, wait for SLURM to end the job as it would have (it requeues a preempted one itself).
+    When no step boundary comes within ``stop_grace_s`` of a warning (validation, the final scoring), an alarm
+    runs submitit's handler anyway, as before. Outside submitit (``ioussl run``, a test) the signals keep
+    whatever meaning they had.
     """
     requeue = signal.getsignal(WARNING_SIGNAL)
     if not callable(requeue):
@@ -148,17 +154,29 @@ def stops_at_step_boundaries() -> Iterator[None]:
         return
     from ioussl.science.train import stopping
 
+    terminate = signal.getsignal(signal.SIGTERM)
+    warned = False
+
     def finish() -> None:  # at a step boundary, the checkpoint written (every task waited for it)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        requeue(WARNING_SIGNAL, None)  # rank 0 requeues and exits here; submitit leaves the others be
-        # A follower ends cleanly: a non-zero exit would make srun (--kill-on-bad-exit) end rank 0 before it
-        # requeued; the local executor requeues once every task has exited, one of them asking for it.
-        sys.exit(0)
+        if warned:
+            requeue(WARNING_SIGNAL, None)  # rank 0 requeues and exits here; submitit leaves the others be
+            # A follower ends cleanly: a non-zero exit would make srun (--kill-on-bad-exit) end rank 0 before it
+            # requeued; the local executor requeues once every task has exited, one of them asking for it.
+            sys.exit(0)
+        # SIGTERM: SLURM kills the job after the grace time (preemption) or KillWait and requeues a preempted
+        # one; ending it ourselves could make it FAILED instead. Wait, then give up as an interrupted run.
+        time.sleep(TERMINATED_WAIT_S)
 
     def on_warning(signum: int, frame: Any) -> None:
-        if not stopping.pending():
+        nonlocal warned
+        if not warned:
+            warned = True
             stopping.request()
             signal.setitimer(signal.ITIMER_REAL, stop_grace_s())
+
+    def on_terminate(signum: int, frame: Any) -> None:
+        stopping.request()
 
     def on_alarm(signum: int, frame: Any) -> None:
         if stopping.pending():  # no step boundary in time: what submitit does at the signal, to resume from the
@@ -168,11 +186,15 @@ def stops_at_step_boundaries() -> Iterator[None]:
     stopping.arm(finish)  # on every task: one the signal missed stops with the others
     previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(WARNING_SIGNAL, on_warning)
+    if callable(terminate):  # submitit's, which only logs it
+        signal.signal(signal.SIGTERM, on_terminate)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(WARNING_SIGNAL, requeue)
+        if callable(terminate):
+            signal.signal(signal.SIGTERM, terminate)
         if previous_alarm is not None:  # None: a handler set outside Python, which cannot be put back
             signal.signal(signal.SIGALRM, previous_alarm)
         stopping.disarm()

@@ -263,9 +263,9 @@ class Requeued(BaseException):
 
 
 @contextlib.contextmanager
-def _warned_at(monkeypatch, trainingdata_name: str, module, epoch: int, step: int):
-    """Under a stand-in for submitit's USR2 handler, send the job's warning signal while the batch of
-    (``epoch``, global ``step``) is fed: the job bridge defers the handler to the next step boundary."""
+def _warned_at(monkeypatch, trainingdata_name: str, module, epoch: int, step: int, signum=signal.SIGUSR2):
+    """Under stand-ins for submitit's handlers (USR2: requeue; SIGTERM: ignored), send ``signum`` while the
+    batch of (``epoch``, global ``step``) is fed: the job bridge defers both to the next step boundary."""
     from ioussl.science.train import trainingdata
 
     real_feed = getattr(trainingdata, trainingdata_name)
@@ -275,7 +275,7 @@ def _warned_at(monkeypatch, trainingdata_name: str, module, epoch: int, step: in
 
         def fed(batch, at_epoch, at_step):
             if (at_epoch, at_step) == (epoch, step):
-                os.kill(os.getpid(), signal.SIGUSR2)
+                os.kill(os.getpid(), signum)
             return feed(batch, at_epoch, at_step)
 
         return fed
@@ -283,27 +283,32 @@ def _warned_at(monkeypatch, trainingdata_name: str, module, epoch: int, step: in
     def requeue(signum, frame):
         raise Requeued
 
+    def bypass(signum, frame):
+        pass
+
     monkeypatch.setattr(module, trainingdata_name, warning_feed)
-    previous = signal.signal(signal.SIGUSR2, requeue)
+    previous = signal.signal(signal.SIGUSR2, requeue), signal.signal(signal.SIGTERM, bypass)
     try:
         yield
     finally:
-        signal.signal(signal.SIGUSR2, previous)
+        signal.signal(signal.SIGUSR2, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def _resumed_event(run_dir: Path) -> dict:
     return [e for e in _events(run_dir) if e["event"] == "resumed"][0]
 
 
-def _warned_run(straight: Run, run_dir: Path, monkeypatch, feed: str, module, epoch: int, step: int) -> dict:
-    """Run ``straight``'s config through the job bridge, warned during (``epoch``, ``step``); return the
-    ``last.pt`` it left when the stand-in for submitit's handler ended it."""
+def _warned_run(straight: Run, run_dir: Path, monkeypatch, feed: str, module, epoch: int, step: int,
+                signum=signal.SIGUSR2, ends=Requeued) -> dict:  # fmt: skip
+    """Run ``straight``'s config through the job bridge, signalled during (``epoch``, ``step``); return the
+    ``last.pt`` it left when ``ends`` ended it."""
     from ioussl.submit.entrypoint import run_stage
 
     run_dir.mkdir()
     (run_dir / runfiles.CONFIG).write_text(straight.cfg.to_json())
-    with monkeypatch.context() as patch, _warned_at(patch, feed, module, epoch=epoch, step=step):
-        with pytest.raises(Requeued):
+    with monkeypatch.context() as patch, _warned_at(patch, feed, module, epoch, step, signum):
+        with pytest.raises(ends):
             run_stage(run_dir)
     return ckpt.load(run_dir / runfiles.CHECKPOINTS / ckpt.LAST)
 
@@ -358,6 +363,20 @@ def test_a_warning_on_an_epoch_s_last_step_requeues_after_its_checkpoint(pretrai
     stopped = _warned_run(pretrained, run_dir, monkeypatch, "pretrain_feed", pretrain, epoch=0, step=2)
     assert (stopped["epoch"], stopped["step"]) == (0, 3) and "part" not in stopped  # the epoch's own checkpoint
     assert len(_curve(run_dir)) == 1
+
+
+def test_sigterm_stops_at_the_next_step_and_leaves_the_requeue_to_slurm(pretrained, tmp_path, monkeypatch):
+    """SLURM sends SIGTERM when a preemption starts (SLURM 22.05 sends no USR2 then), and kills the job after
+    the grace time: the run checkpoints the step, then waits for the kill (here cut short) without requeueing."""
+    from ioussl.science.train.stopping import StopNow
+    from ioussl.submit import entrypoint
+
+    monkeypatch.setattr(entrypoint, "TERMINATED_WAIT_S", 0.0)
+    run_dir = tmp_path / "terminated"
+    stopped = _warned_run(pretrained, run_dir, monkeypatch, "pretrain_feed", pretrain, epoch=1, step=3,
+                          signum=signal.SIGTERM, ends=StopNow)  # fmt: skip
+    assert (stopped["epoch"], stopped["step"], stopped["part"]["done"]) == (1, 4, 1)
+    assert [e["event"] for e in _events(run_dir)] == ["started", "interrupted"]  # no "requeued": SLURM does it
 
 
 def test_metrics_lines_carry_what_a_live_status_needs(pretrained, finetuned):
