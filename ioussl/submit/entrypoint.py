@@ -118,8 +118,6 @@ WARNING_SIGNAL = signal.SIGUSR2  # submitit's preemption signal, which resources
 # Where a job learns how early its warning comes: the sbatch script exports the first (backends/slurmtext.py),
 # submitit's local executor the second.
 SIGNAL_DELAY_VARS = (SIGNAL_DELAY_ENV, "SUBMITIT_LOCAL_SIGNAL_DELAY_S")
-
-
 TERMINATED_WAIT_S = 300.0  # after SIGTERM and a step's checkpoint: SLURM's SIGKILL (grace time, KillWait) comes first
 
 

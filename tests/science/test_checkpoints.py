@@ -128,6 +128,7 @@ def test_a_mid_epoch_part_gives_this_rank_its_share_and_a_damaged_one_is_refused
         {"ranks": []},  # written by another number of processes
         {"ranks": [{"sums": {}, "items": 16, "rng": {}}]},
         {"ranks": [{**_part()["ranks"][0], "items": -1}]},
+        {"ranks": [{**_part()["ranks"][0], "sums": {**_part()["ranks"][0]["sums"], "loss": torch.zeros(3)}}]},
         {"seconds": None},
         {"method": None},
     ]
@@ -138,3 +139,30 @@ def test_a_mid_epoch_part_gives_this_rank_its_share_and_a_damaged_one_is_refused
         ckpt.epoch_part({"step": 5, "part": [1, 2]}, path, rank=0, world_size=1)
     with pytest.raises(TrainingError, match="damaged mid-epoch part"):
         ckpt.epoch_part({"step": 1, "part": _part()}, path, rank=0, world_size=1)  # more steps done than taken
+
+
+class _Method:
+    """A pretraining method's epoch-statistics hook, reading what SimSiam's reads."""
+
+    def load_epoch_state(self, state):
+        self.total = state["meter"]["total"]
+
+
+def test_a_resume_inside_an_epoch_refuses_a_damaged_rng_or_method_state_in_one_line(tmp_path):
+    from ioussl.science.runtime import rng_state
+
+    part, rng = ckpt.epoch_part({"step": 5, "part": _part(method={"meter": {"total": None}})}, tmp_path / "last.pt",
+                                rank=0, world_size=1)  # fmt: skip
+    point = ckpt.ResumePoint(1, 3, payload={"part": {}}, part=part, rng=rng_state())
+    batches = iter(range(10))
+    assert ckpt.go_on_inside(point, 1, batches, steps=3, method=_Method()) is part
+    assert next(batches) == 2  # the part's two batches were drawn again and dropped
+    assert ckpt.go_on_inside(point, 2, iter(()), steps=3) is None  # a later epoch starts afresh
+    damaged = [(dataclasses.replace(point, rng={}), {"meter": {"total": None}}),  # no RNG states
+               (point, {})]  # no meter  # fmt: skip
+    for bad_point, method in damaged:
+        bad = dataclasses.replace(bad_point, part=dataclasses.replace(part, method=method))
+        with pytest.raises(TrainingError, match=r"last\.pt has a damaged mid-epoch part \("):
+            ckpt.go_on_inside(bad, 1, iter(range(10)), steps=3, method=_Method())
+    with pytest.raises(TrainingError, match="stopped after step 2 of an epoch of 2 steps"):
+        ckpt.go_on_inside(point, 1, iter(range(10)), steps=2)

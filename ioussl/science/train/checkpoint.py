@@ -162,13 +162,17 @@ def resume(state: StepState, cfg: RunConfig, run_dir: Path, store: str) -> Resum
     return point
 
 
-def go_on_inside(point: ResumePoint, epoch: int, batches: Iterator[Any], steps: int) -> EpochPart | None:
+def go_on_inside(
+    point: ResumePoint, epoch: int, batches: Iterator[Any], steps: int, method: Any = None
+) -> EpochPart | None:
     """The part of ``epoch`` a stopped attempt trained, when the run resumes inside it (else None): its
     batches are drawn again and dropped, so the loader's random state is where the stop left it (the
-    device augmentations are seeded per step and need no replay), and this process's RNG is the stop's.
+    device augmentations are seeded per step and need no replay), this process's RNG is the stop's and the
+    pretraining ``method`` (if any) counts its epoch statistics on from the stop's.
 
     Raises:
-        TrainingError: the part is as long as the epoch (a checkpoint of another schedule).
+        TrainingError: the part is as long as the epoch (a checkpoint of another schedule), or its RNG state
+            or method statistics are damaged.
     """
     from ioussl.science.runtime import set_rng_state
 
@@ -180,7 +184,13 @@ def go_on_inside(point: ResumePoint, epoch: int, batches: Iterator[Any], steps: 
     for _ in range(part.done):
         next(batches)
     assert point.rng is not None
-    set_rng_state(point.rng)
+    try:
+        set_rng_state(point.rng)
+        if method is not None:
+            method.load_epoch_state(part.method)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+        raise TrainingError(f"checkpoints/last.pt has a damaged mid-epoch part ({_first_line(exc)}); delete it "
+                            "to resume from scratch") from None  # fmt: skip
     return part
 
 
@@ -198,7 +208,8 @@ def epoch_part(payload: dict[str, Any], path: Path, rank: int, world_size: int) 
         isinstance(raw, dict) and _is_count(raw.get("done")) and raw["done"] > 0 and payload["step"] >= raw["done"]
         and isinstance(raw.get("seconds"), int | float) and isinstance(raw.get("method"), dict)
         and isinstance(share, dict) and _is_count(share.get("items")) and isinstance(share.get("rng"), dict)
-        and isinstance(sums, dict) and all(isinstance(sums.get(name), torch.Tensor) for name in SUMS)
+        and isinstance(sums, dict)
+        and all(isinstance(sums.get(name), torch.Tensor) and sums[name].dim() == 0 for name in SUMS)
     )  # fmt: skip
     if not valid:
         raise TrainingError(f"checkpoint {path} has a damaged mid-epoch part; delete it to resume from scratch")

@@ -66,7 +66,6 @@ def cycle(loader: Iterable[Any]) -> Iterator[Any]:
 Feed = Callable[[dict, int, int], tuple[Tensor, ...]]  # (batch, epoch, step) -> tensors on the device
 
 
-
 class EpochSums:
     """What an epoch reports, accumulated on the training device: reading it back is the epoch's one host
     synchronisation (a per-step ``float(loss)`` would stall the GPU queue every step)."""

@@ -68,9 +68,7 @@ def run_pretrain(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         # drop path: the same draws after a resume, its own on every rank
         seed_everything(derived_seed(cfg.seed, epoch, "model", runtime.rank))
         batches = cycle(pretrain_loader(store, ids, cfg, epoch, workers, runtime.ranks))
-        part = ckpt.go_on_inside(point, epoch, batches, steps)
-        if part is not None:
-            method.load_epoch_state(part.method)
+        part = ckpt.go_on_inside(point, epoch, batches, steps, method)
         try:
             stats = train_one_epoch_pretrain(state, batches, step, steps, feed, part)
         except StoppedAtStep as stop:

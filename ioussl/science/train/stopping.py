@@ -9,6 +9,10 @@ training loops look after every step (``due``): when a stop is due, the stage wr
 calls ``finish``, which runs the deferred handler: it requeues the job and ends this process. The resumed run
 goes on from that step and ends exactly as an uninterrupted one.
 
+SIGTERM, which SLURM sends when a preemption starts (22.05 sends no USR2 then), at a cancel and at the time
+limit, and follows with SIGKILL, requests a stop too: the bridge's action then waits for SLURM's kill (SLURM
+requeues a preempted job itself).
+
 In a job of several processes each one gets the signal, maybe at different steps: ``due`` asks all of them
 (one host-side all-reduce per step), so they stop after the same step. The bridge fires the handler itself
 when no step boundary comes in time (validation, the final scoring): the run then resumes from its last
@@ -68,8 +72,8 @@ def due() -> bool:
 
 
 class StopNow(BaseException):
-    """Raised by ``finish`` where no deferred action ended the process (a follower rank whose job was not
-    requeued, a test): the run was stopped, not failed, and resumes from the checkpoint just written."""
+    """Raised by ``finish`` where no action ended the process (SLURM's kill never came after SIGTERM, a test):
+    the run was stopped, not failed, and resumes from the checkpoint just written."""
 
 
 def finish() -> NoReturn:
